@@ -1,0 +1,3 @@
+from modelberth.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""FastAPI routers for everything off the hot path: model list, management, health."""

@@ -1,0 +1,106 @@
+"""Management API: model status, start/stop/restart, logs and the live event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from modelberth.api.deps import registry, require_admin_key
+from modelberth.lifecycle import Model, swallow_outcome
+from modelberth.logbuffer import LogLine
+
+router = APIRouter(prefix="/api", tags=["management"], dependencies=[Depends(require_admin_key)])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The state of every configured model."""
+    return {"models": [m.status() for m in registry(request).models.values()]}
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, request: Request) -> dict[str, Any]:
+    return registry(request).require(name).status()
+
+
+async def _act(
+    model: Model, action: Callable[[], Coroutine[Any, Any, None]], wait: bool
+) -> JSONResponse:
+    if not wait:
+        task: asyncio.Task[None] = asyncio.create_task(action())
+        task.add_done_callback(swallow_outcome)  # it shows in state and last_error
+        await asyncio.sleep(0)  # let the action take its first step, so the state shows it
+        return JSONResponse(model.status(), status_code=202)
+    await action()
+    return JSONResponse(model.status())
+
+
+@router.post("/models/{name}/start")
+async def start_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
+    """Start the model (no-op if ready); with wait=true, answer once it is healthy."""
+    model = registry(request).require(name)
+    return await _act(model, model.start, wait)
+
+
+@router.post("/models/{name}/stop")
+async def stop_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
+    """Stop the model after its in-flight requests finish (bounded by drain_timeout)."""
+    model = registry(request).require(name)
+    return await _act(model, model.stop, wait)
+
+
+@router.post("/models/{name}/restart")
+async def restart_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
+    model = registry(request).require(name)
+    return await _act(model, model.restart, wait)
+
+
+def _render(line: LogLine, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"at": line.at, "stream": line.stream, "text": line.text}) + "\n"
+    return line.text + "\n"
+
+
+@router.get("/models/{name}/logs")
+async def model_logs(
+    name: str,
+    request: Request,
+    follow: bool = False,
+    tail: int = Query(200, ge=0, le=100_000),
+    format: str = Query("text", pattern="^(text|json)$"),
+) -> StreamingResponse:
+    """The upstream's recent output; follow=true keeps streaming new lines."""
+    model = registry(request).require(name)
+    as_json = format == "json"
+    media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
+
+    async def lines() -> AsyncIterator[str]:
+        if not follow:
+            for line in model.logs.tail(tail):
+                yield _render(line, as_json)
+            return
+        async for line in model.logs.follow(tail):
+            yield _render(line, as_json)
+
+    return StreamingResponse(lines(), media_type=media,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/events")
+async def events(request: Request) -> StreamingResponse:
+    """Server-sent events: one `state` event per model state change."""
+    bus = registry(request).events
+
+    async def stream() -> AsyncIterator[str]:
+        yield f": connected {time.time():.3f}\n\n"
+        async for event in bus.subscribe():
+            yield f"event: state\ndata: {json.dumps(event.as_dict())}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

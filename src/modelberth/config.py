@@ -1,0 +1,409 @@
+"""Config: Pydantic models, YAML loading with line numbers, ${ENV} expansion, templates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from modelberth.templates import TEMPLATES
+
+DEFAULT_PATH = Path("modelberth.yaml")
+CONFIG_ENV = "MODELBERTH_CONFIG"
+# Placeholders filled per model at start time, never from the environment.
+RESERVED_VARS = frozenset({"PORT", "MODEL_PATH", "MODEL_NAME"})
+_VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path or '<root>'}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{self.source}: {len(self.issues)} error(s)"]
+        lines += [f"  {self.source}:{issue}" for issue in self.issues]
+        return "\n".join(lines)
+
+
+def _seconds(value: Any) -> Any:
+    """Accept 30, 30.5, "30s", "5m", "1h", "250ms"."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("expected seconds as a number or a duration like '30s', '5m', '1h'")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+def _command(value: Any) -> Any:
+    if isinstance(value, str):
+        return shlex.split(value)
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for v in value]
+    return value
+
+
+def _env_values(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v))
+                if isinstance(v, int | float | bool) else v for k, v in value.items()}
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+PositiveSeconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+Command = Annotated[list[str], BeforeValidator(_command)]
+EnvMap = Annotated[dict[str, str], BeforeValidator(_env_values)]
+TemplateName = Literal["llama-cpp", "vllm", "tgi", "sglang", "openai"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /v1/*.")
+    admin_keys: list[str] = Field(
+        default_factory=list, description="Bearer keys for /api/*; empty = same as api_keys."
+    )
+    max_body_mb: float = Field(32, gt=0, description="Largest request body accepted (413 above).")
+
+
+class Defaults(_Strict):
+    idle_timeout: Seconds = Field(300, description="Seconds idle before stopping; 0 = never.")
+    start_timeout: PositiveSeconds = Field(120, description="Seconds to become healthy.")
+    stop_timeout: Seconds = Field(10, description="Seconds between SIGTERM and SIGKILL.")
+    drain_timeout: Seconds = Field(
+        30, description="On stop, seconds to let in-flight requests finish before terminating."
+    )
+    max_queue: int = Field(64, ge=0, description="Requests waiting for one model before 429.")
+
+
+class ModelConfig(_Strict):
+    runtime: Literal["process"] = Field("process", description="How the upstream runs.")
+    template: TemplateName | None = Field(
+        None, description="Built-in service type that fills command and health_path."
+    )
+    command: Command | None = Field(
+        None,
+        description="Argv (list, or string split like a shell would, never run by a shell). "
+        "${PORT} is the port modelberth assigned; ${MODEL_PATH} is model_path.",
+    )
+    model_path: str | None = Field(None, description="Model file or id for templates.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Fixed upstream port instead of a free one."
+    )
+    env: EnvMap = Field(default_factory=dict, description="Extra environment for the upstream.")
+    cwd: str | None = Field(None, description="Working directory of the upstream process.")
+    health_path: str | None = Field(None, description="GET path that answers 200 when ready.")
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
+    idle_timeout: Seconds | None = None
+    start_timeout: PositiveSeconds | None = None
+    stop_timeout: Seconds | None = None
+    drain_timeout: Seconds | None = None
+    max_queue: int | None = Field(None, ge=0)
+    preload: bool = Field(False, description="Start at boot instead of on first request.")
+
+    @field_validator("health_path")
+    @classmethod
+    def _health_path_absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _has_command(self) -> ModelConfig:
+        if self.command is None:
+            template = TEMPLATES[self.template] if self.template else None
+            if template is None or not template.command:
+                raise ValueError("no command: give `command`, or a `template` that has one")
+            if self.model_path is None:
+                raise ValueError(f"template '{self.template}' needs `model_path`")
+        argv = self.command or list(TEMPLATES[self.template].command if self.template else ())
+        uses_port = any("${PORT}" in part for part in [*argv, *self.env.values()])
+        if not uses_port and self.port is None:
+            raise ValueError(
+                "the upstream cannot learn its port: put ${PORT} in `command` or `env`, "
+                "or set a fixed `port`"
+            )
+        return self
+
+
+class Config(_Strict):
+    """The whole modelberth.yaml."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    defaults: Defaults = Field(default_factory=Defaults)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        seen: dict[str, str] = {name: name for name in models}
+        for name, model in models.items():
+            if not _NAME.match(name):
+                raise ValueError(f"model name '{name}' may hold only letters, digits and ._:@+-")
+            for alias in model.aliases:
+                if alias in seen:
+                    raise ValueError(f"alias '{alias}' of '{name}' is already used by "
+                                     f"'{seen[alias]}'")
+                seen[alias] = name
+        return models
+
+    def specs(self) -> dict[str, ModelSpec]:
+        return {name: ModelSpec.build(name, m, self.defaults) for name, m in self.models.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model's settings after templates and defaults are applied."""
+
+    name: str
+    runtime: str
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str | None
+    health_path: str
+    aliases: tuple[str, ...]
+    fixed_port: int | None
+    model_path: str | None
+    idle_timeout: float
+    start_timeout: float
+    stop_timeout: float
+    drain_timeout: float
+    max_queue: int
+    preload: bool
+
+    @classmethod
+    def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
+        template = TEMPLATES[model.template] if model.template else None
+        command = model.command or list(template.command if template else ())
+        health = model.health_path or (template.health_path if template else "/health")
+
+        def pick(value: float | None, default: float) -> float:
+            return default if value is None else value
+
+        return cls(
+            name=name,
+            runtime=model.runtime,
+            command=tuple(command),
+            env=dict(model.env),
+            cwd=model.cwd,
+            health_path=health,
+            aliases=tuple(model.aliases),
+            fixed_port=model.port,
+            model_path=model.model_path,
+            idle_timeout=pick(model.idle_timeout, defaults.idle_timeout),
+            start_timeout=pick(model.start_timeout, defaults.start_timeout),
+            stop_timeout=pick(model.stop_timeout, defaults.stop_timeout),
+            drain_timeout=pick(model.drain_timeout, defaults.drain_timeout),
+            max_queue=model.max_queue if model.max_queue is not None else defaults.max_queue,
+            preload=model.preload,
+        )
+
+    def fill(self, text: str, port: int) -> str:
+        """Fill the per-start placeholders ${PORT}, ${MODEL_PATH}, ${MODEL_NAME}."""
+        values = {"PORT": str(port), "MODEL_PATH": self.model_path or "", "MODEL_NAME": self.name}
+        return _VAR.sub(lambda m: "$" if m.group(1) == "$" else values.get(m.group(2), m.group(0)),
+                        text)
+
+    def argv(self, port: int) -> list[str]:
+        return [self.fill(part, port) for part in self.command]
+
+    def environment(self, port: int) -> dict[str, str]:
+        return {key: self.fill(value, port) for key, value in self.env.items()}
+
+    def config_hash(self) -> str:
+        blob = json.dumps(
+            [self.runtime, self.command, dict(self.env), self.cwd, self.health_path,
+             self.fixed_port, self.model_path],
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Turns a YAML node tree into plain data, remembering each path's line and expanding env."""
+
+    def __init__(self, loader: yaml.SafeLoader, env: Mapping[str, str]) -> None:
+        self.loader = loader
+        self.env = env
+        self.lines: dict[Path_, int] = {}
+        self.issues: list[ConfigIssue] = []
+
+    def read(self, node: yaml.Node, path: Path_) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.read(item, (*path, i)) for i, item in enumerate(node.value)]
+        value = self.loader.construct_object(node, deep=True)
+        if isinstance(value, str) and node.tag == "tag:yaml.org,2002:str":
+            return self._expand(value, path, node.start_mark.line + 1)
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int):
+                self.issues.append(ConfigIssue(_dotted(path), line, "keys must be strings"))
+                continue
+            if key in out:
+                self.issues.append(ConfigIssue(_dotted((*path, key)), line, "duplicate key"))
+                continue
+            self.lines[(*path, key)] = line
+            out[key] = self.read(value_node, (*path, key))
+        return out
+
+    def _expand(self, text: str, path: Path_, line: int) -> str:
+        def repl(match: re.Match[str]) -> str:
+            if match.group(1) == "$":
+                return "$$"  # kept for ModelSpec.fill, which turns $$ into $
+            name, default = match.group(2), match.group(3)
+            if name in RESERVED_VARS:
+                return match.group(0)
+            if name in self.env:
+                return self.env[name].replace("$", "$$")
+            if default is not None:
+                return default
+            self.issues.append(ConfigIssue(
+                _dotted(path), line, f"environment variable ${{{name}}} is not set "
+                f"(use ${{{name}:-default}} for a default)"))
+            return ""
+
+        expanded = _VAR.sub(repl, text)
+        # Outside commands and env there is no later fill: resolve the $$ escape now.
+        if path[:1] != ("models",) or (len(path) > 2 and path[2] not in ("command", "env")):
+            expanded = expanded.replace("$$", "$")
+        return expanded
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _line_for(loc: tuple[Any, ...], lines: Mapping[Path_, int]) -> tuple[Path_, int | None]:
+    """The longest prefix of a Pydantic error location that exists in the YAML."""
+    path: Path_ = tuple(p for p in loc if isinstance(p, str | int))
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return path, lines[path[:end]]
+    return path, None
+
+
+def _pydantic_issues(error: ValidationError, lines: Mapping[Path_, int]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for item in error.errors(include_url=False):
+        loc = tuple(p for p in item["loc"]
+                    if not (isinstance(p, str) and p.startswith("function-")))
+        path, line = _line_for(loc, lines)
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key '{path[-1]}'"
+        elif item["type"] == "literal_error":
+            message = f"{message} (got {item.get('input')!r})"
+        issues.append(ConfigIssue(_dotted(path), line, message))
+    return issues
+
+
+def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None
+                 ) -> Config:
+    """Parse YAML text into a validated Config, or raise ConfigError listing every problem."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            line = mark.line + 1 if mark else None
+            raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {exc.problem}")]
+                              ) from None
+        reader = _Reader(loader, os.environ if env is None else env)
+        data = {} if root is None else reader.read(root, ())
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigIssue("", 1, "the config must be a mapping of keys")])
+    issues = list(reader.issues)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        issues += _pydantic_issues(exc, reader.lines)
+        issues.sort(key=lambda issue: issue.line or 0)
+        raise ConfigError(source, issues) from None
+    if issues:
+        raise ConfigError(source, issues)
+    return config
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [ConfigIssue("", None, f"cannot read: {exc.strerror}")]
+                          ) from None
+    return parse_config(text, str(file))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "modelberth configuration"
+    return schema

@@ -1,0 +1,339 @@
+"""One state machine per model: start on demand, health, in-flight count, idle TTL, stop.
+
+Every state change goes through `Model._transition`, which checks `TRANSITIONS` and
+publishes a StateEvent. Only the Model's own coroutines change its fields; callers use
+`acquire`/`release`, `start`, `stop` and `status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import psutil
+from loguru import logger
+
+from modelberth.config import ModelSpec
+from modelberth.events import EventBus
+from modelberth.logbuffer import LogBuffer
+from modelberth.runtimes.base import Runtime, RuntimeStartError, Upstream
+from modelberth.types import ModelState, QueueFull, StartFailed, StartTimeout, StateEvent
+
+S = ModelState
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.READY, S.FAILED, S.STOPPING}),
+    S.READY: frozenset({S.STOPPING, S.FAILED}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.FAILED: frozenset({S.STARTING, S.STOPPED}),
+}
+_FIRST_PROBE_DELAY = 0.025
+_MAX_PROBE_DELAY = 0.25
+_LOG_TAIL = 15
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Model:
+    def __init__(self, spec: ModelSpec, runtime: Runtime, events: EventBus,
+                 http: aiohttp.ClientSession) -> None:
+        self.spec = spec
+        self.logs = LogBuffer()
+        self._runtime = runtime
+        self._events = events
+        self._http = http
+        self.state = ModelState.STOPPED
+        self.port: int | None = None
+        self.started_at: float | None = None
+        self.last_used_at: float | None = None
+        self.last_error: str | None = None
+        self.in_flight = 0
+        self.waiting = 0
+        self.starts = 0
+        self._upstream: Upstream | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def acquire(self) -> None:
+        """Make the model ready (starting it if needed) and count one request in flight."""
+        if self.state is ModelState.READY:
+            self._enter()
+            return
+        if self.waiting >= self.spec.max_queue:
+            raise QueueFull(self.name, self.spec.max_queue, self._retry_after())
+        self.waiting += 1
+        try:
+            while not self.ready:
+                await self._ensure_started()
+            self._enter()
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.last_used_at = time.time()
+        if self.in_flight == 0:
+            self._drained.set()
+            self._arm_idle_timer()
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[Model]:
+        await self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._drained.clear()
+        self.last_used_at = time.time()
+
+    def _retry_after(self) -> int:
+        return max(1, int(self.spec.start_timeout / 4))
+
+    # --- management --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start (or join a start in progress) and wait until ready; raise if it fails."""
+        while not self.ready:
+            await self._ensure_started()
+        self.last_used_at = time.time()
+        self._arm_idle_timer()
+
+    def start_soon(self) -> asyncio.Task[None]:
+        task = asyncio.create_task(self.start())
+        task.add_done_callback(swallow_outcome)
+        return task
+
+    async def stop(self, reason: str = "requested") -> None:
+        """Stop after in-flight requests finish (bounded by drain_timeout); idempotent."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(reason))
+        await asyncio.shield(self._stop_task)
+
+    async def restart(self) -> None:
+        await self.stop("restart")
+        await self.start()
+
+    # --- starting ----------------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        if self._stop_task is not None:
+            await asyncio.shield(self._stop_task)
+            return
+        if self.state is ModelState.READY:
+            return
+        if self._start_task is None:
+            self._start_task = asyncio.create_task(self._start())
+            self._start_task.add_done_callback(swallow_outcome)
+        task = self._start_task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                return  # the start was called off by a stop: the caller loops and tries again
+            raise
+
+    async def _start(self) -> None:
+        try:
+            self._transition(ModelState.STARTING, "start")
+            self.port = self.spec.fixed_port or free_port()
+            began = time.monotonic()
+            try:
+                self._upstream = await self._launch(self.port)
+            except RuntimeStartError as exc:
+                self._fail(str(exc))
+                raise StartFailed(self.name, str(exc)) from None
+            self.starts += 1
+            await self._await_health(self._upstream)
+            self.started_at = time.time()
+            self.last_error = None
+            self._transition(ModelState.READY, "healthy",
+                             start_seconds=round(time.monotonic() - began, 3))
+            self._watch_task = asyncio.create_task(self._watch(self._upstream))
+        finally:
+            self._start_task = None
+
+    async def _launch(self, port: int) -> Upstream:
+        """runtime.start, but a stop arriving meanwhile never leaves an upstream behind."""
+        launch = asyncio.ensure_future(self._runtime.start(self.spec, port, self.logs))
+        try:
+            return await asyncio.shield(launch)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await (await launch).stop(self.spec.stop_timeout)
+            raise
+
+    async def _await_health(self, upstream: Upstream) -> None:
+        """Poll the health path fast, backing off, while watching for the upstream to exit."""
+        url = f"{self.base_url}{self.spec.health_path}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.start_timeout
+        delay = _FIRST_PROBE_DELAY
+        exited = asyncio.ensure_future(upstream.wait())
+        try:
+            while True:
+                if exited.done():
+                    reason = f"exited during start ({exited.result().describe()})"
+                    await self._abort_start(upstream, reason)
+                    raise StartFailed(self.name, self._with_tail(reason))
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    reason = f"not healthy at {url}"
+                    await self._abort_start(upstream, f"start timed out: {reason}")
+                    raise StartTimeout(self.name, self.spec.start_timeout, self._with_tail(reason))
+                if await self._probe(url, min(remaining, 5.0)):
+                    return
+                await asyncio.wait({exited}, timeout=min(delay, max(deadline - loop.time(), 0)))
+                delay = min(delay * 1.5, _MAX_PROBE_DELAY)
+        except asyncio.CancelledError:
+            await upstream.stop(self.spec.stop_timeout)
+            raise
+        finally:
+            exited.cancel()
+
+    async def _probe(self, url: str, timeout: float) -> bool:
+        try:
+            async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _abort_start(self, upstream: Upstream, reason: str) -> None:
+        await upstream.stop(self.spec.stop_timeout)
+        self._upstream = None
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        self.last_error = self._with_tail(reason)
+        self._transition(ModelState.FAILED, reason)
+
+    def _with_tail(self, reason: str) -> str:
+        tail = self.logs.tail_text(_LOG_TAIL)
+        return f"{reason}; last log lines:\n{tail}" if tail else reason
+
+    async def _watch(self, upstream: Upstream) -> None:
+        status = await upstream.wait()
+        if self._upstream is upstream and self.state is ModelState.READY:
+            self._upstream = None
+            self._fail(f"upstream exited unexpectedly ({status.describe()})")
+
+    # --- stopping ----------------------------------------------------------------------
+
+    async def _stop(self, reason: str) -> None:
+        try:
+            if self._start_task is not None:
+                self._start_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._start_task
+            if self.state is ModelState.FAILED:
+                self._transition(ModelState.STOPPED, reason)
+                return
+            if self.state not in (ModelState.STARTING, ModelState.READY):
+                return
+            self._transition(ModelState.STOPPING, reason)
+            if self.in_flight:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained.wait(), self.spec.drain_timeout)
+            upstream, self._upstream = self._upstream, None
+            if upstream is not None:
+                status = await upstream.stop(self.spec.stop_timeout)
+                self.logs.append("modelberth", f"stopped ({status.describe()})")
+            self._transition(ModelState.STOPPED, reason)
+        finally:
+            self._stop_task = None
+            self.started_at = None
+
+    def _arm_idle_timer(self) -> None:
+        if self.spec.idle_timeout <= 0:
+            return
+        if self._idle_task is None or self._idle_task.done():
+            self._idle_task = asyncio.create_task(self._idle_watch())
+
+    async def _idle_watch(self) -> None:
+        while self.state is ModelState.READY and self.in_flight == 0:
+            idle_for = time.time() - (self.last_used_at or time.time())
+            if idle_for >= self.spec.idle_timeout:
+                logger.info("{}: idle for {:.1f}s, stopping", self.name, idle_for)
+                await self.stop("idle")
+                return
+            await asyncio.sleep(self.spec.idle_timeout - idle_for)
+
+    # --- state -------------------------------------------------------------------------
+
+    def _transition(self, new: ModelState, reason: str, **detail: Any) -> None:
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            raise InvalidTransition(f"{self.name}: {old} -> {new} is not allowed ({reason})")
+        self.state = new
+        if new is ModelState.FAILED and self.last_error:
+            detail.setdefault("error", self.last_error)
+        self._events.publish(StateEvent(self.name, old, new, reason, detail=detail))
+
+    def status(self) -> dict[str, Any]:
+        upstream = self._upstream
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "runtime": self.spec.runtime,
+            "runtime_id": upstream.runtime_id if upstream else None,
+            "port": self.port if upstream else None,
+            "aliases": list(self.spec.aliases),
+            "started_at": self.started_at,
+            "last_used_at": self.last_used_at,
+            "in_flight": self.in_flight,
+            "queue": self.waiting,
+            "memory_bytes": _rss(upstream.pids) if upstream else None,
+            "vram_bytes": None,
+            "last_error": self.last_error,
+            "idle_timeout": self.spec.idle_timeout,
+            "starts": self.starts,
+        }
+
+
+def _rss(pids: list[int]) -> int | None:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return total or None
+
+
+def swallow_outcome(task: asyncio.Task[None]) -> None:
+    """Mark a background task's outcome as seen; its waiters (if any) get the error."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,75 @@
+"""The configured models: lookup by name or alias, boot clean-up, preload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from loguru import logger
+
+from modelberth.config import Config
+from modelberth.events import EventBus
+from modelberth.lifecycle import Model
+from modelberth.runtimes.base import Runtime
+from modelberth.runtimes.process import ProcessRuntime
+from modelberth.types import ModelState, StateEvent, model_not_found
+
+
+class Registry:
+    def __init__(self, config: Config, events: EventBus | None = None) -> None:
+        self.config = config
+        self.events = events or EventBus()
+        self.events.add_listener(_log_event)
+        self.runtimes: dict[str, Runtime] = {"process": ProcessRuntime()}
+        self.models: dict[str, Model] = {}
+        self._by_name: dict[str, Model] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("Registry.boot() has not run")
+        return self._http
+
+    def get(self, name: str) -> Model | None:
+        return self._by_name.get(name)
+
+    def require(self, name: str) -> Model:
+        model = self._by_name.get(name)
+        if model is None:
+            raise model_not_found(name)
+        return model
+
+    async def boot(self) -> None:
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+        )
+        for runtime in self.runtimes.values():
+            await runtime.cleanup_orphans()
+        for name, spec in self.config.specs().items():
+            model = Model(spec, self.runtimes[spec.runtime], self.events, self._http)
+            self.models[name] = model
+            for key in (name, *spec.aliases):
+                self._by_name[key] = model
+        for model in self.models.values():
+            if model.spec.preload:
+                model.start_soon()
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(m.stop("shutdown") for m in self.models.values()),
+                             return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _log_event(event: StateEvent) -> None:
+    log = logger.bind(model=event.model)
+    text = "{} -> {} ({})"
+    if event.new is ModelState.FAILED:
+        log.error(text + "\n{}", event.old, event.new, event.reason,
+                  event.detail.get("error", ""))
+    else:
+        log.info(text, event.old, event.new, event.reason)

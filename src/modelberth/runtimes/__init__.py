@@ -1,0 +1,1 @@
+"""Runtimes start, stop and watch upstream servers: local processes (and, later, containers)."""

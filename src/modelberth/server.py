@@ -1,0 +1,57 @@
+"""Runs the app under uvicorn: listening, graceful shutdown, a line once it is ready."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+
+import uvicorn
+from loguru import logger
+
+from modelberth.app import create_app
+from modelberth.config import Config
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            url = f"http://{host}:{port}"
+            logger.info("modelberth listening on {}", url)
+            if self._on_ready:
+                self._on_ready(url)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(config: Config, *, access_log: bool = False,
+          on_ready: Callable[[str], None] | None = None) -> None:
+    server_cfg = config.server
+    if not _is_loopback(server_cfg.host) and not server_cfg.api_keys:
+        logger.warning("listening on {} with no api_keys: anyone who can reach this address "
+                       "can use and manage every model", server_cfg.host)
+    uv_config = uvicorn.Config(
+        create_app(config),
+        host=server_cfg.host,
+        port=server_cfg.port,
+        log_config=None,
+        access_log=access_log,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(1, int(config.defaults.drain_timeout)),
+        backlog=4096,
+    )
+    _Server(uv_config, on_ready).run()

@@ -1,0 +1,111 @@
+"""Types shared across modules: model states, lifecycle events and API errors."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ModelState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    """One state transition of one model; logs, metrics and /api/events feed on these."""
+
+    model: str
+    old: ModelState
+    new: ModelState
+    reason: str
+    at: float = field(default_factory=time.time)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": "state",
+            "model": self.model,
+            "from": self.old.value,
+            "to": self.new.value,
+            "reason": self.reason,
+            "at": self.at,
+            **self.detail,
+        }
+
+
+class APIError(Exception):
+    """An error that reaches the client in OpenAI's shape {"error": {message, type, code}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.headers = headers or {}
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist or is not configured in modelberth.",
+        code="model_not_found",
+    )
+
+
+class StartFailed(APIError):
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(
+            503,
+            f"Model '{model}' failed to start: {reason}",
+            type="server_error",
+            code="model_start_failed",
+        )
+
+
+class StartTimeout(APIError):
+    def __init__(self, model: str, seconds: float, reason: str = "") -> None:
+        tail = f": {reason}" if reason else ""
+        super().__init__(
+            504,
+            f"Model '{model}' did not become healthy within {seconds:g}s{tail}",
+            type="server_error",
+            code="model_start_timeout",
+        )
+
+
+class QueueFull(APIError):
+    def __init__(self, model: str, limit: int, retry_after: int) -> None:
+        super().__init__(
+            429,
+            f"Too many requests waiting for model '{model}' (max_queue={limit}); retry later.",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(retry_after)},
+        )

@@ -1,0 +1,158 @@
+"""Shared fixtures: a real modelberth server in a subprocess, fake and real upstreams."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from modelberth.runtimes.process import OWNER_ENV
+
+TESTS = Path(__file__).parent
+FAKE = str(TESTS / "fake_upstream.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fake_model(events: Path | None = None, *extra: str, **settings: Any) -> dict[str, Any]:
+    """Config of one model served by fake_upstream.py."""
+    command = [sys.executable, FAKE, "--port", "${PORT}", *extra]
+    if events is not None:
+        command += ["--events", str(events)]
+    return {"command": command, **settings}
+
+
+def upstreams_of(pid: int) -> list[psutil.Process]:
+    """Every live process that the modelberth with this pid started (by its owner tag)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            tag = proc.environ().get(OWNER_ENV, "")
+            if tag.startswith(f"{pid}:") and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def events_of(path: Path, kind: str) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line.startswith(kind + " ")]
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class Modelberth:
+    """`modelberth serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+        self.port = free_port()
+        config.setdefault("server", {})
+        config["server"].setdefault("port", self.port)
+        config["server"]["host"] = "127.0.0.1"
+        self.config_path = tmp / "modelberth.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = tmp / "modelberth.log"
+        self.url = f"http://127.0.0.1:{config['server']['port']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Modelberth:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelberth", "serve", "-c", str(self.config_path),
+                 "--log-format", "plain", "--log-level", "DEBUG"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"},
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"modelberth exited at start:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise AssertionError(f"modelberth did not come up:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def status(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(f"{self.url}/api/models/{name}", timeout=10).json()
+        return data
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"modelberth ignored signal {sig}:\n{self.log()[-3000:]}")
+
+    def kill_leftovers(self) -> list[int]:
+        """Safety net for failed tests: end what this server started, report the pids."""
+        left = upstreams_of(self.pid)
+        for proc in left:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+        return [p.pid for p in left]
+
+
+@pytest.fixture
+def modelberth(tmp_path: Path) -> Iterator[Any]:
+    """Factory: modelberth(config_dict) starts a server; all are stopped and checked after."""
+    servers: list[Modelberth] = []
+
+    def make(config: dict[str, Any], start: bool = True) -> Modelberth:
+        directory = tmp_path / f"mb{len(servers)}"
+        directory.mkdir()
+        server = Modelberth(directory, config)
+        servers.append(server)
+        return server.start() if start else server
+
+    yield make
+    leaks = []
+    for server in servers:
+        if server.proc is None:
+            continue
+        server.stop()
+        leaks += server.kill_leftovers()
+    assert not leaks, f"upstream processes outlived modelberth: {leaks}"

@@ -1,0 +1,118 @@
+"""A small, real OpenAI-style upstream on loopback whose timing and failures tests control.
+
+    python fake_upstream.py --port P [--start-delay S] [--exit-code N] [--chunks N]
+        [--chunk-delay S] [--die-after-chunks N] [--events FILE] [--ignore-sigterm]
+
+Every start, request, finished stream and cancelled stream is appended to --events as a line,
+so tests can count what really happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+
+def record(args: argparse.Namespace, what: str) -> None:
+    if args.events:
+        with Path(args.events).open("a") as fh:
+            fh.write(f"{what} {os.getpid()} {time.time():.3f}\n")
+
+
+def chunk(index: int, model: str) -> bytes:
+    body = {"id": "c1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {"content": f"tok{index} "}}]}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def make_app(args: argparse.Namespace) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        data = await request.json()
+        record(args, "request")
+        model = data.get("model", "?")
+        if data.get("sleep"):
+            await asyncio.sleep(float(data["sleep"]))
+        if not data.get("stream"):
+            return web.json_response({
+                "id": "c1", "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hello"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                "echo": {"headers": dict(request.headers), "query": request.query_string,
+                         "body_bytes": len(await request.read())},
+            })
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunks = int(data.get("chunks", args.chunks))
+        try:
+            for i in range(chunks):
+                if args.die_after_chunks is not None and i == args.die_after_chunks:
+                    record(args, "dying")
+                    os._exit(3)
+                await resp.write(chunk(i, model))
+                await asyncio.sleep(float(data.get("chunk_delay", args.chunk_delay)))
+            await resp.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            record(args, "cancelled")
+            raise
+        record(args, "finished")
+        return resp
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"method": request.method, "path": request.path,
+                                  "query": request.query_string, "body_bytes": len(body),
+                                  "headers": dict(request.headers)})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", chat)
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_post("/v1/{tail:.*}", echo)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--start-delay", type=float, default=0.0)
+    parser.add_argument("--exit-code", type=int, default=None)
+    parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument("--die-after-chunks", type=int, default=None)
+    parser.add_argument("--events", default=None)
+    parser.add_argument("--ignore-sigterm", action="store_true")
+    parser.add_argument("--spawn-child", action="store_true",
+                        help="also start a long-lived child process in the same group")
+    args = parser.parse_args()
+    record(args, "start")
+    print(f"fake upstream starting on port {args.port}", flush=True)
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.spawn_child:
+        import subprocess
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        record(args, f"child{child.pid}")
+    if args.exit_code is not None:
+        print("fatal: cannot load model weights (simulated)", file=sys.stderr, flush=True)
+        sys.exit(args.exit_code)
+    time.sleep(args.start_delay)
+    web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None,
+                handle_signals=True)
+
+
+if __name__ == "__main__":
+    main()
