@@ -153,6 +153,6 @@ def modelberth(tmp_path: Path) -> Iterator[Any]:
     for server in servers:
         if server.proc is None:
             continue
-        server.stop()
+        assert server.stop() in (0, -signal.SIGTERM, -signal.SIGKILL), server.log()[-3000:]
         leaks += server.kill_leftovers()
     assert not leaks, f"upstream processes outlived modelberth: {leaks}"

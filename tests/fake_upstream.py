@@ -41,6 +41,9 @@ def make_app(args: argparse.Namespace) -> web.Application:
         data = await request.json()
         record(args, "request")
         model = data.get("model", "?")
+        if data.get("die"):
+            record(args, "dying")
+            os._exit(4)
         if data.get("sleep"):
             await asyncio.sleep(float(data["sleep"]))
         if not data.get("stream"):
@@ -105,13 +108,13 @@ def main() -> None:
         import subprocess
 
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        record(args, f"child{child.pid}")
+        record(args, f"child {child.pid}")
     if args.exit_code is not None:
         print("fatal: cannot load model weights (simulated)", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
     time.sleep(args.start_delay)
     web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None,
-                handle_signals=True)
+                handle_signals=not args.ignore_sigterm)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,9 @@ class Model:
         self._arm_idle_timer()
 
     def start_soon(self) -> asyncio.Task[None]:
+        """Begin starting now (the state shows `starting` at once); finish in the background."""
+        if self._stop_task is None and self.state in (ModelState.STOPPED, ModelState.FAILED):
+            self._begin_start()
         task = asyncio.create_task(self.start())
         task.add_done_callback(swallow_outcome)
         return task
@@ -156,10 +159,7 @@ class Model:
             return
         if self.state is ModelState.READY:
             return
-        if self._start_task is None:
-            self._start_task = asyncio.create_task(self._start())
-            self._start_task.add_done_callback(swallow_outcome)
-        task = self._start_task
+        task = self._begin_start()
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -168,9 +168,16 @@ class Model:
                 return  # the start was called off by a stop: the caller loops and tries again
             raise
 
+    def _begin_start(self) -> asyncio.Task[None]:
+        """The one start in progress, created (and STARTING entered) synchronously."""
+        if self._start_task is None:
+            self._transition(ModelState.STARTING, "start")
+            self._start_task = asyncio.create_task(self._start())
+            self._start_task.add_done_callback(swallow_outcome)
+        return self._start_task
+
     async def _start(self) -> None:
         try:
-            self._transition(ModelState.STARTING, "start")
             self.port = self.spec.fixed_port or free_port()
             began = time.monotonic()
             try:

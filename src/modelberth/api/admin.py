@@ -45,6 +45,9 @@ async def _act(
 async def start_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
     """Start the model (no-op if ready); with wait=true, answer once it is healthy."""
     model = registry(request).require(name)
+    if not wait:
+        model.start_soon()
+        return JSONResponse(model.status(), status_code=202)
     return await _act(model, model.start, wait)
 
 
