@@ -30,7 +30,7 @@ _HOP_BY_HOP = frozenset({
 _NOT_FORWARDED = _HOP_BY_HOP | frozenset(auth.AUTH_HEADERS)
 _RESPONSE_DROPPED = _HOP_BY_HOP - {b"content-length"}
 _SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type")
-_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]*)\r\n')
+_MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n')
 
 
 class Proxy:
