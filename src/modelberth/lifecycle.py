@@ -141,10 +141,13 @@ class Model:
         task.add_done_callback(swallow_outcome)
         return task
 
-    async def stop(self, reason: str = "requested") -> None:
-        """Stop after in-flight requests finish (bounded by drain_timeout); idempotent."""
+    async def stop(self, reason: str = "requested", *, only_if_idle: bool = False) -> None:
+        """Stop after in-flight requests finish (bounded by drain_timeout); idempotent.
+
+        With only_if_idle, give up if a request arrived before the stop could begin.
+        """
         if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._stop(reason))
+            self._stop_task = asyncio.create_task(self._stop(reason, only_if_idle))
         await asyncio.shield(self._stop_task)
 
     async def restart(self) -> None:
@@ -246,6 +249,7 @@ class Model:
         self._fail(reason)
 
     def _fail(self, reason: str) -> None:
+        self.started_at = None
         self.last_error = self._with_tail(reason)
         self._transition(ModelState.FAILED, reason)
 
@@ -261,8 +265,10 @@ class Model:
 
     # --- stopping ----------------------------------------------------------------------
 
-    async def _stop(self, reason: str) -> None:
+    async def _stop(self, reason: str, only_if_idle: bool = False) -> None:
         try:
+            if only_if_idle and (self.in_flight or self.waiting):
+                return
             if self._start_task is not None:
                 self._start_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -280,10 +286,10 @@ class Model:
             if upstream is not None:
                 status = await upstream.stop(self.spec.stop_timeout)
                 self.logs.append("modelberth", f"stopped ({status.describe()})")
+            self.started_at = None
             self._transition(ModelState.STOPPED, reason)
         finally:
             self._stop_task = None
-            self.started_at = None
 
     def _arm_idle_timer(self) -> None:
         if self.spec.idle_timeout <= 0:
@@ -296,7 +302,7 @@ class Model:
             idle_for = time.time() - (self.last_used_at or time.time())
             if idle_for >= self.spec.idle_timeout:
                 logger.info("{}: idle for {:.1f}s, stopping", self.name, idle_for)
-                await self.stop("idle")
+                await self.stop("idle", only_if_idle=True)
                 return
             await asyncio.sleep(self.spec.idle_timeout - idle_for)
 
