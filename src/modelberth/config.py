@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,11 +29,14 @@ from modelberth.templates import TEMPLATES
 DEFAULT_PATH = Path("modelberth.yaml")
 CONFIG_ENV = "MODELBERTH_CONFIG"
 # Placeholders filled per model at start time, never from the environment.
-RESERVED_VARS = frozenset({"PORT", "MODEL_PATH", "MODEL_NAME"})
+RESERVED_VARS = frozenset({"PORT", "HOST", "MODEL_PATH", "MODEL_NAME"})
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+_VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
+_DOCKER_ONLY = ("image", "entrypoint", "volumes", "gpus", "shm_size", "network",
+                "container_port", "pull")
 
 Path_ = tuple[str | int, ...]
 
@@ -117,8 +121,16 @@ class Defaults(_Strict):
     max_queue: int = Field(64, ge=0, description="Requests waiting for one model before 429.")
 
 
+class DockerConfig(_Strict):
+    url: str | None = Field(
+        None, description="Docker engine address; default: $DOCKER_HOST or the local socket."
+    )
+
+
 class ModelConfig(_Strict):
-    runtime: Literal["process"] = Field("process", description="How the upstream runs.")
+    runtime: Literal["process", "docker"] = Field(
+        "process", description="How the upstream runs: a local process or a Docker container."
+    )
     template: TemplateName | None = Field(
         None, description="Built-in service type that fills command and health_path."
     )
@@ -141,6 +153,27 @@ class ModelConfig(_Strict):
     drain_timeout: Seconds | None = None
     max_queue: int | None = Field(None, ge=0)
     preload: bool = Field(False, description="Start at boot instead of on first request.")
+    # runtime: docker
+    image: str | None = Field(None, description="Container image (docker).")
+    entrypoint: Command | None = Field(None, description="Override the image's entrypoint.")
+    volumes: list[str] = Field(
+        default_factory=list, description="Bind mounts 'host:container[:ro]' (docker)."
+    )
+    gpus: Literal["all"] | list[int] | None = Field(
+        None, description="GPUs for the container: 'all' or device indices, like --gpus."
+    )
+    shm_size: str | None = Field(None, description="Shared memory size, e.g. '8g' (docker).")
+    network: Literal["host", "bridge"] = Field(
+        "host",
+        description="host: the container shares the host network and listens on ${PORT}; "
+        "bridge: container_port is published on 127.0.0.1:${PORT}.",
+    )
+    container_port: int | None = Field(
+        None, ge=1, le=65535, description="Port inside the container (network: bridge)."
+    )
+    pull: Literal["never", "missing", "always"] = Field(
+        "missing", description="When to pull the image."
+    )
 
     @field_validator("health_path")
     @classmethod
@@ -156,22 +189,56 @@ class ModelConfig(_Strict):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("volumes")
+    @classmethod
+    def _volume_shape(cls, volumes: list[str]) -> list[str]:
+        for volume in volumes:
+            if not _VOLUME.match(volume):
+                raise ValueError(f"'{volume}' is not 'host:/container[:ro|rw]'")
+        return volumes
+
     @model_validator(mode="after")
     def _has_command(self) -> ModelConfig:
+        template = TEMPLATES[self.template] if self.template else None
+        if self.runtime == "docker":
+            return self._check_docker()
+        misplaced = [key for key in _DOCKER_ONLY if key in self.model_fields_set]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: only for runtime: docker")
         if self.command is None:
-            template = TEMPLATES[self.template] if self.template else None
             if template is None or not template.command:
                 raise ValueError("no command: give `command`, or a `template` that has one")
             if self.model_path is None:
                 raise ValueError(f"template '{self.template}' needs `model_path`")
-        argv = self.command or list(TEMPLATES[self.template].command if self.template else ())
+        argv = self.command or list(template.command if template else ())
+        self._check_port(argv)
+        return self
+
+    def _check_docker(self) -> ModelConfig:
+        template = TEMPLATES[self.template] if self.template else None
+        if self.cwd is not None:
+            raise ValueError("cwd: only for runtime: process")
+        if self.image is None and (template is None or template.image is None):
+            raise ValueError("runtime: docker needs `image` (or a `template` that has one)")
+        if self.command is None and template is not None and template.docker_command \
+                and self.model_path is None:
+            raise ValueError(f"template '{self.template}' needs `model_path`")
+        if self.network == "bridge":
+            if self.container_port is None and (template is None or
+                                                template.container_port is None):
+                raise ValueError("network: bridge needs `container_port`")
+            return self
+        argv = self.command or list(template.docker_command if template else ())
+        self._check_port(argv)
+        return self
+
+    def _check_port(self, argv: list[str]) -> None:
         uses_port = any("${PORT}" in part for part in [*argv, *self.env.values()])
         if not uses_port and self.port is None:
             raise ValueError(
                 "the upstream cannot learn its port: put ${PORT} in `command` or `env`, "
                 "or set a fixed `port`"
             )
-        return self
 
 
 class Config(_Strict):
@@ -179,6 +246,7 @@ class Config(_Strict):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     defaults: Defaults = Field(default_factory=Defaults)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @field_validator("models")
@@ -200,6 +268,37 @@ class Config(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
+class DockerSpec:
+    image: str
+    entrypoint: tuple[str, ...] | None
+    volumes: tuple[str, ...]
+    gpus: str | tuple[int, ...] | None
+    shm_size: str | None
+    network: str
+    container_port: int | None
+    pull: str
+
+    @classmethod
+    def build(cls, model: ModelConfig) -> DockerSpec:
+        template = TEMPLATES[model.template] if model.template else None
+        image = model.image
+        if image is None and template is not None:
+            image = template.gpu_image if model.gpus and template.gpu_image else template.image
+        assert image is not None  # checked by ModelConfig
+        port = model.container_port or (template.container_port if template else None)
+        return cls(
+            image=image,
+            entrypoint=tuple(model.entrypoint) if model.entrypoint is not None else None,
+            volumes=tuple(model.volumes),
+            gpus=tuple(model.gpus) if isinstance(model.gpus, list) else model.gpus,
+            shm_size=model.shm_size,
+            network=model.network,
+            container_port=port,
+            pull=model.pull,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model's settings after templates and defaults are applied."""
 
@@ -218,11 +317,15 @@ class ModelSpec:
     drain_timeout: float
     max_queue: int
     preload: bool
+    docker: DockerSpec | None = None
 
     @classmethod
     def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
         template = TEMPLATES[model.template] if model.template else None
-        command = model.command or list(template.command if template else ())
+        docker = DockerSpec.build(model) if model.runtime == "docker" else None
+        default_command = (template.docker_command if docker else template.command) \
+            if template else ()
+        command = model.command or list(default_command)
         health = model.health_path or (template.health_path if template else "/health")
 
         def pick(value: float | None, default: float) -> float:
@@ -244,11 +347,18 @@ class ModelSpec:
             drain_timeout=pick(model.drain_timeout, defaults.drain_timeout),
             max_queue=model.max_queue if model.max_queue is not None else defaults.max_queue,
             preload=model.preload,
+            docker=docker,
         )
 
+    @property
+    def listen_host(self) -> str:
+        bridged = self.docker is not None and self.docker.network == "bridge"
+        return "0.0.0.0" if bridged else "127.0.0.1"  # 0.0.0.0 only inside its own netns
+
     def fill(self, text: str, port: int) -> str:
-        """Fill the per-start placeholders ${PORT}, ${MODEL_PATH}, ${MODEL_NAME}."""
-        values = {"PORT": str(port), "MODEL_PATH": self.model_path or "", "MODEL_NAME": self.name}
+        """Fill the per-start placeholders ${PORT}, ${HOST}, ${MODEL_PATH}, ${MODEL_NAME}."""
+        values = {"PORT": str(port), "HOST": self.listen_host,
+                  "MODEL_PATH": self.model_path or "", "MODEL_NAME": self.name}
         return _VAR.sub(lambda m: "$" if m.group(1) == "$" else values.get(m.group(2), m.group(0)),
                         text)
 
@@ -261,7 +371,8 @@ class ModelSpec:
     def config_hash(self) -> str:
         blob = json.dumps(
             [self.runtime, self.command, dict(self.env), self.cwd, self.health_path,
-             self.fixed_port, self.model_path],
+             self.fixed_port, self.model_path,
+             dataclasses.asdict(self.docker) if self.docker else None],
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

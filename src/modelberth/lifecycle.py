@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import psutil
 from loguru import logger
 
 from modelberth.config import ModelSpec
@@ -153,6 +152,21 @@ class Model:
     async def restart(self) -> None:
         await self.stop("restart")
         await self.start()
+
+    async def adopt(self, upstream: Upstream, port: int) -> bool:
+        """Take over an upstream an earlier run started, if it still answers health."""
+        self.port = port
+        if not await self._probe(f"{self.base_url}{self.spec.health_path}", 5.0):
+            await upstream.stop(self.spec.stop_timeout)
+            return False
+        self._transition(ModelState.STARTING, "adopt")
+        self._upstream = upstream
+        self.started_at = time.time()
+        self.last_used_at = time.time()
+        self._transition(ModelState.READY, "adopted", runtime_id=upstream.runtime_id)
+        self._watch_task = asyncio.create_task(self._watch(upstream))
+        self._arm_idle_timer()
+        return True
 
     # --- starting ----------------------------------------------------------------------
 
@@ -330,20 +344,12 @@ class Model:
             "last_used_at": self.last_used_at,
             "in_flight": self.in_flight,
             "queue": self.waiting,
-            "memory_bytes": _rss(upstream.pids) if upstream else None,
+            "memory_bytes": upstream.memory_bytes if upstream else None,
             "vram_bytes": None,
             "last_error": self.last_error,
             "idle_timeout": self.spec.idle_timeout,
             "starts": self.starts,
         }
-
-
-def _rss(pids: list[int]) -> int | None:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            total += psutil.Process(pid).memory_info().rss
-    return total or None
 
 
 def swallow_outcome(task: asyncio.Task[None]) -> None:

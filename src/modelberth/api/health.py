@@ -17,4 +17,7 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> dict[str, Any]:
     reg = registry(request)
     states = Counter(m.state.value for m in reg.models.values())
-    return {"status": "ok", "version": __version__, "models": dict(states)}
+    runtimes = await reg.runtime_health()
+    status = "ok" if all(v == "ok" for v in runtimes.values()) else "degraded"
+    return {"status": status, "version": __version__, "models": dict(states),
+            "runtimes": runtimes}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Protocol
 
 from modelberth.config import ModelSpec
@@ -33,6 +34,11 @@ class Upstream(Protocol):
     @property
     def pids(self) -> list[int]: ...
 
+    @property
+    def memory_bytes(self) -> int | None:
+        """Memory in use now (processes) or at the last background sample (containers)."""
+        ...
+
     def exited(self) -> ExitStatus | None: ...
 
     async def wait(self) -> ExitStatus:
@@ -51,6 +57,13 @@ class Runtime(Protocol):
         """Launch the upstream; output goes to `logs`. Raise RuntimeStartError if it can't."""
         ...
 
-    async def cleanup_orphans(self) -> list[str]:
-        """Stop what a previous modelberth run left behind; return what was removed."""
+    error: str | None  # why the runtime cannot work right now (daemon down...), if so
+
+    async def recover(self, specs: Mapping[str, ModelSpec]) -> dict[str, tuple[Upstream, int]]:
+        """Deal with what an earlier modelberth run left: upstreams that still match the
+        config are returned (by model name, with their port) to be adopted; the rest end."""
         ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -7,14 +7,14 @@ import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import psutil
 from loguru import logger
 
 from modelberth.config import ModelSpec
 from modelberth.logbuffer import LogBuffer
-from modelberth.runtimes.base import ExitStatus, RuntimeStartError
+from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
 
 # Every upstream carries this variable; its value names the modelberth process that owns it,
 # so a later run can find (and end) what a crashed or killed run left behind.
@@ -62,6 +62,14 @@ class ProcessUpstream:
             return [leader.pid, *(child.pid for child in leader.children(recursive=True))]
         except psutil.Error:
             return []
+
+    @property
+    def memory_bytes(self) -> int | None:
+        total = 0
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                total += psutil.Process(pid).memory_info().rss
+        return total or None
 
     def exited(self) -> ExitStatus | None:
         return self._exit
@@ -119,6 +127,7 @@ class ProcessRuntime:
 
     def __init__(self) -> None:
         self._owner = _owner_tag(os.getpid())
+        self.error: str | None = None
 
     async def start(self, spec: ModelSpec, port: int, logs: LogBuffer) -> ProcessUpstream:
         argv = spec.argv(port)
@@ -146,8 +155,16 @@ class ProcessRuntime:
         logs.append("modelberth", f"started pid {proc.pid}: {' '.join(argv)}")
         return ProcessUpstream(proc, spec.name, logs)
 
-    async def cleanup_orphans(self) -> list[str]:
-        return await asyncio.to_thread(_kill_orphans, self._owner)
+    async def recover(self, specs: Mapping[str, ModelSpec]) -> dict[str, tuple[Upstream, int]]:
+        """Processes are never adopted: whatever a dead modelberth left is ended."""
+        await asyncio.to_thread(_kill_orphans, self._owner)
+        return {}
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
 
 
 def _orphans(own_tag: str) -> list[psutil.Process]:
