@@ -76,10 +76,14 @@ class DockerUpstream:
         self._exit: ExitStatus | None = None
         self.memory_bytes: int | None = None  # sampled in the background by the runtime
         loop = asyncio.get_running_loop()
+        self._log_threads = [
+            threading.Thread(target=self._follow_logs, args=(loop, stream),
+                             name=f"{stream}-{model}", daemon=True)
+            for stream in ("stdout", "stderr")
+        ]
+        for thread in self._log_threads:
+            thread.start()
         self._waiter = asyncio.ensure_future(self._reap())
-        self._log_thread = threading.Thread(
-            target=self._follow_logs, args=(loop,), name=f"logs-{model}", daemon=True)
-        self._log_thread.start()
 
     @property
     def runtime_id(self) -> str:
@@ -125,34 +129,31 @@ class DockerUpstream:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             self._logs.append("modelberth", f"lost track of the container: {exc}")
             code = -1
+        # Let the last output land in the buffer first: errors quote the log tail.
+        await _in_thread(lambda: [t.join(2.0) for t in self._log_threads], "join-logs")
         self._exit = ExitStatus(code) if code < 128 or code == 255 else ExitStatus(
             None, code - 128)
         return self._exit
 
-    def _follow_logs(self, loop: asyncio.AbstractEventLoop) -> None:
-        log = logger.bind(model=self._model, upstream=True)
-        pending = {"stdout": b"", "stderr": b""}
+    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str) -> None:
+        log = logger.bind(model=self._model, upstream=True, stream=stream)
+        pending = b""
 
-        def emit(stream: str, raw: bytes) -> None:
+        def emit(raw: bytes) -> None:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             loop.call_soon_threadsafe(self._logs.append, stream, text)
-            log.bind(stream=stream).debug("{}", text)
+            log.debug("{}", text)
 
         try:
-            for out, err in self._runtime.attach(self._container):
-                for stream, chunk in (("stdout", out), ("stderr", err)):
-                    if not chunk:
-                        continue
-                    *lines, pending[stream] = (pending[stream] + chunk).split(b"\n")
-                    for line in lines:
-                        emit(stream, line)
+            for chunk in self._runtime.follow_logs(self._container, stream):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    emit(line)
+            if pending:
+                emit(pending)
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 RuntimeError):
             pass  # the container is gone, or the loop is closed
-        for stream, rest in pending.items():
-            if rest:
-                with contextlib.suppress(RuntimeError):
-                    emit(stream, rest)
 
 
 class DockerRuntime:
@@ -201,11 +202,13 @@ class DockerRuntime:
         except RuntimeStartError:
             return False
 
-    def attach(self, container: Container) -> Iterator[tuple[bytes | None, bytes | None]]:
+    def follow_logs(self, container: Container, stream: str) -> Iterator[bytes]:
+        """Blocking: the container's output on one stream, from its start until it exits."""
         assert self._client is not None
-        stream: Iterator[tuple[bytes | None, bytes | None]] = self._client.api.attach(
-            str(container.id), stdout=True, stderr=True, stream=True, logs=True, demux=True)
-        return stream
+        chunks: Iterator[bytes] = self._client.api.logs(
+            str(container.id), stdout=stream == "stdout", stderr=stream == "stderr",
+            stream=True, follow=True)
+        return chunks
 
     async def remove(self, container: Container) -> None:
         with contextlib.suppress(docker.errors.NotFound, RuntimeStartError):

@@ -97,6 +97,8 @@ class ProcessUpstream:
 
     async def _reap(self) -> ExitStatus:
         code = await self._proc.wait()
+        # Let the last output land in the buffer first: errors quote the log tail.
+        await asyncio.wait(self._readers, timeout=1.0)
         self._exit = ExitStatus(None, -code) if code < 0 else ExitStatus(code)
         return self._exit
 

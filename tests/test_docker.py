@@ -1,0 +1,336 @@
+"""The Docker runtime on a real engine (started by scripts/ensure-docker-engine.sh)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+import openai
+import pytest
+
+from conftest import FAKE, Modelberth, events_of, wait_for
+from modelberth.config import parse_config
+from modelberth.demo import llama_server_path
+from modelberth.runtimes.docker import LABEL_MANAGED, DockerRuntime
+from modelberth.tinymodel import ensure_tiny_model
+
+IMAGE = "modelberth-test/host:1"
+REPO = Path(__file__).resolve().parent.parent
+CHAT = "/v1/chat/completions"
+# The image holds almost nothing: host binaries and Python come in read-only.
+HOST_MOUNTS = ["/usr:/usr:ro", f"{sys.base_prefix}:{sys.base_prefix}:ro", f"{REPO}:{REPO}:ro"]
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker engine: {exc}. `make test` starts one with "
+                    "scripts/ensure-docker-engine.sh (Debian's docker.io).", pytrace=False)
+    yield client
+    client.close()
+
+
+def _rootfs() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("etc", "tmp", "usr", "sbin", "proc", "sys", "dev", "root"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        passwd = b"root:x:0:0:root:/root:/bin/sh\n"
+        info = tarfile.TarInfo("etc/passwd")
+        info.size = len(passwd)
+        tar.addfile(info, io.BytesIO(passwd))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def image(engine: docker.DockerClient) -> str:
+    try:
+        engine.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        repository, tag = IMAGE.split(":")
+        engine.api.import_image_from_data(_rootfs(), repository=repository, tag=tag)
+    return IMAGE
+
+
+@pytest.fixture
+def containers(engine: docker.DockerClient) -> Iterator[Any]:
+    """Lists this engine's modelberth containers; after the test, asserts none is left."""
+    def listing() -> list[Any]:
+        return list(engine.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}))
+
+    yield listing
+    left = listing()
+    for container in left:
+        container.remove(force=True)
+    assert not left, f"containers outlived modelberth: {[c.name for c in left]}"
+
+
+def fake_container(base_image: str, tmp: Path, *extra: str, **settings: Any) -> dict[str, Any]:
+    return {
+        "runtime": "docker",
+        "image": base_image,
+        "pull": "never",
+        "command": [sys.executable, FAKE, "--port", "${PORT}", "--events",
+                    str(tmp / "events"), *extra],
+        "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
+        "stop_timeout": 2,
+        **settings,
+    }
+
+
+def post_chat(mb: Modelberth, model: str = "m", **body: Any) -> httpx.Response:
+    with mb.client() as client:
+        return client.post(CHAT, json={"model": model, "messages": [], **body})
+
+
+def test_on_demand_start_stream_ttl_and_labels(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    mb = modelberth({"models": {"m": fake_container(image, tmp_path, idle_timeout=2)}})
+    assert post_chat(mb).status_code == 200
+    status = mb.status("m")
+    assert status["state"] == "ready"
+    assert status["runtime"] == "docker"
+    (container,) = containers()
+    assert container.id.startswith(status["runtime_id"])
+    assert container.name == "modelberth-m"
+    assert container.labels["modelberth.model"] == "m"
+    assert len(container.labels["modelberth.config"]) == 16
+    host_config = container.attrs["HostConfig"]
+    assert host_config["Init"] is True
+    assert host_config["NetworkMode"] == "host"
+
+    streamed = post_chat(mb, stream=True, chunks=4, chunk_delay=0.05)
+    assert streamed.text.count("tok") == 4
+    with mb.client() as client:
+        assert "fake upstream starting" in client.get("/api/models/m/logs").text
+
+    wait_for(lambda: mb.status("m")["state"] == "stopped", timeout=10)
+    wait_for(lambda: not containers(), timeout=5)
+
+
+def test_manual_start_stop_restart(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    mb = modelberth({"models": {"m": fake_container(image, tmp_path)}})
+    with mb.client() as client:
+        first = client.post("/api/models/m/start").json()
+        assert first["state"] == "ready"
+        second = client.post("/api/models/m/restart").json()
+        assert second["state"] == "ready"
+        assert second["runtime_id"] != first["runtime_id"]
+        assert len(containers()) == 1
+        assert client.post("/api/models/m/stop").json()["state"] == "stopped"
+        assert not containers()
+
+
+def test_memory_is_sampled_in_the_background(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    mb = modelberth({"models": {"m": fake_container(image, tmp_path)}})
+    assert post_chat(mb).status_code == 200
+    memory = wait_for(lambda: mb.status("m")["memory_bytes"], timeout=15)
+    assert 5 * 2**20 < memory < 500 * 2**20
+
+
+def test_exit_during_start_reports_code_and_log_tail(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    mb = modelberth({"models": {"m": fake_container(image, tmp_path, "--exit-code", "7")}})
+    response = post_chat(mb)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "model_start_failed"
+    assert "exit code 7" in error["message"]
+    assert "cannot load model weights (simulated)" in error["message"]
+    wait_for(lambda: not containers(), timeout=5)
+
+
+def test_crash_while_ready_is_noticed_at_once(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    mb = modelberth({"models": {"m": fake_container(image, tmp_path)}})
+    assert post_chat(mb).status_code == 200
+    engine.containers.get("modelberth-m").kill()
+    wait_for(lambda: mb.status("m")["state"] == "failed", timeout=3)
+    assert "signal 9" in mb.status("m")["last_error"]
+    assert post_chat(mb).status_code == 200
+    assert len(events_of(tmp_path / "events", "start")) == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"image": "modelberth-test/absent:1", "pull": "never"},
+         ["image 'modelberth-test/absent:1' is not present locally (pull: never)"]),
+        ({"image": "modelberth-test/absent:1", "pull": "missing"},
+         ["image 'modelberth-test/absent:1' is missing and could not be pulled"]),
+        ({"command": ["/no/such/binary", "${PORT}"]},
+         ["exited during start (exit code 127)", "exec /no/such/binary failed"]),
+    ],
+    ids=["pull-never", "pull-fails", "bad-command"],
+)
+def test_start_errors_are_503_with_the_cause(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, settings: dict[str, Any],
+    message: list[str],
+) -> None:
+    mb = modelberth({"models": {"m": {**fake_container(image, tmp_path), **settings},
+                                "ok": fake_container(image, tmp_path)}})
+    response = post_chat(mb)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_start_failed"
+    for fragment in message:
+        assert fragment in response.json()["error"]["message"]
+    assert not [c for c in containers() if c.name == "modelberth-m"]
+    assert post_chat(mb, "ok").status_code == 200
+
+
+def test_port_already_taken(containers: Any, modelberth: Any, image: str, tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        mb = modelberth({"models": {"m": fake_container(image, tmp_path, port=port)}})
+        response = post_chat(mb)
+    assert response.status_code == 503
+    assert "exited during start" in response.json()["error"]["message"]
+    assert "address already in use" in response.json()["error"]["message"].lower()
+
+
+def test_daemon_down_keeps_modelberth_up_and_it_recovers(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    sock = tmp_path / "engine.sock"  # absent at first: the daemon is unreachable
+    mb = modelberth({
+        "docker": {"url": f"unix://{sock}"},
+        "models": {"m": fake_container(image, tmp_path),
+                   "local": {"command": [sys.executable, FAKE, "--port", "${PORT}"]}},
+    })
+    response = post_chat(mb)
+    assert response.status_code == 503
+    assert "Docker daemon unreachable" in response.json()["error"]["message"]
+    health = httpx.get(mb.url + "/health").json()
+    assert health["status"] == "degraded"
+    assert health["runtimes"]["docker"].startswith("degraded")
+    assert health["runtimes"]["process"] == "ok"
+    assert post_chat(mb, "local").status_code == 200
+
+    sock.symlink_to("/var/run/docker.sock")  # the daemon "returns"
+    assert post_chat(mb).status_code == 200
+    assert httpx.get(mb.url + "/health").json()["status"] == "ok"
+
+
+def test_kill_9_then_restart_adopts_the_running_container(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    config = {"models": {"m": fake_container(image, tmp_path)}}
+    first = modelberth(config)
+    assert post_chat(first).status_code == 200
+    container_id = first.status("m")["runtime_id"]
+    first.stop(signal.SIGKILL)
+    assert len(containers()) == 1  # containers do not die with their manager
+
+    second = modelberth({"models": {"m": fake_container(image, tmp_path)}})
+    status = second.status("m")
+    assert status["state"] == "ready"
+    assert status["runtime_id"] == container_id
+    assert post_chat(second).status_code == 200
+    assert len(events_of(tmp_path / "events", "start")) == 1
+    assert len(containers()) == 1
+
+
+def test_boot_removes_containers_that_do_not_match(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    first = modelberth({"models": {"m": fake_container(image, tmp_path)}})
+    assert post_chat(first).status_code == 200
+    first.stop(signal.SIGKILL)
+    stale = engine.containers.create(image, ["true"], name="modelberth-gone",
+                                     labels={LABEL_MANAGED: "true", "modelberth.model": "gone"})
+    assert stale.status == "created"
+
+    changed = fake_container(image, tmp_path, "--chunks", "3")  # another config hash
+    second = modelberth({"models": {"m": changed}})
+    assert second.status("m")["state"] == "stopped"
+    wait_for(lambda: not containers(), timeout=5)
+    assert post_chat(second).status_code == 200
+    assert len(containers()) == 1
+
+
+def test_gpu_device_requests_reach_the_engine(
+    image: str, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    yaml_text = f"""
+models:
+  some: {{runtime: docker, image: "{image}", gpus: [0, 1], command: [x, "${{PORT}}"]}}
+  every: {{runtime: docker, image: "{image}", gpus: all, command: [x, "${{PORT}}"]}}
+"""
+    specs = parse_config(yaml_text).specs()
+    runtime = DockerRuntime()
+    for name, expected in (("some", {"Count": 0, "DeviceIDs": ["0", "1"]}),
+                           ("every", {"Count": -1, "DeviceIDs": []})):
+        args = runtime._create_args(specs[name], 9999, image)
+        args["name"] = f"modelberth-gpu-test-{name}"
+        container = engine.containers.create(**args)
+        try:
+            (request,) = container.attrs["HostConfig"]["DeviceRequests"]
+            assert request["Capabilities"] == [["gpu"]]
+            assert {k: request[k] for k in expected} == expected
+        finally:
+            container.remove(force=True)
+
+
+def test_gpu_model_without_nvidia_runtime_fails_clearly(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    mb = modelberth({"models": {"m": fake_container(image, tmp_path, gpus="all")}})
+    response = post_chat(mb)
+    assert response.status_code == 503
+    assert "gpu" in response.json()["error"]["message"].lower()
+    assert not containers()
+
+
+def test_real_llama_server_in_a_container(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path
+) -> None:
+    model = ensure_tiny_model(tmp_path / "tiny.gguf")
+    binary = llama_server_path()
+    mb = modelberth({"models": {"tiny": {
+        "runtime": "docker", "image": image, "pull": "never",
+        "command": [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", "${PORT}",
+                    "-t", "1", "-np", "1", "-c", "512", "--no-webui"],
+        "volumes": [*HOST_MOUNTS, f"{tmp_path}:{tmp_path}:ro"],
+    }}})
+    began = time.monotonic()
+    with openai.OpenAI(base_url=mb.url + "/v1", api_key="x", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+        assert reply.usage is not None
+        assert reply.usage.completion_tokens > 0
+        chunks = list(client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+            stream=True))
+        assert len(chunks) >= 3
+    assert time.monotonic() - began < 30
+    assert len(containers()) == 1
+    assert os.path.exists(binary)
