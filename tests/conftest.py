@@ -123,7 +123,8 @@ class Modelberth:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"modelberth ignored signal {sig}:\n{self.log()[-3000:]}")
+            raise AssertionError(
+                f"modelberth ignored signal {sig}:\n{self.log()[-3000:]}") from None
 
     def kill_leftovers(self) -> list[int]:
         """Safety net for failed tests: end what this server started, report the pids."""

@@ -124,16 +124,20 @@ class DockerUpstream:
 
     async def _reap(self) -> ExitStatus:
         try:
-            result = await _in_thread(lambda: self._container.wait(), f"wait-{self._model}")
+            result = await _in_thread(self._container.wait, f"wait-{self._model}")
             code = int(result.get("StatusCode", -1))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             self._logs.append("modelberth", f"lost track of the container: {exc}")
             code = -1
         # Let the last output land in the buffer first: errors quote the log tail.
-        await _in_thread(lambda: [t.join(2.0) for t in self._log_threads], "join-logs")
+        await _in_thread(self._join_log_threads, "join-logs")
         self._exit = ExitStatus(code) if code < 128 or code == 255 else ExitStatus(
             None, code - 128)
         return self._exit
+
+    def _join_log_threads(self) -> None:
+        for thread in self._log_threads:
+            thread.join(2.0)
 
     def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str) -> None:
         log = logger.bind(model=self._model, upstream=True, stream=stream)
