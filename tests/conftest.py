@@ -81,11 +81,11 @@ class Modelberth:
         self.url = f"http://127.0.0.1:{config['server']['port']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Modelberth:
+    def start(self, extra: list[str] | None = None) -> Modelberth:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "modelberth", "serve", "-c", str(self.config_path),
-                 "--log-format", "plain", "--log-level", "DEBUG"],
+                 "--log-format", "plain", "--log-level", "DEBUG", *(extra or [])],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"},
             )
         deadline = time.monotonic() + 20

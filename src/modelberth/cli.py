@@ -50,8 +50,9 @@ def serve(
     log_format: FormatOpt = "auto",
     log_level: LevelOpt = "INFO",
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    watch: Annotated[bool, typer.Option(help="Reload when the config file changes.")] = False,
 ) -> None:
-    """Run the server."""
+    """Run the server. SIGHUP or POST /api/reload re-read the config."""
     from modelberth.server import serve as run
 
     setup_logging(_log_format(log_format), log_level.upper())
@@ -59,7 +60,7 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
-    run(cfg, access_log=access_log)
+    run(cfg, config_path=config_path(config), watch=watch, access_log=access_log)
 
 
 @app.command()
@@ -152,6 +153,14 @@ def stop(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
 def restart(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Stop and start a model."""
     _action("restart", name, url, key)
+
+
+@app.command()
+def reload(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+    """Make the server re-read its config file."""
+    result = _call(url, key, "POST", "/api/reload")
+    changes = {k: v for k, v in result.items() if v}
+    typer.echo(json.dumps(changes, indent=2) if changes else "no changes")
 
 
 @app.command()

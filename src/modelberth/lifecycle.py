@@ -34,6 +34,10 @@ TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
 _FIRST_PROBE_DELAY = 0.025
 _MAX_PROBE_DELAY = 0.25
 _LOG_TAIL = 15
+# After repeated failures a model waits before the next automatic start: 1 s after the second
+# failure in a row, doubling up to a minute. Manual starts do not wait.
+_BACKOFF_BASE = 1.0
+_BACKOFF_MAX = 60.0
 
 
 class InvalidTransition(RuntimeError):
@@ -63,6 +67,8 @@ class Model:
         self.in_flight = 0
         self.waiting = 0
         self.starts = 0
+        self.failures = 0  # consecutive failed starts or crashes
+        self._failed_at = 0.0
         self._upstream: Upstream | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -126,9 +132,10 @@ class Model:
     # --- management --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start (or join a start in progress) and wait until ready; raise if it fails."""
+        """Start (or join a start in progress) and wait until ready; raise if it fails.
+        A start asked for by hand does not wait for the crash back-off."""
         while not self.ready:
-            await self._ensure_started()
+            await self._ensure_started(force=True)
         self.last_used_at = time.time()
         self._arm_idle_timer()
 
@@ -153,6 +160,22 @@ class Model:
         await self.stop("restart")
         await self.start()
 
+    def reconfigure(self, spec: ModelSpec, runtime: Runtime) -> bool:
+        """Take new settings that change how the upstream runs. A running model restarts
+        (in the background, after its in-flight requests); returns whether it will."""
+        running = self.state in (ModelState.STARTING, ModelState.READY)
+        self.spec = spec
+        self._runtime = runtime
+        self.failures = 0  # a new config deserves a fresh try
+        if running:
+            task = asyncio.create_task(self._restart_for_config())
+            task.add_done_callback(swallow_outcome)
+        return running
+
+    async def _restart_for_config(self) -> None:
+        await self.stop("config changed")
+        await self.start()
+
     async def adopt(self, upstream: Upstream, port: int) -> bool:
         """Take over an upstream an earlier run started, if it still answers health."""
         self.port = port
@@ -170,12 +193,14 @@ class Model:
 
     # --- starting ----------------------------------------------------------------------
 
-    async def _ensure_started(self) -> None:
+    async def _ensure_started(self, force: bool = False) -> None:
         if self._stop_task is not None:
             await asyncio.shield(self._stop_task)
             return
         if self.state is ModelState.READY:
             return
+        if not force and self.state is ModelState.FAILED and self._start_task is None:
+            self._check_backoff()
         task = self._begin_start()
         try:
             await asyncio.shield(task)
@@ -184,6 +209,23 @@ class Model:
             if task.cancelled() and not (current and current.cancelling()):
                 return  # the start was called off by a stop: the caller loops and tries again
             raise
+
+    def backoff_remaining(self) -> float:
+        if self.failures < 2:
+            return 0.0
+        delay = min(_BACKOFF_BASE * 2.0 ** (self.failures - 2), _BACKOFF_MAX)
+        return max(0.0, self._failed_at + delay - time.monotonic())
+
+    def _check_backoff(self) -> None:
+        wait = self.backoff_remaining()
+        if wait > 0:
+            first_line = (self.last_error or "").splitlines()[0] if self.last_error else ""
+            raise StartFailed(
+                self.name,
+                f"{self.failures} failures in a row, next try in {wait:.1f}s "
+                f"(last: {first_line})",
+                retry_after=max(1, round(wait)),
+            )
 
     def _begin_start(self) -> asyncio.Task[None]:
         """The one start in progress, created (and STARTING entered) synchronously."""
@@ -206,6 +248,7 @@ class Model:
             await self._await_health(self._upstream)
             self.started_at = time.time()
             self.last_error = None
+            self.failures = 0
             self._transition(ModelState.READY, "healthy",
                              start_seconds=round(time.monotonic() - began, 3))
             self._watch_task = asyncio.create_task(self._watch(self._upstream))
@@ -263,6 +306,8 @@ class Model:
         self._fail(reason)
 
     def _fail(self, reason: str) -> None:
+        self.failures += 1
+        self._failed_at = time.monotonic()
         self.started_at = None
         self.last_error = self._with_tail(reason)
         self._transition(ModelState.FAILED, reason)
@@ -349,6 +394,8 @@ class Model:
             "last_error": self.last_error,
             "idle_timeout": self.spec.idle_timeout,
             "starts": self.starts,
+            "failures": self.failures,
+            "retry_in": round(self.backoff_remaining(), 3) or None,
         }
 
 

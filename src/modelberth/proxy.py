@@ -36,14 +36,12 @@ _MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([
 class Proxy:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        server = registry.config.server
-        self.max_body = int(server.max_body_mb * 1024 * 1024)
-        self.api_keys = server.api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.registry.config.server  # read per request: a reload may change it
         try:
-            auth.check(scope["headers"], self.api_keys)
-            body = await self._read_body(scope, receive)
+            auth.check(scope["headers"], server.api_keys)
+            body = await self._read_body(scope, receive, int(server.max_body_mb * 2**20))
             if scope["path"].startswith("/upstream/"):
                 name, path = _split_upstream_path(scope["path"])
             else:
@@ -58,10 +56,10 @@ class Proxy:
         finally:
             model.release()
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise _too_large(self.max_body)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -70,8 +68,8 @@ class Proxy:
                 raise APIError(499, "client closed the request", code="client_closed")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise _too_large(self.max_body)
+            if size > limit:
+                raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -1,24 +1,40 @@
-"""The configured models: lookup by name or alias, boot clean-up, preload and shutdown."""
+"""The configured models: lookup by name or alias, boot clean-up, preload, reload, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from loguru import logger
 
-from modelberth.config import Config
+from modelberth.config import Config, ModelSpec, load_config
 from modelberth.events import EventBus
 from modelberth.lifecycle import Model
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
-from modelberth.types import ModelState, StateEvent, model_not_found
+from modelberth.types import APIError, ModelState, StateEvent, model_not_found
+
+
+@dataclass
+class ReloadResult:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Registry:
-    def __init__(self, config: Config, events: EventBus | None = None) -> None:
+    def __init__(self, config: Config, events: EventBus | None = None,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
         self.events = events or EventBus()
         self.events.add_listener(_log_event)
         self.runtimes: dict[str, Runtime] = {
@@ -52,10 +68,8 @@ class Registry:
         )
         specs = self.config.specs()
         for name, spec in specs.items():
-            model = Model(spec, self.runtimes[spec.runtime], self.events, self._http)
-            self.models[name] = model
-            for key in (name, *spec.aliases):
-                self._by_name[key] = model
+            self.models[name] = self._new_model(spec)
+        self._index()
         for runtime_name in self.runtimes_in_use() | {"process"}:
             found = await self.runtimes[runtime_name].recover(specs)
             for name, (upstream, port) in found.items():
@@ -65,6 +79,61 @@ class Registry:
         for model in self.models.values():
             if model.spec.preload and not model.ready:
                 model.start_soon()
+
+    def _new_model(self, spec: ModelSpec) -> Model:
+        return Model(spec, self.runtimes[spec.runtime], self.events, self.http)
+
+    def _index(self) -> None:
+        self._by_name = {key: model for model in self.models.values()
+                         for key in (model.name, *model.spec.aliases)}
+
+    async def reload_from_file(self) -> ReloadResult:
+        """Re-read the config file; on any error keep the running config and raise."""
+        if self.config_path is None:
+            raise APIError(409, "This server was not started from a config file.",
+                           code="no_config_file")
+        config = await asyncio.to_thread(load_config, self.config_path)
+        return await self.reload(config)
+
+    async def reload(self, config: Config) -> ReloadResult:
+        """Apply a new config without dropping a request: unchanged models keep running,
+        changed ones restart once their in-flight requests finish, removed ones stop then."""
+        async with self._reload_lock:
+            result = ReloadResult()
+            old_server = self.config.server
+            if (config.server.host, config.server.port) != (old_server.host, old_server.port):
+                result.warnings.append("server.host/port changes need a restart")
+            if config.docker != self.config.docker:
+                result.warnings.append("docker.url changes need a restart")
+                config = config.model_copy(update={"docker": self.config.docker})
+            new_specs = config.specs()
+            for name in list(self.models):
+                if name not in new_specs:
+                    self._retire(self.models.pop(name))
+                    result.removed.append(name)
+            for name, spec in new_specs.items():
+                model = self.models.get(name)
+                if model is None:
+                    self.models[name] = self._new_model(spec)
+                    result.added.append(name)
+                elif model.spec == spec:
+                    result.unchanged.append(name)
+                elif model.spec.config_hash() == spec.config_hash():
+                    model.spec = spec
+                    result.updated.append(name)
+                elif model.reconfigure(spec, self.runtimes[spec.runtime]):
+                    result.restarted.append(name)
+                else:
+                    result.updated.append(name)
+            self.config = config
+            self._index()
+            logger.info("config reloaded: {}", {k: v for k, v in vars(result).items() if v})
+            return result
+
+    def _retire(self, model: Model) -> None:
+        task = asyncio.create_task(model.stop("removed from config"))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def runtimes_in_use(self) -> set[str]:
         return {model.spec.runtime for model in self.models.values()}
@@ -78,7 +147,7 @@ class Registry:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(m.stop("shutdown") for m in self.models.values()),
-                             return_exceptions=True)
+                             *self._retiring, return_exceptions=True)
         for runtime in self.runtimes.values():
             await runtime.close()
         if self._http is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 from loguru import logger
@@ -37,14 +38,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(config: Config, *, access_log: bool = False,
-          on_ready: Callable[[str], None] | None = None) -> None:
+def serve(config: Config, *, config_path: Path | None = None, watch: bool = False,
+          access_log: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
     server_cfg = config.server
     if not _is_loopback(server_cfg.host) and not server_cfg.api_keys:
         logger.warning("listening on {} with no api_keys: anyone who can reach this address "
                        "can use and manage every model", server_cfg.host)
     uv_config = uvicorn.Config(
-        create_app(config),
+        create_app(config, config_path, watch),
         host=server_cfg.host,
         port=server_cfg.port,
         log_config=None,

@@ -80,12 +80,13 @@ def model_not_found(name: str) -> APIError:
 
 
 class StartFailed(APIError):
-    def __init__(self, model: str, reason: str) -> None:
+    def __init__(self, model: str, reason: str, retry_after: int | None = None) -> None:
         super().__init__(
             503,
             f"Model '{model}' failed to start: {reason}",
             type="server_error",
             code="model_start_failed",
+            headers={"Retry-After": str(retry_after)} if retry_after else None,
         )
 
 

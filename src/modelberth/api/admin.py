@@ -6,14 +6,17 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from modelberth.api.deps import registry, require_admin_key
+from modelberth.config import ConfigError
 from modelberth.lifecycle import Model, swallow_outcome
 from modelberth.logbuffer import LogLine
+from modelberth.types import APIError
 
 router = APIRouter(prefix="/api", tags=["management"], dependencies=[Depends(require_admin_key)])
 
@@ -93,6 +96,17 @@ async def model_logs(
 
     return StreamingResponse(lines(), media_type=media,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/reload")
+async def reload_config(request: Request) -> dict[str, Any]:
+    """Re-read the config file. Invalid config: 400 with every error; the old one stays."""
+    reg = registry(request)
+    try:
+        result = await reg.reload_from_file()
+    except ConfigError as exc:
+        raise APIError(400, exc.render(), code="invalid_config") from None
+    return asdict(result)
 
 
 @router.get("/events")
