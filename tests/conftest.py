@@ -93,7 +93,7 @@ class Modelberth:
             if self.proc.poll() is not None:
                 raise AssertionError(f"modelberth exited at start:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1).status_code in (200, 401):
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)

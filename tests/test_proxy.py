@@ -278,3 +278,20 @@ def test_port_already_taken_by_fixed_port_fails_clearly(modelberth: Any) -> None
             response = client.post(CHAT, json={"model": "m", "messages": []})
     assert response.status_code == 503
     assert "exited during start" in response.json()["error"]["message"]
+
+
+def test_keys_are_never_logged_and_health_can_be_protected(modelberth: Any) -> None:
+    mb = modelberth({"server": {"api_keys": ["sk-secret-user"], "admin_keys": ["sk-secret-adm"],
+                                "protect_health": True},
+                     "models": {"m": fake_model(None)}}, start=False)
+    mb.start(extra=["--access-log"])
+    with mb.client(headers={"Authorization": "Bearer sk-secret-user"}) as client:
+        assert client.post(CHAT, json={"model": "m", "messages": []}).status_code == 200
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"Authorization": "Bearer nope"}).status_code == 401
+    with mb.client() as client:
+        assert client.get("/api/models", headers={"x-api-key": "sk-secret-adm"}).status_code == 200
+        assert client.get("/health").status_code == 401
+    log = mb.log()
+    assert "POST /v1/chat/completions" in log
+    assert "sk-secret" not in log

@@ -109,6 +109,9 @@ class ServerConfig(_Strict):
         default_factory=list, description="Bearer keys for /api/*; empty = same as api_keys."
     )
     max_body_mb: float = Field(32, gt=0, description="Largest request body accepted (413 above).")
+    protect_health: bool = Field(
+        False, description="Require a key (api or admin) for /health and /metrics too."
+    )
 
 
 class Defaults(_Strict):
@@ -467,22 +470,38 @@ def _pydantic_issues(error: ValidationError, lines: Mapping[Path_, int]) -> list
     return issues
 
 
+def _yaml_issue(exc: yaml.YAMLError, text: str) -> ConfigIssue:
+    line = None
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        line = exc.problem_mark.line + 1
+    elif isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    return ConfigIssue("", line, f"invalid YAML: {problem}")
+
+
+def _read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, _Reader]:
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_issue(exc, text)]) from None
+    try:
+        root = loader.get_single_node()
+        reader = _Reader(loader, env)
+        return ({} if root is None else reader.read(root, ())), reader
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_issue(exc, text)]) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an impossible !!timestamp
+        raise ConfigError(source, [ConfigIssue("", None, f"invalid YAML value: {exc}")]
+                          ) from None
+    finally:
+        loader.dispose()
+
+
 def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None
                  ) -> Config:
     """Parse YAML text into a validated Config, or raise ConfigError listing every problem."""
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            line = mark.line + 1 if mark else None
-            raise ConfigError(source, [ConfigIssue("", line, f"invalid YAML: {exc.problem}")]
-                              ) from None
-        reader = _Reader(loader, os.environ if env is None else env)
-        data = {} if root is None else reader.read(root, ())
-    finally:
-        loader.dispose()
+    data, reader = _read_yaml(text, source, os.environ if env is None else env)
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigIssue("", 1, "the config must be a mapping of keys")])
     issues = list(reader.issues)
