@@ -81,12 +81,14 @@ class Modelberth:
         self.url = f"http://127.0.0.1:{config['server']['port']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, extra: list[str] | None = None) -> Modelberth:
+    def start(self, extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> Modelberth:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "modelberth", "serve", "-c", str(self.config_path),
                  "--log-format", "plain", "--log-level", "DEBUG", *(extra or [])],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"},
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_PROXY": "*", **(env or {})},
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -108,7 +110,7 @@ class Modelberth:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+        return httpx.Client(base_url=self.url, **{"timeout": 30, **kwargs})
 
     def status(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = httpx.get(f"{self.url}/api/models/{name}", timeout=10).json()

@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--die-after-chunks", type=int, default=None)
     parser.add_argument("--events", default=None)
     parser.add_argument("--ignore-sigterm", action="store_true")
+    parser.add_argument("--alloc-mb", type=int, default=0,
+                        help="hold this much resident memory, like a loaded model")
     parser.add_argument("--spawn-child", action="store_true",
                         help="also start a long-lived child process in the same group")
     args = parser.parse_args()
@@ -113,6 +115,8 @@ def main() -> None:
         print("fatal: cannot load model weights (simulated)", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
     time.sleep(args.start_delay)
+    weights = bytearray(args.alloc_mb * 1024 * 1024)
+    weights[::4096] = b"\x01" * len(range(0, len(weights), 4096))  # make every page resident
     web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None,
                 handle_signals=not args.ignore_sigterm)
 

@@ -35,8 +35,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
-_DOCKER_ONLY = ("image", "entrypoint", "volumes", "gpus", "shm_size", "network",
-                "container_port", "pull")
+_DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "container_port",
+                "pull")
 
 Path_ = tuple[str | int, ...]
 
@@ -124,6 +124,31 @@ class Defaults(_Strict):
     max_queue: int = Field(64, ge=0, description="Requests waiting for one model before 429.")
 
 
+class GpuBudget(_Strict):
+    index: int = Field(ge=0, description="NVML device index.")
+    vram_budget_mb: int = Field(gt=0, description="VRAM models may use on this GPU.")
+
+
+class ResourcesConfig(_Strict):
+    memory_budget_mb: int | None = Field(
+        None, gt=0, description="Cap on RAM used by models; null = the host's total RAM."
+    )
+    gpus: Literal["auto"] | list[GpuBudget] = Field(
+        "auto",
+        description="'auto': every GPU NVML finds, budget = its memory minus vram_margin_mb; "
+        "or a list of {index, vram_budget_mb}.",
+    )
+    vram_margin_mb: int = Field(
+        512, ge=0, description="With gpus: auto, VRAM left free on each GPU."
+    )
+    estimate_overhead_mb: int = Field(
+        256, ge=0, description="Added to a GGUF estimate (compute buffers, runtime)."
+    )
+    sample_interval: PositiveSeconds = Field(
+        2.0, description="How often RAM, VRAM and per-model usage are sampled."
+    )
+
+
 class DockerConfig(_Strict):
     url: str | None = Field(
         None, description="Docker engine address; default: $DOCKER_HOST or the local socket."
@@ -156,14 +181,29 @@ class ModelConfig(_Strict):
     drain_timeout: Seconds | None = None
     max_queue: int | None = Field(None, ge=0)
     preload: bool = Field(False, description="Start at boot instead of on first request.")
+    pinned: bool = Field(False, description="Never evicted to make room for another model.")
+    memory_mb: int | None = Field(
+        None, gt=0, description="RAM the model needs, for scheduling (else measured/estimated)."
+    )
+    vram_mb: int | None = Field(
+        None, gt=0, description="VRAM the model needs over all its `gpus`, for scheduling."
+    )
+    gpus: Literal["all"] | list[int] | None = Field(
+        None,
+        description="GPUs the model uses: 'all' or device indices. Docker: device requests, "
+        "like --gpus; process: CUDA_VISIBLE_DEVICES. VRAM is budgeted on these.",
+    )
+    max_concurrency: int | None = Field(
+        None, gt=0, description="Requests forwarded at once; more wait in the queue."
+    )
+    priority: int = Field(
+        0, description="Higher starts first when starts wait for room, and is evicted last."
+    )
     # runtime: docker
     image: str | None = Field(None, description="Container image (docker).")
     entrypoint: Command | None = Field(None, description="Override the image's entrypoint.")
     volumes: list[str] = Field(
         default_factory=list, description="Bind mounts 'host:container[:ro]' (docker)."
-    )
-    gpus: Literal["all"] | list[int] | None = Field(
-        None, description="GPUs for the container: 'all' or device indices, like --gpus."
     )
     shm_size: str | None = Field(None, description="Shared memory size, e.g. '8g' (docker).")
     network: Literal["host", "bridge"] = Field(
@@ -249,6 +289,7 @@ class Config(_Strict):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     defaults: Defaults = Field(default_factory=Defaults)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     docker: DockerConfig = Field(default_factory=DockerConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
@@ -270,12 +311,15 @@ class Config(_Strict):
         return {name: ModelSpec.build(name, m, self.defaults) for name, m in self.models.items()}
 
 
+def _gpus(gpus: str | list[int] | None) -> str | tuple[int, ...] | None:
+    return tuple(gpus) if isinstance(gpus, list) else gpus
+
+
 @dataclass(frozen=True, slots=True)
 class DockerSpec:
     image: str
     entrypoint: tuple[str, ...] | None
     volumes: tuple[str, ...]
-    gpus: str | tuple[int, ...] | None
     shm_size: str | None
     network: str
     container_port: int | None
@@ -293,7 +337,6 @@ class DockerSpec:
             image=image,
             entrypoint=tuple(model.entrypoint) if model.entrypoint is not None else None,
             volumes=tuple(model.volumes),
-            gpus=tuple(model.gpus) if isinstance(model.gpus, list) else model.gpus,
             shm_size=model.shm_size,
             network=model.network,
             container_port=port,
@@ -321,6 +364,12 @@ class ModelSpec:
     max_queue: int
     preload: bool
     docker: DockerSpec | None = None
+    pinned: bool = False
+    memory_mb: int | None = None
+    vram_mb: int | None = None
+    gpus: str | tuple[int, ...] | None = None
+    max_concurrency: int | None = None
+    priority: int = 0
 
     @classmethod
     def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
@@ -351,6 +400,12 @@ class ModelSpec:
             max_queue=model.max_queue if model.max_queue is not None else defaults.max_queue,
             preload=model.preload,
             docker=docker,
+            pinned=model.pinned,
+            memory_mb=model.memory_mb,
+            vram_mb=model.vram_mb,
+            gpus=_gpus(model.gpus),
+            max_concurrency=model.max_concurrency,
+            priority=model.priority,
         )
 
     @property
@@ -369,12 +424,15 @@ class ModelSpec:
         return [self.fill(part, port) for part in self.command]
 
     def environment(self, port: int) -> dict[str, str]:
-        return {key: self.fill(value, port) for key, value in self.env.items()}
+        env = {key: self.fill(value, port) for key, value in self.env.items()}
+        if isinstance(self.gpus, tuple) and self.docker is None:
+            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in self.gpus))
+        return env
 
     def config_hash(self) -> str:
         blob = json.dumps(
             [self.runtime, self.command, dict(self.env), self.cwd, self.health_path,
-             self.fixed_port, self.model_path,
+             self.fixed_port, self.model_path, self.gpus,
              dataclasses.asdict(self.docker) if self.docker else None],
             sort_keys=True,
         )

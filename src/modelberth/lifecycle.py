@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -69,6 +69,14 @@ class Model:
         self.starts = 0
         self.failures = 0  # consecutive failed starts or crashes
         self._failed_at = 0.0
+        # Sampled by resources.Monitor; the peaks are what the model really costs.
+        self.memory_bytes: int | None = None
+        self.vram_bytes: int | None = None
+        self.peak_memory_bytes: int | None = None
+        self.peak_vram_bytes: int | None = None
+        self.admit: Callable[[Model], Awaitable[None]] | None = None  # the scheduler's gate
+        self.idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
+        self._slot_free = asyncio.Event()
         self._upstream: Upstream | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -82,6 +90,17 @@ class Model:
         return self.spec.name
 
     @property
+    def upstream(self) -> Upstream | None:
+        return self._upstream
+
+    def record_usage(self, memory: int | None, vram: int | None) -> None:
+        self.memory_bytes, self.vram_bytes = memory, vram
+        if memory and memory > (self.peak_memory_bytes or 0):
+            self.peak_memory_bytes = memory
+        if vram and vram > (self.peak_vram_bytes or 0):
+            self.peak_vram_bytes = vram
+
+    @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
@@ -92,26 +111,38 @@ class Model:
     # --- requests ----------------------------------------------------------------------
 
     async def acquire(self) -> None:
-        """Make the model ready (starting it if needed) and count one request in flight."""
-        if self.state is ModelState.READY:
+        """Make the model ready (starting it if needed) and count one request in flight.
+        Beyond max_concurrency, requests wait here too (within max_queue)."""
+        if self.state is ModelState.READY and not self._saturated():
             self._enter()
             return
         if self.waiting >= self.spec.max_queue:
             raise QueueFull(self.name, self.spec.max_queue, self._retry_after())
         self.waiting += 1
         try:
-            while not self.ready:
-                await self._ensure_started()
+            while not self.ready or self._saturated():
+                if self.ready:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                else:
+                    await self._ensure_started()
             self._enter()
         finally:
             self.waiting -= 1
 
+    def _saturated(self) -> bool:
+        limit = self.spec.max_concurrency
+        return limit is not None and self.in_flight >= limit
+
     def release(self) -> None:
         self.in_flight -= 1
         self.last_used_at = time.time()
+        self._slot_free.set()
         if self.in_flight == 0:
             self._drained.set()
             self._arm_idle_timer()
+            for listener in self.idle_listeners:
+                listener(self)
 
     @contextlib.asynccontextmanager
     async def use(self) -> AsyncIterator[Model]:
@@ -237,6 +268,12 @@ class Model:
 
     async def _start(self) -> None:
         try:
+            if self.admit is not None:
+                try:
+                    await self.admit(self)
+                except StartFailed as exc:
+                    self._fail(exc.reason)
+                    raise
             self.port = self.spec.fixed_port or free_port()
             began = time.monotonic()
             try:
@@ -389,8 +426,9 @@ class Model:
             "last_used_at": self.last_used_at,
             "in_flight": self.in_flight,
             "queue": self.waiting,
-            "memory_bytes": upstream.memory_bytes if upstream else None,
-            "vram_bytes": None,
+            "memory_bytes": self.memory_bytes if upstream else None,
+            "vram_bytes": self.vram_bytes if upstream else None,
+            "pinned": self.spec.pinned,
             "last_error": self.last_error,
             "idle_timeout": self.spec.idle_timeout,
             "starts": self.starts,

@@ -12,9 +12,11 @@ from loguru import logger
 from modelberth.config import Config, ModelSpec, load_config
 from modelberth.events import EventBus
 from modelberth.lifecycle import Model
+from modelberth.resources import Monitor
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
+from modelberth.scheduler import Scheduler
 from modelberth.types import APIError, ModelState, StateEvent, model_not_found
 
 
@@ -42,6 +44,9 @@ class Registry:
             "docker": DockerRuntime(config.docker.url),
         }
         self.models: dict[str, Model] = {}
+        self.monitor = Monitor(config.resources)
+        self.scheduler = Scheduler(self.monitor, self.models.values)
+        self.events.add_listener(self.scheduler.on_event)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -70,6 +75,7 @@ class Registry:
         for name, spec in specs.items():
             self.models[name] = self._new_model(spec)
         self._index()
+        self.monitor.start(self.models.values)
         for runtime_name in self.runtimes_in_use() | {"process"}:
             found = await self.runtimes[runtime_name].recover(specs)
             for name, (upstream, port) in found.items():
@@ -81,7 +87,9 @@ class Registry:
                 model.start_soon()
 
     def _new_model(self, spec: ModelSpec) -> Model:
-        return Model(spec, self.runtimes[spec.runtime], self.events, self.http)
+        model = Model(spec, self.runtimes[spec.runtime], self.events, self.http)
+        self.scheduler.attach(model)
+        return model
 
     def _index(self) -> None:
         self._by_name = {key: model for model in self.models.values()
@@ -106,6 +114,7 @@ class Registry:
             if config.docker != self.config.docker:
                 result.warnings.append("docker.url changes need a restart")
                 config = config.model_copy(update={"docker": self.config.docker})
+            self.monitor.config = config.resources
             new_specs = config.specs()
             for name in list(self.models):
                 if name not in new_specs:
@@ -148,6 +157,7 @@ class Registry:
     async def shutdown(self) -> None:
         await asyncio.gather(*(m.stop("shutdown") for m in self.models.values()),
                              *self._retiring, return_exceptions=True)
+        await self.monitor.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
         if self._http is not None:

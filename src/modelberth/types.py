@@ -88,6 +88,7 @@ class StartFailed(APIError):
             code="model_start_failed",
             headers={"Retry-After": str(retry_after)} if retry_after else None,
         )
+        self.reason = reason
 
 
 class StartTimeout(APIError):

@@ -98,6 +98,15 @@ async def model_logs(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+@router.get("/resources")
+async def resources(request: Request) -> dict[str, Any]:
+    """Host RAM and CPU, every GPU (NVML), and each model's RAM/VRAM: measured and estimated."""
+    reg = registry(request)
+    models = list(reg.models.values())
+    estimates = {m.name: reg.scheduler.estimates(m) for m in models}
+    return reg.monitor.report(models, estimates)
+
+
 @router.post("/reload")
 async def reload_config(request: Request) -> dict[str, Any]:
     """Re-read the config file. Invalid config: 400 with every error; the old one stays."""

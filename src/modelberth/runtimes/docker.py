@@ -299,7 +299,7 @@ class DockerRuntime:
             args["ports"] = {f"{inner_port}/tcp": ("127.0.0.1", port)}
         if docker_spec.shm_size:
             args["shm_size"] = docker_spec.shm_size
-        requests_ = device_requests(docker_spec.gpus)
+        requests_ = device_requests(spec.gpus)
         if requests_:
             args["device_requests"] = requests_
         return args
