@@ -45,6 +45,7 @@ class Scheduler:
         self.monitor = monitor
         self._models = models
         self._lock = asyncio.Lock()
+        # Replaced at every change, so a waiter can never miss the wake-up meant for it.
         self._changed = asyncio.Event()
         self._admitted: set[str] = set()
         self._waiting: dict[str, tuple[int, int]] = {}  # name -> (-priority, arrival)
@@ -55,14 +56,18 @@ class Scheduler:
 
     def attach(self, model: Model) -> None:
         model.admit = self.admit
-        model.idle_listeners.append(lambda _: self._changed.set())
+        model.idle_listeners.append(lambda _: self._notify())
 
     def on_event(self, event: StateEvent) -> None:
         if event.new in _GONE:
             self._admitted.discard(event.model)
-            self._changed.set()
+            self._notify()
         elif event.new is ModelState.READY:
             self._admitted.add(event.model)  # adopted models never pass through admit()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     # --- costs ---------------------------------------------------------------------------
 
@@ -104,7 +109,7 @@ class Scheduler:
         try:
             while True:
                 async with self._lock:
-                    self._changed.clear()
+                    changed = self._changed
                     if await self._try_admit(model):
                         return
                 remaining = deadline - time.monotonic()
@@ -112,11 +117,12 @@ class Scheduler:
                     raise StartFailed(model.name, "no room within start_timeout: "
                                       + self._blockers(model), retry_after=5)
                 try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    await asyncio.wait_for(changed.wait(), remaining)
                 except TimeoutError:
                     continue
         finally:
             self._waiting.pop(model.name, None)
+            self._notify()  # the next start in line may go now
 
     async def _try_admit(self, model: Model) -> bool:
         need = self.cost(model)
@@ -140,8 +146,8 @@ class Scheduler:
                 model.name, need.describe())
         await asyncio.gather(*(v.stop(f"evicted for {model.name}", only_if_idle=True)
                                for v in victims))
-        if any(v.state not in _GONE for v in victims):
-            return False  # a request reached a victim first: plan again
+        if any(v.name in self._admitted for v in victims):
+            return False  # a request reached a victim before it stopped: plan again
         self._admitted.add(model.name)
         return True
 
