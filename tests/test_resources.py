@@ -149,14 +149,30 @@ def test_model_that_can_never_fit_fails_at_once(modelberth: Any, tmp_path: Path)
 
 
 def test_pinned_model_is_never_evicted(modelberth: Any, tmp_path: Path) -> None:
-    config = budget_config(tmp_path, keep={"pinned": True}, other={"start_timeout": 2})
+    config = budget_config(tmp_path, keep={"pinned": True}, other={"start_timeout": 2},
+                           busy={})
     mb = modelberth(config)
     assert chat(mb, "keep").status_code == 200
     response = chat(mb, "other")
     assert response.status_code == 503
-    assert "no room within start_timeout" in response.json()["error"]["message"]
-    assert "keep" in response.json()["error"]["message"]
+    assert "beside pinned keep: it can never fit" in response.json()["error"]["message"]
     assert mb.status("keep")["state"] == "ready"
+
+
+def test_start_behind_a_busy_model_gives_up_after_start_timeout(
+    modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(budget_config(tmp_path, busy={}, other={"start_timeout": 1}))
+    assert chat(mb, "busy").status_code == 200
+    slow = threading.Thread(target=chat, args=(mb, "busy"), kwargs={"sleep": 3})
+    slow.start()
+    wait_for(lambda: mb.status("busy")["in_flight"] == 1, timeout=5)
+    response = chat(mb, "other")
+    slow.join(10)
+    assert response.status_code == 503
+    assert "no room within start_timeout: busy (1 in flight)" in response.json()["error"][
+        "message"]
+    assert mb.status("busy")["state"] == "ready"
 
 
 def test_models_that_cannot_coexist_never_run_together(modelberth: Any, tmp_path: Path) -> None:
@@ -260,7 +276,7 @@ def test_vram_budget_with_fake_nvml(modelberth: Any, tmp_path: Path,
 
     huge = chat(mb, "huge")
     assert huge.status_code == 503
-    assert "on GPU 0 but its budget is 7500 MiB: it can never fit" in huge.json()["error"][
+    assert "on GPU 0 but its budget leaves 7500 MiB: it can never fit" in huge.json()["error"][
         "message"]
     nowhere = chat(mb, "nowhere")
     assert nowhere.status_code == 503

@@ -15,14 +15,18 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from modelberth.templates import TEMPLATES
 
@@ -37,6 +41,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
 _DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "container_port",
                 "pull")
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# Lists and maps whose scalars become strings: they keep the text written (`010`, `1.10`, `1:30`).
+_TEXT_LISTS = ("command", "entrypoint", "env")
+DURATION_PATTERN = _DURATION.pattern
 
 Path_ = tuple[str | int, ...]
 
@@ -90,10 +99,26 @@ def _env_values(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
-PositiveSeconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
-Command = Annotated[list[str], BeforeValidator(_command)]
-EnvMap = Annotated[dict[str, str], BeforeValidator(_env_values)]
+def _model_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"model name '{name}' may hold only letters, digits and ._:@+-")
+    return name
+
+
+def _duration_schema(bound: str) -> WithJsonSchema:
+    # The JSON Schema must accept what the validators accept: 30, 2.5, "250ms", "5m"...
+    return WithJsonSchema({"anyOf": [{"type": "number", bound: 0},
+                                     {"type": "string", "pattern": DURATION_PATTERN}]})
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0), _duration_schema("minimum")]
+PositiveSeconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0),
+                            _duration_schema("exclusiveMinimum")]
+Command = Annotated[list[str], BeforeValidator(_command), WithJsonSchema(
+    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": ["string", "number"]}}]})]
+EnvMap = Annotated[dict[str, str], BeforeValidator(_env_values), WithJsonSchema(
+    {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}})]
+ModelName = Annotated[str, AfterValidator(_model_name)]
 TemplateName = Literal["llama-cpp", "vllm", "tgi", "sglang", "openai"]
 
 
@@ -109,6 +134,11 @@ class ServerConfig(_Strict):
         default_factory=list, description="Bearer keys for /api/*; empty = same as api_keys."
     )
     max_body_mb: float = Field(32, gt=0, description="Largest request body accepted (413 above).")
+    stream_keepalive: Seconds = Field(
+        0,
+        description="While a model loads, send a waiting streaming request its SSE headers "
+        "and a ': loading <model> 3.2s' comment every this many seconds; 0 = off.",
+    )
     protect_health: bool = Field(
         False, description="Require a key (api or admin) for /health and /metrics too."
     )
@@ -175,11 +205,15 @@ class ModelConfig(_Strict):
     cwd: str | None = Field(None, description="Working directory of the upstream process.")
     health_path: str | None = Field(None, description="GET path that answers 200 when ready.")
     aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
-    idle_timeout: Seconds | None = None
-    start_timeout: PositiveSeconds | None = None
-    stop_timeout: Seconds | None = None
-    drain_timeout: Seconds | None = None
-    max_queue: int | None = Field(None, ge=0)
+    idle_timeout: Seconds | None = Field(None, description="Overrides `defaults.idle_timeout`.")
+    start_timeout: PositiveSeconds | None = Field(
+        None, description="Overrides `defaults.start_timeout`."
+    )
+    stop_timeout: Seconds | None = Field(None, description="Overrides `defaults.stop_timeout`.")
+    drain_timeout: Seconds | None = Field(
+        None, description="Overrides `defaults.drain_timeout`."
+    )
+    max_queue: int | None = Field(None, ge=0, description="Overrides `defaults.max_queue`.")
     preload: bool = Field(False, description="Start at boot instead of on first request.")
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
     memory_mb: int | None = Field(
@@ -287,28 +321,63 @@ class ModelConfig(_Strict):
 class Config(_Strict):
     """The whole modelberth.yaml."""
 
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    defaults: Defaults = Field(default_factory=Defaults)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    docker: DockerConfig = Field(default_factory=DockerConfig)
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    server: ServerConfig = Field(default_factory=ServerConfig,
+                                 description="The HTTP endpoint modelberth serves.")
+    defaults: Defaults = Field(default_factory=Defaults,
+                               description="Settings every model has unless it sets its own.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
+                                       description="RAM and GPU budgets for scheduling.")
+    docker: DockerConfig = Field(default_factory=DockerConfig,
+                                 description="The Docker engine for runtime: docker.")
+    models: dict[ModelName, ModelConfig] = Field(
+        default_factory=dict, description="The models, by the name clients send in `model`.",
+        json_schema_extra={"propertyNames": {"pattern": _NAME.pattern}},
+    )
 
-    @field_validator("models")
+    @field_validator("models", mode="wrap")
     @classmethod
-    def _names(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
-        seen: dict[str, str] = {name: name for name in models}
-        for name, model in models.items():
-            if not _NAME.match(name):
-                raise ValueError(f"model name '{name}' may hold only letters, digits and ._:@+-")
-            for alias in model.aliases:
-                if alias in seen:
-                    raise ValueError(f"alias '{alias}' of '{name}' is already used by "
-                                     f"'{seen[alias]}'")
-                seen[alias] = name
+    def _aliases(cls, value: Any, handler: ValidatorFunctionWrapHandler
+                 ) -> dict[str, ModelConfig]:
+        """No alias may repeat a model's name or alias; checked even when a model is invalid."""
+        taken = _alias_errors(value) if isinstance(value, Mapping) else []
+        try:
+            models: dict[str, ModelConfig] = handler(value)
+        except ValidationError as exc:
+            if not taken:
+                raise
+            # Each error keeps its type, message and location, with the alias errors added.
+            taken = [InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]),
+                                      loc=error["loc"], input=error["input"])
+                     for error in exc.errors(include_url=False)] + taken
+        if taken:
+            raise ValidationError.from_exception_data(cls.__name__, taken)
         return models
 
     def specs(self) -> dict[str, ModelSpec]:
         return {name: ModelSpec.build(name, m, self.defaults) for name, m in self.models.items()}
+
+
+def _alias_errors(models: Mapping[Any, Any]) -> list[InitErrorDetails]:
+    """An error at each alias that is a model's name or an earlier alias, at its own place."""
+    seen: dict[str, str] = {name: name for name in models if isinstance(name, str)}
+    errors: list[InitErrorDetails] = []
+    for name, model in models.items():
+        aliases = model.aliases if isinstance(model, ModelConfig) else \
+            model.get("aliases") if isinstance(model, Mapping) else None
+        if not isinstance(name, str) or not isinstance(aliases, list):
+            continue
+        for index, alias in enumerate(aliases):
+            if not isinstance(alias, str):
+                continue
+            if alias in seen:
+                errors.append(InitErrorDetails(
+                    type=PydanticCustomError(
+                        "alias_taken", "alias '{alias}' of '{name}' is already used by "
+                        "'{other}'", {"alias": alias, "name": name, "other": seen[alias]}),
+                    loc=(name, "aliases", index), input=alias))
+            else:
+                seen[alias] = name
+    return errors
 
 
 def _gpus(gpus: str | list[int] | None) -> str | tuple[int, ...] | None:
@@ -450,32 +519,63 @@ class _Reader:
         self.env = env
         self.lines: dict[Path_, int] = {}
         self.issues: list[ConfigIssue] = []
+        self.unset: set[str] = set()  # paths of values an unset ${VAR} left incomplete
+        self._open: set[int] = set()  # ids of the collections being read: catches `&a [*a]`
 
     def read(self, node: yaml.Node, path: Path_) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.read(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in self._open:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "an anchor is used inside itself", node.start_mark)
+            self._open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path)
+                return [self.read(item, (*path, i)) for i, item in enumerate(node.value)]
+            finally:
+                self._open.discard(id(node))
         value = self.loader.construct_object(node, deep=True)
-        if isinstance(value, str) and node.tag == "tag:yaml.org,2002:str":
+        if isinstance(value, str) and node.tag == _STR_TAG:
             return self._expand(value, path, node.start_mark.line + 1)
+        if isinstance(value, int | float) and len(path) == 4 and path[0] == "models" \
+                and path[2] in _TEXT_LISTS:
+            return node.value  # as written: YAML 1.1 would turn `010` into 8, `1:30` into 90
         return value
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
+        for key_node, value_node, own in self._pairs(node, set()):
             line = key_node.start_mark.line + 1
-            if not isinstance(key, str | int):
+            if not isinstance(key_node, yaml.ScalarNode):
                 self.issues.append(ConfigIssue(_dotted(path), line, "keys must be strings"))
                 continue
+            key = key_node.value  # as written: `on:` is the key "on", not True
             if key in out:
-                self.issues.append(ConfigIssue(_dotted((*path, key)), line, "duplicate key"))
+                if own:  # a key merged in with `<<` is overridden by the mapping's own
+                    self.issues.append(ConfigIssue(_dotted((*path, key)), line, "duplicate key"))
                 continue
             self.lines[(*path, key)] = line
             out[key] = self.read(value_node, (*path, key))
         return out
+
+    def _pairs(self, node: yaml.MappingNode, merging: set[int]
+               ) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+        """(key, value, own) of a mapping: its own pairs, then those merged with `<<`."""
+        pairs = [(k, v, True) for k, v in node.value if k.tag != _MERGE_TAG]
+        merging = merging | {id(node)}
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode) or id(source) in merging:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "`<<` merges a mapping or a list of mappings (not itself)",
+                        key_node.start_mark)
+                pairs += [(k, v, False) for k, v, _ in self._pairs(source, merging)]
+        return pairs
 
     def _expand(self, text: str, path: Path_, line: int) -> str:
         def repl(match: re.Match[str]) -> str:
@@ -488,6 +588,7 @@ class _Reader:
                 return self.env[name].replace("$", "$$")
             if default is not None:
                 return default
+            self.unset.add(_dotted(path))
             self.issues.append(ConfigIssue(
                 _dotted(path), line, f"environment variable ${{{name}}} is not set "
                 f"(use ${{{name}:-default}} for a default)"))
@@ -504,23 +605,50 @@ def _dotted(path: Path_) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _line_for(loc: tuple[Any, ...], lines: Mapping[Path_, int]) -> tuple[Path_, int | None]:
-    """The longest prefix of a Pydantic error location that exists in the YAML."""
-    path: Path_ = tuple(p for p in loc if isinstance(p, str | int))
+def _key_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, int | None]:
+    """The keys of a Pydantic error location that are places in the file.
+
+    Drops what Pydantic adds: union members (`list[int]`, `literal['all']`), `[key]` for a
+    bad mapping key, validator names. The last part may be a key missing from a mapping.
+    Also returns how many keys precede the first part dropped (a union's place), if any.
+    """
+    path: list[str | int] = []
+    dropped_at: int | None = None
+    node = data
+    for i, part in enumerate(loc):
+        in_data = (isinstance(node, dict) and isinstance(part, str) and part in node) or \
+            (isinstance(node, list) and type(part) is int and 0 <= part < len(node))
+        if in_data:
+            node = node[part]
+        elif not (i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str)
+                  and "[" not in part and not part.startswith("function-")):
+            dropped_at = len(path) if dropped_at is None else dropped_at
+            continue
+        path.append(part)
+    return tuple(path), dropped_at
+
+
+def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:
+    """The line of the longest prefix of the path that exists in the YAML."""
     for end in range(len(path), -1, -1):
         if path[:end] in lines:
-            return path, lines[path[:end]]
-    return path, None
+            return lines[path[:end]]
+    return None
 
 
-def _pydantic_issues(error: ValidationError, lines: Mapping[Path_, int]) -> list[ConfigIssue]:
+def _pydantic_issues(error: ValidationError, data: Any, lines: Mapping[Path_, int]
+                     ) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    for item in error.errors(include_url=False):
-        loc = tuple(p for p in item["loc"]
-                    if not (isinstance(p, str) and p.startswith("function-")))
-        path, line = _line_for(loc, lines)
+    items = [(item, *_key_path(item["loc"], data)) for item in error.errors(include_url=False)]
+    # A value that fails every member of a union gets an error from each. When it has the
+    # shape of one member (a list for `'auto' | list`), only that member's errors count.
+    inner = {path[:at] for _, path, at in items if at is not None and len(path) > at}
+    for item, path, at in items:
+        if at is not None and len(path) == at and path in inner:
+            continue
+        line = _line_for(path, lines)
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and path:
             message = f"unknown key '{path[-1]}'"
         elif item["type"] == "literal_error":
             message = f"{message} (got {item.get('input')!r})"
@@ -552,6 +680,9 @@ def _read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, _Re
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. an impossible !!timestamp
         raise ConfigError(source, [ConfigIssue("", None, f"invalid YAML value: {exc}")]
                           ) from None
+    except RecursionError:
+        raise ConfigError(source, [ConfigIssue("", None, "invalid YAML: nested too deeply")]
+                          ) from None
     finally:
         loader.dispose()
 
@@ -566,10 +697,11 @@ def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | N
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        issues += _pydantic_issues(exc, reader.lines)
-        issues.sort(key=lambda issue: issue.line or 0)
-        raise ConfigError(source, issues) from None
+        # A value an unset ${VAR} left incomplete is already reported: don't report it twice.
+        issues += [issue for issue in _pydantic_issues(exc, data, reader.lines)
+                   if issue.path not in reader.unset]
     if issues:
+        issues.sort(key=lambda issue: issue.line or 0)
         raise ConfigError(source, issues)
     return config
 
@@ -587,6 +719,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(str(file), [ConfigIssue("", None, f"cannot read: {exc.strerror}")]
                           ) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(file), [ConfigIssue("", line, f"not UTF-8: {exc.reason} at byte "
+                                                  f"{exc.start}")]) from None
     return parse_config(text, str(file))
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 from loguru import logger
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode, Tracer
 
 from modelberth.config import ModelSpec
 from modelberth.events import EventBus
@@ -53,8 +55,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class Model:
     def __init__(self, spec: ModelSpec, runtime: Runtime, events: EventBus,
-                 http: aiohttp.ClientSession) -> None:
+                 http: aiohttp.ClientSession, tracer: Tracer | None = None) -> None:
         self.spec = spec
+        self._tracer = tracer or trace.NoOpTracer()
         self.logs = LogBuffer()
         self._runtime = runtime
         self._events = events
@@ -133,6 +136,22 @@ class Model:
     def _saturated(self) -> bool:
         limit = self.spec.max_concurrency
         return limit is not None and self.in_flight >= limit
+
+    async def await_ready(self) -> None:
+        """For a request already counted in flight: wait until the model is ready again."""
+        while not self.ready:
+            await self._ensure_started()
+
+    async def confirm_exit(self, timeout: float) -> bool:
+        """After a refused connection: True once the upstream is known to have exited."""
+        upstream = self._upstream
+        if upstream is not None:
+            try:
+                await asyncio.wait_for(upstream.wait(), timeout)
+            except TimeoutError:
+                return False
+            await asyncio.sleep(0)  # let the exit watcher record it
+        return not self.ready
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -267,30 +286,38 @@ class Model:
         return self._start_task
 
     async def _start(self) -> None:
-        try:
-            if self.admit is not None:
-                try:
-                    await self.admit(self)
-                except StartFailed as exc:
-                    self._fail(exc.reason)
-                    raise
-            self.port = self.spec.fixed_port or free_port()
-            began = time.monotonic()
+        with self._tracer.start_as_current_span(
+                "modelberth.model.start", attributes={"modelberth.model": self.name}) as span:
             try:
-                self._upstream = await self._launch(self.port)
-            except RuntimeStartError as exc:
-                self._fail(str(exc))
-                raise StartFailed(self.name, str(exc)) from None
-            self.starts += 1
-            await self._await_health(self._upstream)
-            self.started_at = time.time()
-            self.last_error = None
-            self.failures = 0
-            self._transition(ModelState.READY, "healthy",
-                             start_seconds=round(time.monotonic() - began, 3))
-            self._watch_task = asyncio.create_task(self._watch(self._upstream))
-        finally:
-            self._start_task = None
+                await self._start_upstream()
+            except BaseException as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
+                raise
+            finally:
+                self._start_task = None
+
+    async def _start_upstream(self) -> None:
+        if self.admit is not None:
+            try:
+                await self.admit(self)
+            except StartFailed as exc:
+                self._fail(exc.reason)
+                raise
+        self.port = self.spec.fixed_port or free_port()
+        began = time.monotonic()
+        try:
+            self._upstream = await self._launch(self.port)
+        except RuntimeStartError as exc:
+            self._fail(str(exc))
+            raise StartFailed(self.name, str(exc)) from None
+        self.starts += 1
+        await self._await_health(self._upstream)
+        self.started_at = time.time()
+        self.last_error = None
+        self.failures = 0
+        self._transition(ModelState.READY, "healthy",
+                         start_seconds=round(time.monotonic() - began, 3))
+        self._watch_task = asyncio.create_task(self._watch(self._upstream))
 
     async def _launch(self, port: int) -> Upstream:
         """runtime.start, but a stop arriving meanwhile never leaves an upstream behind."""
@@ -362,6 +389,13 @@ class Model:
     # --- stopping ----------------------------------------------------------------------
 
     async def _stop(self, reason: str, only_if_idle: bool = False) -> None:
+        name = "modelberth.model.evict" if reason.startswith("evicted") else \
+            "modelberth.model.stop"
+        with self._tracer.start_as_current_span(
+                name, attributes={"modelberth.model": self.name, "modelberth.reason": reason}):
+            await self._stop_upstream(reason, only_if_idle)
+
+    async def _stop_upstream(self, reason: str, only_if_idle: bool) -> None:
         try:
             if only_if_idle and (self.in_flight or self.waiting):
                 return

@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import aiohttp
 from loguru import logger
+from opentelemetry import trace
 
 from modelberth import auth
 from modelberth.lifecycle import Model
+from modelberth.observe import RequestObservation, UsageReader
 from modelberth.registry import Registry
 from modelberth.types import APIError
 
@@ -30,6 +33,8 @@ _HOP_BY_HOP = frozenset({
 _NOT_FORWARDED = _HOP_BY_HOP | frozenset(auth.AUTH_HEADERS)
 _RESPONSE_DROPPED = _HOP_BY_HOP - {b"content-length"}
 _SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
 _MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n')
 
 
@@ -39,22 +44,64 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.registry.config.server  # read per request: a reload may change it
+        obs = RequestObservation(self.registry.telemetry, self.registry.metrics, scope)
+        early = False  # True once SSE headers went out while the model was loading
         try:
             auth.check(scope["headers"], server.api_keys)
             body = await self._read_body(scope, receive, int(server.max_body_mb * 2**20))
             if scope["path"].startswith("/upstream/"):
-                name, path = _split_upstream_path(scope["path"])
+                (name, path), streaming = _split_upstream_path(scope["path"]), False
             else:
-                name, path = _model_from_body(scope, body), scope["path"]
+                (name, streaming), path = _model_from_body(scope, body), scope["path"]
             model = self.registry.require(name)
-            await model.acquire()
+            obs.named(model.name, name)
+            keepalive = server.stream_keepalive if streaming else 0.0
+            early = await self._admit(model, obs, send, keepalive)
         except APIError as error:
-            await send_error(send, error)
+            obs.finish(error.status, error=error.message)
+            await (send_sse_error(send, error) if early else send_error(send, error))
             return
         try:
-            await self._forward(model, scope, receive, send, path, body)
+            try:
+                await self._forward(model, scope, receive, send, path, body, obs, early,
+                                    retry=True)
+            except _Refused as refused:
+                # The upstream died a moment ago and its exit was not processed yet. The
+                # request never reached it: restart the model and send the request once more.
+                if not await model.confirm_exit(2.0):
+                    raise refused.error from None
+                await model.await_ready()
+                await self._forward(model, scope, receive, send, path, body, obs, early)
+        except APIError as error:
+            obs.finish(error.status, error=error.message)
+            await (send_sse_error(send, error) if early else send_error(send, error))
         finally:
             model.release()
+
+    async def _admit(self, model: Model, obs: RequestObservation, send: Send,
+                     keepalive: float) -> bool:
+        """Wait for the model (start, room, concurrency). With keepalive, a streaming client
+        gets its SSE headers and a comment line every `keepalive` seconds while it loads;
+        returns whether the headers went out."""
+        began = time.perf_counter()
+        cold = not model.ready
+        early = False
+        with trace.use_span(obs.span) if obs.span else contextlib.nullcontext():
+            if not keepalive or model.ready:
+                await model.acquire()
+            else:
+                waiting = asyncio.ensure_future(model.acquire())
+                while not (await asyncio.wait({waiting}, timeout=keepalive))[0]:
+                    if not early:
+                        await send({"type": "http.response.start", "status": 200,
+                                    "headers": _SSE_HEADERS})
+                        early = True
+                    elapsed = time.perf_counter() - began
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": f": loading {model.name} {elapsed:.1f}s\n\n".encode()})
+                waiting.result()
+        obs.queued(began, cold)
+        return early
 
     async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         for name, value in scope["headers"]:
@@ -75,7 +122,8 @@ class Proxy:
                 return b"".join(chunks)
 
     async def _forward(self, model: Model, scope: Scope, receive: Receive, send: Send,
-                       path: str, body: bytes) -> None:
+                       path: str, body: bytes, obs: RequestObservation, early: bool,
+                       retry: bool = False) -> None:
         """Relay one request; a client disconnect cancels the relay, closing the upstream call."""
         task = asyncio.current_task()
         assert task is not None
@@ -86,59 +134,81 @@ class Proxy:
 
         gone.add_done_callback(on_disconnect)
         try:
-            await self._relay(model, scope, send, path, body)
+            await self._relay(model, scope, send, path, body, obs, early, retry)
         except asyncio.CancelledError:
             if not gone.done() or gone.cancelled():
                 raise
             task.uncancel()
+            obs.finish(499, error="client disconnected")
             logger.bind(model=model.name).info("client disconnected; upstream request closed")
         finally:
             gone.remove_done_callback(on_disconnect)
             gone.cancel()
 
-    async def _relay(self, model: Model, scope: Scope, send: Send, path: str,
-                     body: bytes) -> None:
+    async def _relay(self, model: Model, scope: Scope, send: Send, path: str, body: bytes,
+                     obs: RequestObservation, early: bool, retry: bool) -> None:
         url = model.base_url + path
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [(k.decode("latin-1"), v.decode("latin-1"))
                    for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
-        started = False
+        obs.upstream_headers(headers, url)
+        started = early
         try:
             async with self.registry.http.request(
                 scope["method"], url, data=body, headers=headers, allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO,
             ) as resp:
-                await send({
-                    "type": "http.response.start",
-                    "status": resp.status,
-                    "headers": [(k, v) for k, v in resp.raw_headers
-                                if k.lower() not in _RESPONSE_DROPPED],
-                })
-                started = True
                 is_sse = resp.content_type == "text/event-stream"
+                if early and resp.status != 200:
+                    text = (await resp.read()).decode("utf-8", "replace")
+                    error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
+                                     type="server_error", code="upstream_error")
+                    obs.finish(resp.status, error=error.message)
+                    await send_sse_error(send, error)
+                    return
+                if not early:
+                    await send({"type": "http.response.start", "status": resp.status,
+                                "headers": [(k, v) for k, v in resp.raw_headers
+                                            if k.lower() not in _RESPONSE_DROPPED]})
+                    started = True
+                usage = UsageReader(is_sse)
                 try:
                     async for chunk in resp.content.iter_any():
+                        obs.first_chunk()
+                        usage.feed(chunk)
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    await self._broken_stream(model, send, is_sse, exc)
+                    error = _upstream_error(model, exc, mid_stream=True)
+                    obs.finish(502, usage.result(), error=error.message)
+                    await self._broken_stream(model, send, is_sse or early, error)
                     return
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                obs.finish(resp.status, usage.result())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if started:
                 raise
-            await send_error(send, _upstream_error(model, exc))
+            error = _upstream_error(model, exc)
+            if retry and isinstance(exc, aiohttp.ClientConnectorError):
+                raise _Refused(error) from exc
+            obs.finish(error.status, error=error.message)
+            await (send_sse_error(send, error) if early else send_error(send, error))
 
     async def _broken_stream(self, model: Model, send: Send, is_sse: bool,
-                             exc: BaseException) -> None:
-        error = _upstream_error(model, exc, mid_stream=True)
+                             error: APIError) -> None:
         logger.bind(model=model.name).warning("{}", error.message)
         if not is_sse:
             return  # returning mid-body makes the server drop the connection: a visible cut
-        payload = json.dumps(error.body())
-        await send({"type": "http.response.body", "more_body": False,
-                    "body": f"event: error\ndata: {payload}\n\n".encode()})
+        await send_sse_error(send, error)
+
+
+class _Refused(Exception):
+    """The upstream refused the connection: the request never reached it."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _too_large(limit: int) -> APIError:
@@ -163,12 +233,13 @@ def _split_upstream_path(path: str) -> tuple[str, str]:
     return name, slash + tail if slash else "/"
 
 
-def _model_from_body(scope: Scope, body: bytes) -> str:
+def _model_from_body(scope: Scope, body: bytes) -> tuple[str, bool]:
+    """The requested model, and whether the client asked for a stream."""
     content_type = _header(scope, b"content-type") or b""
     if content_type.startswith(b"multipart/form-data"):
         match = _MULTIPART_MODEL.search(body)
         if match:
-            return match.group(1).decode("utf-8", "replace")
+            return match.group(1).decode("utf-8", "replace"), False
         raise _missing_model()
     try:
         data = json.loads(body)
@@ -182,7 +253,7 @@ def _model_from_body(scope: Scope, body: bytes) -> str:
         raise _missing_model()
     if not isinstance(model, str):
         raise APIError(400, "'model' must be a string.", param="model", code="invalid_model")
-    return model
+    return model, data.get("stream") is True
 
 
 def _missing_model() -> APIError:
@@ -195,6 +266,14 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key.lower() == name:
             return bytes(value)
     return None
+
+
+async def send_sse_error(send: Send, error: APIError) -> None:
+    """End an SSE response that has already started with an `error` event."""
+    payload = json.dumps(error.body())
+    with contextlib.suppress(Exception):
+        await send({"type": "http.response.body", "more_body": False,
+                    "body": f"event: error\ndata: {payload}\n\n".encode()})
 
 
 async def send_error(send: Send, error: APIError) -> None:

@@ -12,11 +12,13 @@ from loguru import logger
 from modelberth.config import Config, ModelSpec, load_config
 from modelberth.events import EventBus
 from modelberth.lifecycle import Model
+from modelberth.metrics import Metrics
 from modelberth.resources import Monitor
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
 from modelberth.scheduler import Scheduler
+from modelberth.telemetry import Telemetry, setup_telemetry
 from modelberth.types import APIError, ModelState, StateEvent, model_not_found
 
 
@@ -32,8 +34,10 @@ class ReloadResult:
 
 class Registry:
     def __init__(self, config: Config, events: EventBus | None = None,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, telemetry: Telemetry | None = None) -> None:
         self.config = config
+        self.telemetry = telemetry or setup_telemetry()
+        self.metrics = Metrics(self.telemetry.meter, self)
         self.config_path = config_path
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
@@ -47,6 +51,7 @@ class Registry:
         self.monitor = Monitor(config.resources)
         self.scheduler = Scheduler(self.monitor, self.models.values)
         self.events.add_listener(self.scheduler.on_event)
+        self.events.add_listener(self._measure)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -86,8 +91,16 @@ class Registry:
             if model.spec.preload and not model.ready:
                 model.start_soon()
 
+    def _measure(self, event: StateEvent) -> None:
+        labels = {"model": event.model}
+        if event.new is ModelState.READY and "start_seconds" in event.detail:
+            self.metrics.start_duration.record(event.detail["start_seconds"], labels)
+        if event.new is ModelState.STOPPING and event.reason.startswith("evicted"):
+            self.metrics.evictions.add(1, labels)
+
     def _new_model(self, spec: ModelSpec) -> Model:
-        model = Model(spec, self.runtimes[spec.runtime], self.events, self.http)
+        model = Model(spec, self.runtimes[spec.runtime], self.events, self.http,
+                      self.telemetry.tracer)
         self.scheduler.attach(model)
         return model
 
@@ -163,6 +176,7 @@ class Registry:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        await asyncio.to_thread(self.telemetry.shutdown)  # flush spans, metrics and logs
 
 
 def _log_event(event: StateEvent) -> None:

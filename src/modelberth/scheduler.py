@@ -152,19 +152,25 @@ class Scheduler:
         return True
 
     def _check_fits_alone(self, model: Model, need: Cost) -> None:
+        """Fail at once if the model cannot fit even with every evictable model gone."""
+        pinned = [m for m in self._others(model) if m.spec.pinned]
+        beside = f" beside pinned {', '.join(m.name for m in pinned)}" if pinned else ""
+        costs = [self.cost(m) for m in pinned]
         budget = self.monitor.memory_budget()
-        if need.memory is not None and need.memory > budget \
-                and self.monitor.config.memory_budget_mb is not None:
-            raise StartFailed(model.name, f"needs {_mib(need.memory)} of RAM but the memory "
-                              f"budget is {_mib(budget)}: it can never fit")
+        if need.memory is not None and self.monitor.config.memory_budget_mb is not None:
+            room = budget - sum(c.memory or 0 for c in costs)
+            if need.memory > room:
+                raise StartFailed(model.name, f"needs {_mib(need.memory)} of RAM but the memory "
+                                  f"budget leaves {_mib(room)}{beside}: it can never fit")
         budgets = self.monitor.vram_budgets()
         for gpu, vram in need.vram.items():
             if gpu not in budgets:
                 raise StartFailed(model.name, f"GPU {gpu} does not exist (found: "
                                   f"{sorted(budgets) or 'no GPUs'})")
-            if vram is not None and vram > budgets[gpu]:
+            room = budgets[gpu] - sum(c.vram.get(gpu) or 0 for c in costs)
+            if vram is not None and vram > room:
                 raise StartFailed(model.name, f"needs {_mib(vram)} on GPU {gpu} but its budget "
-                                  f"is {_mib(budgets[gpu])}: it can never fit")
+                                  f"leaves {_mib(room)}{beside}: it can never fit")
 
     def _others(self, model: Model) -> list[Model]:
         return [m for m in self._models() if m is not model and m.name in self._admitted]

@@ -1,4 +1,5 @@
-"""Logging set-up: loguru rendered by richuru on a terminal, JSON lines on request.
+"""Telemetry set-up: loguru (richuru on a terminal, JSON lines on request), and
+OpenTelemetry traces, metrics and logs over OTLP, plus the Prometheus registry behind /metrics.
 
 Standard-library loggers (uvicorn, aiohttp) are routed into loguru so there is one stream.
 """
@@ -7,10 +8,33 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
+from opentelemetry import trace
+from opentelemetry._logs import Logger as OtelLogger
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Tracer
+from prometheus_client import CollectorRegistry
+
+from modelberth import __version__
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -71,3 +95,130 @@ def _add_tag(record: Record) -> bool:
     else:
         extra["_tag"] = f"[{model}] " if model else ""
     return True
+
+
+# --- OpenTelemetry: traces, metrics and logs over OTLP ------------------------------------
+
+
+@dataclass
+class Telemetry:
+    """The providers for one server. Tracing and OTLP export are on only when an OTLP endpoint
+    is configured with the standard OTEL_EXPORTER_OTLP_* variables; Prometheus always is."""
+
+    tracer: Tracer
+    meter: Meter
+    prometheus: CollectorRegistry
+    tracing: bool
+    _shutdown: list[Callable[[], object]] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        for close in self._shutdown:
+            try:
+                close()
+            except Exception as exc:  # exporting at exit must not block it
+                logger.debug("telemetry shutdown: {}", exc)
+
+
+def _env(name: str, signal: str) -> str | None:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_{name}") or os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{name}")
+
+
+def _enabled(signal: str) -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").lower()
+    return exporter != "none" and bool(_env("ENDPOINT", signal))
+
+
+def _grpc(signal: str) -> bool:
+    return (_env("PROTOCOL", signal) or "http/protobuf").lower() == "grpc"
+
+
+def _span_exporter() -> SpanExporter:
+    if _grpc("TRACES"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+    return HttpSpanExporter()
+
+
+def _metric_exporter() -> MetricExporter:
+    if _grpc("METRICS"):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        return OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+    return HttpMetricExporter()
+
+
+def _log_exporter() -> LogRecordExporter:
+    if _grpc("LOGS"):
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        return OTLPLogExporter()
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+        OTLPLogExporter as HttpLogExporter,
+    )
+    return HttpLogExporter()
+
+
+_SEVERITY = {"TRACE": SeverityNumber.TRACE, "DEBUG": SeverityNumber.DEBUG,
+             "INFO": SeverityNumber.INFO, "SUCCESS": SeverityNumber.INFO2,
+             "WARNING": SeverityNumber.WARN, "ERROR": SeverityNumber.ERROR,
+             "CRITICAL": SeverityNumber.FATAL}
+
+
+def _otel_log_sink(otel_logger: OtelLogger) -> Callable[[Message], None]:
+    def sink(message: Message) -> None:
+        record = message.record
+        attributes: dict[str, str | int | float] = {
+            f"modelberth.{k}": v for k, v in record["extra"].items()
+            if isinstance(v, str | int | float) and not k.startswith("_")}
+        attributes["code.function"] = record["function"]
+        attributes["logger.name"] = record["name"] or ""
+        otel_logger.emit(
+            timestamp=int(record["time"].timestamp() * 1e9),
+            severity_number=_SEVERITY.get(record["level"].name, SeverityNumber.INFO),
+            severity_text=record["level"].name,
+            body=record["message"],
+            attributes=attributes,
+        )
+    return sink
+
+
+def _add_trace_id(record: Record) -> None:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        record["extra"]["trace_id"] = format(context.trace_id, "032x")
+
+
+def setup_telemetry(level: str = "INFO") -> Telemetry:
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
+                                                              "modelberth"),
+                                "service.version": __version__})
+    closers: list[Callable[[], object]] = []
+    tracing = _enabled("TRACES")
+    tracer: Tracer = trace.NoOpTracer()
+    if tracing:
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
+        tracer = provider.get_tracer("modelberth", __version__)
+        closers.append(provider.shutdown)
+    prometheus = CollectorRegistry(auto_describe=True)
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=prometheus)]
+    if _enabled("METRICS"):
+        readers.append(PeriodicExportingMetricReader(_metric_exporter()))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    closers.append(meter_provider.shutdown)
+    if _enabled("LOGS"):
+        log_provider = LoggerProvider(resource=resource)
+        log_provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter()))
+        logger.add(_otel_log_sink(log_provider.get_logger("modelberth", __version__)),
+                   level=level, format="{message}")
+        closers.append(log_provider.shutdown)
+    logger.configure(patcher=_add_trace_id)
+    return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
+                     tracing, closers)

@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelberth import __version__, auth
 from modelberth.api.deps import registry
+from modelberth.registry import Registry
 
 router = APIRouter(tags=["health"])
+
+
+def _guard(request: Request) -> Registry:
+    reg = registry(request)
+    server = reg.config.server
+    if server.protect_health:
+        auth.check(request.scope["headers"], [*server.api_keys, *server.admin_keys])
+    return reg
 
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """Liveness, models per state, and each runtime's health (docker: engine reachable)."""
-    reg = registry(request)
-    server = reg.config.server
-    if server.protect_health:
-        auth.check(request.scope["headers"], [*server.api_keys, *server.admin_keys])
+    reg = _guard(request)
     states = Counter(m.state.value for m in reg.models.values())
     runtimes = await reg.runtime_health()
     status = "ok" if all(v == "ok" for v in runtimes.values()) else "degraded"
     return {"status": status, "version": __version__, "models": dict(states),
             "runtimes": runtimes}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text: requests, latency, tokens, queue, model states, RAM/VRAM, GPUs."""
+    reg = _guard(request)
+    body = await asyncio.to_thread(generate_latest, reg.telemetry.prometheus)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

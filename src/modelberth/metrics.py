@@ -1,0 +1,100 @@
+"""Metrics: one set of OpenTelemetry instruments, exported over OTLP (when configured) and
+served as Prometheus text at GET /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from modelberth.types import ModelState
+
+if TYPE_CHECKING:
+    from modelberth.lifecycle import Model
+    from modelberth.registry import Registry
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_RATE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class Metrics:
+    def __init__(self, meter: Meter, registry: Registry) -> None:
+        self._registry = registry
+        self.requests = meter.create_counter(
+            "modelberth_requests", unit="1", description="Proxied requests by model and status.")
+        self.duration = meter.create_histogram(
+            "modelberth_request_duration", unit="s", description="Whole request, queue included.",
+            explicit_bucket_boundaries_advisory=_SECONDS)
+        self.ttft = meter.create_histogram(
+            "modelberth_time_to_first_token", unit="s",
+            description="From the request to the first byte of the answer.",
+            explicit_bucket_boundaries_advisory=_SECONDS)
+        self.queue_wait = meter.create_histogram(
+            "modelberth_queue_wait", unit="s",
+            description="Time waiting for the model (start, room, concurrency).",
+            explicit_bucket_boundaries_advisory=_SECONDS)
+        self.tokens = meter.create_counter(
+            "modelberth_tokens", unit="1", description="Tokens by model and type (input/output).")
+        self.tokens_per_second = meter.create_histogram(
+            "modelberth_output_tokens_per_second", unit="1",
+            description="Output tokens per second of generation.",
+            explicit_bucket_boundaries_advisory=_RATE)
+        self.start_duration = meter.create_histogram(
+            "modelberth_model_start_duration", unit="s",
+            description="From start to healthy.", explicit_bucket_boundaries_advisory=_SECONDS)
+        self.evictions = meter.create_counter(
+            "modelberth_evictions", unit="1", description="Models stopped to make room.")
+        self._gauge(meter, "modelberth_model_state", "1 for the state each model is in.",
+                    self._states)
+        self._gauge(meter, "modelberth_queue_length", "Requests waiting for each model.",
+                    self._per_model(lambda m: m.waiting))
+        self._gauge(meter, "modelberth_in_flight", "Requests being answered by each model.",
+                    self._per_model(lambda m: m.in_flight))
+        self._gauge(meter, "modelberth_model_memory_bytes", "RAM used by each model.",
+                    self._per_model(lambda m: m.memory_bytes if m.upstream else None), "By")
+        self._gauge(meter, "modelberth_model_vram_bytes", "VRAM used by each model.",
+                    self._per_model(lambda m: m.vram_bytes if m.upstream else None), "By")
+        self._gauge(meter, "modelberth_gpu_memory_used_bytes", "Memory used on each GPU.",
+                    self._per_gpu("memory_used_bytes"), "By")
+        self._gauge(meter, "modelberth_gpu_memory_total_bytes", "Memory of each GPU.",
+                    self._per_gpu("memory_total_bytes"), "By")
+        self._gauge(meter, "modelberth_gpu_utilization_percent", "Utilisation of each GPU.",
+                    self._per_gpu("utilization_percent"))
+        self._gauge(meter, "modelberth_host_memory_available_bytes", "Host RAM available.",
+                    self._host, "By")
+
+    @staticmethod
+    def _gauge(meter: Meter, name: str, description: str,
+               read: Callable[[], Iterable[Observation]], unit: str = "1") -> None:
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            return list(read())
+
+        meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
+                                      description=description)
+
+    def _states(self) -> Iterable[Observation]:
+        for model in list(self._registry.models.values()):
+            for state in ModelState:
+                yield Observation(int(model.state is state),
+                                  {"model": model.name, "state": state.value})
+
+    def _per_model(self, value: Callable[[Model], int | float | None]
+                   ) -> Callable[[], Iterable[Observation]]:
+        def read() -> Iterable[Observation]:
+            for model in list(self._registry.models.values()):
+                number = value(model)
+                if number is not None:
+                    yield Observation(number, {"model": model.name})
+        return read
+
+    def _per_gpu(self, field: str) -> Callable[[], Iterable[Observation]]:
+        def read() -> Iterable[Observation]:
+            for gpu in self._registry.monitor.snapshot.gpus:
+                number = getattr(gpu, field)
+                if number is not None:
+                    yield Observation(number, {"gpu": str(gpu.index), "name": gpu.name})
+        return read
+
+    def _host(self) -> Iterable[Observation]:
+        yield Observation(self._registry.monitor.snapshot.host.memory_available_bytes)

@@ -1,0 +1,189 @@
+"""One proxied request as telemetry sees it: its spans (OTel GenAI conventions), its metrics,
+and the token usage read from the answer as it streams past, without holding it back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from modelberth.metrics import Metrics
+    from modelberth.telemetry import Telemetry
+
+_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion",
+               "/v1/embeddings": "embeddings"}
+_TAIL = 16 * 1024  # bytes of a stream kept to read its final usage event
+_BODY_LIMIT = 1024 * 1024  # non-streamed bodies read for usage up to this size
+
+
+@dataclass
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    model: str | None = None
+    tokens_per_second: float | None = None
+
+
+class UsageReader:
+    """Fed every chunk of the answer; reads usage at the end (OpenAI `usage` or llama.cpp
+    `timings`), counting stream events when the upstream reports neither."""
+
+    def __init__(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.events = 0
+        self._kept = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.streaming:
+            self.events += chunk.count(b"data: ")
+            self._kept += chunk
+            if len(self._kept) > 2 * _TAIL:
+                del self._kept[:-_TAIL]
+        elif len(self._kept) <= _BODY_LIMIT:
+            self._kept += chunk
+
+    def result(self) -> Usage:
+        documents = self._stream_documents() if self.streaming else [self._document()]
+        usage = Usage()
+        for doc in documents:
+            if not isinstance(doc, dict):
+                continue
+            usage.model = doc.get("model") or usage.model
+            reported = doc.get("usage")
+            if isinstance(reported, dict):
+                usage.input_tokens = _int(reported.get("prompt_tokens")) or usage.input_tokens
+                usage.output_tokens = _int(reported.get("completion_tokens")) \
+                    or usage.output_tokens
+            timings = doc.get("timings")
+            if isinstance(timings, dict):
+                usage.input_tokens = usage.input_tokens or _int(timings.get("prompt_n"))
+                usage.output_tokens = usage.output_tokens or _int(timings.get("predicted_n"))
+                rate = timings.get("predicted_per_second")
+                usage.tokens_per_second = float(rate) if isinstance(rate, int | float) else None
+        if self.streaming and usage.output_tokens is None and self.events:
+            usage.output_tokens = max(self.events - 2, 1)  # minus the role chunk and [DONE]
+        return usage
+
+    def _document(self) -> Any:
+        try:
+            return json.loads(self._kept)
+        except ValueError:
+            return None
+
+    def _stream_documents(self) -> list[Any]:
+        docs = []
+        for event in bytes(self._kept).split(b"\n\n")[-6:]:
+            for line in event.splitlines():
+                if line.startswith(b"data: {"):
+                    try:
+                        docs.append(json.loads(line[6:]))
+                    except ValueError:
+                        continue
+        return docs
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class RequestObservation:
+    """Spans and metrics of one request. With tracing off, only metrics are recorded."""
+
+    def __init__(self, telemetry: Telemetry, metrics: Metrics,
+                 scope: MutableMapping[str, Any]) -> None:
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.began = time.perf_counter()
+        self.began_ns = time.time_ns()
+        self.path: str = scope["path"]
+        self.operation = _OPERATIONS.get(self.path, self.path.removeprefix("/v1/"))
+        self.model = ""
+        self.status = 0
+        self.queue_seconds = 0.0
+        self.first_byte: float | None = None
+        self.span: Span | None = None
+        self._upstream_span: Span | None = None
+        if telemetry.tracing:
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            self.span = telemetry.tracer.start_span(
+                f"{self.operation}", kind=SpanKind.SERVER,
+                context=propagate.extract(carrier),
+                attributes={"gen_ai.operation.name": self.operation,
+                            "http.request.method": scope["method"], "url.path": self.path})
+
+    def named(self, model: str, requested: str) -> None:
+        self.model = model
+        if self.span is not None:
+            self.span.update_name(f"{self.operation} {requested}")
+            self.span.set_attribute("gen_ai.request.model", requested)
+            self.span.set_attribute("modelberth.model", model)
+
+    def queued(self, began: float, cold: bool) -> None:
+        self.queue_seconds = time.perf_counter() - began
+        self.metrics.queue_wait.record(self.queue_seconds, {"model": self.model})
+        if self.span is not None:
+            self.span.set_attribute("modelberth.cold_start", cold)
+            self.span.set_attribute("modelberth.queue_ms", round(self.queue_seconds * 1000, 3))
+            start_ns = self.began_ns + int((began - self.began) * 1e9)
+            queue = self.telemetry.tracer.start_span(
+                "modelberth.queue", context=trace.set_span_in_context(self.span),
+                start_time=start_ns, attributes={"modelberth.cold_start": cold})
+            queue.end(end_time=start_ns + int(self.queue_seconds * 1e9))
+
+    def upstream_headers(self, headers: list[tuple[str, str]], url: str) -> None:
+        """Start the upstream call's span and put its traceparent on the forwarded request."""
+        if self.span is None:
+            return
+        self._upstream_span = self.telemetry.tracer.start_span(
+            f"POST {self.path}", kind=SpanKind.CLIENT,
+            context=trace.set_span_in_context(self.span),
+            attributes={"url.full": url, "gen_ai.request.model": self.model})
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(self._upstream_span))
+        headers[:] = [(k, v) for k, v in headers if k.lower() not in carrier]
+        headers.extend(carrier.items())
+
+    def first_chunk(self) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter()
+            self.metrics.ttft.record(self.first_byte - self.began, {"model": self.model})
+
+    def finish(self, status: int, usage: Usage | None = None, error: str | None = None) -> None:
+        labels = {"model": self.model}
+        self.metrics.requests.add(1, {**labels, "status": str(status)})
+        self.metrics.duration.record(time.perf_counter() - self.began, labels)
+        rate = None
+        if usage is not None:
+            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+                if count:
+                    self.metrics.tokens.add(count, {**labels, "type": kind})
+            rate = usage.tokens_per_second
+            generating = time.perf_counter() - (self.first_byte or self.began)
+            if rate is None and usage.output_tokens and generating > 0:
+                rate = usage.output_tokens / generating
+            if rate:
+                self.metrics.tokens_per_second.record(rate, labels)
+        for span in (self._upstream_span, self.span):
+            if span is None:
+                continue
+            span.set_attribute("http.response.status_code", status)
+            if usage is not None:
+                _usage_attributes(span, usage)
+            if error or status >= 500:
+                span.set_status(Status(StatusCode.ERROR, error or str(status)))
+            span.end()
+
+
+def _usage_attributes(span: Span, usage: Usage) -> None:
+    if usage.model:
+        span.set_attribute("gen_ai.response.model", usage.model)
+    if usage.input_tokens is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+    if usage.output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
