@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from modelberth.config import (
     Config,
@@ -249,6 +250,28 @@ models:
     ]
 
 
+def test_alias_collisions_are_reported_with_other_errors() -> None:
+    text = """\
+models:
+  a:
+    command: [x]
+  b: {command: [y, "${PORT}"], aliases: [a]}
+"""
+    assert [(path, line) for path, line, _ in issues(text)] == [("models.a", 2),
+                                                                 ("models.b.aliases.0", 4)]
+
+
+def test_alias_collisions_from_python() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Config.model_validate({"models": {
+            "a": {"command": ["x", "${PORT}"], "aliases": ["b"]},
+            "b": {"command": ["y", "${PORT}"]},
+        }})
+    ((error),) = caught.value.errors()
+    assert error["loc"] == ("models", "a", "aliases", 0)
+    assert error["msg"] == "alias 'b' of 'a' is already used by 'b'"
+
+
 def test_an_unset_variable_is_reported_once() -> None:
     # The empty value it leaves is not a second error (port: "" is not an integer).
     assert issues("server:\n  port: ${P}\n") == [
@@ -425,7 +448,8 @@ def test_the_argv_table_covers_every_template() -> None:
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_every_template_resolves_for_a_process(name: str) -> None:
-    extra = "" if TEMPLATES[name].command else "    command: [my-server, --listen, '${HOST}:${PORT}']\n"
+    own_command = "    command: [my-server, --listen, '${HOST}:${PORT}']\n"
+    extra = "" if TEMPLATES[name].command else own_command
     spec = model(f"    template: {name}\n    model_path: /m/x\n{extra}")
     assert spec.argv(7) == PROCESS_ARGV[name]
     assert spec.health_path == TEMPLATES[name].health_path
