@@ -335,6 +335,7 @@ class Model:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.start_timeout
         delay = _FIRST_PROBE_DELAY
+        reported = 0.0
         exited = asyncio.ensure_future(upstream.wait())
         try:
             while True:
@@ -351,6 +352,11 @@ class Model:
                     return
                 await asyncio.wait({exited}, timeout=min(delay, max(deadline - loop.time(), 0)))
                 delay = min(delay * 1.5, _MAX_PROBE_DELAY)
+                elapsed = self.spec.start_timeout - (deadline - loop.time())
+                if elapsed >= reported + 1.0:
+                    reported = int(elapsed)
+                    self._events.notify("start_progress", self.name,
+                                        elapsed_seconds=round(elapsed, 1))
         except asyncio.CancelledError:
             await upstream.stop(self.spec.stop_timeout)
             raise

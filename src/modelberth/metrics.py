@@ -22,7 +22,7 @@ class Metrics:
     def __init__(self, meter: Meter, registry: Registry) -> None:
         self._registry = registry
         self.requests = meter.create_counter(
-            "modelberth_requests", unit="1", description="Proxied requests by model and status.")
+            "modelberth_requests", description="Proxied requests by model and status.")
         self.duration = meter.create_histogram(
             "modelberth_request_duration", unit="s", description="Whole request, queue included.",
             explicit_bucket_boundaries_advisory=_SECONDS)
@@ -35,16 +35,16 @@ class Metrics:
             description="Time waiting for the model (start, room, concurrency).",
             explicit_bucket_boundaries_advisory=_SECONDS)
         self.tokens = meter.create_counter(
-            "modelberth_tokens", unit="1", description="Tokens by model and type (input/output).")
+            "modelberth_tokens", description="Tokens by model and type (input/output).")
         self.tokens_per_second = meter.create_histogram(
-            "modelberth_output_tokens_per_second", unit="1",
+            "modelberth_output_tokens_per_second",
             description="Output tokens per second of generation.",
             explicit_bucket_boundaries_advisory=_RATE)
         self.start_duration = meter.create_histogram(
             "modelberth_model_start_duration", unit="s",
             description="From start to healthy.", explicit_bucket_boundaries_advisory=_SECONDS)
         self.evictions = meter.create_counter(
-            "modelberth_evictions", unit="1", description="Models stopped to make room.")
+            "modelberth_evictions", description="Models stopped to make room.")
         self._gauge(meter, "modelberth_model_state", "1 for the state each model is in.",
                     self._states)
         self._gauge(meter, "modelberth_queue_length", "Requests waiting for each model.",
@@ -66,7 +66,7 @@ class Metrics:
 
     @staticmethod
     def _gauge(meter: Meter, name: str, description: str,
-               read: Callable[[], Iterable[Observation]], unit: str = "1") -> None:
+               read: Callable[[], Iterable[Observation]], unit: str = "") -> None:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             return list(read())
 

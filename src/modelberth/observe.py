@@ -4,6 +4,7 @@ and the token usage read from the answer as it streams past, without holding it 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completi
                "/v1/embeddings": "embeddings"}
 _TAIL = 16 * 1024  # bytes of a stream kept to read its final usage event
 _BODY_LIMIT = 1024 * 1024  # non-streamed bodies read for usage up to this size
+_CONTENT = re.compile(rb'"(?:content|text)":\s*"(?!")')  # a stream event carrying text
 
 
 @dataclass
@@ -36,12 +38,12 @@ class UsageReader:
 
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
-        self.events = 0
+        self.content_events = 0
         self._kept = bytearray()
 
     def feed(self, chunk: bytes) -> None:
         if self.streaming:
-            self.events += chunk.count(b"data: ")
+            self.content_events += len(_CONTENT.findall(chunk))
             self._kept += chunk
             if len(self._kept) > 2 * _TAIL:
                 del self._kept[:-_TAIL]
@@ -66,8 +68,8 @@ class UsageReader:
                 usage.output_tokens = usage.output_tokens or _int(timings.get("predicted_n"))
                 rate = timings.get("predicted_per_second")
                 usage.tokens_per_second = float(rate) if isinstance(rate, int | float) else None
-        if self.streaming and usage.output_tokens is None and self.events:
-            usage.output_tokens = max(self.events - 2, 1)  # minus the role chunk and [DONE]
+        if self.streaming and usage.output_tokens is None and self.content_events:
+            usage.output_tokens = self.content_events  # about one token per content chunk
         return usage
 
     def _document(self) -> Any:

@@ -59,7 +59,9 @@ class Proxy:
             early = await self._admit(model, obs, send, keepalive)
         except APIError as error:
             obs.finish(error.status, error=error.message)
-            await (send_sse_error(send, error) if early else send_error(send, error))
+            await send_error(send, error)
+            return
+        except _Answered:
             return
         try:
             try:
@@ -99,7 +101,14 @@ class Proxy:
                     elapsed = time.perf_counter() - began
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": f": loading {model.name} {elapsed:.1f}s\n\n".encode()})
-                waiting.result()
+                try:
+                    waiting.result()
+                except APIError as error:
+                    if not early:
+                        raise
+                    obs.finish(error.status, error=error.message)
+                    await send_sse_error(send, error)
+                    raise _Answered from None
         obs.queued(began, cold)
         return early
 
@@ -201,6 +210,10 @@ class Proxy:
         if not is_sse:
             return  # returning mid-body makes the server drop the connection: a visible cut
         await send_sse_error(send, error)
+
+
+class _Answered(Exception):
+    """The client already has its answer (an SSE error after loading comments)."""
 
 
 class _Refused(Exception):

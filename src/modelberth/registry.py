@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +51,7 @@ class Registry:
         }
         self.models: dict[str, Model] = {}
         self.monitor = Monitor(config.resources)
-        self.scheduler = Scheduler(self.monitor, self.models.values)
+        self.scheduler = Scheduler(self.monitor, self.models.values, self.events)
         self.events.add_listener(self.scheduler.on_event)
         self.events.add_listener(self._measure)
         self._by_name: dict[str, Model] = {}
@@ -176,7 +178,26 @@ class Registry:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        await asyncio.to_thread(self.telemetry.shutdown)  # flush spans, metrics and logs
+        await _bounded(self.telemetry.shutdown, 5.0)  # flush spans, metrics and logs
+
+
+async def _bounded(work: Callable[[], object], seconds: float) -> None:
+    """Run blocking work in a daemon thread; stop waiting after `seconds` (an unreachable
+    collector must not hold up the exit)."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=run, name="telemetry-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(done.wait(), seconds)
+    except TimeoutError:
+        logger.warning("telemetry was not flushed within {}s; exiting anyway", seconds)
 
 
 def _log_event(event: StateEvent) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from modelberth.estimate import estimate_spec
+from modelberth.events import EventBus
 from modelberth.lifecycle import Model
 from modelberth.resources import MB, Monitor
 from modelberth.types import ModelState, StartFailed, StateEvent
@@ -41,8 +42,10 @@ def _mib(value: int | None) -> str:
 
 
 class Scheduler:
-    def __init__(self, monitor: Monitor, models: Callable[[], Iterable[Model]]) -> None:
+    def __init__(self, monitor: Monitor, models: Callable[[], Iterable[Model]],
+                 events: EventBus) -> None:
         self.monitor = monitor
+        self.events = events
         self._models = models
         self._lock = asyncio.Lock()
         # Replaced at every change, so a waiter can never miss the wake-up meant for it.
@@ -140,6 +143,8 @@ class Scheduler:
             return False
         for victim in victims:
             self.evictions += 1
+            self.events.notify("eviction", victim.name, for_model=model.name,
+                               freed=self.cost(victim).describe(), needed=need.describe())
             logger.bind(model=victim.name).warning(
                 "evicting {} (idle since {:.0f}s, {}) to make room for {} ({})", victim.name,
                 time.time() - (victim.last_used_at or time.time()), self.cost(victim).describe(),

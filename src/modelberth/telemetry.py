@@ -208,7 +208,8 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         tracer = provider.get_tracer("modelberth", __version__)
         closers.append(provider.shutdown)
     prometheus = CollectorRegistry(auto_describe=True)
-    readers: list[MetricReader] = [PrometheusMetricReader(registry=prometheus)]
+    readers: list[MetricReader] = [PrometheusMetricReader(scope_info_enabled=False,
+                                                          registry=prometheus)]
     if _enabled("METRICS"):
         readers.append(PeriodicExportingMetricReader(_metric_exporter()))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)

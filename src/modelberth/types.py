@@ -27,6 +27,8 @@ class StateEvent:
     at: float = field(default_factory=time.time)
     detail: dict[str, Any] = field(default_factory=dict)
 
+    kind = "state"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "type": "state",
@@ -37,6 +39,19 @@ class StateEvent:
             "at": self.at,
             **self.detail,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Anything else worth streaming on /api/events: an eviction, a start's progress."""
+
+    kind: str
+    model: str
+    at: float = field(default_factory=time.time)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "model": self.model, "at": self.at, **self.detail}
 
 
 class APIError(Exception):

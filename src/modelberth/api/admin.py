@@ -120,13 +120,14 @@ async def reload_config(request: Request) -> dict[str, Any]:
 
 @router.get("/events")
 async def events(request: Request) -> StreamingResponse:
-    """Server-sent events: one `state` event per model state change."""
+    """Server-sent events: `state` (every model state change), `eviction` (a model stopped to
+    make room, with the reason) and `start_progress` (each second while a model loads)."""
     bus = registry(request).events
 
     async def stream() -> AsyncIterator[str]:
         yield f": connected {time.time():.3f}\n\n"
         async for event in bus.subscribe():
-            yield f"event: state\ndata: {json.dumps(event.as_dict())}\n\n"
+            yield f"event: {event.kind}\ndata: {json.dumps(event.as_dict())}\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

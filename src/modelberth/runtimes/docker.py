@@ -146,7 +146,7 @@ class DockerUpstream:
         def emit(raw: bytes) -> None:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             loop.call_soon_threadsafe(self._logs.append, stream, text)
-            log.debug("{}", text)
+            log.info("{}", text)
 
         try:
             for chunk in self._runtime.follow_logs(self._container, stream):

@@ -121,7 +121,7 @@ class ProcessUpstream:
                 return
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             self._logs.append(name, text)
-            log.debug("{}", text)
+            log.info("{}", text)
 
 
 class ProcessRuntime:

@@ -1,0 +1,215 @@
+"""Observability: OTLP traces/metrics/logs at a real receiver, /metrics, traceparent, events."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Modelberth, fake_model, wait_for
+from otlp_receiver import GrpcReceiver, HttpReceiver, attributes
+
+CHAT = "/v1/chat/completions"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+def otel_env(endpoint: str, protocol: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BLRP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "300", "OTEL_SERVICE_NAME": "modelberth-test"}
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[HttpReceiver]:
+    receiver = HttpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[GrpcReceiver]:
+    receiver = GrpcReceiver()
+    yield receiver
+    receiver.close()
+
+
+def traced_server(modelberth: Any, endpoint: str, protocol: str) -> Modelberth:
+    mb: Modelberth = modelberth({"models": {"m": fake_model(None, aliases=["gpt-4o-mini"])}},
+                                start=False)
+    return mb.start(env=otel_env(endpoint, protocol))
+
+
+def test_spans_follow_genai_conventions_and_traceparent_reaches_the_upstream(
+    http_receiver: HttpReceiver, modelberth: Any
+) -> None:
+    mb = traced_server(modelberth, http_receiver.endpoint, "http/protobuf")
+    with mb.client() as client:
+        response = client.post(CHAT, headers={"traceparent": TRACEPARENT},
+                               json={"model": "gpt-4o-mini", "messages": []})
+    assert response.status_code == 200
+    received = http_receiver.received
+    (server,) = wait_for(lambda: received.span_named("chat gpt-4o-mini"), timeout=10)
+    assert server.trace_id.hex() == TRACE_ID
+    assert server.parent_span_id.hex() == PARENT_ID  # the incoming traceparent is honoured
+    attrs = attributes(server.attributes)
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attrs["gen_ai.response.model"] == "gpt-4o-mini"
+    assert attrs["gen_ai.usage.input_tokens"] == 3
+    assert attrs["gen_ai.usage.output_tokens"] == 1
+    assert attrs["modelberth.cold_start"] is True
+    assert attrs["modelberth.queue_ms"] > 0
+    assert attrs["http.response.status_code"] == 200
+
+    def child(name: str) -> Any:
+        spans = wait_for(lambda: received.span_named(name), timeout=10)
+        assert spans[0].trace_id.hex() == TRACE_ID
+        return spans[0]
+
+    assert child("modelberth.queue").parent_span_id == server.span_id
+    assert child("modelberth.model.start").parent_span_id == server.span_id
+    upstream = child("POST /v1/chat/completions")
+    assert upstream.parent_span_id == server.span_id
+    # The upstream got a traceparent naming modelberth's client span as its parent.
+    seen = {k.lower(): v for k, v in response.json()["echo"]["headers"].items()}
+    forwarded = seen["traceparent"]
+    assert forwarded == f"00-{TRACE_ID}-{upstream.span_id.hex()}-01"
+
+    with mb.client() as client:  # a warm request: no cold start, no start span
+        client.post(CHAT, json={"model": "m", "messages": []})
+    warm = wait_for(lambda: received.span_named("chat m"), timeout=10)[0]
+    assert attributes(warm.attributes)["modelberth.cold_start"] is False
+    assert len(received.span_named("modelberth.model.start")) == 1
+
+
+def test_metrics_and_logs_are_exported_over_otlp(
+    http_receiver: HttpReceiver, modelberth: Any
+) -> None:
+    mb = traced_server(modelberth, http_receiver.endpoint, "http/protobuf")
+    with mb.client() as client:
+        assert client.post(CHAT, json={"model": "m", "messages": []}).status_code == 200
+    received = http_receiver.received
+    wait_for(lambda: {"modelberth_requests", "modelberth_request_duration",
+                      "modelberth_model_state", "modelberth_model_start_duration"}
+             <= received.metric_names(), timeout=10)
+
+    def log_lines() -> list[tuple[str, dict[str, Any]]]:
+        with received.lock:
+            return [(value_text(log.body), attributes(log.attributes)) for log in received.logs]
+
+    def value_text(body: Any) -> str:
+        return str(body.string_value)
+
+    ready = wait_for(lambda: [a for body, a in log_lines() if "ready (healthy)" in body],
+                     timeout=10)
+    assert ready[0]["modelberth.model"] == "m"
+    upstream = wait_for(lambda: [a for body, a in log_lines()
+                                 if "fake upstream starting" in body], timeout=10)
+    assert upstream[0]["modelberth.stream"] == "stdout"
+
+
+def test_grpc_exporter(grpc_receiver: GrpcReceiver, modelberth: Any) -> None:
+    mb = traced_server(modelberth, grpc_receiver.endpoint, "grpc")
+    with mb.client() as client:
+        assert client.post(CHAT, json={"model": "m", "messages": []}).status_code == 200
+    spans = wait_for(lambda: grpc_receiver.received.span_named("chat m"), timeout=15)
+    assert attributes(spans[0].attributes)["gen_ai.request.model"] == "m"
+    wait_for(lambda: "modelberth_requests" in grpc_receiver.received.metric_names(), timeout=15)
+
+
+def scrape(mb: Modelberth) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(mb.url + "/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_prometheus_metrics(modelberth: Any, tmp_path: Path) -> None:
+    mb = modelberth({"models": {"m": fake_model(None)}})
+    with mb.client() as client:
+        for _ in range(3):
+            assert client.post(CHAT, json={"model": "m", "messages": []}).status_code == 200
+        streamed = client.post(CHAT, json={"model": "m", "stream": True, "chunks": 7})
+        assert streamed.status_code == 200
+        assert client.post(CHAT, json={"model": "nope", "messages": []}).status_code == 404
+    samples = scrape(mb)
+    m = (("model", "m"),)
+    assert samples[("modelberth_requests_total", (("model", "m"), ("status", "200")))] == 4
+    assert samples[("modelberth_requests_total", (("model", ""), ("status", "404")))] == 1
+    assert samples[("modelberth_request_duration_seconds_count", m)] == 4
+    assert samples[("modelberth_time_to_first_token_seconds_count", m)] == 4
+    assert samples[("modelberth_model_start_duration_seconds_count", m)] == 1
+    # 3 x usage.completion_tokens 1, plus 7 content chunks counted in the stream
+    assert samples[("modelberth_tokens_total", (("model", "m"), ("type", "output")))] == 10
+    assert samples[("modelberth_tokens_total", (("model", "m"), ("type", "input")))] == 9
+    assert samples[("modelberth_output_tokens_per_second_count", m)] == 4
+    assert samples[("modelberth_model_state", (("model", "m"), ("state", "ready")))] == 1
+    assert samples[("modelberth_model_state", (("model", "m"), ("state", "stopped")))] == 0
+    assert samples[("modelberth_queue_length", m)] == 0
+    assert samples[("modelberth_in_flight", m)] == 0
+    wait_for(lambda: scrape(mb).get(("modelberth_model_memory_bytes", m), 0) > 10 * 2**20,
+             timeout=10)
+    assert ("modelberth_host_memory_available_bytes", ()) in samples
+
+
+def test_events_stream_evictions_and_start_progress(modelberth: Any, tmp_path: Path) -> None:
+    mb = modelberth({
+        "resources": {"memory_budget_mb": 100},
+        "models": {"a": fake_model(None, "--start-delay", "1.3", memory_mb=60),
+                   "b": fake_model(None, memory_mb=60)}})
+    seen: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", mb.url + "/api/events", timeout=30) as events:
+            kind = ""
+            for line in events.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    seen.append({"event": kind, **json.loads(line[6:])})
+                if any(e["event"] == "eviction" for e in seen):
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    wait_for(lambda: httpx.get(mb.url + "/health").status_code == 200, timeout=5)
+    with mb.client() as client:
+        assert client.post(CHAT, json={"model": "a", "messages": []}).status_code == 200
+        assert client.post(CHAT, json={"model": "b", "messages": []}).status_code == 200
+    listener.join(15)
+    progress = [e for e in seen if e["event"] == "start_progress"]
+    assert progress and progress[0]["model"] == "a"
+    assert progress[0]["elapsed_seconds"] >= 1.0
+    (eviction,) = [e for e in seen if e["event"] == "eviction"]
+    assert eviction["model"] == "a"
+    assert eviction["for_model"] == "b"
+
+
+def test_waiting_stream_gets_loading_comments(modelberth: Any) -> None:
+    mb = modelberth({"server": {"stream_keepalive": 0.3},
+                     "models": {"slow": fake_model(None, "--start-delay", "1.2"),
+                                "broken": fake_model(None, "--start-delay", "1",
+                                                     "--exit-code", "3")}})
+    with mb.client() as client:
+        text = client.post(CHAT, json={"model": "slow", "stream": True, "chunks": 2}).text
+        assert text.startswith(": loading slow 0.")
+        assert text.count(": loading slow") >= 2
+        assert text.count("tok") == 2
+        plain = client.post(CHAT, json={"model": "slow", "messages": []})
+        assert not plain.text.startswith(":")
+        failed = client.post(CHAT, json={"model": "broken", "stream": True})
+    assert failed.status_code == 200  # the headers went out while it was loading
+    assert ": loading broken" in failed.text
+    payload = json.loads(failed.text.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])
+    assert payload["error"]["code"] == "model_start_failed"
+    assert "exit code 3" in payload["error"]["message"]
