@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,24 @@ def test_waiting_stream_gets_loading_comments(modelberth: Any) -> None:
     payload = json.loads(failed.text.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])
     assert payload["error"]["code"] == "model_start_failed"
     assert "exit code 3" in payload["error"]["message"]
+
+
+def test_dashboard_queries_only_name_metrics_that_exist(modelberth: Any) -> None:
+    mb = modelberth({"resources": {"memory_budget_mb": 100, "sample_interval": 0.3},
+                     "models": {"m": fake_model(None, memory_mb=60),
+                                "n": fake_model(None, memory_mb=60)}})
+    with mb.client() as client:
+        for name in ("m", "n"):  # the second evicts the first
+            assert client.post(CHAT, json={"model": name, "messages": []}).status_code == 200
+    wait_for(lambda: ("modelberth_model_memory_bytes", (("model", "n"),)) in scrape(mb),
+             timeout=10)
+    exposed = {name for name, _ in scrape(mb)}
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "signoz"
+                            / "dashboard.json").read_text())
+    queries = [q["query"] for w in dashboard["widgets"] for q in w["query"]["promql"]]
+    named = {word for query in queries for word in re.findall(r"modelberth_\w+", query)}
+    # GPU and VRAM gauges only appear with a GPU; the rest must be served right now.
+    missing = {n for n in named - exposed
+               if not n.startswith("modelberth_gpu_") and n != "modelberth_model_vram_bytes"}
+    assert not missing, f"dashboard names metrics modelberth does not export: {missing}"
+    assert len(named) >= 14
