@@ -10,7 +10,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXA
   -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 export LLAMA_CPP_BUILD_JOBS ?= 2
 
-.PHONY: setup demo test lint unit docker-engine clean
+.PHONY: setup demo test lint unit docker-engine bench clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/modelberth demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/mypy
 
 # The Docker tests need a real engine: install and start Debian's docker.io if needed.
@@ -36,6 +36,10 @@ unit: $(STAMP) docker-engine
 	$(VENV)/bin/pytest
 
 test: lint unit
+
+# On demand, not part of `make test`: see bench/README.md.
+bench: $(STAMP)
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
