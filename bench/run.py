@@ -149,7 +149,7 @@ wrk.headers["Content-Type"] = "application/json"
 def wrk(work: Path, url: str, connections: int, duration: float) -> dict[str, float]:
     script = work / "post.lua"
     script.write_text(_WRK_LUA)
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script),
             url + CHAT]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "1", *argv]

@@ -54,5 +54,6 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         server_header=False,
         timeout_graceful_shutdown=max(1, int(config.defaults.drain_timeout)),
         backlog=4096,
+        proxy_headers=False,
     )
     _Server(uv_config, on_ready).run()
