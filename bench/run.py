@@ -149,8 +149,8 @@ wrk.headers["Content-Type"] = "application/json"
 def wrk(work: Path, url: str, connections: int, duration: float) -> dict[str, float]:
     script = work / "post.lua"
     script.write_text(_WRK_LUA)
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script),
-            url + CHAT]
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+            "-s", str(script), url + CHAT]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "1", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -421,18 +421,25 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    parser.add_argument("--only", default="fast,streams,cold,telemetry",
+                        help="comma-separated sections: fast, streams, cold, telemetry")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     ensure_tools()
     with tempfile.TemporaryDirectory(prefix="modelberth-bench-") as tmp:
         work = Path(tmp)
-        sections = [
-            ("Non-streaming, fast upstream (wrk; c=1 latency, c=64 throughput)",
-             bench_fast_upstream(work, args.duration, args.litellm)),
-            ("Streaming (time to first chunk in ms; pieces = separate reads per stream)",
-             bench_streams(work)),
-            ("Cold start and swap, real llama-server", bench_cold_start_and_swap(work)),
-            ("Telemetry overhead (c=64)", bench_tracing(work, args.duration)),
-        ]
+        sections = []
+        if "fast" in only:
+            sections.append(("Non-streaming, fast upstream (wrk; c=1 latency, c=64 throughput)",
+                             bench_fast_upstream(work, args.duration, args.litellm)))
+        if "streams" in only:
+            sections.append(("Streaming (time to first chunk in ms; pieces = separate reads "
+                             "per stream)", bench_streams(work)))
+        if "cold" in only:
+            sections.append(("Cold start and swap, real llama-server",
+                             bench_cold_start_and_swap(work)))
+        if "telemetry" in only:
+            sections.append(("Telemetry overhead (c=64)", bench_tracing(work, args.duration)))
     report = "\n\n".join(f"### {title}\n\n{table(rows)}" for title, rows in sections)
     print(report)
     if args.out:

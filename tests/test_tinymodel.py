@@ -31,6 +31,20 @@ def test_written_model_is_a_small_llama(tmp_path: Path) -> None:
     assert {"token_embd.weight", "output.weight", "blk.1.ffn_down.weight"} <= names
 
 
+def test_only_printable_tokens_are_normal(tmp_path: Path) -> None:
+    reader = gguf.GGUFReader(write_tiny_gguf(tmp_path / "m.gguf"))
+    tokens_field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(tokens_field.parts[i]).decode() for i in tokens_field.data]
+    types_field = reader.fields["tokenizer.ggml.token_type"]
+    types = dict(zip(tokens, (int(types_field.parts[i][0]) for i in types_field.data), strict=True))
+    assert types["a"] == types["Ġ"] == types["~"] == gguf.TokenType.NORMAL  # "Ġ" is the space byte
+    assert types["Ċ"] == types["Ã"] == gguf.TokenType.UNUSED  # "\n" and 0xC3
+    assert types["<|im_start|>"] == types["<|im_end|>"] == gguf.TokenType.CONTROL
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    assert isinstance(eos, int)
+    assert tokens[eos] == "<|im_end|>"
+
+
 def test_ensure_writes_once_and_reuses(tmp_path: Path) -> None:
     path = ensure_tiny_model(tmp_path / "cache" / "tiny.gguf")
     first = path.stat().st_mtime_ns

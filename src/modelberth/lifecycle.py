@@ -33,7 +33,7 @@ TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     S.STOPPING: frozenset({S.STOPPED}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
 }
-_FIRST_PROBE_DELAY = 0.025
+_FIRST_PROBE_DELAY = 0.005
 _MAX_PROBE_DELAY = 0.25
 _LOG_TAIL = 15
 # After repeated failures a model waits before the next automatic start: 1 s after the second
@@ -351,7 +351,7 @@ class Model:
                 if await self._probe(url, min(remaining, 5.0)):
                     return
                 await asyncio.wait({exited}, timeout=min(delay, max(deadline - loop.time(), 0)))
-                delay = min(delay * 1.5, _MAX_PROBE_DELAY)
+                delay = min(delay * 1.3, _MAX_PROBE_DELAY)
                 elapsed = self.spec.start_timeout - (deadline - loop.time())
                 if elapsed >= reported + 1.0:
                     reported = int(elapsed)

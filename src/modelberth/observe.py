@@ -158,13 +158,13 @@ class RequestObservation:
 
     def finish(self, status: int, usage: Usage | None = None, error: str | None = None) -> None:
         labels = {"model": self.model}
-        self.metrics.requests.add(1, {**labels, "status": str(status)})
+        self.metrics.count_request(self.model, status)
         self.metrics.duration.record(time.perf_counter() - self.began, labels)
         rate = None
         if usage is not None:
             for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
                 if count:
-                    self.metrics.tokens.add(count, {**labels, "type": kind})
+                    self.metrics.count_tokens(self.model, kind, count)
             rate = usage.tokens_per_second
             generating = time.perf_counter() - (self.first_byte or self.began)
             if rate is None and usage.output_tokens and generating > 0:

@@ -2,10 +2,15 @@
 
 It is real enough for llama-server (chat template, byte-level BPE tokenizer, embeddings) and
 tiny (~0.5 MB, written in well under a second, healthy in ~25 ms). Random weights would emit
-lone bytes >= 0x80, which are invalid UTF-8 and make llama-server's chat endpoint fail, so the
-output layer is biased toward printable ASCII: the embeddings carry a large constant in
-dimension 0, which survives the final RMS norm, and output.weight's column 0 rewards printable
-tokens and punishes every other one.
+lone bytes >= 0x80, which are invalid UTF-8 and make llama-server's chat endpoint fail, so two
+defences keep the generated text printable ASCII:
+
+- the output layer is biased: the embeddings carry a large constant in dimension 0, which
+  survives the final RMS norm, and output.weight's column 0 rewards printable tokens and punishes
+  every other one by hundreds of logits (still negligible at temperature 50 with no top-k/p);
+- the byte tokens outside printable ASCII are typed UNUSED, which llama.cpp detokenizes to
+  nothing, so even if one were sampled it would add no bytes. Tokenizing a prompt still finds
+  them (BPE looks tokens up by text, whatever their type), so any UTF-8 input works.
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 MERGES = ("t h", "e r", "i n", "a n", "o n", "Ġ t", "Ġ a", "r e", "e s", "o r")
-# gguf token types
-_NORMAL, _CONTROL, _BYTE = 1, 3, 6
+# gguf token types (gguf.TokenType)
+_NORMAL, _CONTROL, _UNUSED = 1, 3, 5
 
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable unicode characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -51,10 +59,11 @@ def _vocab() -> tuple[list[str], list[int], np.ndarray]:
     byte_map = _byte_to_unicode()
     tokens = [byte_map[b] for b in range(256)]
     allowed = [0x20 <= b <= 0x7E for b in range(256)]
+    types = [_NORMAL if ok else _UNUSED for ok in allowed]
     for merge in MERGES:
         tokens.append(merge.replace(" ", ""))
+        types.append(_NORMAL)
         allowed.append(True)
-    types = [_NORMAL] * len(tokens)
     for special in SPECIAL:
         tokens.append(special)
         types.append(_CONTROL)
@@ -71,7 +80,8 @@ def _tensors(rng: np.random.Generator, allowed: np.ndarray) -> dict[str, np.ndar
     embd = rand(n_vocab, N_EMBD, scale=0.5)
     embd[:, 0] = 50.0  # dominates every hidden state, so output column 0 acts as a bias
     output = rand(n_vocab, N_EMBD, scale=1.0)
-    output[:, 0] = np.where(allowed, 0.5, -5.0)
+    # hidden dim 0 is ~8 after the final norm: disallowed tokens trail by ~800 logits
+    output[:, 0] = np.where(allowed, 0.5, -100.0)
     tensors = {
         "token_embd.weight": embd,
         "output_norm.weight": np.ones(N_EMBD, dtype=np.float32),
@@ -109,6 +119,7 @@ def write_tiny_gguf(path: Path, *, seed: int = 0, context_length: int = 512) -> 
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_pooling_type(gguf.PoolingType.MEAN)  # for --embeddings without --pooling
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
