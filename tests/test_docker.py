@@ -300,6 +300,27 @@ models:
             container.remove(force=True)
 
 
+def test_bridge_network_publishes_the_port_on_loopback_only(
+    image: str, engine: docker.DockerClient
+) -> None:
+    yaml_text = f"""
+models:
+  vl: {{runtime: docker, template: vllm, image: "{image}", model_path: org/m, network: bridge}}
+"""
+    spec = parse_config(yaml_text).specs()["vl"]
+    args = DockerRuntime()._create_args(spec, 9999, image)
+    assert args["network_mode"] == "bridge"
+    assert args["command"] == ["--model", "org/m", "--host", "0.0.0.0", "--port", "8000"]
+    args["name"] = "modelberth-bridge-test"
+    args.pop("network_mode")  # this engine runs with --bridge=none; the binding is what counts
+    container = engine.containers.create(**args)
+    try:
+        bindings = container.attrs["HostConfig"]["PortBindings"]
+        assert bindings == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "9999"}]}
+    finally:
+        container.remove(force=True)
+
+
 def test_gpu_model_without_nvidia_runtime_fails_clearly(
     containers: Any, modelberth: Any, image: str, tmp_path: Path
 ) -> None:

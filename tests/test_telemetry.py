@@ -84,6 +84,16 @@ def test_spans_follow_genai_conventions_and_traceparent_reaches_the_upstream(
     forwarded = seen["traceparent"]
     assert forwarded == f"00-{TRACE_ID}-{upstream.span_id.hex()}-01"
 
+    # Log records written while the request's start ran carry its trace.
+    def start_logs() -> list[Any]:
+        with received.lock:
+            return [log for log in received.logs
+                    if "stopped -> starting" in log.body.string_value]
+
+    (start_log,) = wait_for(start_logs, timeout=10)
+    assert start_log.trace_id.hex() == TRACE_ID
+    assert attributes(start_log.attributes)["modelberth.trace_id"] == TRACE_ID
+
     with mb.client() as client:  # a warm request: no cold start, no start span
         client.post(CHAT, json={"model": "m", "messages": []})
     warm = wait_for(lambda: received.span_named("chat m"), timeout=10)[0]
