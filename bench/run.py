@@ -390,9 +390,12 @@ def bench_tracing(work: Path, duration: float) -> list[dict[str, Any]]:
     rows = []
     receiver = HttpReceiver()
     try:
-        for label, env in (("telemetry off", {}), ("tracing on (OTLP/HTTP)", {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})):
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+        sampled = {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                   "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+        for label, env in (("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
+                           ("tracing 10% sampled", sampled)):
             models = {"m": {"command": ["nginx", "-c", str(up_conf)], "port": up_port,
                             "health_path": "/health", "idle_timeout": 0, "preload": True}}
             with modelberth(work, models, env=env) as (url, _):

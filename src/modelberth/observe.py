@@ -113,11 +113,13 @@ class RequestObservation:
         self._upstream_span: Span | None = None
         if telemetry.tracing:
             carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            self.span = telemetry.tracer.start_span(
+            span = telemetry.tracer.start_span(
                 f"{self.operation}", kind=SpanKind.SERVER,
                 context=propagate.extract(carrier),
                 attributes={"gen_ai.operation.name": self.operation,
                             "http.request.method": scope["method"], "url.path": self.path})
+            # A request the sampler left out costs nothing more (no child spans, no header).
+            self.span = span if span.is_recording() else None
 
     def named(self, model: str, requested: str) -> None:
         self.model = model
