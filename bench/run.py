@@ -143,6 +143,7 @@ def modelberth(work: Path, models: dict[str, Any], env: dict[str, str] | None = 
 _WRK_LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
 """
 
 
@@ -287,8 +288,10 @@ def litellm_proxy(work: Path, up_port: int, enabled: bool) -> Iterator[str | Non
     config = work / "litellm.yaml"
     config.write_text(yaml.safe_dump({"model_list": [{"model_name": "m", "litellm_params": {
         "model": "openai/m", "api_base": f"http://127.0.0.1:{up_port}/v1", "api_key": "x"}}]}))
+    env = {"LITELLM_MASTER_KEY": "sk-bench",  # every target gets this Bearer key from wrk
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # no fetch of the price list at start
     with process([str(venv / "bin" / "litellm"), "--config", str(config), "--port", str(port),
-                  "--host", "127.0.0.1"], cpu=0, log=work / "litellm.log"):
+                  "--host", "127.0.0.1"], cpu=0, env=env, log=work / "litellm.log"):
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
         yield f"http://127.0.0.1:{port}"
 
