@@ -62,6 +62,12 @@ def ensure_tools() -> None:
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
+def on_load_core(argv: list[str]) -> list[str]:
+    """An upstream's command, pinned to core 1 with the load generator (modelberth starts it,
+    and would otherwise pass on its own pinning to core 0)."""
+    return ["taskset", "-c", "1", *argv] if shutil.which("taskset") else argv
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     import urllib.request
 
@@ -248,7 +254,7 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool) -> list[dict
     rows = []
     up_port = free_port()
     up_conf = nginx_conf(work, up_port, body=ANSWER)
-    models = {"m": {"command": ["nginx", "-c", str(up_conf)], "port": up_port,
+    models = {"m": {"command": on_load_core(["nginx", "-c", str(up_conf)]), "port": up_port,
                     "health_path": "/health", "idle_timeout": 0, "preload": True}}
     with modelberth(work, models) as (mb_url, mb_pid):
         wait_http(f"http://127.0.0.1:{up_port}/health")
@@ -299,7 +305,8 @@ def litellm_proxy(work: Path, up_port: int, enabled: bool) -> Iterator[str | Non
 def bench_streams(work: Path) -> list[dict[str, Any]]:
     rows = []
     up_port = free_port()
-    models = {"m": {"command": [PY, str(FAKE), "--port", "${PORT}"], "port": up_port,
+    models = {"m": {"command": on_load_core([PY, str(FAKE), "--port", "${PORT}"]),
+                    "port": up_port,
                     "idle_timeout": 0, "preload": True}}
     with modelberth(work, models) as (mb_url, mb_pid):
         wait_http(f"http://127.0.0.1:{up_port}/health")
@@ -399,7 +406,7 @@ def bench_tracing(work: Path, duration: float) -> list[dict[str, Any]]:
                    "OTEL_TRACES_SAMPLER_ARG": "0.1"}
         for label, env in (("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
                            ("tracing 10% sampled", sampled)):
-            models = {"m": {"command": ["nginx", "-c", str(up_conf)], "port": up_port,
+            models = {"m": {"command": on_load_core(["nginx", "-c", str(up_conf)]), "port": up_port,
                             "health_path": "/health", "idle_timeout": 0, "preload": True}}
             with modelberth(work, models, env=env) as (url, _):
                 wait_http(f"http://127.0.0.1:{up_port}/health")
@@ -432,6 +439,8 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.only.split(","))
     ensure_tools()
+    with suppress(OSError):  # this process is load generator (streams) and OTLP receiver
+        os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory(prefix="modelberth-bench-") as tmp:
         work = Path(tmp)
         sections = []

@@ -98,6 +98,8 @@ def test_spans_follow_genai_conventions_and_traceparent_reaches_the_upstream(
         client.post(CHAT, json={"model": "m", "messages": []})
     warm = wait_for(lambda: received.span_named("chat m"), timeout=10)[0]
     assert attributes(warm.attributes)["modelberth.cold_start"] is False
+    # It did not wait, so it has no queue span (exported before its root, which ends last).
+    assert warm.trace_id not in {s.trace_id for s in received.span_named("modelberth.queue")}
     assert len(received.span_named("modelberth.model.start")) == 1
 
 

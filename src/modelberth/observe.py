@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 if TYPE_CHECKING:
     from modelberth.metrics import Metrics
@@ -94,15 +96,33 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
+    """Reads propagation headers straight from the ASGI header list, without a dict."""
+
+    def get(self, carrier: list[tuple[bytes, bytes]], key: str) -> list[str] | None:
+        name = key.encode("latin-1")
+        found = [v.decode("latin-1") for k, v in carrier if k.lower() == name]
+        return found or None
+
+    def keys(self, carrier: list[tuple[bytes, bytes]]) -> list[str]:
+        return [k.decode("latin-1") for k, _ in carrier]
+
+
+_HEADERS = _HeaderGetter()
+_QUEUE_SPAN_AFTER = 0.001  # seconds: shorter waits are only the root's modelberth.queue_ms
+
+
 class RequestObservation:
-    """Spans and metrics of one request. With tracing off, only metrics are recorded."""
+    """Spans and metrics of one request. With tracing off, only metrics are recorded.
+
+    Span attributes are gathered in a dict and set once at the end: each SDK set_attribute
+    takes a lock and validates, and a traced request is otherwise mostly that."""
 
     def __init__(self, telemetry: Telemetry, metrics: Metrics,
                  scope: MutableMapping[str, Any]) -> None:
         self.telemetry = telemetry
         self.metrics = metrics
         self.began = time.perf_counter()
-        self.began_ns = time.time_ns()
         self.path: str = scope["path"]
         self.operation = _OPERATIONS.get(self.path, self.path.removeprefix("/v1/"))
         self.model = ""
@@ -111,11 +131,13 @@ class RequestObservation:
         self.first_byte: float | None = None
         self.span: Span | None = None
         self._upstream_span: Span | None = None
+        self._attributes: dict[str, AttributeValue] = {}
         if telemetry.tracing:
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            self.began_ns = time.time_ns()
             span = telemetry.tracer.start_span(
-                f"{self.operation}", kind=SpanKind.SERVER,
-                context=propagate.extract(carrier),
+                self.operation, kind=SpanKind.SERVER,
+                context=propagate.extract(scope["headers"], getter=_HEADERS),
+                start_time=self.began_ns,
                 attributes={"gen_ai.operation.name": self.operation,
                             "http.request.method": scope["method"], "url.path": self.path})
             # A request the sampler left out costs nothing more (no child spans, no header).
@@ -125,15 +147,17 @@ class RequestObservation:
         self.model = model
         if self.span is not None:
             self.span.update_name(f"{self.operation} {requested}")
-            self.span.set_attribute("gen_ai.request.model", requested)
-            self.span.set_attribute("modelberth.model", model)
+            self._attributes["gen_ai.request.model"] = requested
+            self._attributes["modelberth.model"] = model
 
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began
-        self.metrics.queue_wait.record(self.queue_seconds, {"model": self.model})
-        if self.span is not None:
-            self.span.set_attribute("modelberth.cold_start", cold)
-            self.span.set_attribute("modelberth.queue_ms", round(self.queue_seconds * 1000, 3))
+        self.metrics.queue_wait.record(self.queue_seconds, self.model)
+        if self.span is None:
+            return
+        self._attributes["modelberth.cold_start"] = cold
+        self._attributes["modelberth.queue_ms"] = round(self.queue_seconds * 1000, 3)
+        if cold or self.queue_seconds >= _QUEUE_SPAN_AFTER:
             start_ns = self.began_ns + int((began - self.began) * 1e9)
             queue = self.telemetry.tracer.start_span(
                 "modelberth.queue", context=trace.set_span_in_context(self.span),
@@ -156,38 +180,49 @@ class RequestObservation:
     def first_chunk(self) -> None:
         if self.first_byte is None:
             self.first_byte = time.perf_counter()
-            self.metrics.ttft.record(self.first_byte - self.began, {"model": self.model})
+            self.metrics.ttft.record(self.first_byte - self.began, self.model)
 
     def finish(self, status: int, usage: Usage | None = None, error: str | None = None) -> None:
-        labels = {"model": self.model}
         self.metrics.count_request(self.model, status)
-        self.metrics.duration.record(time.perf_counter() - self.began, labels)
-        rate = None
+        self.metrics.duration.record(time.perf_counter() - self.began, self.model)
         if usage is not None:
-            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-                if count:
-                    self.metrics.count_tokens(self.model, kind, count)
-            rate = usage.tokens_per_second
-            generating = time.perf_counter() - (self.first_byte or self.began)
-            if rate is None and usage.output_tokens and generating > 0:
-                rate = usage.output_tokens / generating
-            if rate:
-                self.metrics.tokens_per_second.record(rate, labels)
-        for span in (self._upstream_span, self.span):
-            if span is None:
-                continue
-            span.set_attribute("http.response.status_code", status)
-            if usage is not None:
-                _usage_attributes(span, usage)
-            if error or status >= 500:
-                span.set_status(Status(StatusCode.ERROR, error or str(status)))
-            span.end()
+            self._record_usage(usage)
+        if self.span is None:
+            return
+        ending: dict[str, AttributeValue] = {"http.response.status_code": status}
+        if usage is not None:
+            ending.update(_usage_attributes(usage))
+        failed = Status(StatusCode.ERROR, error or str(status)) \
+            if error or status >= 500 else None
+        if self._upstream_span is not None:
+            self._end(self._upstream_span, ending, failed)
+        self._end(self.span, {**self._attributes, **ending}, failed)
+
+    @staticmethod
+    def _end(span: Span, attributes: dict[str, AttributeValue], failed: Status | None) -> None:
+        span.set_attributes(attributes)
+        if failed is not None:
+            span.set_status(failed)
+        span.end()
+
+    def _record_usage(self, usage: Usage) -> None:
+        for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+            if count:
+                self.metrics.count_tokens(self.model, kind, count)
+        rate = usage.tokens_per_second
+        generating = time.perf_counter() - (self.first_byte or self.began)
+        if rate is None and usage.output_tokens and generating > 0:
+            rate = usage.output_tokens / generating
+        if rate:
+            self.metrics.tokens_per_second.record(rate, self.model)
 
 
-def _usage_attributes(span: Span, usage: Usage) -> None:
+def _usage_attributes(usage: Usage) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {}
     if usage.model:
-        span.set_attribute("gen_ai.response.model", usage.model)
+        attributes["gen_ai.response.model"] = usage.model
     if usage.input_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+        attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
     if usage.output_tokens is not None:
-        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+    return attributes

@@ -40,6 +40,7 @@ class Registry:
         self.config = config
         self.telemetry = telemetry or setup_telemetry()
         self.metrics = Metrics(self.telemetry.meter, self)
+        self.telemetry.metric_sources.append(self.metrics.collect_histograms)
         self.config_path = config_path
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()

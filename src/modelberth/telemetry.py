@@ -24,13 +24,18 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    Metric,
     MetricExporter,
     MetricReader,
+    MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
@@ -110,6 +115,8 @@ class Telemetry:
     prometheus: CollectorRegistry
     tracing: bool
     _shutdown: list[Callable[[], object]] = field(default_factory=list)
+    # Metrics aggregated outside the SDK (the request-path histograms), added at collection.
+    metric_sources: list[MetricSource] = field(default_factory=list)
 
     def shutdown(self) -> None:
         for close in self._shutdown:
@@ -117,6 +124,47 @@ class Telemetry:
                 close()
             except Exception as exc:  # exporting at exit must not block it
                 logger.debug("telemetry shutdown: {}", exc)
+
+
+MetricSource = Callable[[], list[Metric]]
+
+
+def _with_sources(data: MetricsData | None, sources: list[MetricSource]) -> MetricsData | None:
+    """The SDK's collection plus the metrics from `sources`, under modelberth's own scope."""
+    extra = [metric for read in list(sources) for metric in read()]
+    if data is None or not data.resource_metrics or not extra:
+        return data
+    first, *rest = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for i, scoped in enumerate(scopes):
+        if scoped.scope.name == "modelberth":
+            scopes[i] = ScopeMetrics(scoped.scope, [*scoped.metrics, *extra], scoped.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(InstrumentationScope("modelberth", __version__), extra, ""))
+    return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
+
+
+class _PrometheusReader(PrometheusMetricReader):
+    def __init__(self, registry: CollectorRegistry, sources: list[MetricSource]) -> None:
+        super().__init__(scope_info_enabled=False, registry=registry)
+        self._sources = sources
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+                         **kwargs: Any) -> None:
+        super()._receive_metrics(_with_sources(metrics_data, self._sources),  # type: ignore[arg-type]
+                                 timeout_millis, **kwargs)
+
+
+class _OtlpReader(PeriodicExportingMetricReader):
+    def __init__(self, exporter: MetricExporter, sources: list[MetricSource]) -> None:
+        super().__init__(exporter)
+        self._sources = sources
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+                         **kwargs: Any) -> None:
+        super()._receive_metrics(_with_sources(metrics_data, self._sources),  # type: ignore[arg-type]
+                                 timeout_millis, **kwargs)
 
 
 def _env(name: str, signal: str) -> str | None:
@@ -208,10 +256,10 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         tracer = provider.get_tracer("modelberth", __version__)
         closers.append(provider.shutdown)
     prometheus = CollectorRegistry(auto_describe=True)
-    readers: list[MetricReader] = [PrometheusMetricReader(scope_info_enabled=False,
-                                                          registry=prometheus)]
+    sources: list[MetricSource] = []
+    readers: list[MetricReader] = [_PrometheusReader(prometheus, sources)]
     if _enabled("METRICS"):
-        readers.append(PeriodicExportingMetricReader(_metric_exporter()))
+        readers.append(_OtlpReader(_metric_exporter(), sources))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     closers.append(meter_provider.shutdown)
     if _enabled("LOGS"):
@@ -222,4 +270,4 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         closers.append(log_provider.shutdown)
     logger.configure(patcher=_add_trace_id)
     return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
-                     tracing, closers)
+                     tracing, closers, sources)
