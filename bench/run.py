@@ -311,11 +311,11 @@ def bench_streams(work: Path) -> list[dict[str, Any]]:
     with modelberth(work, models) as (mb_url, mb_pid):
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
-        streams(direct, 4, rounds=2)
-        streams(mb_url, 4, rounds=2)
-        for concurrency in (1, 32):
-            d = streams(direct, concurrency)
-            m = streams(mb_url, concurrency)
+        streams(direct, 32, rounds=2)  # warm-up at the measured concurrency: pooled
+        streams(mb_url, 32, rounds=2)  # upstream connections, as in steady use
+        for concurrency, rounds in ((1, 50), (32, 20)):  # 50 and 640 streams per target
+            d = streams(direct, concurrency, rounds)
+            m = streams(mb_url, concurrency, rounds)
             rows.append({"streams": f"c={concurrency}", "direct_ttft_p50": d["ttft_p50"],
                          "direct_ttft_p99": d["ttft_p99"], "mb_ttft_p50": m["ttft_p50"],
                          "mb_ttft_p99": m["ttft_p99"], "direct_pieces": d["pieces"],
