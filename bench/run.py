@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,8 @@ def rss_mb(pid: int) -> float:
 # --- scenarios -----------------------------------------------------------------------------
 
 
-def bench_fast_upstream(work: Path, duration: float, litellm: bool) -> list[dict[str, Any]]:
+def bench_fast_upstream(work: Path, duration: float, litellm: bool,
+                        reps: int) -> list[dict[str, Any]]:
     rows = []
     up_port = free_port()
     up_conf = nginx_conf(work, up_port, body=ANSWER)
@@ -268,13 +269,16 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool) -> list[dict
                 if lite:
                     targets.append(("LiteLLM proxy", lite))
                 idle_rss = rss_mb(mb_pid)
-                for name, url in targets:
+                for _, url in targets:
                     wrk(work, url, 8, 1)  # warm-up
-                    one = wrk(work, url, 1, duration)
-                    many = wrk(work, url, 64, duration)
-                    rows.append({"target": name, "p50_ms_c1": one["p50_ms"],
-                                 "p99_ms_c1": one["p99_ms"], "rps_c64": many["rps"],
-                                 "errors": one["errors"] + many["errors"]})
+                one = interleaved(work, targets, 1, duration, reps)
+                many = interleaved(work, targets, 64, duration, reps)
+                for name, _ in targets:
+                    rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
+                                 "p99_ms_c1": one[name]["p99_ms"],
+                                 "rps_c64": many[name]["rps"],
+                                 "x_direct_c64": many[name]["rps"] / many["direct"]["rps"],
+                                 "errors": one[name]["errors"] + many[name]["errors"]})
                 rows.append({"target": "modelberth RSS MB (idle / after load)",
                              "value": f"{idle_rss:.0f} / {rss_mb(mb_pid):.0f}"})
     return rows
@@ -338,38 +342,42 @@ def bench_cold_start_and_swap(work: Path) -> list[dict[str, Any]]:
         return [binary, "-m", str(model), "--host", "127.0.0.1", "--port", port, "-t", "1",
                 "-np", "1", "-c", "256", "--no-webui"]
 
-    own = []
+    body = json.dumps({"model": "a", "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 1}).encode()
+
+    def ttfb(url: str, name: str) -> float:
+        import urllib.request
+
+        request = urllib.request.Request(url + CHAT, data=body.replace(b'"a"',
+                                         f'"{name}"'.encode()), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        began = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            resp.read(1)
+            first = time.perf_counter()
+            resp.read()
+        return (first - began) * 1000
+
+    own, direct = [], []
     for _ in range(5):  # the upstream's own time to healthy, polled every 2 ms
         port = free_port()
         began = time.perf_counter()
         with process(argv(str(port)), cpu=1):
             wait_until_healthy(f"http://127.0.0.1:{port}/health")
             own.append((time.perf_counter() - began) * 1000)
-    body = json.dumps({"model": "a", "messages": [{"role": "user", "content": "hi"}],
-                       "max_tokens": 1}).encode()
-    models = {name: {"command": argv("${PORT}"), "memory_mb": 60}
+            direct += [ttfb(f"http://127.0.0.1:{port}", "a") for _ in range(2)]
+    models = {name: {"command": on_load_core(argv("${PORT}")), "memory_mb": 60}
               for name in ("a", "b")}
     cold, swaps = [], []
     with modelberth(work, models, resources={"memory_budget_mb": 100}) as (url, _):
-        import urllib.request
-
-        def ttfb(name: str) -> float:
-            request = urllib.request.Request(url + CHAT, data=body.replace(b'"a"',
-                                             f'"{name}"'.encode()), method="POST",
-                                             headers={"Content-Type": "application/json"})
-            began = time.perf_counter()
-            with urllib.request.urlopen(request, timeout=60) as resp:
-                resp.read(1)
-                first = time.perf_counter()
-                resp.read()
-            return (first - began) * 1000
-
         for _ in range(5):
-            cold.append(ttfb("a"))  # a cold (b was evicting it) ...
-            swaps.append(ttfb("b"))  # ... and b evicts a: a swap
-        warm = statistics.median(ttfb("b") for _ in range(10))
+            cold.append(ttfb(url, "a"))  # a cold (b was evicting it) ...
+            swaps.append(ttfb(url, "b"))  # ... and b evicts a: a swap
+        warm = statistics.median(ttfb(url, "b") for _ in range(10))
     own_ms = statistics.median(own)
     return [{"llama-server": "own time to healthy (ms)", "value": round(own_ms, 1)},
+            {"llama-server": "warm request direct (ms)",
+             "value": round(statistics.median(direct), 1)},
             {"llama-server": "warm request through modelberth (ms)", "value": round(warm, 1)},
             {"llama-server": "cold request via modelberth, first byte (ms)",
              "value": round(statistics.median(cold), 1)},
@@ -391,30 +399,50 @@ def wait_until_healthy(url: str) -> None:
             time.sleep(0.002)
 
 
-def bench_tracing(work: Path, duration: float) -> list[dict[str, Any]]:
+def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]]:
     sys.path.insert(0, str(ROOT / "tests"))
     from otlp_receiver import HttpReceiver
 
-    up_port = free_port()
-    up_conf = nginx_conf(work, up_port, body=ANSWER)
-    rows = []
     receiver = HttpReceiver()
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    sampled = {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+               "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    variants: list[tuple[str, dict[str, str]]] = [
+        ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp), ("tracing 10% sampled", sampled)]
     try:
-        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-        sampled = {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                   "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-        for label, env in (("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
-                           ("tracing 10% sampled", sampled)):
-            models = {"m": {"command": on_load_core(["nginx", "-c", str(up_conf)]), "port": up_port,
-                            "health_path": "/health", "idle_timeout": 0, "preload": True}}
-            with modelberth(work, models, env=env) as (url, _):
+        with ExitStack() as stack:  # all three at once, so their runs can be interleaved
+            targets = []
+            for label, env in variants:
+                up_port = free_port()
+                models = {"m": {"command": on_load_core(
+                    ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
+                    "port": up_port, "health_path": "/health", "idle_timeout": 0,
+                    "preload": True}}
+                url, _ = stack.enter_context(modelberth(work, models, env=env))
                 wait_http(f"http://127.0.0.1:{up_port}/health")
                 wrk(work, url, 8, 1)
-                rows.append({"telemetry": label, **wrk(work, url, 64, duration)})
+                targets.append((label, url))
+            results = interleaved(work, targets, 64, duration, reps)
     finally:
         receiver.close()
-    return rows
+    off = results["telemetry off"]["rps"]
+    return [{"telemetry": label, **results[label], "x_off": results[label]["rps"] / off}
+            for label, _ in variants]
+
+
+def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, duration: float,
+                reps: int) -> dict[str, dict[str, float]]:
+    """wrk against each target in turn, `reps` rounds; the median of each figure (errors
+    summed). Interleaving spreads this machine's slow drifts over all targets alike."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
+    for _ in range(reps):
+        for name, url in targets:
+            runs[name].append(wrk(work, url, connections, duration))
+    return {name: {"rps": statistics.median(r["rps"] for r in got),
+                   "p50_ms": statistics.median(r["p50_ms"] for r in got),
+                   "p99_ms": statistics.median(r["p99_ms"] for r in got),
+                   "errors": sum(r["errors"] for r in got)} for name, got in runs.items()}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -432,6 +460,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="interleaved wrk rounds per target; medians are reported")
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     parser.add_argument("--only", default="fast,streams,cold,telemetry",
@@ -446,7 +476,7 @@ def main() -> None:
         sections = []
         if "fast" in only:
             sections.append(("Non-streaming, fast upstream (wrk; c=1 latency, c=64 throughput)",
-                             bench_fast_upstream(work, args.duration, args.litellm)))
+                             bench_fast_upstream(work, args.duration, args.litellm, args.reps)))
         if "streams" in only:
             sections.append(("Streaming (time to first chunk in ms; pieces = separate reads "
                              "per stream)", bench_streams(work)))
@@ -454,7 +484,8 @@ def main() -> None:
             sections.append(("Cold start and swap, real llama-server",
                              bench_cold_start_and_swap(work)))
         if "telemetry" in only:
-            sections.append(("Telemetry overhead (c=64)", bench_tracing(work, args.duration)))
+            sections.append(("Telemetry overhead (c=64)",
+                             bench_tracing(work, args.duration, args.reps)))
     report = "\n\n".join(f"### {title}\n\n{table(rows)}" for title, rows in sections)
     print(report)
     if args.out:
