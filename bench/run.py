@@ -3,7 +3,8 @@
     .venv/bin/python bench/run.py [--duration 5] [--litellm] [--out bench/RESULTS.md]
 
 Compares, in the same run and against the same upstream: direct access, modelberth, nginx
-proxy_pass and (with --litellm) LiteLLM's proxy. The fast upstream is nginx answering a fixed
+proxy_pass, the barest uvicorn + aiohttp proxy (bench/ceiling.py: the stack's ceiling) and
+(with --litellm) LiteLLM's proxy. The fast upstream is nginx answering a fixed
 chat completion (started and managed by modelberth itself, as a model); streams come from
 tests/fake_upstream.py; cold starts and swaps use a real llama-server with the tiny model.
 Load comes from wrk (non-streaming) and an aiohttp client (streams). Processes are pinned:
@@ -260,11 +261,16 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
     with modelberth(work, models) as (mb_url, mb_pid):
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
-        ng_port = free_port()
-        with process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0):
+        ng_port, bare_port = free_port(), free_port()
+        bare = [PY, str(ROOT / "bench" / "ceiling.py"), "--port", str(bare_port),
+                "--upstream", direct]
+        with process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0), \
+                process(bare, cpu=0):
             wait_http(f"http://127.0.0.1:{ng_port}/health")
+            wait_http(f"http://127.0.0.1:{bare_port}/health")
             targets = [("direct", direct), ("modelberth", mb_url),
-                       ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}")]
+                       ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}"),
+                       ("bare uvicorn+aiohttp (ceiling)", f"http://127.0.0.1:{bare_port}")]
             with litellm_proxy(work, up_port, litellm) as lite:
                 if lite:
                     targets.append(("LiteLLM proxy", lite))
