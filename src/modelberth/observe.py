@@ -21,8 +21,13 @@ if TYPE_CHECKING:
 
 _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion",
                "/v1/embeddings": "embeddings"}
-_TAIL = 16 * 1024  # bytes of a stream kept to read its final usage event
-_BODY_LIMIT = 1024 * 1024  # non-streamed bodies read for usage up to this size
+_TAIL = 16 * 1024  # bytes kept of a stream, or of a large body, to read its usage
+# Bodies up to this size are parsed whole for usage; of larger ones (embeddings run to
+# megabytes) only the tail is read: parsing 600 KB of JSON held the event loop ~10 ms.
+_FULL_PARSE = 64 * 1024
+_DECODER = json.JSONDecoder()
+_USAGE_KEYS = (b'"usage"', b'"timings"', b'"model"')
+_CARRY = 32  # bytes of a stream chunk searched again with the next one
 _CONTENT = re.compile(rb'"(?:content|text)":\s*"(?!")')  # a stream event carrying text
 
 
@@ -42,18 +47,31 @@ class UsageReader:
         self.streaming = streaming
         self.content_events = 0
         self._kept = bytearray()
+        self._truncated = False
+        self._carry = b""
+
+    def _count_content(self, chunk: bytes) -> None:
+        """Count events carrying text, including one whose key is split between chunks: the
+        search spans the previous chunk's last bytes, counting only matches that end here."""
+        data = self._carry + chunk
+        seen = len(self._carry)
+        self.content_events += sum(1 for m in _CONTENT.finditer(data) if m.end() > seen)
+        self._carry = data[-_CARRY:]
 
     def feed(self, chunk: bytes) -> None:
         if self.streaming:
-            self.content_events += len(_CONTENT.findall(chunk))
-            self._kept += chunk
-            if len(self._kept) > 2 * _TAIL:
-                del self._kept[:-_TAIL]
-        elif len(self._kept) <= _BODY_LIMIT:
-            self._kept += chunk
+            self._count_content(chunk)
+        self._kept += chunk
+        limit = 2 * _TAIL if self.streaming else _FULL_PARSE
+        if len(self._kept) > limit:
+            del self._kept[:-_TAIL]
+            self._truncated = True
 
     def result(self) -> Usage:
-        documents = self._stream_documents() if self.streaming else [self._document()]
+        if self.streaming:
+            documents = self._stream_documents()
+        else:
+            documents = [_tail_fields(self._kept) if self._truncated else self._document()]
         usage = Usage()
         for doc in documents:
             if not isinstance(doc, dict):
@@ -90,6 +108,23 @@ class UsageReader:
                     except ValueError:
                         continue
         return docs
+
+
+def _tail_fields(tail: bytearray) -> dict[str, Any]:
+    """The last `usage`, `timings` and `model` values found in the tail of a JSON body."""
+    text = bytes(tail)
+    found: dict[str, Any] = {}
+    for key in _USAGE_KEYS:
+        at = text.rfind(key)
+        colon = text.find(b":", at + len(key)) if at >= 0 else -1
+        if colon < 0:
+            continue
+        rest = text[colon + 1:].lstrip().decode("utf-8", "replace")
+        try:
+            found[key.decode().strip('"')] = _DECODER.raw_decode(rest)[0]
+        except ValueError:
+            continue
+    return found
 
 
 def _int(value: Any) -> int | None:
