@@ -44,6 +44,13 @@ def make_app(args: argparse.Namespace) -> web.Application:
         if data.get("die"):
             record(args, "dying")
             os._exit(4)
+        if data.get("die_mid_body"):  # promise 1,000 bytes, send 100, exit
+            half = web.StreamResponse(headers={"Content-Type": "application/json"})
+            half.content_length = 1000
+            await half.prepare(request)
+            await half.write(b" " * 100)
+            record(args, "dying")
+            os._exit(5)
         if data.get("sleep"):
             await asyncio.sleep(float(data["sleep"]))
         if not data.get("stream"):

@@ -196,6 +196,16 @@ def test_upstream_dying_before_answering_is_502(mb: Modelberth) -> None:
         assert_still_serving(client)
 
 
+def test_upstream_dying_in_a_small_answer_is_a_clean_502(mb: Modelberth) -> None:
+    # An answer of known length up to 64 KB is read whole before anything is sent, so an
+    # upstream that dies halfway leaves the client a proper error, not a cut connection.
+    with mb.client() as client:
+        response = client.post(CHAT, json={"model": "m", "messages": [], "die_mid_body": True})
+        error = assert_error(response, 502, "upstream_error", kind="server_error")
+        assert "during" not in error["message"]  # the client never saw a byte of it
+        assert_still_serving(client)
+
+
 def test_v1_models_lists_every_model_and_alias(mb: Modelberth) -> None:
     with mb.client() as client:
         listing = client.get("/v1/models").json()

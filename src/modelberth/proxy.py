@@ -35,6 +35,7 @@ _RESPONSE_DROPPED = _HOP_BY_HOP - {b"content-length"}
 _SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
+_WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relayed in one piece
 _WATCH_AFTER = 0.02  # seconds into a relay before watching for the client to go away
 _MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n')
 
@@ -188,10 +189,15 @@ class Proxy:
                     obs.finish(resp.status, error=error.message)
                     await send_sse_error(send, error)
                     return
+                head = {"type": "http.response.start", "status": resp.status,
+                        "headers": [(k, v) for k, v in resp.raw_headers
+                                    if k.lower() not in _RESPONSE_DROPPED]}
+                length = resp.content_length
+                if not early and not is_sse and length is not None and length <= _WHOLE:
+                    await self._relay_whole(resp, send, head, obs)
+                    return
                 if not early:
-                    await send({"type": "http.response.start", "status": resp.status,
-                                "headers": [(k, v) for k, v in resp.raw_headers
-                                            if k.lower() not in _RESPONSE_DROPPED]})
+                    await send(head)
                     started = True
                 usage = UsageReader(is_sse)
                 try:
@@ -215,6 +221,20 @@ class Proxy:
                 raise _Refused(error) from exc
             obs.finish(error.status, error=error.message)
             await (send_sse_error(send, error) if early else send_error(send, error))
+
+    @staticmethod
+    async def _relay_whole(resp: aiohttp.ClientResponse, send: Send, head: Message,
+                           obs: RequestObservation) -> None:
+        """A small answer of known length, read whole and sent in one piece: nothing to
+        stream, and if the upstream fails while sending it the client still gets a clean
+        502 (nothing has been sent yet)."""
+        answer = await resp.read()
+        obs.first_chunk()
+        await send(head)
+        await send({"type": "http.response.body", "body": answer, "more_body": False})
+        usage = UsageReader(streaming=False)
+        usage.feed(answer)
+        obs.finish(resp.status, usage.result())
 
     async def _broken_stream(self, model: Model, send: Send, is_sse: bool,
                              error: APIError) -> None:
