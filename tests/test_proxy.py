@@ -125,6 +125,9 @@ def test_headers_forwarded_except_hop_by_hop(mb: Modelberth) -> None:
     assert seen["traceparent"] == "00-1-2-01"
     assert "keep-alive" not in seen.get("connection", "")
     assert seen["content-type"] == "application/json"
+    # The answer's headers come from the upstream, but only one Date (uvicorn's).
+    assert len(response.headers.get_list("date")) == 1
+    assert response.headers["server"].startswith("Python")  # the fake upstream's aiohttp
 
 
 def test_upstream_passthrough_route(mb: Modelberth) -> None:

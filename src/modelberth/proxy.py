@@ -31,7 +31,7 @@ _HOP_BY_HOP = frozenset({
     b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })
 _NOT_FORWARDED = _HOP_BY_HOP | frozenset(auth.AUTH_HEADERS)
-_RESPONSE_DROPPED = _HOP_BY_HOP - {b"content-length"}
+_RESPONSE_DROPPED = (_HOP_BY_HOP - {b"content-length"}) | {b"date"}  # uvicorn sets its own Date
 _SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
