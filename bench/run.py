@@ -163,12 +163,13 @@ def wrk(work: Path, url: str, connections: int, duration: float) -> dict[str, fl
         argv = ["taskset", "-c", "1", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
                               r"timeout (\d+)", out)
     latency = {p: _ms(m.group(2)) for m in re.finditer(r"\s+(50|99)(?:\.000)?%\s+([\d.]+\w+)", out)
                for p in [m.group(1)]}
-    return {"rps": rps, "p50_ms": latency.get("50", float("nan")),
+    return {"rps": rps, "requests": total, "p50_ms": latency.get("50", float("nan")),
             "p99_ms": latency.get("99", float("nan")),
             "errors": float(errors.group(1) if errors else 0) + (
                 sum(int(g) for g in socket_errors.groups()) if socket_errors else 0)}
@@ -265,7 +266,7 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
         bare = [PY, str(ROOT / "bench" / "ceiling.py"), "--port", str(bare_port),
                 "--upstream", direct]
         with process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0), \
-                process(bare, cpu=0):
+                process(bare, cpu=0) as bare_proc:
             wait_http(f"http://127.0.0.1:{ng_port}/health")
             wait_http(f"http://127.0.0.1:{bare_port}/health")
             targets = [("direct", direct), ("modelberth", mb_url),
@@ -278,12 +279,14 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
                 for _, url in targets:
                     wrk(work, url, 8, 1)  # warm-up
                 one = interleaved(work, targets, 1, duration, reps)
-                many = interleaved(work, targets, 64, duration, reps)
+                pids = {"modelberth": mb_pid, "bare uvicorn+aiohttp (ceiling)": bare_proc.pid}
+                many = interleaved(work, targets, 64, duration, reps, pids)
                 for name, _ in targets:
                     rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
                                  "p99_ms_c1": one[name]["p99_ms"],
                                  "rps_c64": many[name]["rps"],
                                  "x_direct_c64": many[name]["rps"] / many["direct"]["rps"],
+                                 "cpu_us_per_req_c64": many[name].get("cpu_us_per_req", ""),
                                  "errors": one[name]["errors"] + many[name]["errors"]})
                 rows.append({"target": "modelberth RSS MB (idle / after load)",
                              "value": f"{idle_rss:.0f} / {rss_mb(mb_pid):.0f}"})
@@ -418,18 +421,19 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
         ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp), ("tracing 10% sampled", sampled)]
     try:
         with ExitStack() as stack:  # all three at once, so their runs can be interleaved
-            targets = []
+            targets, pids = [], {}
             for label, env in variants:
                 up_port = free_port()
                 models = {"m": {"command": on_load_core(
                     ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
                     "port": up_port, "health_path": "/health", "idle_timeout": 0,
                     "preload": True}}
-                url, _ = stack.enter_context(modelberth(work, models, env=env))
+                url, pid = stack.enter_context(modelberth(work, models, env=env))
+                pids[label] = pid
                 wait_http(f"http://127.0.0.1:{up_port}/health")
                 wrk(work, url, 8, 1)
                 targets.append((label, url))
-            results = interleaved(work, targets, 64, duration, reps)
+            results = interleaved(work, targets, 64, duration, reps, pids)
     finally:
         receiver.close()
     off = results["telemetry off"]["rps"]
@@ -438,17 +442,30 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
 
 
 def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, duration: float,
-                reps: int) -> dict[str, dict[str, float]]:
+                reps: int, pids: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
     """wrk against each target in turn, `reps` rounds; the median of each figure (errors
-    summed). Interleaving spreads this machine's slow drifts over all targets alike."""
+    summed). Interleaving spreads this machine's slow drifts over all targets alike. For the
+    targets in `pids`, also the CPU time that process spent per request: unlike throughput,
+    that figure hardly moves with the machine's noise."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
     for _ in range(reps):
         for name, url in targets:
-            runs[name].append(wrk(work, url, connections, duration))
-    return {name: {"rps": statistics.median(r["rps"] for r in got),
-                   "p50_ms": statistics.median(r["p50_ms"] for r in got),
-                   "p99_ms": statistics.median(r["p99_ms"] for r in got),
-                   "errors": sum(r["errors"] for r in got)} for name, got in runs.items()}
+            pid = (pids or {}).get(name)
+            before = cpu_seconds(pid) if pid else 0.0
+            run = wrk(work, url, connections, duration)
+            if pid:
+                run["cpu_us_per_req"] = (cpu_seconds(pid) - before) * 1e6 / run["requests"]
+            runs[name].append(run)
+    return {name: {key: statistics.median(r[key] for r in got) if key != "errors"
+                   else sum(r[key] for r in got)
+                   for key in ("rps", "p50_ms", "p99_ms", "errors", "cpu_us_per_req")
+                   if key in got[0]} for name, got in runs.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of one process (not its children)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
