@@ -32,7 +32,6 @@ _HOP_BY_HOP = frozenset({
 })
 _NOT_FORWARDED = _HOP_BY_HOP | frozenset(auth.AUTH_HEADERS)
 _RESPONSE_DROPPED = (_HOP_BY_HOP - {b"content-length"}) | {b"date"}  # uvicorn sets its own Date
-_SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relayed in one piece
@@ -179,7 +178,6 @@ class Proxy:
         try:
             async with self.registry.http.request(
                 scope["method"], url, data=body, headers=headers, allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO,
             ) as resp:
                 is_sse = resp.content_type == "text/event-stream"
                 if early and resp.status != 200:

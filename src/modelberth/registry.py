@@ -78,6 +78,9 @@ class Registry:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
+            # Requests go out with the client's own headers only; set here, not per request,
+            # where aiohttp would rebuild the set each time.
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
         )
         specs = self.config.specs()
         for name, spec in specs.items():
