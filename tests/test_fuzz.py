@@ -69,9 +69,22 @@ def test_any_text_parses_or_fails_with_config_errors(text: str) -> None:
 
 
 SCOPE = {"headers": [(b"content-type", b"application/json")]}
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+# JSON as RFC 8259 has it: no NaN or Infinity (json.dumps writes them; they are rejected).
+json_scalars = st.none() | st.booleans() | st.integers(-10, 10**6) \
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                            max_leaves=10)
+
+
+def test_nan_and_infinity_are_not_json() -> None:
+    for body in (b'{"model": "m", "temperature": NaN}', b'{"model": "m", "x": Infinity}'):
+        try:
+            _model_from_body(SCOPE, body)
+        except APIError as exc:
+            assert (exc.status, exc.body()["error"]["code"]) == (400, "invalid_json")
+        else:
+            raise AssertionError(f"{body!r} was accepted")
 
 
 @settings(max_examples=500, deadline=None)

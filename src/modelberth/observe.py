@@ -10,6 +10,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -29,6 +30,17 @@ _DECODER = json.JSONDecoder()
 _USAGE_KEYS = (b'"usage"', b'"timings"', b'"model"')
 _CARRY = 32  # bytes of a stream chunk searched again with the next one
 _CONTENT = re.compile(rb'"(?:content|text)":\s*"(?!")')  # a stream event carrying text
+
+
+class _AnswerFields(msgspec.Struct):
+    """What usage reading takes from a whole answer; the rest is skipped, not built."""
+
+    model: Any = None
+    usage: Any = None
+    timings: Any = None
+
+
+_ANSWER = msgspec.json.Decoder(_AnswerFields)
 
 
 @dataclass
@@ -92,11 +104,12 @@ class UsageReader:
             usage.output_tokens = self.content_events  # about one token per content chunk
         return usage
 
-    def _document(self) -> Any:
+    def _document(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self._kept)
-        except ValueError:
+            fields = _ANSWER.decode(self._kept)
+        except msgspec.DecodeError:
             return None
+        return {"model": fields.model, "usage": fields.usage, "timings": fields.timings}
 
     def _stream_documents(self) -> list[Any]:
         docs = []
