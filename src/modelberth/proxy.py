@@ -188,14 +188,14 @@ class Proxy:
                     obs.finish(resp.status, error=error.message)
                     await send_sse_error(send, error)
                     return
-                head = {"type": "http.response.start", "status": resp.status,
-                        "headers": [(k, v) for k, v in resp.raw_headers
-                                    if k.lower() not in _RESPONSE_DROPPED]}
-                length = resp.content_length
-                if not early and not is_sse and length is not None and length <= _WHOLE:
-                    await self._relay_whole(resp, send, head, obs)
-                    return
-                if not early:
+                if not early:  # else the SSE head went out while the model loaded
+                    head = {"type": "http.response.start", "status": resp.status,
+                            "headers": [(k, v) for k, v in resp.raw_headers
+                                        if k.lower() not in _RESPONSE_DROPPED]}
+                    length = resp.content_length
+                    if not is_sse and length is not None and length <= _WHOLE:
+                        await self._relay_whole(resp, send, head, obs)
+                        return
                     await send(head)
                     started = True
                 usage = UsageReader(is_sse)
