@@ -118,10 +118,10 @@ def main() -> None:
 
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         record(args, f"child {child.pid}")
+    time.sleep(args.start_delay)  # a crash at start-up, too, comes after loading for a while
     if args.exit_code is not None:
         print("fatal: cannot load model weights (simulated)", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
-    time.sleep(args.start_delay)
     weights = bytearray(args.alloc_mb * 1024 * 1024)
     weights[::4096] = b"\x01" * len(range(0, len(weights), 4096))  # make every page resident
     web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None,

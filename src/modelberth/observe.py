@@ -212,7 +212,7 @@ class RequestObservation:
                 start_time=start_ns, attributes={"modelberth.cold_start": cold})
             queue.end(end_time=start_ns + int(self.queue_seconds * 1e9))
 
-    def upstream_headers(self, headers: list[tuple[str, str]], url: str) -> None:
+    def upstream_headers(self, headers: list[tuple[bytes, bytes]], url: str) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
         if self.span is None:
             return
@@ -222,8 +222,9 @@ class RequestObservation:
             attributes={"url.full": url, "gen_ai.request.model": self.model})
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(self._upstream_span))
-        headers[:] = [(k, v) for k, v in headers if k.lower() not in carrier]
-        headers.extend(carrier.items())
+        injected = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in carrier.items()}
+        headers[:] = [(k, v) for k, v in headers if k.lower() not in injected]
+        headers.extend(injected.items())
 
     def first_chunk(self) -> None:
         if self.first_byte is None:

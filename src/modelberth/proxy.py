@@ -11,7 +11,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
 import msgspec
 from loguru import logger
 from opentelemetry import trace
@@ -21,6 +20,7 @@ from modelberth.lifecycle import Model
 from modelberth.observe import RequestObservation, UsageReader
 from modelberth.registry import Registry
 from modelberth.types import APIError
+from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamUnreachable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,10 +51,12 @@ class Proxy:
         try:
             auth.check(scope["headers"], server.api_keys)
             body = await self._read_body(scope, receive, int(server.max_body_mb * 2**20))
+            target: str = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
             if scope["path"].startswith("/upstream/"):
-                (name, path), streaming = _split_upstream_path(scope["path"]), False
+                (name, _), streaming = _split_upstream_path(scope["path"]), False
+                _, target = _split_upstream_path(target)
             else:
-                (name, streaming), path = _model_from_body(scope, body), scope["path"]
+                name, streaming = _model_from_body(scope, body)
             model = self.registry.require(name)
             obs.named(model.name, name)
             keepalive = server.stream_keepalive if streaming else 0.0
@@ -67,7 +69,7 @@ class Proxy:
             return
         try:
             try:
-                await self._forward(model, scope, receive, send, path, body, obs, early,
+                await self._forward(model, scope, receive, send, target, body, obs, early,
                                     retry=True)
             except _Refused as refused:
                 # The upstream died a moment ago and its exit was not processed yet. The
@@ -75,7 +77,7 @@ class Proxy:
                 if not await model.confirm_exit(2.0):
                     raise refused.error from None
                 await model.await_ready()
-                await self._forward(model, scope, receive, send, path, body, obs, early)
+                await self._forward(model, scope, receive, send, target, body, obs, early)
         except APIError as error:
             obs.finish(error.status, error=error.message)
             await (send_sse_error(send, error) if early else send_error(send, error))
@@ -133,7 +135,7 @@ class Proxy:
                 return b"".join(chunks)
 
     async def _forward(self, model: Model, scope: Scope, receive: Receive, send: Send,
-                       path: str, body: bytes, obs: RequestObservation, early: bool,
+                       target: str, body: bytes, obs: RequestObservation, early: bool,
                        retry: bool = False) -> None:
         """Relay one request; a client disconnect cancels the relay, closing the upstream call.
 
@@ -154,7 +156,7 @@ class Proxy:
 
         timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, start_watch)
         try:
-            await self._relay(model, scope, send, path, body, obs, early, retry)
+            await self._relay(model, scope, send, target, body, obs, early, retry)
         except asyncio.CancelledError:
             if not watch or not watch[0].done() or watch[0].cancelled():
                 raise
@@ -167,67 +169,75 @@ class Proxy:
                 gone.remove_done_callback(on_disconnect)
                 gone.cancel()
 
-    async def _relay(self, model: Model, scope: Scope, send: Send, path: str, body: bytes,
+    async def _relay(self, model: Model, scope: Scope, send: Send, target: str, body: bytes,
                      obs: RequestObservation, early: bool, retry: bool) -> None:
-        url = model.base_url + path
         if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
-        headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                   for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
-        obs.upstream_headers(headers, url)
-        started = early
+            target += "?" + scope["query_string"].decode("latin-1")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
+        obs.upstream_headers(headers, model.base_url + target)
         try:
-            async with self.registry.http.request(
-                scope["method"], url, data=body, headers=headers, allow_redirects=False,
-            ) as resp:
-                is_sse = resp.content_type == "text/event-stream"
-                if early and resp.status != 200:
-                    text = (await resp.read()).decode("utf-8", "replace")
-                    error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
-                                     type="server_error", code="upstream_error")
-                    obs.finish(resp.status, error=error.message)
-                    await send_sse_error(send, error)
-                    return
-                if not early:  # else the SSE head went out while the model loaded
-                    head = {"type": "http.response.start", "status": resp.status,
-                            "headers": [(k, v) for k, v in resp.raw_headers
-                                        if k.lower() not in _RESPONSE_DROPPED]}
-                    length = resp.content_length
-                    if not is_sse and length is not None and length <= _WHOLE:
-                        await self._relay_whole(resp, send, head, obs)
-                        return
-                    await send(head)
-                    started = True
-                usage = UsageReader(is_sse)
-                try:
-                    async for chunk in resp.content.iter_any():
-                        obs.first_chunk()
-                        usage.feed(chunk)
-                        await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    error = _upstream_error(model, exc, mid_stream=True)
-                    obs.finish(502, usage.result(), error=error.message)
-                    await self._broken_stream(model, send, is_sse or early, error)
-                    return
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                obs.finish(resp.status, usage.result())
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if started:
-                raise
+            if model.port is None:  # admitted models have a port; a stop in between has not
+                raise UpstreamUnreachable("the upstream is not running")
+            resp = await self.registry.upstream.request(
+                scope["method"], "127.0.0.1", model.port, target, headers, body)
+        except UpstreamError as exc:
             error = _upstream_error(model, exc)
-            if retry and isinstance(exc, aiohttp.ClientConnectorError):
+            if retry and isinstance(exc, UpstreamUnreachable):
                 raise _Refused(error) from exc
             obs.finish(error.status, error=error.message)
             await (send_sse_error(send, error) if early else send_error(send, error))
+            return
+        try:
+            await self._relay_answer(model, send, resp, obs, early)
+        finally:
+            resp.release()
+
+    async def _relay_answer(self, model: Model, send: Send, resp: UpstreamResponse,
+                            obs: RequestObservation, early: bool) -> None:
+        is_sse = resp.content_type == b"text/event-stream"
+        if early and resp.status != 200:
+            text = (await _read_or_empty(resp)).decode("utf-8", "replace")
+            error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
+                             type="server_error", code="upstream_error")
+            obs.finish(resp.status, error=error.message)
+            await send_sse_error(send, error)
+            return
+        if not early:  # else the SSE head went out while the model loaded
+            head = {"type": "http.response.start", "status": resp.status,
+                    "headers": [(k, v) for k, v in resp.headers
+                                if k.lower() not in _RESPONSE_DROPPED]}
+            length = resp.content_length
+            if not is_sse and length is not None and length <= _WHOLE:
+                await self._relay_whole(model, resp, send, head, obs)
+                return
+            await send(head)
+        usage = UsageReader(is_sse)
+        try:
+            while chunk := await resp.next_piece():
+                obs.first_chunk()
+                usage.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            error = _upstream_error(model, exc, mid_stream=True)
+            obs.finish(502, usage.result(), error=error.message)
+            await self._broken_stream(model, send, is_sse or early, error)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        obs.finish(resp.status, usage.result())
 
     @staticmethod
-    async def _relay_whole(resp: aiohttp.ClientResponse, send: Send, head: Message,
+    async def _relay_whole(model: Model, resp: UpstreamResponse, send: Send, head: Message,
                            obs: RequestObservation) -> None:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
         502 (nothing has been sent yet)."""
-        answer = await resp.read()
+        try:
+            answer = await resp.read()
+        except UpstreamError as exc:
+            error = _upstream_error(model, exc)
+            obs.finish(error.status, error=error.message)
+            await send_error(send, error)
+            return
         obs.first_chunk()
         await send(head)
         await send({"type": "http.response.body", "body": answer, "more_body": False})
@@ -241,6 +251,13 @@ class Proxy:
         if not is_sse:
             return  # returning mid-body makes the server drop the connection: a visible cut
         await send_sse_error(send, error)
+
+
+async def _read_or_empty(resp: UpstreamResponse) -> bytes:
+    try:
+        return await resp.read()
+    except UpstreamError:
+        return b""
 
 
 class _Answered(Exception):

@@ -22,6 +22,7 @@ from modelberth.runtimes.process import ProcessRuntime
 from modelberth.scheduler import Scheduler
 from modelberth.telemetry import Telemetry, setup_telemetry
 from modelberth.types import APIError, ModelState, StateEvent, model_not_found
+from modelberth.upstream_client import UpstreamClient
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Registry:
         self.events.add_listener(self._measure)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
+        self.upstream = UpstreamClient()  # the hot path's client; _http serves the probes
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -74,14 +76,8 @@ class Registry:
         return model
 
     async def boot(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-            # Requests go out with the client's own headers only; set here, not per request,
-            # where aiohttp would rebuild the set each time.
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-        )
+        self._http = aiohttp.ClientSession(  # health probes
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         specs = self.config.specs()
         for name, spec in specs.items():
             self.models[name] = self._new_model(spec)
@@ -179,6 +175,7 @@ class Registry:
         await self.monitor.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
+        await self.upstream.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
