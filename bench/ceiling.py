@@ -1,8 +1,10 @@
-"""The smallest proxy modelberth's stack can make: uvicorn, one raw ASGI function and one shared
-aiohttp session. No auth, no parsing, no admission, no metrics. The benchmark runs it beside
-modelberth to show how much of the gap to direct access is the stack's and how much is ours.
+"""The smallest proxy modelberth's stack can make: uvicorn, one raw ASGI function and one
+upstream client: modelberth's own (`--client modelberth`, the stack it runs on) or one shared
+aiohttp session (`--client aiohttp`, the stack it ran on before). No auth, no parsing, no
+admission, no metrics. The benchmark runs both beside modelberth to show how much of the gap
+to direct access is the stack's and how much is modelberth's own work.
 
-    python bench/ceiling.py --port 8081 --upstream http://127.0.0.1:8080
+    python bench/ceiling.py --port 8081 --upstream-port 8080 --client modelberth
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any
 import aiohttp
 import uvicorn
 
+from modelberth.upstream_client import UpstreamClient
+
 Message = MutableMapping[str, Any]
 _DROPPED = (b"connection", b"transfer-encoding")
 
 
 def make_app(upstream: str) -> Callable[..., Awaitable[None]]:
+    """The proxy on an aiohttp session."""
     session: aiohttp.ClientSession | None = None
 
     async def lifespan(receive: Callable[[], Awaitable[Message]],
@@ -59,12 +64,48 @@ def make_app(upstream: str) -> Callable[..., Awaitable[None]]:
     return app
 
 
+def make_own_client_app(port: int) -> Callable[..., Awaitable[None]]:
+    """The proxy on modelberth's upstream client."""
+    client = UpstreamClient()
+    json_type = [(b"content-type", b"application/json")]
+
+    async def app(scope: Message, receive: Callable[[], Awaitable[Message]],
+                  send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await client.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        resp = await client.request("POST", "127.0.0.1", port, scope["path"], json_type, body)
+        try:
+            await send({"type": "http.response.start", "status": resp.status,
+                        "headers": [(k, v) for k, v in resp.headers
+                                    if k.lower() not in _DROPPED]})
+            while chunk := await resp.next_piece():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            resp.release()
+
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--client", choices=("modelberth", "aiohttp"), default="modelberth")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.upstream), host="127.0.0.1", port=args.port,
+    app = (make_own_client_app(args.upstream_port) if args.client == "modelberth"
+           else make_app(f"http://127.0.0.1:{args.upstream_port}"))
+    uvicorn.run(app, host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False, proxy_headers=False)
 
 

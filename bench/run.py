@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py [--duration 5] [--litellm] [--out bench/RESULTS.md]
 
 Compares, in the same run and against the same upstream: direct access, modelberth, nginx
-proxy_pass, the barest uvicorn + aiohttp proxy (bench/ceiling.py: the stack's ceiling) and
+proxy_pass, the barest uvicorn proxies (bench/ceiling.py: the stack's ceiling) and
 (with --litellm) LiteLLM's proxy. The fast upstream is nginx answering a fixed
 chat completion (started and managed by modelberth itself, as a model); streams come from
 tests/fake_upstream.py; cold starts and swaps use a real llama-server with the tiny model.
@@ -252,6 +252,10 @@ def rss_mb(pid: int) -> float:
 # --- scenarios -----------------------------------------------------------------------------
 
 
+BARE = "bare uvicorn + modelberth's client (ceiling)"
+BARE_AIOHTTP = "bare uvicorn + aiohttp (earlier stack)"
+
+
 def bench_fast_upstream(work: Path, duration: float, litellm: bool,
                         reps: int) -> list[dict[str, Any]]:
     rows = []
@@ -262,16 +266,18 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
     with modelberth(work, models) as (mb_url, mb_pid):
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
-        ng_port, bare_port = free_port(), free_port()
-        bare = [PY, str(ROOT / "bench" / "ceiling.py"), "--port", str(bare_port),
-                "--upstream", direct]
+        ng_port, bare_port, old_port = free_port(), free_port(), free_port()
+        ceiling = [PY, str(ROOT / "bench" / "ceiling.py"), "--upstream-port", str(up_port)]
         with process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0), \
-                process(bare, cpu=0) as bare_proc:
-            wait_http(f"http://127.0.0.1:{ng_port}/health")
-            wait_http(f"http://127.0.0.1:{bare_port}/health")
+                process([*ceiling, "--port", str(bare_port)], cpu=0) as bare_proc, \
+                process([*ceiling, "--port", str(old_port), "--client", "aiohttp"],
+                        cpu=0) as old_proc:
+            for port in (ng_port, bare_port, old_port):
+                wait_http(f"http://127.0.0.1:{port}/health")
             targets = [("direct", direct), ("modelberth", mb_url),
                        ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}"),
-                       ("bare uvicorn+aiohttp (ceiling)", f"http://127.0.0.1:{bare_port}")]
+                       (BARE, f"http://127.0.0.1:{bare_port}"),
+                       (BARE_AIOHTTP, f"http://127.0.0.1:{old_port}")]
             with litellm_proxy(work, up_port, litellm) as lite:
                 if lite:
                     targets.append(("LiteLLM proxy", lite))
@@ -279,7 +285,7 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
                 for _, url in targets:
                     wrk(work, url, 8, 1)  # warm-up
                 one = interleaved(work, targets, 1, duration, reps)
-                pids = {"modelberth": mb_pid, "bare uvicorn+aiohttp (ceiling)": bare_proc.pid}
+                pids = {"modelberth": mb_pid, BARE: bare_proc.pid, BARE_AIOHTTP: old_proc.pid}
                 many = interleaved(work, targets, 64, duration, reps, pids)
                 for name, _ in targets:
                     rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
