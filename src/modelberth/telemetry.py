@@ -187,10 +187,8 @@ def _span_exporter() -> SpanExporter:
     if _grpc("TRACES"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
-    )
-    return HttpSpanExporter()
+    from modelberth.otlp import OtlpHttpSpanExporter  # the SDK's, with a leaner encoder
+    return OtlpHttpSpanExporter()
 
 
 def _metric_exporter() -> MetricExporter:

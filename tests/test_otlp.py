@@ -1,0 +1,68 @@
+"""The lean OTLP span encoder writes what the SDK's encoder writes: both are parsed with the
+official protobuf classes and compared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from modelberth.otlp import encode_spans
+
+
+class _Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _spans() -> list[ReadableSpan]:
+    keep = _Keep()
+    provider = TracerProvider(resource=Resource.create({"service.name": "modelberth",
+                                                        "deployment.count": 3}))
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    tracer = provider.get_tracer("modelberth", "0.1.0")
+    other = provider.get_tracer("other-scope")
+    remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "x1")]))
+    root = tracer.start_span("chat tiny", kind=SpanKind.SERVER,
+                             context=trace.set_span_in_context(trace.NonRecordingSpan(remote)),
+                             attributes={"gen_ai.request.model": "tiny", "n": -5, "big": 2**40,
+                                         "ratio": 0.25, "cold": False, "ok": True,
+                                         "tags": ["a", "b"], "ints": [1, 2], "empty": ""})
+    child = tracer.start_span("POST /v1/chat/completions", kind=SpanKind.CLIENT,
+                              context=trace.set_span_in_context(root),
+                              links=[Link(remote, {"why": "retry"})])
+    child.add_event("retry", {"attempt": 2})
+    child.record_exception(ValueError("boom"))
+    child.set_status(Status(StatusCode.ERROR, "upstream failed"))
+    child.end()
+    root.set_status(Status(StatusCode.OK))
+    root.end()
+    lone = other.start_span("modelberth.start")
+    lone.end()
+    return keep.spans
+
+
+def test_the_lean_encoding_equals_the_sdks() -> None:
+    spans = _spans()
+    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    theirs = ExportTraceServiceRequest.FromString(sdk_encode(spans).SerializeToString())
+    assert ours == theirs
+    assert len(ours.resource_spans[0].scope_spans) == 2
+    client = ours.resource_spans[0].scope_spans[0].spans[0]
+    assert client.events[1].name == "exception"
+
+
+def test_no_spans_is_an_empty_request() -> None:
+    assert encode_spans([]) == b""
