@@ -500,25 +500,30 @@ def main() -> None:
     ensure_tools()
     with suppress(OSError):  # this process is load generator (streams) and OTLP receiver
         os.sched_setaffinity(0, {1})
+    titles = {
+        "fast": "Non-streaming, fast upstream (wrk; c=1 latency, c=64 throughput)",
+        "streams": "Streaming (time to first chunk in ms; pieces = separate reads per stream)",
+        "cold": "Cold start and swap, real llama-server",
+        "telemetry": "Telemetry overhead (c=64)",
+    }
+    if args.out:
+        args.out.write_text("")
     with tempfile.TemporaryDirectory(prefix="modelberth-bench-") as tmp:
         work = Path(tmp)
-        sections = []
-        if "fast" in only:
-            sections.append(("Non-streaming, fast upstream (wrk; c=1 latency, c=64 throughput)",
-                             bench_fast_upstream(work, args.duration, args.litellm, args.reps)))
-        if "streams" in only:
-            sections.append(("Streaming (time to first chunk in ms; pieces = separate reads "
-                             "per stream)", bench_streams(work)))
-        if "cold" in only:
-            sections.append(("Cold start and swap, real llama-server",
-                             bench_cold_start_and_swap(work)))
-        if "telemetry" in only:
-            sections.append(("Telemetry overhead (c=64)",
-                             bench_tracing(work, args.duration, args.reps)))
-    report = "\n\n".join(f"### {title}\n\n{table(rows)}" for title, rows in sections)
-    print(report)
-    if args.out:
-        args.out.write_text(report + "\n")
+        for section in (name for name in titles if name in only):
+            if section == "fast":
+                rows = bench_fast_upstream(work, args.duration, args.litellm, args.reps)
+            elif section == "streams":
+                rows = bench_streams(work)
+            elif section == "cold":
+                rows = bench_cold_start_and_swap(work)
+            else:
+                rows = bench_tracing(work, args.duration, args.reps)
+            report = f"### {titles[section]}\n\n{table(rows)}\n"
+            print(report, flush=True)  # each section as soon as it is measured
+            if args.out:
+                with args.out.open("a") as out:
+                    out.write(report + "\n")
 
 
 if __name__ == "__main__":

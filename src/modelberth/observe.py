@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+
+from modelberth.spans import Started, parent_span
 
 if TYPE_CHECKING:
     from modelberth.metrics import Metrics
@@ -163,65 +165,66 @@ _QUEUE_SPAN_AFTER = 0.001  # seconds: shorter waits are only the root's modelber
 class RequestObservation:
     """Spans and metrics of one request. With tracing off, only metrics are recorded.
 
-    Span attributes are gathered in a dict and set once at the end: each SDK set_attribute
-    takes a lock and validates, and a traced request is otherwise mostly that."""
+    The request's spans (server, upstream client, queue) are recorded by `SpanRecorder`
+    when the request ends, with their attributes gathered here meanwhile."""
 
     def __init__(self, telemetry: Telemetry, metrics: Metrics,
                  scope: MutableMapping[str, Any]) -> None:
-        self.telemetry = telemetry
         self.metrics = metrics
         self.began = time.perf_counter()
         self.path: str = scope["path"]
         self.operation = _OPERATIONS.get(self.path, self.path.removeprefix("/v1/"))
         self.model = ""
-        self.status = 0
         self.queue_seconds = 0.0
         self.first_byte: float | None = None
-        self.span: Span | None = None
-        self._upstream_span: Span | None = None
+        self.span: Span | None = None  # a stand-in for the request's span, for use_span
+        self._recorder = telemetry.spans
+        self._started: Started | None = None
+        self._name = self.operation
+        self._upstream: tuple[SpanContext, int, str] | None = None
         self._attributes: dict[str, AttributeValue] = {}
-        if telemetry.tracing:
+        if self._recorder is not None:
             self.began_ns = time.time_ns()
-            span = telemetry.tracer.start_span(
-                self.operation, kind=SpanKind.SERVER,
-                context=propagate.extract(scope["headers"], getter=_HEADERS),
-                start_time=self.began_ns,
-                attributes={"gen_ai.operation.name": self.operation,
-                            "http.request.method": scope["method"], "url.path": self.path})
-            # A request the sampler left out costs nothing more (no child spans, no header).
-            self.span = span if span.is_recording() else None
+            self._attributes = {"gen_ai.operation.name": self.operation,
+                                "http.request.method": scope["method"], "url.path": self.path}
+            # A request the sampler leaves out costs nothing more (no spans, no header).
+            self._started = self._recorder.start(
+                self.operation, SpanKind.SERVER,
+                propagate.extract(scope["headers"], getter=_HEADERS), self._attributes)
+            if self._started is not None:
+                self._attributes.update(self._started.sampler_attributes)
+                self.span = parent_span(self._started.context)
 
     def named(self, model: str, requested: str) -> None:
         self.model = model
-        if self.span is not None:
-            self.span.update_name(f"{self.operation} {requested}")
+        if self._started is not None:
+            self._name = f"{self.operation} {requested}"
             self._attributes["gen_ai.request.model"] = requested
             self._attributes["modelberth.model"] = model
 
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began
         self.metrics.queue_wait.record(self.queue_seconds, self.model)
-        if self.span is None:
+        if self._started is None or self._recorder is None:
             return
         self._attributes["modelberth.cold_start"] = cold
         self._attributes["modelberth.queue_ms"] = round(self.queue_seconds * 1000, 3)
         if cold or self.queue_seconds >= _QUEUE_SPAN_AFTER:
             start_ns = self.began_ns + int((began - self.began) * 1e9)
-            queue = self.telemetry.tracer.start_span(
-                "modelberth.queue", context=trace.set_span_in_context(self.span),
-                start_time=start_ns, attributes={"modelberth.cold_start": cold})
-            queue.end(end_time=start_ns + int(self.queue_seconds * 1e9))
+            root = self._started.context
+            self._recorder.record("modelberth.queue", self._recorder.child(root), root,
+                                  SpanKind.INTERNAL, start_ns,
+                                  start_ns + int(self.queue_seconds * 1e9),
+                                  {"modelberth.cold_start": cold})
 
     def upstream_headers(self, headers: list[tuple[bytes, bytes]], url: str) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
-        if self.span is None:
+        if self._started is None or self._recorder is None:
             return
-        self._upstream_span = self.telemetry.tracer.start_span(
-            f"POST {self.path}", kind=SpanKind.CLIENT,
-            context=trace.set_span_in_context(self.span),
-            attributes={"url.full": url, "gen_ai.request.model": self.model})
+        client = self._recorder.child(self._started.context)
+        self._upstream = (client, time.time_ns(), url)
         carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(self._upstream_span))
+        propagate.inject(carrier, context=trace.set_span_in_context(parent_span(client)))
         injected = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in carrier.items()}
         headers[:] = [(k, v) for k, v in headers if k.lower() not in injected]
         headers.extend(injected.items())
@@ -236,23 +239,22 @@ class RequestObservation:
         self.metrics.duration.record(time.perf_counter() - self.began, self.model)
         if usage is not None:
             self._record_usage(usage)
-        if self.span is None:
+        if self._started is None or self._recorder is None:
             return
         ending: dict[str, AttributeValue] = {"http.response.status_code": status}
         if usage is not None:
             ending.update(_usage_attributes(usage))
         failed = Status(StatusCode.ERROR, error or str(status)) \
             if error or status >= 500 else None
-        if self._upstream_span is not None:
-            self._end(self._upstream_span, ending, failed)
-        self._end(self.span, {**self._attributes, **ending}, failed)
-
-    @staticmethod
-    def _end(span: Span, attributes: dict[str, AttributeValue], failed: Status | None) -> None:
-        span.set_attributes(attributes)
-        if failed is not None:
-            span.set_status(failed)
-        span.end()
+        now = time.time_ns()
+        root = self._started.context
+        if self._upstream is not None:
+            client, start_ns, url = self._upstream
+            self._recorder.record(f"POST {self.path}", client, root, SpanKind.CLIENT, start_ns,
+                                  now, {"url.full": url, "gen_ai.request.model": self.model,
+                                        **ending}, failed)
+        self._recorder.record(self._name, root, self._started.parent, SpanKind.SERVER,
+                              self.began_ns, now, {**self._attributes, **ending}, failed)
 
     def _record_usage(self, usage: Usage) -> None:
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):

@@ -40,6 +40,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from modelberth import __version__
+from modelberth.spans import SpanRecorder
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -114,6 +115,7 @@ class Telemetry:
     meter: Meter
     prometheus: CollectorRegistry
     tracing: bool
+    spans: SpanRecorder | None = None  # the proxy's request spans, when tracing
     _shutdown: list[Callable[[], object]] = field(default_factory=list)
     # Metrics aggregated outside the SDK (the request-path histograms), added at collection.
     metric_sources: list[MetricSource] = field(default_factory=list)
@@ -248,10 +250,14 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
     closers: list[Callable[[], object]] = []
     tracing = _enabled("TRACES")
     tracer: Tracer = trace.NoOpTracer()
+    spans = None
     if tracing:
         provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
+        processor = BatchSpanProcessor(_span_exporter())
+        provider.add_span_processor(processor)
         tracer = provider.get_tracer("modelberth", __version__)
+        spans = SpanRecorder(provider, processor,
+                             InstrumentationScope("modelberth", __version__))
         closers.append(provider.shutdown)
     prometheus = CollectorRegistry(auto_describe=True)
     sources: list[MetricSource] = []
@@ -268,4 +274,4 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         closers.append(log_provider.shutdown)
     logger.configure(patcher=_add_trace_id)
     return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
-                     tracing, closers, sources)
+                     tracing, spans, closers, sources)
