@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from modelberth.spans import Started, parent_span
@@ -146,27 +144,14 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
-    """Reads propagation headers straight from the ASGI header list, without a dict."""
-
-    def get(self, carrier: list[tuple[bytes, bytes]], key: str) -> list[str] | None:
-        name = key.encode("latin-1")
-        found = [v.decode("latin-1") for k, v in carrier if k.lower() == name]
-        return found or None
-
-    def keys(self, carrier: list[tuple[bytes, bytes]]) -> list[str]:
-        return [k.decode("latin-1") for k, _ in carrier]
-
-
-_HEADERS = _HeaderGetter()
 _QUEUE_SPAN_AFTER = 0.001  # seconds: shorter waits are only the root's modelberth.queue_ms
 
 
 class RequestObservation:
     """Spans and metrics of one request. With tracing off, only metrics are recorded.
 
-    The request's spans (server, upstream client, queue) are recorded by `SpanRecorder`
-    when the request ends, with their attributes gathered here meanwhile."""
+    The request's spans (server, upstream client, queue) are handed to `SpanRecorder` as
+    plain values when the request ends; their attributes are gathered here meanwhile."""
 
     def __init__(self, telemetry: Telemetry, metrics: Metrics,
                  scope: MutableMapping[str, Any]) -> None:
@@ -177,11 +162,10 @@ class RequestObservation:
         self.model = ""
         self.queue_seconds = 0.0
         self.first_byte: float | None = None
-        self.span: Span | None = None  # a stand-in for the request's span, for use_span
         self._recorder = telemetry.spans
         self._started: Started | None = None
         self._name = self.operation
-        self._upstream: tuple[SpanContext, int, str] | None = None
+        self._upstream: tuple[int, int, str] | None = None
         self._attributes: dict[str, AttributeValue] = {}
         if self._recorder is not None:
             self.began_ns = time.time_ns()
@@ -189,11 +173,17 @@ class RequestObservation:
                                 "http.request.method": scope["method"], "url.path": self.path}
             # A request the sampler leaves out costs nothing more (no spans, no header).
             self._started = self._recorder.start(
-                self.operation, SpanKind.SERVER,
-                propagate.extract(scope["headers"], getter=_HEADERS), self._attributes)
-            if self._started is not None:
+                self.operation, SpanKind.SERVER, scope["headers"], self._attributes)
+            if self._started is not None and self._started.sampler_attributes:
                 self._attributes.update(self._started.sampler_attributes)
-                self.span = parent_span(self._started.context)
+
+    @property
+    def span(self) -> Span | None:
+        """A stand-in for the request's span (when sampled), for `trace.use_span` around
+        work that makes spans of its own, such as a model's start."""
+        if self._started is None or self._recorder is None:
+            return None
+        return parent_span(self._recorder.context(self._started))
 
     def named(self, model: str, requested: str) -> None:
         self.model = model
@@ -205,29 +195,28 @@ class RequestObservation:
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began
         self.metrics.queue_wait.record(self.queue_seconds, self.model)
-        if self._started is None or self._recorder is None:
+        started, recorder = self._started, self._recorder
+        if started is None or recorder is None:
             return
         self._attributes["modelberth.cold_start"] = cold
         self._attributes["modelberth.queue_ms"] = round(self.queue_seconds * 1000, 3)
         if cold or self.queue_seconds >= _QUEUE_SPAN_AFTER:
             start_ns = self.began_ns + int((began - self.began) * 1e9)
-            root = self._started.context
-            self._recorder.record("modelberth.queue", self._recorder.child(root), root,
-                                  SpanKind.INTERNAL, start_ns,
-                                  start_ns + int(self.queue_seconds * 1e9),
-                                  {"modelberth.cold_start": cold})
+            recorder.record("modelberth.queue", started, recorder.new_span_id(),
+                            started.span_id, SpanKind.INTERNAL, start_ns,
+                            start_ns + int(self.queue_seconds * 1e9),
+                            {"modelberth.cold_start": cold})
 
     def upstream_headers(self, headers: list[tuple[bytes, bytes]], url: str) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
         if self._started is None or self._recorder is None:
             return
-        client = self._recorder.child(self._started.context)
+        client = self._recorder.new_span_id()
         self._upstream = (client, time.time_ns(), url)
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(parent_span(client)))
-        injected = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in carrier.items()}
-        headers[:] = [(k, v) for k, v in headers if k.lower() not in injected]
-        headers.extend(injected.items())
+        injected = self._recorder.propagation(self._started, client)
+        names = {name for name, _ in injected}
+        headers[:] = [(k, v) for k, v in headers if k.lower() not in names]
+        headers.extend(injected)
 
     def first_chunk(self) -> None:
         if self.first_byte is None:
@@ -239,7 +228,8 @@ class RequestObservation:
         self.metrics.duration.record(time.perf_counter() - self.began, self.model)
         if usage is not None:
             self._record_usage(usage)
-        if self._started is None or self._recorder is None:
+        started, recorder = self._started, self._recorder
+        if started is None or recorder is None:
             return
         ending: dict[str, AttributeValue] = {"http.response.status_code": status}
         if usage is not None:
@@ -247,14 +237,15 @@ class RequestObservation:
         failed = Status(StatusCode.ERROR, error or str(status)) \
             if error or status >= 500 else None
         now = time.time_ns()
-        root = self._started.context
         if self._upstream is not None:
             client, start_ns, url = self._upstream
-            self._recorder.record(f"POST {self.path}", client, root, SpanKind.CLIENT, start_ns,
-                                  now, {"url.full": url, "gen_ai.request.model": self.model,
-                                        **ending}, failed)
-        self._recorder.record(self._name, root, self._started.parent, SpanKind.SERVER,
-                              self.began_ns, now, {**self._attributes, **ending}, failed)
+            recorder.record(f"POST {self.path}", started, client, started.span_id,
+                            SpanKind.CLIENT, start_ns, now,
+                            {"url.full": url, "gen_ai.request.model": self.model, **ending},
+                            failed)
+        self._attributes.update(ending)
+        recorder.record(self._name, started, started.span_id, started.parent, SpanKind.SERVER,
+                        self.began_ns, now, self._attributes, failed)
 
     def _record_usage(self, usage: Usage) -> None:
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):

@@ -47,7 +47,10 @@ def _len(field: int, data: bytes) -> bytes:
 
 _TAGS = [_varint(key) for key in range(17 << 3)]
 _BYTE = [bytes((value,)) for value in range(0x80)]
-_KEYS: dict[str, bytes] = {}  # attribute keys repeat: each is encoded once
+# Most attributes repeat from span to span (operation, method, path, model, status): each
+# key with its text or boolean value is encoded once.
+_PAIRS: dict[tuple[int, str, type, Any], bytes] = {}
+_MAX_PAIRS = 4096
 
 
 def _text(field: int, value: str | None) -> bytes:
@@ -81,12 +84,16 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
         return b""
     parts = []
     for key, value in attributes.items():
-        encoded = _KEYS.get(key)
+        kind = value.__class__
+        memo = (field, key, kind, value) if kind is str or kind is bool else None
+        encoded = _PAIRS.get(memo) if memo is not None else None
         if encoded is None:
-            encoded = _len(1, key.encode())
-            if len(_KEYS) < 4096:
-                _KEYS[key] = encoded
-        parts.append(_len(field, encoded + _len(2, _any_value(value))))
+            encoded = _len(field, _len(1, key.encode()) + _len(2, _any_value(value)))
+            if memo is not None:
+                if len(_PAIRS) >= _MAX_PAIRS:
+                    _PAIRS.clear()
+                _PAIRS[memo] = encoded
+        parts.append(encoded)
     return b"".join(parts)
 
 
@@ -112,7 +119,8 @@ def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     assert context is not None
     parent = span.parent
-    state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
+    state = ",".join(f"{k}={v}" for k, v in context.trace_state.items()) \
+        if context.trace_state else ""
     status = span.status
     parts = [
         _len(1, context.trace_id.to_bytes(16, "big")),

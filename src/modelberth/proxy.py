@@ -92,7 +92,9 @@ class Proxy:
         began = time.perf_counter()
         cold = not model.ready
         early = False
-        with trace.use_span(obs.span) if obs.span else contextlib.nullcontext():
+        # A model's start makes spans of its own, under the request's span.
+        span = obs.span if cold else None
+        with trace.use_span(span) if span is not None else contextlib.nullcontext():
             if not keepalive or model.ready:
                 await model.acquire()
             else:

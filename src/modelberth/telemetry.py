@@ -253,12 +253,11 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
     spans = None
     if tracing:
         provider = TracerProvider(resource=resource)
-        processor = BatchSpanProcessor(_span_exporter())
-        provider.add_span_processor(processor)
+        provider.add_span_processor(BatchSpanProcessor(_span_exporter()))  # rare work's spans
         tracer = provider.get_tracer("modelberth", __version__)
-        spans = SpanRecorder(provider, processor,
+        spans = SpanRecorder(provider, _span_exporter(),  # each request's spans
                              InstrumentationScope("modelberth", __version__))
-        closers.append(provider.shutdown)
+        closers += [spans.shutdown, provider.shutdown]
     prometheus = CollectorRegistry(auto_describe=True)
     sources: list[MetricSource] = []
     readers: list[MetricReader] = [_PrometheusReader(prometheus, sources)]
@@ -270,8 +269,8 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         log_provider = LoggerProvider(resource=resource)
         log_provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter()))
         logger.add(_otel_log_sink(log_provider.get_logger("modelberth", __version__)),
-                   level=level, format="{message}")
-        closers.append(log_provider.shutdown)
+                          level=level, format="{message}")
+        closers += [log_provider.shutdown]
     logger.configure(patcher=_add_trace_id)
     return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
                      tracing, spans, closers, sources)
