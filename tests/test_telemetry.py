@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -11,9 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Modelberth, fake_model, wait_for
+from modelberth.telemetry import setup_logging, setup_telemetry
 from otlp_receiver import GrpcReceiver, HttpReceiver, attributes
 
 CHAT = "/v1/chat/completions"
@@ -247,3 +250,28 @@ def test_dashboard_queries_only_name_metrics_that_exist(modelberth: Any) -> None
                if not n.startswith("modelberth_gpu_") and n != "modelberth_model_vram_bytes"}
     assert not missing, f"dashboard names metrics modelberth does not export: {missing}"
     assert len(named) >= 14
+
+
+def test_logging_after_telemetry_shutdown_does_not_reenter_the_otlp_sink(
+        http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Shutting down used to leave loguru's OTLP sink in place: the next log line reached the
+    stopped SDK, which logged "Shutdown called, ignoring Log." into the same sink."""
+    for key, value in otel_env(http_receiver.endpoint, "http/protobuf").items():
+        monkeypatch.setenv(key, value)
+    setup_logging("plain", "INFO")
+    try:
+        telemetry = setup_telemetry("INFO")
+        logger.warning("before shutdown")
+        telemetry.shutdown()
+        logger.warning("after shutdown")
+        logging.getLogger("opentelemetry.sdk.test").warning("an SDK line after shutdown")
+    finally:
+        logger.remove()
+        logging.basicConfig(handlers=[logging.StreamHandler()], force=True)
+    err = capfd.readouterr().err
+    assert "after shutdown" in err
+    assert "Logging error in Loguru" not in err
+    bodies = [log.body.string_value for log in http_receiver.received.logs]
+    assert "before shutdown" in bodies  # flushed by the shutdown
+    assert "after shutdown" not in bodies

@@ -219,6 +219,10 @@ _SEVERITY = {"TRACE": SeverityNumber.TRACE, "DEBUG": SeverityNumber.DEBUG,
              "CRITICAL": SeverityNumber.FATAL}
 
 
+def _not_from_the_sdk(record: Record) -> bool:
+    return not (record["name"] or "").startswith("opentelemetry")
+
+
 def _otel_log_sink(otel_logger: OtelLogger) -> Callable[[Message], None]:
     def sink(message: Message) -> None:
         record = message.record
@@ -268,9 +272,11 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
     if _enabled("LOGS"):
         log_provider = LoggerProvider(resource=resource)
         log_provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter()))
-        logger.add(_otel_log_sink(log_provider.get_logger("modelberth", __version__)),
-                          level=level, format="{message}")
-        closers += [log_provider.shutdown]
+        # The SDK's own log lines (routed into loguru like all standard logging) stay out of
+        # this sink: an export problem logged while exporting would re-enter it.
+        sink = logger.add(_otel_log_sink(log_provider.get_logger("modelberth", __version__)),
+                          level=level, format="{message}", filter=_not_from_the_sdk)
+        closers += [lambda: logger.remove(sink), log_provider.shutdown]
     logger.configure(patcher=_add_trace_id)
     return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
                      tracing, spans, closers, sources)
