@@ -12,6 +12,7 @@ import uvicorn
 from loguru import logger
 
 from modelberth.app import create_app
+from modelberth.coalesce import CoalescingHttpToolsProtocol
 from modelberth.config import Config
 
 
@@ -60,5 +61,6 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         timeout_graceful_shutdown=max(1, int(config.defaults.drain_timeout)),
         backlog=4096,
         proxy_headers=False,
+        http=CoalescingHttpToolsProtocol,
     )
     _Server(uv_config, on_ready).run()
