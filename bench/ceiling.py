@@ -22,6 +22,15 @@ Message = MutableMapping[str, Any]
 _DROPPED = (b"connection", b"transfer-encoding")
 
 
+async def read_body(receive: Callable[[], Awaitable[Message]]) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
 def make_app(upstream: str) -> Callable[..., Awaitable[None]]:
     """The proxy on an aiohttp session."""
     session: aiohttp.ClientSession | None = None
@@ -45,12 +54,7 @@ def make_app(upstream: str) -> Callable[..., Awaitable[None]]:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         assert session is not None
         async with session.post(upstream + scope["path"], data=body,
                                 headers={"content-type": "application/json"}) as resp:
@@ -77,12 +81,7 @@ def make_own_client_app(port: int) -> Callable[..., Awaitable[None]]:
             await client.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         resp = await client.request("POST", "127.0.0.1", port, scope["path"], json_type, body)
         try:
             await send({"type": "http.response.start", "status": resp.status,

@@ -17,6 +17,8 @@ from opentelemetry.proto.collector.metrics.v1 import (
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 
 def value_of(value: AnyValue) -> Any:
@@ -139,3 +141,14 @@ class GrpcReceiver:
 
     def close(self) -> None:
         self.server.stop(0)
+
+
+class KeptSpans(SpanExporter):
+    """An exporter that keeps what it is given, for tests that read spans in process."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS

@@ -3,31 +3,21 @@ official protobuf classes and compared."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
 from modelberth.otlp import encode_spans
-
-
-class _Keep(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
+from otlp_receiver import KeptSpans
 
 
 def _spans() -> list[ReadableSpan]:
-    keep = _Keep()
+    keep = KeptSpans()
     provider = TracerProvider(resource=Resource.create({"service.name": "modelberth",
                                                         "deployment.count": 3}))
     provider.add_span_processor(SimpleSpanProcessor(keep))

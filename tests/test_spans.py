@@ -9,7 +9,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     Decision,
@@ -22,27 +22,19 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from conftest import wait_for
 from modelberth.spans import RawSpan, SpanBatcher, SpanRecorder, parent_span
+from otlp_receiver import KeptSpans
 
 TRACEPARENT = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 
 
-class _Keep(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-
-def _recorder(sampler: Any = None) -> tuple[SpanRecorder, _Keep, TracerProvider]:
-    keep = _Keep()
+def _recorder(sampler: Any = None) -> tuple[SpanRecorder, KeptSpans, TracerProvider]:
+    keep = KeptSpans()
     provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(keep))  # for spans made by the SDK
     return SpanRecorder(provider, keep, InstrumentationScope("modelberth", "1")), keep, provider
 
 
-def _exported(recorder: SpanRecorder, keep: _Keep, count: int) -> list[ReadableSpan]:
+def _exported(recorder: SpanRecorder, keep: KeptSpans, count: int) -> list[ReadableSpan]:
     recorder.batcher.flush()
     wait_for(lambda: len(keep.spans) >= count)
     return keep.spans
@@ -139,7 +131,7 @@ def _named(raw: RawSpan) -> ReadableSpan:
 
 
 async def test_spans_are_exported_in_batches_when_full_or_after_the_delay() -> None:
-    keep = _Keep()
+    keep = KeptSpans()
     batcher = SpanBatcher(keep, _named, max_batch=3, delay=0.05)
     for i in range(3):
         batcher.add(_raw(f"s{i}"))
@@ -156,7 +148,7 @@ async def test_spans_are_exported_in_batches_when_full_or_after_the_delay() -> N
 def test_batches_beyond_the_queue_are_dropped_and_counted() -> None:
     gate = threading.Event()
 
-    class Stuck(_Keep):
+    class Stuck(KeptSpans):
         def export(self, spans: Any) -> SpanExportResult:
             gate.wait(5)
             return super().export(spans)
