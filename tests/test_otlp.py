@@ -9,10 +9,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from modelberth.otlp import encode_spans
+from modelberth.otlp import encode_raw_spans, encode_spans
+from modelberth.spans import RawSpan, SpanRecorder
 from otlp_receiver import KeptSpans
 
 
@@ -56,3 +58,29 @@ def test_the_lean_encoding_equals_the_sdks() -> None:
 
 def test_no_spans_is_an_empty_request() -> None:
     assert encode_spans([]) == b""
+
+
+def test_spans_handed_over_as_values_encode_as_their_readable_spans_do() -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "modelberth"}))
+    scope = InstrumentationScope("modelberth", "0.1.0")
+    recorder = SpanRecorder(provider, KeptSpans(), scope)
+    remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "x1")]))
+    raws: list[RawSpan] = [
+        ("chat tiny", remote.trace_id, 0x1111, remote, 1, remote.trace_state, SpanKind.SERVER,
+         100, 900, {"gen_ai.request.model": "tiny", "n": 3, "ok": True, "q": 0.5}, None),
+        ("POST /v1/chat/completions", remote.trace_id, 0x2222, 0x1111, 1, remote.trace_state,
+         SpanKind.CLIENT, 200, 800, {"http.response.status_code": 502},
+         Status(StatusCode.ERROR, "upstream failed")),
+        ("chat m", 0xABC, 0x3333, None, 3, None, SpanKind.SERVER, 5, 6, {}, None),
+    ]
+    ours = ExportTraceServiceRequest.FromString(encode_raw_spans(raws, provider.resource, scope))
+    readable = [recorder.readable(raw) for raw in raws]
+    theirs = ExportTraceServiceRequest.FromString(sdk_encode(readable).SerializeToString())
+    assert ours == theirs
+    assert encode_raw_spans([], provider.resource, scope) == b""
+    # Encoded requests concatenate into one: the exporter joins small batches that way.
+    first, second = (encode_raw_spans([raw], provider.resource, scope) for raw in raws[:2])
+    joined = ExportTraceServiceRequest.FromString(first + second)
+    assert [rs.scope_spans[0].spans[0].name for rs in joined.resource_spans] == [
+        "chat tiny", "POST /v1/chat/completions"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     Decision,
@@ -126,13 +126,16 @@ def _raw(name: str) -> RawSpan:
     return (name, 1, 2, None, 1, None, SpanKind.INTERNAL, 0, 1, {}, None)
 
 
-def _named(raw: RawSpan) -> ReadableSpan:
-    return ReadableSpan(name=raw[0])
+def _batcher(exporter: SpanExporter, **settings: Any) -> SpanBatcher[list[RawSpan]]:
+    def send(batches: list[list[RawSpan]]) -> object:
+        return exporter.export([ReadableSpan(name=raw[0]) for batch in batches for raw in batch])
+
+    return SpanBatcher(lambda batch: batch, send, exporter.shutdown, **settings)
 
 
 async def test_spans_are_exported_in_batches_when_full_or_after_the_delay() -> None:
     keep = KeptSpans()
-    batcher = SpanBatcher(keep, _named, max_batch=3, delay=0.05)
+    batcher = _batcher(keep, max_batch=3, delay=0.05)
     for i in range(3):
         batcher.add(_raw(f"s{i}"))
     await asyncio.to_thread(wait_for, lambda: len(keep.spans) == 3)  # a full batch at once
@@ -154,10 +157,22 @@ def test_batches_beyond_the_queue_are_dropped_and_counted() -> None:
             return super().export(spans)
 
     stuck = Stuck()
-    batcher = SpanBatcher(stuck, _named, max_batch=1, max_waiting=2)
+    batcher = _batcher(stuck, max_batch=1, max_waiting=2)
     for i in range(6):  # one being exported, two waiting, the rest dropped
         batcher.add(_raw(f"s{i}"))
     wait_for(lambda: batcher.dropped >= 3)
     gate.set()
     batcher.shutdown()
     assert len(stuck.spans) + batcher.dropped == 6
+
+
+async def test_spans_are_prepared_in_groups_on_the_loop_and_sent_per_batch() -> None:
+    sent: list[list[str]] = []
+    batcher = SpanBatcher(lambda group: ",".join(raw[0] for raw in group), sent.append,
+                          lambda: None, max_batch=5, group=2, delay=60)
+    for i in range(7):
+        batcher.add(_raw(f"s{i}"))
+    await asyncio.to_thread(wait_for, lambda: len(sent) == 1)
+    assert sent == [["s0,s1", "s2,s3", "s4"]]  # a batch of five, prepared two at a time
+    batcher.shutdown()
+    assert sent[1] == ["s5,s6"]

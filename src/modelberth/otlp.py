@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext
+
+if TYPE_CHECKING:
+    from modelberth.spans import RawSpan
 
 _LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags
@@ -143,6 +148,34 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def _raw_span(raw: RawSpan) -> bytes:
+    """The same Span message as `_span` writes, from the values the event loop handed over."""
+    name, trace_id, span_id, parent, _, state, kind, start, end, attributes, status = raw
+    if isinstance(parent, int):
+        parent_id, remote = parent, False
+    elif parent is not None:
+        parent_id, remote = parent.span_id, parent.is_remote
+    else:
+        parent_id, remote = 0, False
+    state_text = ",".join(f"{k}={v}" for k, v in state.items()) if state else ""
+    status_body = b"" if status is None else \
+        _text(2, status.description) + _count(3, status.status_code.value)
+    span_flags = _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)
+    return b"".join((
+        _len(1, trace_id.to_bytes(16, "big")),
+        _len(2, span_id.to_bytes(8, "big")),
+        _text(3, state_text),
+        _len(4, parent_id.to_bytes(8, "big")) if parent is not None else b"",
+        _text(5, name),
+        _count(6, kind.value + 1),
+        _tag(7, _I64) + _FIXED64.pack(start),
+        _tag(8, _I64) + _FIXED64.pack(end),
+        _attributes(9, attributes),
+        _len(15, status_body),
+        _tag(16, _I32) + _FIXED32.pack(span_flags),
+    ))
+
+
 def encode_spans(spans: Iterable[ReadableSpan]) -> bytes:
     """An ExportTraceServiceRequest: spans grouped by resource, then by scope."""
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
@@ -150,19 +183,29 @@ def encode_spans(spans: Iterable[ReadableSpan]) -> bytes:
         resource, scope = span.resource, span.instrumentation_scope
         by_scope = grouped.setdefault(id(resource), (resource, {}))[1]
         by_scope.setdefault(id(scope), (scope, []))[1].append(_len(2, _span(span)))
-    out = []
-    for resource, by_scope in grouped.values():
-        scopes = []
-        for scope, encoded in by_scope.values():
-            head = b""
-            if scope is not None:
-                head = _len(1, _text(1, scope.name) + _text(2, scope.version)
-                            + _attributes(3, scope.attributes))
-            scopes.append(_len(2, head + b"".join(encoded)
-                               + _text(3, scope.schema_url if scope else None)))
-        body = _len(1, _attributes(1, resource.attributes)) + b"".join(scopes)
-        out.append(_len(1, body + _text(3, resource.schema_url)))
-    return b"".join(out)
+    return b"".join(_resource_spans(resource, list(by_scope.values()))
+                    for resource, by_scope in grouped.values())
+
+
+def encode_raw_spans(spans: Iterable[RawSpan], resource: Resource,
+                     scope: InstrumentationScope) -> bytes:
+    """An ExportTraceServiceRequest of spans that share one resource and scope."""
+    encoded = [_len(2, _raw_span(raw)) for raw in spans]
+    return _resource_spans(resource, [(scope, encoded)]) if encoded else b""
+
+
+def _resource_spans(resource: Resource,
+                    by_scope: Sequence[tuple[InstrumentationScope | None, list[bytes]]]) -> bytes:
+    scopes = []
+    for scope, encoded in by_scope:
+        head = b""
+        if scope is not None:
+            head = _len(1, _text(1, scope.name) + _text(2, scope.version)
+                        + _attributes(3, scope.attributes))
+        scopes.append(_len(2, head + b"".join(encoded)
+                           + _text(3, scope.schema_url if scope else None)))
+    body = _len(1, _attributes(1, resource.attributes)) + b"".join(scopes)
+    return _len(1, body + _text(3, resource.schema_url))
 
 
 class OtlpHttpSpanExporter(OTLPSpanExporter):
@@ -170,11 +213,19 @@ class OtlpHttpSpanExporter(OTLPSpanExporter):
     standard variables) with the encoding above. Falls back to the SDK's own export if its
     internal HTTP client is not where this version of the SDK keeps it."""
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)
-        if client is None or not hasattr(client, "export"):
-            return super().export(spans)
+    @property
+    def sends_encoded(self) -> bool:
+        """Whether `send_encoded` can be used with this version of the SDK."""
+        return hasattr(getattr(self, "_client", None), "export")
+
+    def send_encoded(self, data: bytes) -> SpanExportResult:
+        """Send an ExportTraceServiceRequest already encoded (see `encode_raw_spans`)."""
         if getattr(self, "_shutdown", False):
             return SpanExportResult.FAILURE
-        result = client.export(encode_spans(spans))
+        result = self._client.export(data)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not self.sends_encoded:
+            return super().export(spans)
+        return self.send_encoded(encode_spans(spans))
