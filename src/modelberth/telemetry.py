@@ -114,7 +114,6 @@ class Telemetry:
     tracer: Tracer
     meter: Meter
     prometheus: CollectorRegistry
-    tracing: bool
     spans: SpanRecorder | None = None  # the proxy's request spans, when tracing
     _shutdown: list[Callable[[], object]] = field(default_factory=list)
     # Metrics aggregated outside the SDK (the request-path histograms), added at collection.
@@ -252,10 +251,9 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
                                                               "modelberth"),
                                 "service.version": __version__})
     closers: list[Callable[[], object]] = []
-    tracing = _enabled("TRACES")
     tracer: Tracer = trace.NoOpTracer()
     spans = None
-    if tracing:
+    if _enabled("TRACES"):
         provider = TracerProvider(resource=resource)
         provider.add_span_processor(BatchSpanProcessor(_span_exporter()))  # rare work's spans
         tracer = provider.get_tracer("modelberth", __version__)
@@ -279,4 +277,4 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         closers += [lambda: logger.remove(sink), log_provider.shutdown]
     logger.configure(patcher=_add_trace_id)
     return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
-                     tracing, spans, closers, sources)
+                     spans, closers, sources)
