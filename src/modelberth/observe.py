@@ -207,12 +207,13 @@ class RequestObservation:
                             start_ns + int(self.queue_seconds * 1e9),
                             {"modelberth.cold_start": cold})
 
-    def upstream_headers(self, headers: list[tuple[bytes, bytes]], url: str) -> None:
+    def upstream_headers(self, headers: list[tuple[bytes, bytes]], base_url: str,
+                         target: str) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
         if self._started is None or self._recorder is None:
             return
         client = self._recorder.new_span_id()
-        self._upstream = (client, time.time_ns(), url)
+        self._upstream = (client, time.time_ns(), base_url + target)
         injected = self._recorder.propagation(self._started, client)
         names = {name for name, _ in injected}
         headers[:] = [(k, v) for k, v in headers if k.lower() not in names]

@@ -176,7 +176,7 @@ class Proxy:
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
-        obs.upstream_headers(headers, model.base_url + target)
+        obs.upstream_headers(headers, model.base_url, target)
         try:
             if model.port is None:  # admitted models have a port; a stop in between has not
                 raise UpstreamUnreachable("the upstream is not running")
