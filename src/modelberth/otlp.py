@@ -121,35 +121,25 @@ def _link(link: Link) -> bytes:
 
 
 def _span(span: ReadableSpan) -> bytes:
+    """An SDK span: the fields a handed-over span has, then events, links and drop counts."""
     context = span.get_span_context()
     assert context is not None
-    parent = span.parent
-    state = ",".join(f"{k}={v}" for k, v in context.trace_state.items()) \
-        if context.trace_state else ""
-    status = span.status
-    parts = [
-        _len(1, context.trace_id.to_bytes(16, "big")),
-        _len(2, context.span_id.to_bytes(8, "big")),
-        _text(3, state),
-        _len(4, parent.span_id.to_bytes(8, "big")) if parent is not None else b"",
-        _text(5, span.name),
-        _count(6, span.kind.value + 1),  # the SDK's kinds start at INTERNAL = 0, OTLP's at 1
-        _tag(7, _I64) + _FIXED64.pack(span.start_time or 0),
-        _tag(8, _I64) + _FIXED64.pack(span.end_time or 0),
-        _attributes(9, span.attributes),
+    raw: RawSpan = (span.name, context.trace_id, context.span_id, span.parent,
+                    context.trace_flags, context.trace_state, span.kind, span.start_time or 0,
+                    span.end_time or 0, span.attributes or {}, span.status)
+    return b"".join((
+        _raw_span(raw),
         _count(10, span.dropped_attributes),
         b"".join(_len(11, _event(event)) for event in span.events),
         _count(12, span.dropped_events),
         b"".join(_len(13, _link(link)) for link in span.links),
         _count(14, span.dropped_links),
-        _len(15, _text(2, status.description) + _count(3, status.status_code.value)),
-        _flags(16, parent),
-    ]
-    return b"".join(parts)
+    ))
 
 
 def _raw_span(raw: RawSpan) -> bytes:
-    """The same Span message as `_span` writes, from the values the event loop handed over."""
+    """A Span message from the values the event loop handed over (fields may come in any
+    order on the wire: `_span` appends the ones only SDK spans have)."""
     name, trace_id, span_id, parent, _, state, kind, start, end, attributes, status = raw
     if isinstance(parent, int):
         parent_id, remote = parent, False
