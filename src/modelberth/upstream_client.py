@@ -260,24 +260,14 @@ class UpstreamClient:
         verb = method.encode("ascii")
         conn = self._pooled(address)
         if conn is not None:
-            conn.send(verb, head, body)
             try:
-                await conn.head_received()
+                await _exchange(conn, verb, head, body)
                 return UpstreamResponse(self, conn, address)
             except UpstreamError:
-                conn.abort()
                 if conn.received:
                     raise
-            except BaseException:
-                conn.abort()
-                raise
         conn = await self._connect(address)
-        conn.send(verb, head, body)
-        try:
-            await conn.head_received()
-        except BaseException:
-            conn.abort()
-            raise
+        await _exchange(conn, verb, head, body)
         return UpstreamResponse(self, conn, address)
 
     def pool(self, conn: _Connection, address: Address) -> None:
@@ -317,6 +307,17 @@ class UpstreamClient:
             raise UpstreamUnreachable(
                 f"cannot connect to {address[0]}:{address[1]}: {exc.strerror or exc}") from None
         return conn
+
+
+async def _exchange(conn: _Connection, verb: bytes, head: bytes, body: bytes) -> None:
+    """Send the request and wait for the answer's head; on any failure the connection is
+    dropped."""
+    conn.send(verb, head, body)
+    try:
+        await conn.head_received()
+    except BaseException:
+        conn.abort()
+        raise
 
 
 def _request_head(method: str, host: str, port: int, target: str, headers: Headers,
