@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import uvicorn
 
+from modelberth.http1 import Http1Protocol
 from modelberth.upstream_client import UpstreamClient
 
 Message = MutableMapping[str, Any]
@@ -101,11 +102,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--client", choices=("modelberth", "aiohttp"), default="modelberth")
+    parser.add_argument("--protocol", choices=("uvicorn", "modelberth"), default="uvicorn",
+                        help="uvicorn's own HTTP protocol or modelberth's (http1.py)")
     args = parser.parse_args()
     app = (make_own_client_app(args.upstream_port) if args.client == "modelberth"
            else make_app(f"http://127.0.0.1:{args.upstream_port}"))
     uvicorn.run(app, host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False, proxy_headers=False)
+                log_level="warning", access_log=False, proxy_headers=False,
+                http=Http1Protocol if args.protocol == "modelberth" else "httptools")
 
 
 if __name__ == "__main__":

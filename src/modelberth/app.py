@@ -1,10 +1,11 @@
-"""Assembles the ASGI app: the raw proxy for inference traffic, FastAPI for the rest."""
+"""Assembles the server's two handlers: the proxy for inference traffic (routed to it by the
+connection, http1.py) and the ASGI app, FastAPI, for the rest."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,13 +14,15 @@ from fastapi import FastAPI
 from modelberth import __version__
 from modelberth.api import admin, errors, health, openai
 from modelberth.config import Config
-from modelberth.proxy import Proxy, Receive, Scope, Send
+from modelberth.http1 import Handler, Message
+from modelberth.proxy import Proxy
 from modelberth.registry import Registry
 from modelberth.reload import install_sighup, watch_config
 
 
 class ModelberthApp:
-    """Routes POST /v1/* and /upstream/* to the proxy; everything else to FastAPI."""
+    """POST /v1/* and /upstream/* go to the proxy (`route`); everything else, and the
+    lifespan, to FastAPI."""
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  watch: bool = False) -> None:
@@ -27,14 +30,11 @@ class ModelberthApp:
         self.proxy = Proxy(self.registry)
         self.api = _build_api(self.registry, watch)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith("/upstream/") or (
-                path.startswith("/v1/") and scope["method"] == "POST"
-            ):
-                await self.proxy(scope, receive, send)
-                return
+    def route(self, method: str, path: str) -> Handler | None:
+        return self.proxy.route(method, path)
+
+    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
         await self.api(scope, receive, send)
 
 

@@ -113,11 +113,17 @@ class Model:
 
     # --- requests ----------------------------------------------------------------------
 
+    def try_enter(self) -> bool:
+        """Count one request in flight if the model is ready and has a free slot now."""
+        if self.state is ModelState.READY and not self._saturated():
+            self._enter()
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Make the model ready (starting it if needed) and count one request in flight.
         Beyond max_concurrency, requests wait here too (within max_queue)."""
-        if self.state is ModelState.READY and not self._saturated():
-            self._enter()
+        if self.try_enter():
             return
         if self.waiting >= self.spec.max_queue:
             raise QueueFull(self.name, self.spec.max_queue, self._retry_after())

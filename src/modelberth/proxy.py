@@ -1,5 +1,6 @@
-"""The hot path: a raw ASGI app that picks the model, admits the request, forwards it and
-streams the answer back chunk by chunk. FastAPI stays out of this path on purpose."""
+"""The hot path: picks the model, admits the request, forwards it and streams the answer
+back chunk by chunk. It runs straight on the connection's HTTP exchange (http1.py), without
+ASGI messages; FastAPI stays out of this path on purpose."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from loguru import logger
 from opentelemetry import trace
 
 from modelberth import auth
+from modelberth.http1 import Exchange, Handler
 from modelberth.lifecycle import Model
 from modelberth.observe import RequestObservation, UsageReader
 from modelberth.registry import Registry
@@ -23,20 +25,16 @@ from modelberth.types import APIError
 from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamUnreachable
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })
 _NOT_FORWARDED = _HOP_BY_HOP | frozenset(auth.AUTH_HEADERS)
-_RESPONSE_DROPPED = (_HOP_BY_HOP - {b"content-length"}) | {b"date"}  # uvicorn sets its own Date
+_RESPONSE_DROPPED = (_HOP_BY_HOP - {b"content-length"}) | {b"date"}  # the server sets Date
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relayed in one piece
-_WATCH_AFTER = 0.02  # seconds into a relay before watching for the client to go away
 _MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n')
 
 
@@ -44,13 +42,21 @@ class Proxy:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def route(self, method: str, path: str) -> Handler | None:
+        """The connection's router: POST /v1/* and /upstream/* come here, the rest to the
+        app (FastAPI)."""
+        if path.startswith("/upstream/") or (method == "POST" and path.startswith("/v1/")):
+            return self.handle
+        return None
+
+    async def handle(self, exchange: Exchange) -> None:
+        scope = exchange.scope
         server = self.registry.config.server  # read per request: a reload may change it
         obs = RequestObservation(self.registry.telemetry, self.registry.metrics, scope)
         early = False  # True once SSE headers went out while the model was loading
         try:
             auth.check(scope["headers"], server.api_keys)
-            body = await self._read_body(scope, receive, int(server.max_body_mb * 2**20))
+            body = await self._read_body(exchange, int(server.max_body_mb * 2**20))
             target: str = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
             if scope["path"].startswith("/upstream/"):
                 (name, _), streaming = _split_upstream_path(scope["path"]), False
@@ -59,32 +65,34 @@ class Proxy:
                 name, streaming = _model_from_body(scope, body)
             model = self.registry.require(name)
             obs.named(model.name, name)
-            keepalive = server.stream_keepalive if streaming else 0.0
-            early = await self._admit(model, obs, send, keepalive)
+            if model.try_enter():  # ready and free: the common case, without a wait
+                obs.queued(time.perf_counter(), cold=False)
+            else:
+                keepalive = server.stream_keepalive if streaming else 0.0
+                early = await self._admit(model, obs, exchange, keepalive)
         except APIError as error:
             obs.finish(error.status, error=error.message)
-            await send_error(send, error)
+            respond_error(exchange, error)
             return
         except _Answered:
             return
         try:
             try:
-                await self._forward(model, scope, receive, send, target, body, obs, early,
-                                    retry=True)
+                await self._forward(model, exchange, target, body, obs, early, retry=True)
             except _Refused as refused:
                 # The upstream died a moment ago and its exit was not processed yet. The
                 # request never reached it: restart the model and send the request once more.
                 if not await model.confirm_exit(2.0):
                     raise refused.error from None
                 await model.await_ready()
-                await self._forward(model, scope, receive, send, target, body, obs, early)
+                await self._forward(model, exchange, target, body, obs, early)
         except APIError as error:
             obs.finish(error.status, error=error.message)
-            await (send_sse_error(send, error) if early else send_error(send, error))
+            (end_sse_with_error if early else respond_error)(exchange, error)
         finally:
             model.release()
 
-    async def _admit(self, model: Model, obs: RequestObservation, send: Send,
+    async def _admit(self, model: Model, obs: RequestObservation, exchange: Exchange,
                      keepalive: float) -> bool:
         """Wait for the model (start, room, concurrency). With keepalive, a streaming client
         gets its SSE headers and a comment line every `keepalive` seconds while it loads;
@@ -101,31 +109,35 @@ class Proxy:
                 waiting = asyncio.ensure_future(model.acquire())
                 while not (await asyncio.wait({waiting}, timeout=keepalive))[0]:
                     if not early:
-                        await send({"type": "http.response.start", "status": 200,
-                                    "headers": _SSE_HEADERS})
+                        exchange.start(200, _SSE_HEADERS)
                         early = True
                     elapsed = time.perf_counter() - began
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": f": loading {model.name} {elapsed:.1f}s\n\n".encode()})
+                    await exchange.send_chunk(
+                        f": loading {model.name} {elapsed:.1f}s\n\n".encode())
                 try:
                     waiting.result()
                 except APIError as error:
                     if not early:
                         raise
                     obs.finish(error.status, error=error.message)
-                    await send_sse_error(send, error)
+                    end_sse_with_error(exchange, error)
                     raise _Answered from None
         obs.queued(began, cold)
         return early
 
-    async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
-        for name, value in scope["headers"]:
+    async def _read_body(self, exchange: Exchange, limit: int) -> bytes:
+        for name, value in exchange.scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise _too_large(limit)
+        whole = exchange.whole_body()
+        if whole is not None:
+            if len(whole) > limit:
+                raise _too_large(limit)
+            return whole
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            message = await exchange.receive()
             if message["type"] == "http.disconnect":
                 raise APIError(499, "client closed the request", code="client_closed")
             chunk = message.get("body", b"")
@@ -136,46 +148,37 @@ class Proxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _forward(self, model: Model, scope: Scope, receive: Receive, send: Send,
-                       target: str, body: bytes, obs: RequestObservation, early: bool,
-                       retry: bool = False) -> None:
-        """Relay one request; a client disconnect cancels the relay, closing the upstream call.
-
-        The watch for the disconnect (a task blocked in receive()) begins only once the relay
-        has taken _WATCH_AFTER: most answers are done before, and the task is a sizeable part
-        of a fast request's cost. A client gone earlier is noticed at that moment."""
+    async def _forward(self, model: Model, exchange: Exchange, target: str, body: bytes,
+                       obs: RequestObservation, early: bool, retry: bool = False) -> None:
+        """Relay one request; the client's connection closing cancels the relay, which closes
+        the upstream call."""
         task = asyncio.current_task()
         assert task is not None
-        watch: list[asyncio.Future[Message]] = []
 
-        def on_disconnect(_: asyncio.Future[Message]) -> None:
+        def client_gone() -> None:
             task.cancel(msg="client disconnected")
 
-        def start_watch() -> None:
-            gone = asyncio.ensure_future(receive())
-            gone.add_done_callback(on_disconnect)
-            watch.append(gone)
+        if not exchange.disconnected:
+            exchange.on_disconnect = client_gone
+            try:
+                await self._relay(model, exchange, target, body, obs, early, retry)
+                return
+            except asyncio.CancelledError:
+                if not exchange.disconnected:
+                    raise
+                task.uncancel()
+            finally:
+                exchange.on_disconnect = None
+        obs.finish(499, error="client disconnected")
+        logger.bind(model=model.name).info("client disconnected; upstream request closed")
 
-        timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, start_watch)
-        try:
-            await self._relay(model, scope, send, target, body, obs, early, retry)
-        except asyncio.CancelledError:
-            if not watch or not watch[0].done() or watch[0].cancelled():
-                raise
-            task.uncancel()
-            obs.finish(499, error="client disconnected")
-            logger.bind(model=model.name).info("client disconnected; upstream request closed")
-        finally:
-            timer.cancel()
-            for gone in watch:
-                gone.remove_done_callback(on_disconnect)
-                gone.cancel()
-
-    async def _relay(self, model: Model, scope: Scope, send: Send, target: str, body: bytes,
+    async def _relay(self, model: Model, exchange: Exchange, target: str, body: bytes,
                      obs: RequestObservation, early: bool, retry: bool) -> None:
+        scope = exchange.scope
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
+        # The connection gives header names in lower case.
+        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_FORWARDED]
         obs.upstream_headers(headers, model.base_url, target)
         try:
             if model.port is None:  # admitted models have a port; a stop in between has not
@@ -187,14 +190,14 @@ class Proxy:
             if retry and isinstance(exc, UpstreamUnreachable):
                 raise _Refused(error) from exc
             obs.finish(error.status, error=error.message)
-            await (send_sse_error(send, error) if early else send_error(send, error))
+            (end_sse_with_error if early else respond_error)(exchange, error)
             return
         try:
-            await self._relay_answer(model, send, resp, obs, early)
+            await self._relay_answer(model, exchange, resp, obs, early)
         finally:
             resp.release()
 
-    async def _relay_answer(self, model: Model, send: Send, resp: UpstreamResponse,
+    async def _relay_answer(self, model: Model, exchange: Exchange, resp: UpstreamResponse,
                             obs: RequestObservation, early: bool) -> None:
         is_sse = resp.content_type == b"text/event-stream"
         if early and resp.status != 200:
@@ -202,33 +205,32 @@ class Proxy:
             error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
                              type="server_error", code="upstream_error")
             obs.finish(resp.status, error=error.message)
-            await send_sse_error(send, error)
+            end_sse_with_error(exchange, error)
             return
         if not early:  # else the SSE head went out while the model loaded
-            head = {"type": "http.response.start", "status": resp.status,
-                    "headers": [(k, v) for k, v in resp.headers
-                                if k.lower() not in _RESPONSE_DROPPED]}
+            headers = [(k, v) for k, v in resp.headers if k not in _RESPONSE_DROPPED]
             length = resp.content_length
             if not is_sse and length is not None and length <= _WHOLE:
-                await self._relay_whole(model, resp, send, head, obs)
+                await self._relay_whole(model, resp, exchange, headers, obs)
                 return
-            await send(head)
+            exchange.start(resp.status, headers)
         usage = UsageReader(is_sse)
         try:
             while chunk := await resp.next_piece():
                 obs.first_chunk()
                 usage.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await exchange.send_chunk(chunk)
         except UpstreamError as exc:
             error = _upstream_error(model, exc, mid_stream=True)
             obs.finish(502, usage.result(), error=error.message)
-            await self._broken_stream(model, send, is_sse or early, error)
+            self._broken_stream(model, exchange, is_sse or early, error)
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        exchange.finish()
         obs.finish(resp.status, usage.result())
 
     @staticmethod
-    async def _relay_whole(model: Model, resp: UpstreamResponse, send: Send, head: Message,
+    async def _relay_whole(model: Model, resp: UpstreamResponse, exchange: Exchange,
+                           headers: list[tuple[bytes, bytes]],
                            obs: RequestObservation) -> None:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
@@ -238,21 +240,21 @@ class Proxy:
         except UpstreamError as exc:
             error = _upstream_error(model, exc)
             obs.finish(error.status, error=error.message)
-            await send_error(send, error)
+            respond_error(exchange, error)
             return
         obs.first_chunk()
-        await send(head)
-        await send({"type": "http.response.body", "body": answer, "more_body": False})
+        exchange.respond(resp.status, headers, answer)
         usage = UsageReader(streaming=False)
         usage.feed(answer)
         obs.finish(resp.status, usage.result())
 
-    async def _broken_stream(self, model: Model, send: Send, is_sse: bool,
-                             error: APIError) -> None:
+    @staticmethod
+    def _broken_stream(model: Model, exchange: Exchange, is_sse: bool, error: APIError) -> None:
         logger.bind(model=model.name).warning("{}", error.message)
         if not is_sse:
-            return  # returning mid-body makes the server drop the connection: a visible cut
-        await send_sse_error(send, error)
+            exchange.cut()
+            return
+        end_sse_with_error(exchange, error)
 
 
 async def _read_or_empty(resp: UpstreamResponse) -> bytes:
@@ -342,24 +344,19 @@ def _missing_model() -> APIError:
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
-        if key.lower() == name:
+        if key == name:
             return bytes(value)
     return None
 
 
-async def send_sse_error(send: Send, error: APIError) -> None:
+def end_sse_with_error(exchange: Exchange, error: APIError) -> None:
     """End an SSE response that has already started with an `error` event."""
     payload = json.dumps(error.body())
-    with contextlib.suppress(Exception):
-        await send({"type": "http.response.body", "more_body": False,
-                    "body": f"event: error\ndata: {payload}\n\n".encode()})
+    exchange.finish(f"event: error\ndata: {payload}\n\n".encode())
 
 
-async def send_error(send: Send, error: APIError) -> None:
+def respond_error(exchange: Exchange, error: APIError) -> None:
     body = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json")]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    with contextlib.suppress(Exception):
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+    exchange.respond(error.status, headers, body)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 import ipaddress
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import uvicorn
 from loguru import logger
 
 from modelberth.app import create_app
-from modelberth.coalesce import CoalescingHttpToolsProtocol
 from modelberth.config import Config
+from modelberth.http1 import Http1Protocol
 
 
 class _Server(uvicorn.Server):
@@ -50,8 +53,9 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
     if not _is_loopback(server_cfg.host) and not server_cfg.api_keys:
         logger.warning("listening on {} with no api_keys: anyone who can reach this address "
                        "can use and manage every model", server_cfg.host)
+    app = create_app(config, config_path, watch)
     uv_config = uvicorn.Config(
-        create_app(config, config_path, watch),
+        app,
         host=server_cfg.host,
         port=server_cfg.port,
         log_config=None,
@@ -61,6 +65,7 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         timeout_graceful_shutdown=max(1, int(config.defaults.drain_timeout)),
         backlog=4096,
         proxy_headers=False,
-        http=CoalescingHttpToolsProtocol,
+        # uvicorn calls `http` like a protocol class; the partial hands it the proxy's router.
+        http=cast(type[asyncio.Protocol], functools.partial(Http1Protocol, router=app.route)),
     )
     _Server(uv_config, on_ready).run()

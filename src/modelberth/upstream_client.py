@@ -135,7 +135,7 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks --------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -169,9 +169,8 @@ class _Connection(asyncio.Protocol):
     def _ends_at_close(self) -> bool:
         """True when the answer's length is "until the connection closes"."""
         for name, value in self.headers:
-            key = name.lower()
-            if key == b"content-length" or (key == b"transfer-encoding"
-                                            and b"chunked" in value.lower()):
+            if name == b"content-length" or (name == b"transfer-encoding"
+                                             and b"chunked" in value.lower()):
                 return False
         return True
 
@@ -187,8 +186,9 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    """An answer whose head has arrived; its body is read with `read()` or piece by piece
-    with `next_piece()`. `release()` must follow: it pools or closes the connection."""
+    """An answer whose head has arrived (header names in lower case); its body is read with
+    `read()` or piece by piece with `next_piece()`. `release()` must follow: it pools or
+    closes the connection."""
 
     __slots__ = ("_address", "_client", "_conn", "headers", "status")
 
@@ -199,7 +199,7 @@ class UpstreamResponse:
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
-            if key.lower() == name:
+            if key == name:
                 return value
         return None
 
