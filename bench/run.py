@@ -252,8 +252,9 @@ def rss_mb(pid: int) -> float:
 # --- scenarios -----------------------------------------------------------------------------
 
 
-BARE = "bare uvicorn + modelberth's client (ceiling)"
-BARE_AIOHTTP = "bare uvicorn + aiohttp (earlier stack)"
+BARE = "bare ASGI on modelberth's protocol and client (ceiling)"
+BARE_UVICORN = "bare ASGI on uvicorn's protocol + modelberth's client"
+BARE_AIOHTTP = "bare ASGI on uvicorn's protocol + aiohttp (earlier stack)"
 
 
 def bench_fast_upstream(work: Path, duration: float, litellm: bool,
@@ -267,16 +268,20 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
         ng_port, bare_port, old_port = free_port(), free_port(), free_port()
+        uv_port = free_port()
         ceiling = [PY, str(ROOT / "bench" / "ceiling.py"), "--upstream-port", str(up_port)]
         with process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0), \
-                process([*ceiling, "--port", str(bare_port)], cpu=0) as bare_proc, \
+                process([*ceiling, "--port", str(bare_port), "--protocol", "modelberth"],
+                        cpu=0) as bare_proc, \
+                process([*ceiling, "--port", str(uv_port)], cpu=0) as uv_proc, \
                 process([*ceiling, "--port", str(old_port), "--client", "aiohttp"],
                         cpu=0) as old_proc:
-            for port in (ng_port, bare_port, old_port):
+            for port in (ng_port, bare_port, uv_port, old_port):
                 wait_http(f"http://127.0.0.1:{port}/health")
             targets = [("direct", direct), ("modelberth", mb_url),
                        ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}"),
                        (BARE, f"http://127.0.0.1:{bare_port}"),
+                       (BARE_UVICORN, f"http://127.0.0.1:{uv_port}"),
                        (BARE_AIOHTTP, f"http://127.0.0.1:{old_port}")]
             with litellm_proxy(work, up_port, litellm) as lite:
                 if lite:
@@ -285,7 +290,8 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
                 for _, url in targets:
                     wrk(work, url, 8, 1)  # warm-up
                 one = interleaved(work, targets, 1, duration, reps)
-                pids = {"modelberth": mb_pid, BARE: bare_proc.pid, BARE_AIOHTTP: old_proc.pid}
+                pids = {"modelberth": mb_pid, BARE: bare_proc.pid, BARE_UVICORN: uv_proc.pid,
+                        BARE_AIOHTTP: old_proc.pid}
                 many = interleaved(work, targets, 64, duration, reps, pids)
                 for name, _ in targets:
                     rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
