@@ -162,7 +162,7 @@ class Http1Protocol(asyncio.Protocol):
             "scheme": "http", "method": parser.get_method().decode("ascii"), "root_path": "",
             "path": urllib.parse.unquote(path) if "%" in path else path,
             "raw_path": raw_path, "query_string": url.query or b"",
-            "headers": self._headers, "state": self.app_state.copy(),
+            "headers": self._headers,
         }
         keep_alive = version != "1.0" and parser.should_keep_alive()
         handler = self.router(scope["method"], scope["path"]) if self.router else None
@@ -338,6 +338,7 @@ class Exchange:
             if self.handler is not None:
                 await self.handler(self)
             else:
+                self.scope["state"] = self.conn.app_state.copy()  # the lifespan's state
                 await app(self.scope, self.receive, self.send)
         except BaseException as exc:
             error_log.error("Exception in ASGI application\n", exc_info=exc)

@@ -80,36 +80,13 @@ class UsageReader:
             self._truncated = True
 
     def result(self) -> Usage:
-        if self.streaming:
-            documents = self._stream_documents()
-        else:
-            documents = [_tail_fields(self._kept) if self._truncated else self._document()]
-        usage = Usage()
-        for doc in documents:
-            if not isinstance(doc, dict):
-                continue
-            usage.model = doc.get("model") or usage.model
-            reported = doc.get("usage")
-            if isinstance(reported, dict):
-                usage.input_tokens = _int(reported.get("prompt_tokens")) or usage.input_tokens
-                usage.output_tokens = _int(reported.get("completion_tokens")) \
-                    or usage.output_tokens
-            timings = doc.get("timings")
-            if isinstance(timings, dict):
-                usage.input_tokens = usage.input_tokens or _int(timings.get("prompt_n"))
-                usage.output_tokens = usage.output_tokens or _int(timings.get("predicted_n"))
-                rate = timings.get("predicted_per_second")
-                usage.tokens_per_second = float(rate) if isinstance(rate, int | float) else None
-        if self.streaming and usage.output_tokens is None and self.content_events:
+        if not self.streaming:
+            return _usage_from([_tail_fields(self._kept)]) if self._truncated \
+                else usage_of_answer(bytes(self._kept))
+        usage = _usage_from(self._stream_documents())
+        if usage.output_tokens is None and self.content_events:
             usage.output_tokens = self.content_events  # about one token per content chunk
         return usage
-
-    def _document(self) -> dict[str, Any] | None:
-        try:
-            fields = _ANSWER.decode(self._kept)
-        except msgspec.DecodeError:
-            return None
-        return {"model": fields.model, "usage": fields.usage, "timings": fields.timings}
 
     def _stream_documents(self) -> list[Any]:
         docs = []
@@ -123,7 +100,41 @@ class UsageReader:
         return docs
 
 
-def _tail_fields(tail: bytearray) -> dict[str, Any]:
+def usage_of_answer(answer: bytes) -> Usage:
+    """The usage reported in a whole, non-streamed answer."""
+    if len(answer) > _FULL_PARSE:
+        return _usage_from([_tail_fields(answer[-_TAIL:])])
+    try:
+        fields = _ANSWER.decode(answer)
+    except msgspec.DecodeError:
+        return Usage()
+    return _usage_from([{"model": fields.model, "usage": fields.usage,
+                         "timings": fields.timings}])
+
+
+def _usage_from(documents: list[Any]) -> Usage:
+    """Usage from answer documents: OpenAI `usage` (a later document's wins) or llama.cpp
+    `timings` (filling what `usage` left out)."""
+    usage = Usage()
+    for doc in documents:
+        if not isinstance(doc, dict):
+            continue
+        usage.model = doc.get("model") or usage.model
+        reported = doc.get("usage")
+        if isinstance(reported, dict):
+            usage.input_tokens = _int(reported.get("prompt_tokens")) or usage.input_tokens
+            usage.output_tokens = _int(reported.get("completion_tokens")) \
+                or usage.output_tokens
+        timings = doc.get("timings")
+        if isinstance(timings, dict):
+            usage.input_tokens = usage.input_tokens or _int(timings.get("prompt_n"))
+            usage.output_tokens = usage.output_tokens or _int(timings.get("predicted_n"))
+            rate = timings.get("predicted_per_second")
+            usage.tokens_per_second = float(rate) if isinstance(rate, int | float) else None
+    return usage
+
+
+def _tail_fields(tail: bytes | bytearray) -> dict[str, Any]:
     """The last `usage`, `timings` and `model` values found in the tail of a JSON body."""
     text = bytes(tail)
     found: dict[str, Any] = {}
@@ -249,9 +260,10 @@ class RequestObservation:
                         self.began_ns, now, self._attributes, failed)
 
     def _record_usage(self, usage: Usage) -> None:
-        for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-            if count:
-                self.metrics.count_tokens(self.model, kind, count)
+        if usage.input_tokens:
+            self.metrics.count_tokens(self.model, "input", usage.input_tokens)
+        if usage.output_tokens:
+            self.metrics.count_tokens(self.model, "output", usage.output_tokens)
         rate = usage.tokens_per_second
         generating = time.perf_counter() - (self.first_byte or self.began)
         if rate is None and usage.output_tokens and generating > 0:

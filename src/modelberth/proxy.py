@@ -19,7 +19,7 @@ from opentelemetry import trace
 from modelberth import auth
 from modelberth.http1 import Exchange, Handler
 from modelberth.lifecycle import Model
-from modelberth.observe import RequestObservation, UsageReader
+from modelberth.observe import RequestObservation, UsageReader, usage_of_answer
 from modelberth.registry import Registry
 from modelberth.types import APIError
 from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamUnreachable
@@ -199,7 +199,7 @@ class Proxy:
 
     async def _relay_answer(self, model: Model, exchange: Exchange, resp: UpstreamResponse,
                             obs: RequestObservation, early: bool) -> None:
-        is_sse = resp.content_type == b"text/event-stream"
+        headers, is_sse, length = _answer_head(resp)
         if early and resp.status != 200:
             text = (await _read_or_empty(resp)).decode("utf-8", "replace")
             error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
@@ -208,8 +208,6 @@ class Proxy:
             end_sse_with_error(exchange, error)
             return
         if not early:  # else the SSE head went out while the model loaded
-            headers = [(k, v) for k, v in resp.headers if k not in _RESPONSE_DROPPED]
-            length = resp.content_length
             if not is_sse and length is not None and length <= _WHOLE:
                 await self._relay_whole(model, resp, exchange, headers, obs)
                 return
@@ -235,18 +233,18 @@ class Proxy:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
         502 (nothing has been sent yet)."""
-        try:
-            answer = await resp.read()
-        except UpstreamError as exc:
-            error = _upstream_error(model, exc)
-            obs.finish(error.status, error=error.message)
-            respond_error(exchange, error)
-            return
+        answer = resp.arrived_whole()
+        if answer is None:
+            try:
+                answer = await resp.read()
+            except UpstreamError as exc:
+                error = _upstream_error(model, exc)
+                obs.finish(error.status, error=error.message)
+                respond_error(exchange, error)
+                return
         obs.first_chunk()
         exchange.respond(resp.status, headers, answer)
-        usage = UsageReader(streaming=False)
-        usage.feed(answer)
-        obs.finish(resp.status, usage.result())
+        obs.finish(resp.status, usage_of_answer(answer))
 
     @staticmethod
     def _broken_stream(model: Model, exchange: Exchange, is_sse: bool, error: APIError) -> None:
@@ -262,6 +260,21 @@ async def _read_or_empty(resp: UpstreamResponse) -> bytes:
         return await resp.read()
     except UpstreamError:
         return b""
+
+
+def _answer_head(resp: UpstreamResponse) -> tuple[list[tuple[bytes, bytes]], bool, int | None]:
+    """In one pass over the answer's headers: those to relay, whether it is an SSE stream,
+    and its Content-Length."""
+    relayed = []
+    is_sse, length = False, None
+    for name, value in resp.headers:
+        if name == b"content-type":
+            is_sse = value.partition(b";")[0].strip().lower() == b"text/event-stream"
+        elif name == b"content-length" and value.isdigit():
+            length = int(value)
+        if name not in _RESPONSE_DROPPED:
+            relayed.append((name, value))
+    return relayed, is_sse, length
 
 
 class _Answered(Exception):

@@ -73,9 +73,11 @@ class _Connection(asyncio.Protocol):
             self._transport.write(head)
             self._transport.write(body)
 
-    async def head_received(self) -> None:
+    def head_received(self) -> asyncio.Future[None]:
+        """Done when the answer's head has arrived (a future, not a coroutine: one frame
+        less on every request's path)."""
         assert self._head is not None
-        await self._head
+        return self._head
 
     def take(self) -> bytes:
         """Everything received since the last call, or b""."""
@@ -197,22 +199,6 @@ class UpstreamResponse:
         self.status = conn.status
         self.headers = conn.headers
 
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    @property
-    def content_type(self) -> bytes:
-        value = self.header(b"content-type") or b""
-        return value.partition(b";")[0].strip().lower()
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.header(b"content-length")
-        return int(value) if value is not None and value.isdigit() else None
-
     async def next_piece(self) -> bytes:
         """The body received since the last call (waiting for some); b"" at the end.
         Raises UpstreamError when the upstream breaks off."""
@@ -226,6 +212,12 @@ class UpstreamResponse:
             if conn.error is not None:
                 raise conn.error
             await conn.more()
+
+    def arrived_whole(self) -> bytes | None:
+        """The whole body if all of it is here already (a small answer usually comes in the
+        same read as its head), else None; `read()` waits for it."""
+        conn = self._conn
+        return conn.take() if conn.complete else None
 
     async def read(self) -> bytes:
         pieces = []
