@@ -252,7 +252,7 @@ def rss_mb(pid: int) -> float:
 # --- scenarios -----------------------------------------------------------------------------
 
 
-BARE = "bare ASGI on modelberth's protocol and client (ceiling)"
+BARE = "bare handler on modelberth's protocol and client (ceiling)"
 BARE_UVICORN = "bare ASGI on uvicorn's protocol + modelberth's client"
 BARE_AIOHTTP = "bare ASGI on uvicorn's protocol + aiohttp (earlier stack)"
 

@@ -341,7 +341,8 @@ class Exchange:
                 self.scope["state"] = self.conn.app_state.copy()  # the lifespan's state
                 await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            error_log.error("Exception in ASGI application\n", exc_info=exc)
+            error_log.error("Exception while answering %s %s\n", self.scope["method"],
+                            self.scope["path"], exc_info=exc)
             if not self.started and not self.disconnected:
                 self._send_500()
             else:
