@@ -321,3 +321,13 @@ async def test_head_and_body_of_a_turn_leave_in_one_write() -> None:
     assert transport.writes[0].endswith(b"\r\n\r\nPOST /echo ab")
     with contextlib.suppress(Exception):
         protocol.connection_lost(None)
+
+
+async def test_upgrade_requests_are_answered_as_plain_http(server: tuple[int, Direct]) -> None:
+    reader, writer = await connect(server[0])
+    writer.write(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+                 b"upgrade: websocket\r\n\r\n")
+    _, headers, body = await read_response(reader)
+    assert body == b"GET /chat " and headers[b"connection"] == b"close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()

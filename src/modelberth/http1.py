@@ -114,7 +114,12 @@ class Http1Protocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # no upgrades: the request is answered as a plain HTTP request
+            # No protocol upgrades: the request is answered as plain HTTP, and the connection
+            # ends there (the parser reads nothing after an upgrade request).
+            exchange = self.incoming or self.current
+            if exchange is not None:
+                exchange.keep_alive = False
+                self.on_message_complete()
         except httptools.HttpParserError as exc:
             error_log.warning("Invalid HTTP request received: %s", exc)
             self._reject(b"Invalid HTTP request received.")
