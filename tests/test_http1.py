@@ -50,12 +50,13 @@ class Direct:
         exchange.finish()
 
     async def hang(self, exchange: Exchange) -> None:
-        exchange.on_disconnect = self._gone
-        await self.release.wait()
-
-    def _gone(self) -> None:
-        self.disconnects += 1
-        self.release.set()
+        exchange.cancel_on_disconnect = True
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.disconnects += 1
+            self.release.set()
+            raise
 
 
 async def asgi_app(scope: Message, receive: Receive, send: Send) -> None:

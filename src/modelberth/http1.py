@@ -100,8 +100,9 @@ class Http1Protocol(asyncio.Protocol):
             if exchange is not None and not exchange.disconnected:
                 exchange.disconnected = True
                 exchange.wake()
-                if exchange.on_disconnect is not None and not exchange.done:
-                    exchange.on_disconnect()
+                if exchange.cancel_on_disconnect and exchange.task is not None \
+                        and not exchange.done:
+                    exchange.task.cancel(msg="client disconnected")
         self.waiting.clear()
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
@@ -263,7 +264,7 @@ class Http1Protocol(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self.current = exchange
-        task = self.loop.create_task(exchange.run(self.app))
+        task = exchange.task = self.loop.create_task(exchange.run(self.app))
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
 
@@ -296,6 +297,7 @@ class Exchange:
     __slots__ = (
         "body",
         "buffered",
+        "cancel_on_disconnect",
         "chunked",
         "complete",
         "conn",
@@ -306,10 +308,10 @@ class Exchange:
         "handler",
         "head_only",
         "keep_alive",
-        "on_disconnect",
         "remaining",
         "scope",
         "started",
+        "task",
         "waiter",
     )
 
@@ -331,8 +333,10 @@ class Exchange:
         self.remaining: int | None = None  # body bytes still due under Content-Length
         self.head_only = scope["method"] == "HEAD"
         self.waiter: asyncio.Future[None] | None = None
-        # Called if the client goes away before the response is complete.
-        self.on_disconnect: Callable[[], None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the one answering, once started
+        # Set by a handler: the client going away before the response is complete cancels
+        # `task` (with the message "client disconnected").
+        self.cancel_on_disconnect = False
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

@@ -169,7 +169,7 @@ class RequestObservation:
         self.metrics = metrics
         self.began = time.perf_counter()
         self.path: str = scope["path"]
-        self.operation = _OPERATIONS.get(self.path, self.path.removeprefix("/v1/"))
+        self.operation = _OPERATIONS.get(self.path) or self.path.removeprefix("/v1/")
         self.model = ""
         self.queue_seconds = 0.0
         self.first_byte: float | None = None
@@ -202,6 +202,13 @@ class RequestObservation:
             self._name = f"{self.operation} {requested}"
             self._attributes["gen_ai.request.model"] = requested
             self._attributes["modelberth.model"] = model
+
+    def admitted_at_once(self) -> None:
+        """The model was ready and free: no wait (recorded as such, no span)."""
+        self.metrics.queue_wait.record(0.0, self.model)
+        if self._started is not None:
+            self._attributes["modelberth.cold_start"] = False
+            self._attributes["modelberth.queue_ms"] = 0.0
 
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began

@@ -66,7 +66,7 @@ class Proxy:
             model = self.registry.require(name)
             obs.named(model.name, name)
             if model.try_enter():  # ready and free: the common case, without a wait
-                obs.queued(time.perf_counter(), cold=False)
+                obs.admitted_at_once()
             else:
                 keepalive = server.stream_keepalive if streaming else 0.0
                 early = await self._admit(model, obs, exchange, keepalive)
@@ -150,25 +150,19 @@ class Proxy:
 
     async def _forward(self, model: Model, exchange: Exchange, target: str, body: bytes,
                        obs: RequestObservation, early: bool, retry: bool = False) -> None:
-        """Relay one request; the client's connection closing cancels the relay, which closes
-        the upstream call."""
-        task = asyncio.current_task()
-        assert task is not None
-
-        def client_gone() -> None:
-            task.cancel(msg="client disconnected")
-
+        """Relay one request; the client's connection closing cancels the relay (the
+        exchange cancels this task), which closes the upstream call."""
         if not exchange.disconnected:
-            exchange.on_disconnect = client_gone
+            exchange.cancel_on_disconnect = True
             try:
                 await self._relay(model, exchange, target, body, obs, early, retry)
                 return
             except asyncio.CancelledError:
-                if not exchange.disconnected:
+                if not exchange.disconnected or exchange.task is None:
                     raise
-                task.uncancel()
+                exchange.task.uncancel()
             finally:
-                exchange.on_disconnect = None
+                exchange.cancel_on_disconnect = False
         obs.finish(499, error="client disconnected")
         logger.bind(model=model.name).info("client disconnected; upstream request closed")
 
