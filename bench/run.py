@@ -427,10 +427,13 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
     receiver = HttpReceiver()
     otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-    sampled = {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-               "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    def sampled(ratio: str) -> dict[str, str]:
+        return {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio}
+
     variants: list[tuple[str, dict[str, str]]] = [
-        ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp), ("tracing 10% sampled", sampled)]
+        ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
+        ("tracing 10% sampled", sampled("0.1")), ("tracing 1% sampled", sampled("0.01"))]
     try:
         with ExitStack() as stack:  # all three at once, so their runs can be interleaved
             targets, pids = [], {}
