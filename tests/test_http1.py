@@ -4,7 +4,6 @@ framing, keep-alive, pipelining, request bodies, errors, disconnects, flow contr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -307,6 +306,14 @@ class _Recording(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1)
 
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    paused = False
+
 
 async def test_head_and_body_of_a_turn_leave_in_one_write() -> None:
     config = uvicorn.Config(asgi_app, log_config=None)
@@ -320,8 +327,7 @@ async def test_head_and_body_of_a_turn_leave_in_one_write() -> None:
     assert len(transport.writes) == 1
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.writes[0].endswith(b"\r\n\r\nPOST /echo ab")
-    with contextlib.suppress(Exception):
-        protocol.connection_lost(None)
+    protocol.connection_lost(None)
 
 
 async def test_upgrade_requests_are_answered_as_plain_http(server: tuple[int, Direct]) -> None:
@@ -332,3 +338,34 @@ async def test_upgrade_requests_are_answered_as_plain_http(server: tuple[int, Di
     assert body == b"GET /chat " and headers[b"connection"] == b"close"
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_a_request_body_the_app_does_not_read_stops_the_reading() -> None:
+    received: list[bytes] = []
+    reading = asyncio.Event()
+
+    async def slow_reader(scope: Message, receive: Receive, send: Send) -> None:
+        await reading.wait()
+        while (message := await receive())["more_body"]:
+            received.append(message["body"])
+        received.append(message["body"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol = Http1Protocol(uvicorn.Config(slow_reader, log_config=None),
+                             uvicorn.server.ServerState(), {}, asyncio.get_running_loop())
+    transport = _Recording()
+    protocol.connection_made(transport)
+    protocol.data_received(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n")
+    protocol.data_received(b"x" * 100000)  # more than the 64 KB the connection buffers
+    assert transport.paused
+    reading.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not transport.paused  # the app took what was buffered: reading goes on
+    protocol.data_received(b"y" * 100000)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert b"".join(received) == b"x" * 100000 + b"y" * 100000
+    assert transport.writes[0].startswith(b"HTTP/1.1 204 No Content\r\n")
+    protocol.connection_lost(None)

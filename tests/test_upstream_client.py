@@ -101,12 +101,29 @@ async def test_a_chunked_answer_arrives_piece_by_piece() -> None:
     client = UpstreamClient()
     async with serving(chunked) as (_, port):
         resp = await client.request("POST", "127.0.0.1", port, "/", [], b"{}")
-        assert (b"content-type", b"text/event-stream") in resp.headers
+        assert (b"content-type", b"text/event-stream") in resp.headers  # names in lower case
         assert b"content-length" not in dict(resp.headers)
+        assert resp.arrived_whole() is None  # not all here yet, and nothing taken
         assert await resp.next_piece() == b"data 1"  # before the rest was even written
         release.set()
         assert await resp.next_piece() == b"data 2"
         assert await resp.next_piece() == b""
+        resp.release()
+        await client.close()
+
+
+async def test_a_small_answer_is_there_whole_with_its_head() -> None:
+    async def small(head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 7\r\n\r\n{\"a\":1}")
+        return True
+
+    client = UpstreamClient()
+    async with serving(small) as (_, port):
+        resp = await client.request("POST", "127.0.0.1", port, "/", [], b"{}")
+        assert resp.headers == [(b"content-type", b"application/json"),
+                                (b"content-length", b"7")]
+        assert resp.arrived_whole() == b'{"a":1}'
         resp.release()
         await client.close()
 
