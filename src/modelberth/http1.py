@@ -1,11 +1,12 @@
 """The HTTP/1.1 protocol uvicorn runs for each client connection, in place of its own.
 
 uvicorn keeps the process: sockets, lifespan, signals, graceful shutdown, the Date header.
-This protocol parses requests (httptools), calls the ASGI app once per request, frames the
-answers and holds writes until the end of the event-loop turn, so a response's head and body
-leave in one system call. It does per request only what modelberth needs: about half the
-CPU time of uvicorn's protocol (docs/decisions.md). No WebSocket upgrades, no TLS-specific
-handling beyond the scheme."""
+This protocol parses requests (httptools) and hands each to a direct handler when its router
+claims it (the proxy's requests: no ASGI messages), else to the ASGI app (FastAPI). It frames
+the answers and holds writes until the end of the event-loop turn, so a response's head and
+body leave in one system call. It does per request only what modelberth needs: the barest
+forwarder on it costs 31 us of CPU per request against ~50 us on uvicorn's own protocol
+(docs/decisions.md). No WebSocket upgrades (answered as plain HTTP), no TLS."""
 
 from __future__ import annotations
 
