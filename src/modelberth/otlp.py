@@ -52,10 +52,10 @@ def _len(field: int, data: bytes) -> bytes:
 
 _TAGS = [_varint(key) for key in range(17 << 3)]
 _BYTE = [bytes((value,)) for value in range(0x80)]
-# Most attributes repeat from span to span (operation, method, path, model, status): each
-# key with its text or boolean value is encoded once.
+# Most attributes repeat from span to span (operation, method, path, model, status, token
+# counts): each key with its text, boolean or integer value is encoded once. Floats vary.
 _PAIRS: dict[tuple[int, str, type, Any], bytes] = {}
-_MAX_PAIRS = 4096
+_MAX_PAIRS = 16384
 
 
 def _text(field: int, value: str | None) -> bytes:
@@ -90,7 +90,8 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     parts = []
     for key, value in attributes.items():
         kind = value.__class__
-        memo = (field, key, kind, value) if kind is str or kind is bool else None
+        memo = (field, key, kind, value) if kind is str or kind is int or kind is bool \
+            else None
         encoded = _PAIRS.get(memo) if memo is not None else None
         if encoded is None:
             encoded = _len(field, _len(1, key.encode()) + _len(2, _any_value(value)))
