@@ -146,26 +146,29 @@ def _with_sources(data: MetricsData | None, sources: list[MetricSource]) -> Metr
     return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
 
 
-class _PrometheusReader(PrometheusMetricReader):
+class _WithSources(MetricReader):
+    """A reader that adds the histograms aggregated outside the SDK (metric sources) to what
+    the SDK collected, before its exporter sees them."""
+
+    _sources: list[MetricSource]
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+                         **kwargs: Any) -> None:
+        super()._receive_metrics(  # type: ignore[safe-super]
+            _with_sources(metrics_data, self._sources),  # type: ignore[arg-type]
+            timeout_millis, **kwargs)
+
+
+class _PrometheusReader(_WithSources, PrometheusMetricReader):
     def __init__(self, registry: CollectorRegistry, sources: list[MetricSource]) -> None:
         super().__init__(scope_info_enabled=False, registry=registry)
         self._sources = sources
 
-    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-                         **kwargs: Any) -> None:
-        super()._receive_metrics(_with_sources(metrics_data, self._sources),  # type: ignore[arg-type]
-                                 timeout_millis, **kwargs)
 
-
-class _OtlpReader(PeriodicExportingMetricReader):
+class _OtlpReader(_WithSources, PeriodicExportingMetricReader):
     def __init__(self, exporter: MetricExporter, sources: list[MetricSource]) -> None:
         super().__init__(exporter)
         self._sources = sources
-
-    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-                         **kwargs: Any) -> None:
-        super()._receive_metrics(_with_sources(metrics_data, self._sources),  # type: ignore[arg-type]
-                                 timeout_millis, **kwargs)
 
 
 def _env(name: str, signal: str) -> str | None:
