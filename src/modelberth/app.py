@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -14,28 +14,20 @@ from fastapi import FastAPI
 from modelberth import __version__
 from modelberth.api import admin, errors, health, openai
 from modelberth.config import Config
-from modelberth.http1 import Handler, Message
 from modelberth.proxy import Proxy
 from modelberth.registry import Registry
 from modelberth.reload import install_sighup, watch_config
 
 
 class ModelberthApp:
-    """POST /v1/* and /upstream/* go to the proxy (`route`); everything else, and the
-    lifespan, to FastAPI."""
+    """The registry and its two handlers: the server routes POST /v1/* and /upstream/* to
+    `proxy` (through `proxy.route`) and everything else, and the lifespan, to `api`."""
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  watch: bool = False) -> None:
         self.registry = Registry(config, config_path=config_path)
         self.proxy = Proxy(self.registry)
         self.api = _build_api(self.registry, watch)
-
-    def route(self, method: str, path: str) -> Handler | None:
-        return self.proxy.route(method, path)
-
-    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
-        await self.api(scope, receive, send)
 
 
 def _build_api(registry: Registry, watch: bool) -> FastAPI:

@@ -55,7 +55,7 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
                        "can use and manage every model", server_cfg.host)
     app = create_app(config, config_path, watch)
     uv_config = uvicorn.Config(
-        app,
+        app.api,
         host=server_cfg.host,
         port=server_cfg.port,
         log_config=None,
@@ -66,6 +66,7 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         backlog=4096,
         proxy_headers=False,
         # uvicorn calls `http` like a protocol class; the partial hands it the proxy's router.
-        http=cast(type[asyncio.Protocol], functools.partial(Http1Protocol, router=app.route)),
+        http=cast(type[asyncio.Protocol],
+                  functools.partial(Http1Protocol, router=app.proxy.route)),
     )
     _Server(uv_config, on_ready).run()
