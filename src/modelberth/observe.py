@@ -203,13 +203,6 @@ class RequestObservation:
             self._attributes["gen_ai.request.model"] = requested
             self._attributes["modelberth.model"] = model
 
-    def admitted_at_once(self) -> None:
-        """The model was ready and free: no wait (recorded as such, no span)."""
-        self.metrics.queue_wait.record(0.0, self.model)
-        if self._started is not None:
-            self._attributes["modelberth.cold_start"] = False
-            self._attributes["modelberth.queue_ms"] = 0.0
-
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began
         self.metrics.queue_wait.record(self.queue_seconds, self.model)

@@ -66,7 +66,7 @@ class Proxy:
             model = self.registry.require(name)
             obs.named(model.name, name)
             if model.try_enter():  # ready and free: the common case, without a wait
-                obs.admitted_at_once()
+                obs.queued(time.perf_counter(), cold=False)
             else:
                 keepalive = server.stream_keepalive if streaming else 0.0
                 early = await self._admit(model, obs, exchange, keepalive)
