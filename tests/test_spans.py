@@ -1,13 +1,23 @@
-"""Request spans recorded without SDK Span objects come out as the SDK's tracer would make
-them: same sampling, ids, flags and parentage, exported in batches by the same exporter."""
+"""Request spans come out as the SDK's tracer would make them: same sampling, ids, flags and
+parentage, built off the event loop from what each request hands over, and exported in
+batches by the same exporter, in this process or in the span export process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import psutil
+import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
@@ -18,13 +28,16 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import wait_for
-from modelberth.spans import RawSpan, SpanBatcher, SpanRecorder, parent_span
-from otlp_receiver import KeptSpans
+from modelberth.request_trace import RequestTrace
+from modelberth.span_export import SpanExportProcess
+from modelberth.spans import SpanBatcher, SpanRecorder, Started, parent_span
+from otlp_receiver import HttpReceiver, KeptSpans, attributes
 
 TRACEPARENT = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 
 
 def _recorder(sampler: Any = None) -> tuple[SpanRecorder, KeptSpans, TracerProvider]:
@@ -32,6 +45,23 @@ def _recorder(sampler: Any = None) -> tuple[SpanRecorder, KeptSpans, TracerProvi
     provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(keep))  # for spans made by the SDK
     return SpanRecorder(provider, keep, InstrumentationScope("modelberth", "1")), keep, provider
+
+
+def _start(recorder: SpanRecorder, headers: list[tuple[bytes, bytes]] | None = None,
+           ) -> Started | None:
+    return recorder.start("chat", SpanKind.SERVER, headers or [], "POST",
+                          "/v1/chat/completions")
+
+
+def _trace(started: Started, **fields: Any) -> RequestTrace:
+    """What RequestObservation hands over for a request that went through."""
+    values: dict[str, Any] = {
+        "began_ns": 5, "end_ns": 25, "operation": "chat", "method": "POST",
+        "path": "/v1/chat/completions", "model": "m", "requested": "gpt-4o-mini",
+        "queue": (6, 1, False), "upstream": (0xC11E, 10, "http://127.0.0.1:9/v1/chat"),
+        "status": 200, "usage": (3, 1, "m-0"), "error": None, **fields}
+    return (started.trace_id, started.span_id, started.flags, started.parent_id,
+            started.trace_state, started.sampler_attributes, *values.values())
 
 
 def _exported(recorder: SpanRecorder, keep: KeptSpans, count: int) -> list[ReadableSpan]:
@@ -42,77 +72,129 @@ def _exported(recorder: SpanRecorder, keep: KeptSpans, count: int) -> list[Reada
 
 def test_a_root_span_matches_what_the_sdk_tracer_makes() -> None:
     recorder, keep, provider = _recorder()
-    started = recorder.start("chat", SpanKind.SERVER, [(b"host", b"x")], {})
-    assert started is not None and started.parent is None
+    started = _start(recorder)
+    assert started is not None and started.parent_id == 0 and not started.carried
     sdk_span = provider.get_tracer("x").start_span("chat", kind=SpanKind.SERVER)
     assert started.flags == sdk_span.get_span_context().trace_flags  # sampled, random id
-    client = recorder.new_span_id()
-    recorder.record("POST /v1/chat", started, client, started.span_id, SpanKind.CLIENT, 10, 20,
-                    {"http.response.status_code": 502}, Status(StatusCode.ERROR, "boom"))
-    recorder.record("chat m", started, started.span_id, None, SpanKind.SERVER, 5, 25, {"a": 1})
+    recorder.hand_over(_trace(started, status=502, error="boom", usage=None))
     upstream, root = _exported(recorder, keep, 2)
     assert upstream.context is not None and root.context is not None
     assert upstream.context.trace_id == root.context.trace_id == started.trace_id
-    assert upstream.context.span_id == client
+    assert upstream.context.span_id == 0xC11E
+    assert root.context.span_id == started.span_id
     assert upstream.parent == root.context
-    assert upstream.kind is SpanKind.CLIENT
-    assert upstream.status.status_code is StatusCode.ERROR
+    assert upstream.kind is SpanKind.CLIENT and root.kind is SpanKind.SERVER
+    assert upstream.status.status_code is root.status.status_code is StatusCode.ERROR
     assert upstream.status.description == "boom"
+    assert (upstream.name, upstream.start_time, upstream.end_time) == (
+        "POST /v1/chat/completions", 10, 25)
+    assert dict(upstream.attributes or {}) == {
+        "url.full": "http://127.0.0.1:9/v1/chat", "gen_ai.request.model": "m",
+        "http.response.status_code": 502}
     assert root.parent is None
-    assert (root.name, root.start_time, root.end_time) == ("chat m", 5, 25)
-    assert dict(root.attributes or {}) == {"a": 1}
+    assert (root.name, root.start_time, root.end_time) == ("chat gpt-4o-mini", 5, 25)
+    assert dict(root.attributes or {}) == {
+        "gen_ai.operation.name": "chat", "http.request.method": "POST",
+        "url.path": "/v1/chat/completions", "gen_ai.request.model": "gpt-4o-mini",
+        "modelberth.model": "m", "modelberth.cold_start": False, "modelberth.queue_ms": 0.0,
+        "http.response.status_code": 502}
     assert root.resource is provider.resource
     assert root.instrumentation_scope == InstrumentationScope("modelberth", "1")
 
 
+def test_a_request_that_waited_or_started_its_model_gets_a_queue_span() -> None:
+    recorder, keep, _ = _recorder()
+    started = _start(recorder)
+    assert started is not None
+    recorder.hand_over(_trace(started, queue=(6, 2_500_000, False),  # waited 2.5 ms
+                              usage=(3, 1, "m-0")))
+    recorder.hand_over(_trace(started, queue=(6, 10, True)))  # a cold start, however short
+    recorder.hand_over(_trace(started, queue=(6, 999_999, False)))  # just under 1 ms: none
+    spans = _exported(recorder, keep, 8)
+    queues = [span for span in spans if span.name == "modelberth.queue"]
+    assert [(q.start_time, q.end_time) for q in queues] == [(6, 2_500_006), (6, 16)]
+    assert [dict(q.attributes or {}) for q in queues] == [
+        {"modelberth.cold_start": False}, {"modelberth.cold_start": True}]
+    assert all(q.parent is not None and q.parent.span_id == started.span_id for q in queues)
+    root = spans[2]
+    assert root.kind is SpanKind.SERVER and root.status.status_code is StatusCode.UNSET
+    root_attributes = dict(root.attributes or {})
+    assert root_attributes["modelberth.queue_ms"] == 2.5
+    assert root_attributes["gen_ai.response.model"] == "m-0"
+    assert root_attributes["gen_ai.usage.input_tokens"] == 3
+    assert root_attributes["gen_ai.usage.output_tokens"] == 1
+
+
+def test_a_request_refused_before_its_model_is_known_is_one_server_span() -> None:
+    recorder, keep, _ = _recorder()
+    started = _start(recorder)
+    assert started is not None
+    recorder.hand_over(_trace(started, model="", requested="", queue=None, upstream=None,
+                              status=404, usage=None, error="model 'x' not found"))
+    (root,) = _exported(recorder, keep, 1)
+    assert root.name == "chat"
+    assert root.status.status_code is StatusCode.ERROR
+    assert root.status.description == "model 'x' not found"
+    assert "gen_ai.request.model" not in (root.attributes or {})
+
+
 def test_a_remote_parent_is_continued() -> None:
     recorder, keep, _ = _recorder()
-    started = recorder.start("chat", SpanKind.SERVER, [TRACEPARENT], {})
-    assert started is not None and started.parent is not None
-    assert started.parent.is_remote
-    assert started.trace_id == started.parent.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    started = _start(recorder, [TRACEPARENT])
+    assert started is not None and started.carried
+    assert started.parent_id == REMOTE_SPAN
+    assert started.trace_id == REMOTE_TRACE
     assert started.flags == 1  # no random-id flag the parent did not have
-    recorder.record("chat", started, started.span_id, started.parent, SpanKind.SERVER, 1, 2, {})
+    recorder.hand_over(_trace(started, upstream=None))
     (span,) = _exported(recorder, keep, 1)
-    assert span.parent == started.parent
+    assert span.parent is not None and span.parent.is_remote
+    assert (span.parent.trace_id, span.parent.span_id) == (REMOTE_TRACE, REMOTE_SPAN)
 
 
 def test_the_providers_sampler_decides() -> None:
     recorder, _, _ = _recorder(ALWAYS_OFF)
-    assert recorder.start("chat", SpanKind.SERVER, [], {}) is None
+    assert _start(recorder) is None
     recorder, _, _ = _recorder(ParentBasedTraceIdRatio(0.5))
-    decisions = [recorder.start("chat", SpanKind.SERVER, [], {}) is not None
-                 for _ in range(4000)]
+    decisions = [_start(recorder) is not None for _ in range(4000)]
     assert 1700 < sum(decisions) < 2300
     unsampled = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
-    assert recorder.start("chat", SpanKind.SERVER, [unsampled], {}) is None  # parent said no
-    assert recorder.start("chat", SpanKind.SERVER, [TRACEPARENT], {}) is not None
+    assert _start(recorder, [unsampled]) is None  # parent said no
+    assert _start(recorder, [TRACEPARENT]) is not None
 
 
 def test_a_sampler_of_another_kind_is_asked_for_every_request() -> None:
-    asked: list[str] = []
+    asked: list[tuple[str, dict[str, Any]]] = []
 
     class Counting(StaticSampler):
         def should_sample(self, *args: Any, **kwargs: Any) -> Any:
-            asked.append(kwargs["name"])
+            asked.append((kwargs["name"], dict(kwargs["attributes"])))
             return super().should_sample(*args, **kwargs)
 
     recorder, _, _ = _recorder(ParentBased(Counting(Decision.RECORD_AND_SAMPLE)))
-    assert recorder.start("chat", SpanKind.SERVER, [], {}) is not None
-    assert asked == ["chat"]
+    assert _start(recorder) is not None
+    assert asked == [("chat", {"http.request.method": "POST",
+                               "url.path": "/v1/chat/completions"})]
 
 
 def test_the_upstream_gets_a_traceparent_naming_the_client_span() -> None:
     recorder, _, _ = _recorder()
-    started = recorder.start("chat", SpanKind.SERVER, [TRACEPARENT], {})
+    started = _start(recorder, [TRACEPARENT])
     assert started is not None
-    assert recorder.propagation(started, 0xDEF) == [
+    headers = [(b"content-type", b"application/json"), TRACEPARENT]  # the client's, forwarded
+    recorder.propagate(started, 0xDEF, headers)
+    assert headers == [
+        (b"content-type", b"application/json"),
         (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-0000000000000def-01")]
+    root = _start(recorder)
+    assert root is not None
+    headers = []
+    recorder.propagate(root, 0xABC, headers)
+    assert headers == [(b"traceparent", f"00-{root.trace_id:032x}-{0xABC:016x}-03".encode())]
 
 
 def test_sdk_spans_made_meanwhile_take_the_recorded_span_as_parent() -> None:
     recorder, keep, provider = _recorder()
-    started = recorder.start("chat", SpanKind.SERVER, [], {})
+    started = _start(recorder)
     assert started is not None
     with trace.use_span(parent_span(recorder.context(started))):
         provider.get_tracer("x").start_span("modelberth.model.start").end()
@@ -122,12 +204,12 @@ def test_sdk_spans_made_meanwhile_take_the_recorded_span_as_parent() -> None:
     assert start.context.trace_id == started.trace_id
 
 
-def _raw(name: str) -> RawSpan:
-    return (name, 1, 2, None, 1, None, SpanKind.INTERNAL, 0, 1, {}, None)
+def _raw(name: str) -> tuple[str]:
+    return (name,)
 
 
-def _batcher(exporter: SpanExporter, **settings: Any) -> SpanBatcher[list[RawSpan]]:
-    def send(batches: list[list[RawSpan]]) -> object:
+def _batcher(exporter: SpanExporter, **settings: Any) -> SpanBatcher[list[tuple[str]]]:
+    def send(batches: list[list[tuple[str]]]) -> object:
         return exporter.export([ReadableSpan(name=raw[0]) for batch in batches for raw in batch])
 
     return SpanBatcher(lambda batch: batch, send, exporter.shutdown, **settings)
@@ -176,3 +258,137 @@ async def test_spans_are_prepared_in_groups_on_the_loop_and_sent_per_batch() -> 
     assert sent == [["s0,s1", "s2,s3", "s4"]]  # a batch of five, prepared two at a time
     batcher.shutdown()
     assert sent[1] == ["s5,s6"]
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpReceiver]:
+    receiver = HttpReceiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    yield receiver
+    receiver.close()
+
+
+def _process_recorder(restart_after: float = 5.0) -> tuple[SpanRecorder, SpanExportProcess]:
+    provider = TracerProvider(resource=Resource.create({"service.name": "modelberth-test"}))
+    scope = InstrumentationScope("modelberth", "1")
+    process = SpanExportProcess(provider.resource, scope, "plain", "INFO", restart_after)
+    return SpanRecorder(provider, process, scope), process
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _ignores(pid: int, sig: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
+    return bool(int(mask, 16) & (1 << (sig - 1)))
+
+
+async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpReceiver,
+                                                              ) -> None:
+    recorder, process = _process_recorder()
+    child = process.pid
+    assert child is not None and not _gone(child)
+    wait_for(lambda: _ignores(child, signal.SIGINT) and _ignores(child, signal.SIGTERM))
+    os.kill(child, signal.SIGTERM)  # a service manager's stop: the child stays for the end
+    started = _start(recorder, [TRACEPARENT])
+    assert started is not None
+    for _ in range(100):  # two groups of 64 and a partial one, in one batch
+        recorder.hand_over(_trace(started))
+    recorder.batcher.flush()
+    spans = await asyncio.to_thread(
+        wait_for, lambda: len(receiver.received.spans) >= 200 and receiver.received.spans)
+    assert len(spans) == 200
+    server = next(span for span in spans if span.name == "chat gpt-4o-mini")
+    assert server.trace_id.hex() == f"{REMOTE_TRACE:032x}"
+    assert server.parent_span_id.hex() == f"{REMOTE_SPAN:016x}"
+    assert attributes(server.attributes)["gen_ai.usage.input_tokens"] == 3
+    recorder.hand_over(_trace(started, requested="last"))
+    recorder.shutdown()  # what is pending is exported before the child exits
+    assert process.pid is None and _gone(child)
+    assert receiver.received.span_named("chat last")
+
+
+def test_a_lost_export_process_is_replaced(receiver: HttpReceiver,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    recorder, process = _process_recorder(restart_after=0)
+    first = process.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: _gone(first))
+    started = _start(recorder)
+    assert started is not None
+    recorder.hand_over(_trace(started, requested="after"))
+    recorder.batcher.flush()
+    wait_for(lambda: receiver.received.span_named("chat after"))
+    second = process.pid
+    assert second is not None and second != first
+    recorder.shutdown()
+    assert _gone(second)
+
+
+def test_the_export_process_ends_with_the_server(tmp_path: Any,
+                                                 receiver: HttpReceiver) -> None:
+    """A server killed outright closes the pipe: the child exports what it has and exits."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import sys, time\n"
+        "from opentelemetry.sdk.resources import Resource\n"
+        "from opentelemetry.sdk.util.instrumentation import InstrumentationScope\n"
+        "from modelberth.span_export import SpanExportProcess\n"
+        "p = SpanExportProcess(Resource.create({}), InstrumentationScope('m'), 'plain', 'INFO')\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    server = psutil.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        child = int(server.stdout.readline())
+        assert not _gone(child)
+        server.kill()
+        server.wait(10)
+        wait_for(lambda: _gone(child))
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.kill()
+
+
+def test_a_stalled_export_process_refuses_batches_and_is_killed_at_close(
+        receiver: HttpReceiver) -> None:
+    provider = TracerProvider()
+    process = SpanExportProcess(provider.resource, InstrumentationScope("m"), "plain", "INFO",
+                                max_backlog=1 << 20)
+    child = process.pid
+    assert child is not None
+    os.kill(child, signal.SIGSTOP)  # reads nothing from now on
+    try:
+        group = [b"\0" * (300 << 10)]
+        taken = [process.send(group) for _ in range(10)]
+        # The pipe (1 MiB) takes three, the backlog three more, then batches are refused.
+        assert taken == [True] * 6 + [False] * 4
+        process.close(timeout=0.5)
+        assert process.pid is None and _gone(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+async def test_batches_a_sender_refuses_are_dropped_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    refused: list[int] = []
+
+    def refuse(batch: list[list[tuple[str]]]) -> bool:
+        refused.append(sum(len(group) for group in batch))
+        return False
+
+    batcher = SpanBatcher(lambda group: group, refuse, lambda: None, max_batch=2,
+                          worker=False)
+    for i in range(7):
+        batcher.add(_raw(f"s{i}"))
+    batcher.shutdown()
+    assert refused == [2, 2, 2, 1]
+    assert batcher.dropped == 7

@@ -139,6 +139,8 @@ def test_grpc_exporter(grpc_receiver: GrpcReceiver, modelberth: Any) -> None:
     spans = wait_for(lambda: grpc_receiver.received.span_named("chat m"), timeout=15)
     assert attributes(spans[0].attributes)["gen_ai.request.model"] == "m"
     wait_for(lambda: "modelberth_requests" in grpc_receiver.received.metric_names(), timeout=15)
+    # The export process took every batch: none was dropped.
+    assert scrape(mb)[("modelberth_spans_dropped_total", ())] == 0
 
 
 def scrape(mb: Modelberth) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -59,6 +59,9 @@ class Metrics:
             description="From start to healthy.", explicit_bucket_boundaries_advisory=_SECONDS)
         self.evictions = meter.create_counter(
             "modelberth_evictions", description="Models stopped to make room.")
+        meter.create_observable_counter(
+            "modelberth_spans_dropped", callbacks=[self._read_spans_dropped],
+            description="Traced requests whose spans were dropped: span export was behind.")
         self._gauge(meter, "modelberth_model_state", "1 for the state each model is in.",
                     self._states)
         self._gauge(meter, "modelberth_queue_length", "Requests waiting for each model.",
@@ -96,6 +99,10 @@ class Metrics:
     def _read_tokens(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"model": m, "type": t})
                 for (m, t), n in list(self._tokens.items())]
+
+    def _read_spans_dropped(self, _: CallbackOptions) -> Iterable[Observation]:
+        spans = self._registry.telemetry.spans
+        return [Observation(spans.batcher.dropped)] if spans is not None else []
 
     @staticmethod
     def _gauge(meter: Meter, name: str, description: str,

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.trace import Span, SpanKind
 
 from modelberth.spans import Started, parent_span
 
@@ -155,14 +154,11 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-_QUEUE_SPAN_AFTER = 0.001  # seconds: shorter waits are only the root's modelberth.queue_ms
-
-
 class RequestObservation:
     """Spans and metrics of one request. With tracing off, only metrics are recorded.
 
-    The request's spans (server, upstream client, queue) are handed to `SpanRecorder` as
-    plain values when the request ends; their attributes are gathered here meanwhile."""
+    A sampled request gathers plain values while it runs and hands them to `SpanRecorder` as
+    one tuple when it ends (request_trace.py); its spans are built from that off the loop."""
 
     def __init__(self, telemetry: Telemetry, metrics: Metrics,
                  scope: MutableMapping[str, Any]) -> None:
@@ -175,18 +171,16 @@ class RequestObservation:
         self.first_byte: float | None = None
         self._recorder = telemetry.spans
         self._started: Started | None = None
-        self._name = self.operation
-        self._upstream: tuple[int, int, str] | None = None
-        self._attributes: dict[str, AttributeValue] = {}
         if self._recorder is not None:
-            self.began_ns = time.time_ns()
-            self._attributes = {"gen_ai.operation.name": self.operation,
-                                "http.request.method": scope["method"], "url.path": self.path}
             # A request the sampler leaves out costs nothing more (no spans, no header).
-            self._started = self._recorder.start(
-                self.operation, SpanKind.SERVER, scope["headers"], self._attributes)
-            if self._started is not None and self._started.sampler_attributes:
-                self._attributes.update(self._started.sampler_attributes)
+            self._started = self._recorder.start(self.operation, SpanKind.SERVER,
+                                                 scope["headers"], scope["method"], self.path)
+            if self._started is not None:
+                self.began_ns = time.time_ns()
+                self._method: str = scope["method"]
+                self._requested = ""
+                self._queue: tuple[int, int, bool] | None = None
+                self._upstream: tuple[int, int, str] | None = None
 
     @property
     def span(self) -> Span | None:
@@ -199,36 +193,24 @@ class RequestObservation:
     def named(self, model: str, requested: str) -> None:
         self.model = model
         if self._started is not None:
-            self._name = f"{self.operation} {requested}"
-            self._attributes["gen_ai.request.model"] = requested
-            self._attributes["modelberth.model"] = model
+            self._requested = requested
 
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began
         self.metrics.queue_wait.record(self.queue_seconds, self.model)
-        started, recorder = self._started, self._recorder
-        if started is None or recorder is None:
-            return
-        self._attributes["modelberth.cold_start"] = cold
-        self._attributes["modelberth.queue_ms"] = round(self.queue_seconds * 1000, 3)
-        if cold or self.queue_seconds >= _QUEUE_SPAN_AFTER:
-            start_ns = self.began_ns + int((began - self.began) * 1e9)
-            recorder.record("modelberth.queue", started, recorder.new_span_id(),
-                            started.span_id, SpanKind.INTERNAL, start_ns,
-                            start_ns + int(self.queue_seconds * 1e9),
-                            {"modelberth.cold_start": cold})
+        if self._started is not None:
+            self._queue = (self.began_ns + int((began - self.began) * 1e9),
+                           int(self.queue_seconds * 1e9), cold)
 
     def upstream_headers(self, headers: list[tuple[bytes, bytes]], base_url: str,
                          target: str) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
-        if self._started is None or self._recorder is None:
+        started, recorder = self._started, self._recorder
+        if started is None or recorder is None:
             return
-        client = self._recorder.new_span_id()
+        client = recorder.new_span_id()
         self._upstream = (client, time.time_ns(), base_url + target)
-        injected = self._recorder.propagation(self._started, client)
-        names = {name for name, _ in injected}
-        headers[:] = [(k, v) for k, v in headers if k.lower() not in names]
-        headers.extend(injected)
+        recorder.propagate(started, client, headers)
 
     def first_chunk(self) -> None:
         if self.first_byte is None:
@@ -243,21 +225,13 @@ class RequestObservation:
         started, recorder = self._started, self._recorder
         if started is None or recorder is None:
             return
-        ending: dict[str, AttributeValue] = {"http.response.status_code": status}
-        if usage is not None:
-            ending.update(_usage_attributes(usage))
-        failed = Status(StatusCode.ERROR, error or str(status)) \
-            if error or status >= 500 else None
-        now = time.time_ns()
-        if self._upstream is not None:
-            client, start_ns, url = self._upstream
-            recorder.record(f"POST {self.path}", started, client, started.span_id,
-                            SpanKind.CLIENT, start_ns, now,
-                            {"url.full": url, "gen_ai.request.model": self.model, **ending},
-                            failed)
-        self._attributes.update(ending)
-        recorder.record(self._name, started, started.span_id, started.parent, SpanKind.SERVER,
-                        self.began_ns, now, self._attributes, failed)
+        recorder.hand_over((
+            started.trace_id, started.span_id, started.flags, started.parent_id,
+            started.trace_state, started.sampler_attributes, self.began_ns, time.time_ns(),
+            self.operation, self._method, self.path, self.model, self._requested, self._queue,
+            self._upstream, status,
+            None if usage is None else (usage.input_tokens, usage.output_tokens, usage.model),
+            error))
 
     def _record_usage(self, usage: Usage) -> None:
         if usage.input_tokens:
@@ -270,14 +244,3 @@ class RequestObservation:
             rate = usage.output_tokens / generating
         if rate:
             self.metrics.tokens_per_second.record(rate, self.model)
-
-
-def _usage_attributes(usage: Usage) -> dict[str, AttributeValue]:
-    attributes: dict[str, AttributeValue] = {}
-    if usage.model:
-        attributes["gen_ai.response.model"] = usage.model
-    if usage.input_tokens is not None:
-        attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
-    if usage.output_tokens is not None:
-        attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
-    return attributes

@@ -1,14 +1,13 @@
-"""The proxy's per-request spans, recorded without the SDK's Span objects and batched on the
-event loop.
+"""The proxy's per-request spans on the event loop: sampling, ids, propagation, and the
+hand-over of each finished request.
 
 Each request gets its trace and span ids and its sampling decision from the provider's own
-id generator and sampler, as `Tracer.start_span` would; the finished span is handed over
-once, as plain values (`RawSpan`). An SDK span takes a lock and validates every attribute it
-is given (~20 us of the proxy's core per span). For OTLP/HTTP the values are encoded on the
-event loop 64 at a time (otlp.py) and a thread of its own only POSTs the batches; for other
-exporters that thread builds the SDK's ReadableSpans. The SDK's BatchSpanProcessor costs
-~7 us per span on the calling thread (a getpid() system call, a lock, often a wake-up of its
-worker).
+id generator and sampler, as `Tracer.start_span` would, and a traceparent for the upstream.
+When it ends it is handed over once, as one tuple of plain values (request_trace.py); its
+spans are built, encoded and exported in the span export process (span_export.py), so the
+loop's core pays ~0.5 us a request for pickling instead of ~15 us a span for building and
+encoding. An SDK span would take a lock and validate every attribute (~20 us a span), and the
+SDK's BatchSpanProcessor costs ~7 us a span on the calling thread.
 
 Spans of rarer work (a model's start, a swap) still go through the SDK's tracer; they find a
 request's span as their parent through `parent_span()`."""
@@ -17,15 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -40,13 +42,16 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
-from modelberth.otlp import OtlpHttpSpanExporter, encode_raw_spans
+from modelberth.span_export import SpanExportProcess, export_traces
+
+if TYPE_CHECKING:
+    from modelberth.request_trace import RequestTrace
 
 Prepared = TypeVar("Prepared")
 _RANDOM_TRACE_ID = 0x02  # W3C trace-context level 2 flag, as the SDK sets it
 _SAMPLED = int(TraceFlags.SAMPLED)
 _ID_BITS = (1 << 64) - 1  # the part of a trace id TraceIdRatioBased decides on
-_UNSET = Status()
+_WARN_EVERY = 10.0  # seconds between warnings about dropped spans
 
 
 class Started(NamedTuple):
@@ -55,26 +60,30 @@ class Started(NamedTuple):
     trace_id: int
     span_id: int
     flags: int
-    trace_state: TraceState | None
-    parent: SpanContext | None
-    sampler_attributes: Mapping[str, AttributeValue]
+    trace_state: str  # the W3C tracestate header value, or ""
+    parent_id: int  # the client's span, or 0
+    sampler_attributes: Mapping[str, AttributeValue] | None
+    carried: bool  # the request came with propagation headers
 
 
-# A finished span as the event loop hands it over: name, trace and span id, parent (a
-# remote context, a span id in the same trace, or None), flags, trace state, kind, start and
-# end (ns), attributes, status. The export thread makes the SDK's ReadableSpan of it.
+# A finished span as values: name, trace and span id, parent (a remote context, a span id in
+# the same trace, or None), flags, trace state, kind, start and end (ns), attributes, status.
+# Request spans are made of these off the event loop (request_trace.py) and encoded as they
+# are (otlp.py) or made into the SDK's ReadableSpans (span_export.readable).
 RawSpan = tuple[str, int, int, SpanContext | int | None, int, TraceState | None, SpanKind, int,
                 int, Mapping[str, AttributeValue], Status | None]
 
 
 class SpanRecorder:
-    def __init__(self, provider: TracerProvider, exporter: SpanExporter,
+    """Sampling, ids and propagation of request spans on the event loop, and the hand-over of
+    each finished request (`RequestTrace`) to where its spans are built and exported: the span
+    export process, or, given an SDK exporter, a thread of this process."""
+
+    def __init__(self, provider: TracerProvider, exporter: SpanExporter | SpanExportProcess,
                  scope: InstrumentationScope) -> None:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
-        self._resource = provider.resource
-        self._scope = scope
-        self.batcher: SpanBatcher[Any] = self._batcher(exporter)
+        self.batcher: SpanBatcher[Any] = self._batcher(exporter, provider.resource, scope)
         # Header names the configured propagators read: a request without any of them has
         # no parent context, and (with a standard sampler) is sampled here by its trace id.
         fields = propagate.get_global_textmap().fields
@@ -90,15 +99,15 @@ class SpanRecorder:
         self._root_flags = _SAMPLED | _RANDOM_TRACE_ID
 
     def start(self, name: str, kind: SpanKind, headers: list[tuple[bytes, bytes]],
-              attributes: Mapping[str, AttributeValue]) -> Started | None:
+              method: str, path: str) -> Started | None:
         """A sampled span for a request with these headers, or None when the sampler leaves
         it out."""
         if self._root_bound is not None and not self._carries_context(headers):
             trace_id = self._ids.generate_trace_id()
             if trace_id & _ID_BITS >= self._root_bound:
                 return None
-            return Started(trace_id, self._ids.generate_span_id(), self._root_flags, None,
-                           None, {})
+            return Started(trace_id, self._ids.generate_span_id(), self._root_flags, "", 0,
+                           None, False)
         context = propagate.extract(headers, getter=_HEADERS)
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is None or not parent.is_valid:
@@ -108,12 +117,15 @@ class SpanRecorder:
         else:
             trace_id = parent.trace_id
             random = bool(parent.trace_flags & _RANDOM_TRACE_ID)
+        attributes = {"http.request.method": method, "url.path": path}
         result = self._sampler.should_sample(context, trace_id, name, kind, attributes)
         if result.decision is not Decision.RECORD_AND_SAMPLE:
             return None
         flags = _SAMPLED | (_RANDOM_TRACE_ID if random else 0)
-        return Started(trace_id, self._ids.generate_span_id(), flags, result.trace_state,
-                       parent, result.attributes or {})
+        state = result.trace_state.to_header() if result.trace_state else ""
+        return Started(trace_id, self._ids.generate_span_id(), flags, state,
+                       parent.span_id if parent is not None else 0,
+                       dict(result.attributes) if result.attributes else None, True)
 
     def _carries_context(self, headers: list[tuple[bytes, bytes]]) -> bool:
         carried = self.propagation_headers
@@ -127,63 +139,54 @@ class SpanRecorder:
         return self._ids.generate_span_id()
 
     def context(self, started: Started, span_id: int | None = None) -> SpanContext:
+        state = TraceState.from_header([started.trace_state]) if started.trace_state else None
         return SpanContext(started.trace_id, span_id or started.span_id, is_remote=False,
-                           trace_flags=TraceFlags(started.flags),
-                           trace_state=started.trace_state)
+                           trace_flags=TraceFlags(started.flags), trace_state=state)
 
-    def propagation(self, started: Started, span_id: int) -> list[tuple[bytes, bytes]]:
-        """The headers that carry span `span_id` of this trace to the upstream."""
+    def propagate(self, started: Started, span_id: int,
+                  headers: list[tuple[bytes, bytes]]) -> None:
+        """Put on the upstream request's `headers` what carries span `span_id` of this trace,
+        in place of any the client sent."""
         if self._w3c_only:
-            parent = f"00-{started.trace_id:032x}-{span_id:016x}-{started.flags:02x}"
-            return [(b"traceparent", parent.encode("ascii"))]
-        carrier: dict[str, str] = {}
-        context = trace.set_span_in_context(parent_span(self.context(started, span_id)))
-        propagate.inject(carrier, context=context)
-        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+            injected = [(b"traceparent", b"00-%032x-%016x-%02x" % (
+                started.trace_id, span_id, started.flags))]
+        else:
+            carrier: dict[str, str] = {}
+            context = trace.set_span_in_context(parent_span(self.context(started, span_id)))
+            propagate.inject(carrier, context=context)
+            injected = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                        for k, v in carrier.items()]
+        if started.carried:
+            names = {name for name, _ in injected}
+            headers[:] = [(k, v) for k, v in headers if k.lower() not in names]
+        headers.extend(injected)
 
-    def record(self, name: str, started: Started, span_id: int,
-               parent: SpanContext | int | None, kind: SpanKind, start_ns: int, end_ns: int,
-               attributes: Mapping[str, AttributeValue], status: Status | None = None) -> None:
-        """A finished span of the started trace; `parent` is a span id of the same trace,
-        or the remote parent's context."""
-        self.batcher.add((name, started.trace_id, span_id, parent, started.flags,
-                          started.trace_state, kind, start_ns, end_ns, attributes, status))
+    def hand_over(self, trace: RequestTrace) -> None:
+        """A finished request, to be made into spans and exported away from the loop."""
+        self.batcher.add(trace)
 
     def shutdown(self) -> None:
         self.batcher.shutdown()
 
-    def _batcher(self, exporter: SpanExporter) -> SpanBatcher[Any]:
+    def _batcher(self, exporter: SpanExporter | SpanExportProcess, resource: Resource,
+                 scope: InstrumentationScope) -> SpanBatcher[Any]:
         max_batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512)
-        if isinstance(exporter, OtlpHttpSpanExporter) and exporter.sends_encoded:
-            # Requests concatenate: their repeated resource_spans simply add up.
-            def encode(batch: list[RawSpan]) -> bytes:
-                return encode_raw_spans(batch, self._resource, self._scope)
+        if isinstance(exporter, SpanExportProcess):
+            # Pickled on the loop 64 at a time (~0.5 us a request); the thread only writes.
+            def pack(group: list[RequestTrace]) -> bytes:
+                return pickle.dumps(group, pickle.HIGHEST_PROTOCOL)
 
-            def send_encoded(parts: list[bytes]) -> object:
-                return exporter.send_encoded(b"".join(parts))
+            return SpanBatcher(pack, exporter.send, exporter.close, max_batch=max_batch,
+                               group=64, worker=False)
 
-            return SpanBatcher(encode, send_encoded, exporter.shutdown, max_batch=max_batch,
-                               group=64)
+        def keep(group: list[RequestTrace]) -> list[RequestTrace]:
+            return group
 
-        def keep(batch: list[RawSpan]) -> list[RawSpan]:
-            return batch
-
-        def send(batches: list[list[RawSpan]]) -> object:
-            return exporter.export([self.readable(raw) for batch in batches for raw in batch])
+        def send(groups: list[list[RequestTrace]]) -> object:
+            traces = [trace for group in groups for trace in group]
+            return export_traces(exporter, traces, resource, scope, self._ids.generate_span_id)
 
         return SpanBatcher(keep, send, exporter.shutdown, max_batch=max_batch)
-
-    def readable(self, raw: RawSpan) -> ReadableSpan:
-        """The SDK's span for a span handed over as values."""
-        name, trace_id, span_id, parent, flags, state, kind, start, end, attributes, status = raw
-        trace_flags = TraceFlags(flags)
-        if isinstance(parent, int):
-            parent = SpanContext(trace_id, parent, False, trace_flags, state)
-        return ReadableSpan(
-            name=name, context=SpanContext(trace_id, span_id, False, trace_flags, state),
-            parent=parent, resource=self._resource, attributes=attributes, kind=kind,
-            status=status or _UNSET, start_time=start, end_time=end,
-            instrumentation_scope=self._scope)
 
 
 def _root_bound(sampler: Sampler) -> int | None:
@@ -222,38 +225,41 @@ def parent_span(context: SpanContext) -> NonRecordingSpan:
 
 
 class SpanBatcher(Generic[Prepared]):
-    """Finished spans collected on the event loop and handed, a batch at a time, to one worker
-    thread that sends them.
+    """Finished requests collected on the event loop and handed, a batch at a time, to one
+    worker thread that sends them.
 
-    Spans are `prepare`d on the event loop in groups of `group`; a batch of prepared groups
-    goes to the worker when it holds `max_batch` spans or `delay` seconds after its first
+    Items are `prepare`d on the event loop in groups of `group`; a batch of prepared groups
+    goes to the worker when it holds `max_batch` items or `delay` seconds after its first
     (OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_SCHEDULE_DELAY, as for the SDK's
-    processor). With OTLP/HTTP, `prepare` encodes (a group of 64 takes well under a
-    millisecond of the loop) and the worker only joins and POSTs: encoding in a second Python
-    thread cost as much again in GIL hand-overs on the loop's core. Beyond `max_waiting`
-    batches queued (the collector is slow or gone) new ones are dropped and counted."""
+    processor). Beyond `max_waiting` batches queued (the collector is slow or gone) new ones
+    are dropped and counted. Without a `worker`, batches are sent where they close (the span
+    export process: `prepare` pickles, `send` writes to its pipe without blocking, or returns
+    False when the process is behind: that batch is dropped and counted)."""
 
-    def __init__(self, prepare: Callable[[list[RawSpan]], Prepared],
+    def __init__(self, prepare: Callable[[list[Any]], Prepared],
                  send: Callable[[list[Prepared]], object], close: Callable[[], object],
                  max_batch: int = 512, group: int | None = None, delay: float | None = None,
-                 max_waiting: int = 16) -> None:
+                 max_waiting: int = 16, worker: bool = True) -> None:
         self._prepare, self._send, self._close = prepare, send, close
         self._max_batch = max_batch
         self._group = min(group or max_batch, max_batch)
         self._delay = delay if delay is not None else float(
             os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 5000) / 1000
-        self._pending: list[RawSpan] = []
+        self._pending: list[Any] = []
         self._prepared: list[Prepared] = []
-        self._count = 0  # spans in _pending and _prepared
+        self._count = 0  # items in _pending and _prepared
         self._timer: asyncio.TimerHandle | None = None
         self._batches: queue.Queue[list[Prepared] | None] = queue.Queue(max_waiting)
         self.dropped = 0
-        self._worker = threading.Thread(target=self._send_batches, name="modelberth-spans",
-                                        daemon=True)
-        self._worker.start()
+        self._warned = float("-inf")
+        self._worker: threading.Thread | None = None
+        if worker:
+            self._worker = threading.Thread(target=self._send_batches, name="modelberth-spans",
+                                            daemon=True)
+            self._worker.start()
 
-    def add(self, span: RawSpan) -> None:
-        self._pending.append(span)
+    def add(self, item: Any) -> None:
+        self._pending.append(item)
         self._count += 1
         if len(self._pending) >= self._group:
             self._prepared.append(self._prepare(self._pending))
@@ -273,16 +279,31 @@ class SpanBatcher(Generic[Prepared]):
         batch, count = self._take()
         if not batch:
             return
+        if self._worker is None:
+            if self._send_here(batch) is False:
+                self._drop(count)
+            return
         try:
             self._batches.put_nowait(batch)
         except queue.Full:
-            self.dropped += count
-            logger.warning("span export is behind: dropped {} spans ({} so far)", count,
+            self._drop(count)
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        now = time.monotonic()
+        if now - self._warned >= _WARN_EVERY:  # a slow collector must not flood the log
+            self._warned = now
+            logger.warning("span export is behind: {} requests' spans dropped so far",
                            self.dropped)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Send what is pending and stop; called once the server has stopped serving."""
-        batch, _ = self._take()
+        batch, count = self._take()
+        if self._worker is None:
+            if batch and self._send_here(batch) is False:
+                self._drop(count)
+            self._close()
+            return
         try:
             if batch:
                 self._batches.put(batch, timeout=timeout)
@@ -299,6 +320,13 @@ class SpanBatcher(Generic[Prepared]):
         batch, count = self._prepared, self._count
         self._prepared, self._count = [], 0
         return batch, count
+
+    def _send_here(self, batch: list[Prepared]) -> object:
+        try:
+            return self._send(batch)
+        except Exception as exc:  # a bug's: sending must not break the caller
+            logger.error("span export failed: {}", exc)
+            return None
 
     def _send_batches(self) -> None:
         while (batch := self._batches.get()) is not None:

@@ -40,6 +40,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from modelberth import __version__
+from modelberth.span_export import SpanExportProcess
 from modelberth.spans import SpanRecorder
 
 if TYPE_CHECKING:
@@ -73,9 +74,13 @@ def _json_sink(message: Message) -> None:
     sys.stderr.write(json.dumps(line) + "\n")
 
 
+_LOGGING = {"format": "plain", "level": "INFO"}  # as last set up, for child processes
+
+
 def setup_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
     if fmt == "auto":
         fmt = "rich" if sys.stderr.isatty() else "plain"
+    _LOGGING.update(format=fmt, level=level)
     logger.remove()
     if fmt == "json":
         logger.add(_json_sink, level=level, format="{message}")
@@ -187,7 +192,7 @@ def _grpc(signal: str) -> bool:
     return (_env("PROTOCOL", signal) or "http/protobuf").lower() == "grpc"
 
 
-def _span_exporter() -> SpanExporter:
+def span_exporter() -> SpanExporter:
     if _grpc("TRACES"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         return OTLPSpanExporter()
@@ -258,10 +263,11 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
     spans = None
     if _enabled("TRACES"):
         provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(_span_exporter()))  # rare work's spans
+        provider.add_span_processor(BatchSpanProcessor(span_exporter()))  # rare work's spans
         tracer = provider.get_tracer("modelberth", __version__)
-        spans = SpanRecorder(provider, _span_exporter(),  # each request's spans
-                             InstrumentationScope("modelberth", __version__))
+        scope = InstrumentationScope("modelberth", __version__)
+        spans = SpanRecorder(provider, SpanExportProcess(resource, scope, _LOGGING["format"],
+                                                      _LOGGING["level"]), scope)
         closers += [spans.shutdown, provider.shutdown]
     prometheus = CollectorRegistry(auto_describe=True)
     sources: list[MetricSource] = []

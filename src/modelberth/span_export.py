@@ -1,0 +1,236 @@
+"""Request spans built, encoded and exported in a child process of their own.
+
+The server hands each traced request over as one tuple (request_trace.py); the event loop
+pickles them 64 to a frame and writes each batch to the child's stdin without blocking. The
+child builds the spans, encodes them (otlp.py for OTLP/HTTP, the SDK's exporter otherwise)
+and exports each batch as the server's batcher closed it. On the server's core this leaves a
+few microseconds a request instead of ~40; the child runs wherever the OS puts it.
+
+The child lives exactly as long as its stdin: it runs in a session of its own and ignores
+SIGINT and SIGTERM (a service manager's stop reaches every process of the service, and the
+server's last batch would be lost), and exports what it has and exits when the server closes
+the pipe, also when the server dies. If the child exits early, the server logs it and starts
+another on the next batch (at most one start every 5 s; batches meanwhile are dropped).
+
+Frames on the pipe: a 4-byte little-endian length and a pickle. The first frame is the set-up
+(resource, scope, logging); then lists of RequestTraces; an empty frame ends a batch."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING
+
+from loguru import logger
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, Status, TraceFlags
+
+from modelberth.otlp import OtlpHttpSpanExporter, encode_raw_spans
+from modelberth.request_trace import RequestTrace, request_spans
+
+if TYPE_CHECKING:
+    from modelberth.spans import RawSpan
+
+_RESTART_AFTER = 5.0  # seconds between starts of the child
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
+# Signals are ignored before anything is imported (the imports take a few hundred ms). The
+# child runs at a lower CPU priority: exporting spans must not take time from the proxy or
+# from a model server computing on the CPU; when the machine is saturated, spans wait.
+_CHILD = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+          "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(10); "
+          "from modelberth.span_export import main; main()")
+_UNSET = Status()
+
+
+def export_traces(exporter: SpanExporter, traces: Iterable[RequestTrace], resource: Resource,
+                  scope: InstrumentationScope, new_span_id: Callable[[], int],
+                  ) -> SpanExportResult:
+    """Export the spans of these requests in one request to the collector."""
+    raws = [raw for trace in traces for raw in request_spans(trace, new_span_id)]
+    if isinstance(exporter, OtlpHttpSpanExporter) and exporter.sends_encoded:
+        return exporter.send_encoded(encode_raw_spans(raws, resource, scope))
+    return exporter.export([readable(raw, resource, scope) for raw in raws])
+
+
+def readable(raw: RawSpan, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+    """The SDK's span for a span made of values."""
+    name, trace_id, span_id, parent, flags, state, kind, start, end, attributes, status = raw
+    trace_flags = TraceFlags(flags)
+    if isinstance(parent, int):
+        parent = SpanContext(trace_id, parent, False, trace_flags, state)
+    return ReadableSpan(
+        name=name, context=SpanContext(trace_id, span_id, False, trace_flags, state),
+        parent=parent, resource=resource, attributes=attributes, kind=kind,
+        status=status or _UNSET, start_time=start, end_time=end, instrumentation_scope=scope)
+
+
+class SpanExportProcess:
+    """The server's side of the span export process: starts it and writes batches to its
+    pipe without blocking, on the event loop where each batch closes (no thread to wake). What
+    the pipe cannot take waits in a backlog for the next batch; beyond `max_backlog` bytes,
+    `send` refuses batches (the batcher counts them)."""
+
+    def __init__(self, resource: Resource, scope: InstrumentationScope, log_format: str,
+                 log_level: str, restart_after: float = _RESTART_AFTER,
+                 max_backlog: int = 8 << 20) -> None:
+        self._setup = pickle.dumps((dict(resource.attributes), resource.schema_url, scope.name,
+                                    scope.version, scope.schema_url, log_format, log_level))
+        self._restart_after, self._max_backlog = restart_after, max_backlog
+        self._child: subprocess.Popen[bytes] | None = None
+        self._started_at = float("-inf")
+        self._backlog = bytearray()  # written frames the pipe has not taken yet
+        self._lock = threading.Lock()  # the loop's batches against close() on another thread
+        self._start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def send(self, groups: list[bytes]) -> bool:
+        """One batch (pickled groups of RequestTraces), for the child to export whole; False
+        when it cannot be taken (the child is behind, or gone and not yet replaced)."""
+        frames = b"".join(_frame(group) for group in groups) + _frame(b"")
+        with self._lock:
+            child = self._running()
+            if child is None or len(self._backlog) + len(frames) > self._max_backlog:
+                return False
+            self._backlog += frames
+            self._write(child)
+            return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is left, close the pipe (the child exports what it has and exits) and
+        wait for the child; a child that takes longer than `timeout` in all is killed."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            child, self._child = self._child, None
+            if child is None:
+                return
+            self._write(child, deadline=deadline)
+            self._backlog.clear()
+            _close_pipe(child)
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("span export process did not finish in {} s: killed", timeout)
+            child.kill()
+            child.wait()
+
+    def _write(self, child: subprocess.Popen[bytes], deadline: float | None = None) -> None:
+        """Write the backlog as far as the pipe takes it now, or, given a deadline, until it
+        is all written or the deadline has passed."""
+        assert child.stdin is not None
+        fd = child.stdin.fileno()
+        try:
+            while self._backlog:
+                try:
+                    written = os.write(fd, self._backlog)
+                except BlockingIOError:
+                    left = 0.0 if deadline is None else deadline - time.monotonic()
+                    if left <= 0 or not select.select([], [fd], [], left)[1]:
+                        return
+                    continue
+                del self._backlog[:written]
+        except OSError:  # the child is gone: BrokenPipeError; it is replaced on the next batch
+            self._backlog.clear()
+            logger.warning("span export process exited ({}): a batch of spans is lost",
+                           child.poll())
+
+    def _running(self) -> subprocess.Popen[bytes] | None:
+        if self._child is not None and self._child.poll() is None:
+            return self._child
+        if self._child is not None:
+            logger.warning("span export process exited ({})", self._child.returncode)
+            _close_pipe(self._child)
+            self._child = None
+            self._backlog.clear()  # a frame cut in the middle would garble the next child's
+        if time.monotonic() - self._started_at < self._restart_after:
+            return None
+        self._start()  # a fork and exec on the loop, at most once every restart_after seconds
+        return self._child
+
+    def _start(self) -> None:
+        self._started_at = time.monotonic()
+        try:
+            child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
+                                     start_new_session=True)
+        except OSError as exc:
+            logger.error("cannot start the span export process: {}", exc)
+            return
+        assert child.stdin is not None
+        with contextlib.suppress(OSError):  # a larger pipe: fewer batches wait in the backlog
+            fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        os.set_blocking(child.stdin.fileno(), False)
+        self._child = child
+        self._backlog += _frame(self._setup)
+        self._write(child)
+
+
+def _close_pipe(child: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        if child.stdin is not None:
+            child.stdin.close()
+
+
+def _frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "little") + payload
+
+
+def _read_frame(source: IO[bytes]) -> bytes | None:
+    head = source.read(4)
+    if len(head) < 4:
+        return None
+    size = int.from_bytes(head, "little")
+    payload = source.read(size) if size else b""
+    return payload if len(payload) == size else None
+
+
+def main() -> None:
+    """The child: read the set-up, then export batch by batch until stdin ends."""
+    source = sys.stdin.buffer
+    setup = _read_frame(source)
+    if setup is None:
+        return
+    attributes, schema_url, name, version, scope_schema, log_format, log_level = \
+        pickle.loads(setup)
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from modelberth.telemetry import setup_logging, span_exporter
+
+    setup_logging(log_format, log_level)
+    resource = Resource(attributes, schema_url)
+    scope = InstrumentationScope(name, version, scope_schema)
+    exporter = span_exporter()
+    new_span_id = TracerProvider(shutdown_on_exit=False).id_generator.generate_span_id
+    pending: list[RequestTrace] = []
+
+    def export() -> None:
+        try:
+            export_traces(exporter, pending, resource, scope, new_span_id)
+        except Exception as exc:  # the exporter logs its own failures; this would be a bug
+            logger.error("span export failed: {}", exc)
+        pending.clear()
+
+    while (frame := _read_frame(source)) is not None:
+        if not frame:
+            if pending:
+                export()
+            continue
+        try:
+            pending.extend(pickle.loads(frame))
+        except Exception as exc:  # only the server writes here; this would be a bug
+            logger.error("span export process: unreadable frame ({})", exc)
+    if pending:
+        export()
+    exporter.shutdown()
