@@ -420,13 +420,47 @@ def wait_until_healthy(url: str) -> None:
             time.sleep(0.002)
 
 
-def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from otlp_receiver import HttpReceiver
+def otlp_sink_conf(work: Path, port: int) -> Path:
+    """An nginx that answers every OTLP/HTTP export with an empty 200 (a valid empty
+    ExportTraceServiceResponse) and logs each body's size: a collector that costs next to
+    nothing on the upstream's core. The tests decode what modelberth exports with a real
+    receiver (tests/otlp_receiver.py); here only its cost on modelberth is measured."""
+    conf = work / f"nginx-otlp-{port}.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {work}/nginx-otlp-{port}.pid; error_log stderr error;
+events {{ worker_connections 1024; }}
+http {{
+  client_body_temp_path {work}; client_max_body_size 64m; client_body_buffer_size 4m;
+  log_format size '$uri $content_length';
+  access_log {work}/otlp-{port}.log size;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200; }} }}
+}}""")
+    return conf
 
-    receiver = HttpReceiver()
-    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+
+def exported_bytes(work: Path, port: int) -> int:
+    """Bytes of span exports the sink received."""
+    log = work / f"otlp-{port}.log"
+    lines = log.read_text().split("\n") if log.exists() else []
+    return sum(int(line.split()[1]) for line in lines if line.startswith("/v1/traces "))
+
+
+def export_process(pid: int) -> int | None:
+    """modelberth's span export process (a child), moved to the load generator's core: it is
+    started under modelberth's own pinning to core 0."""
+    for child in psutil.Process(pid).children():
+        if any("span_export" in part for part in child.cmdline()):
+            with suppress(OSError):
+                child.cpu_affinity([1])
+            return child.pid
+    return None
+
+
+def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]]:
+    sink_port = free_port()
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+
     def sampled(ratio: str) -> dict[str, str]:
         return {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": ratio}
@@ -434,47 +468,58 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
     variants: list[tuple[str, dict[str, str]]] = [
         ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
         ("tracing 10% sampled", sampled("0.1")), ("tracing 1% sampled", sampled("0.01"))]
-    try:
-        with ExitStack() as stack:  # all three at once, so their runs can be interleaved
-            targets, pids = [], {}
-            for label, env in variants:
-                up_port = free_port()
-                models = {"m": {"command": on_load_core(
-                    ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
-                    "port": up_port, "health_path": "/health", "idle_timeout": 0,
-                    "preload": True}}
-                url, pid = stack.enter_context(modelberth(work, models, env=env))
-                pids[label] = pid
-                wait_http(f"http://127.0.0.1:{up_port}/health")
-                wrk(work, url, 8, 1)
-                targets.append((label, url))
-            results = interleaved(work, targets, 64, duration, reps, pids)
-    finally:
-        receiver.close()
+    with ExitStack() as stack:  # all at once, so their runs can be interleaved
+        stack.enter_context(process(["nginx", "-c", str(otlp_sink_conf(work, sink_port))],
+                                    cpu=1))
+        wait_http(f"http://127.0.0.1:{sink_port}/health")
+        targets, pids, helpers = [], {}, {}
+        for label, env in variants:
+            up_port = free_port()
+            models = {"m": {"command": on_load_core(
+                ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
+                "port": up_port, "health_path": "/health", "idle_timeout": 0,
+                "preload": True}}
+            url, pid = stack.enter_context(modelberth(work, models, env=env))
+            pids[label] = pid
+            helper = export_process(pid)
+            if helper is not None:
+                helpers[label] = helper
+            wait_http(f"http://127.0.0.1:{up_port}/health")
+            wrk(work, url, 8, 1)
+            targets.append((label, url))
+        results = interleaved(work, targets, 64, duration, reps, pids, helpers)
+        time.sleep(6)  # the last batches (OTEL_BSP_SCHEDULE_DELAY, 5 s) reach the sink
+        received = exported_bytes(work, sink_port)
     off = results["telemetry off"]["rps"]
-    return [{"telemetry": label, **results[label], "x_off": results[label]["rps"] / off}
-            for label, _ in variants]
+    rows: list[dict[str, Any]] = [
+        {"telemetry": label, **results[label], "x_off": results[label]["rps"] / off}
+        for label, _ in variants]
+    rows.append({"telemetry": "OTLP span exports received (MB)", "rps": received / 1e6})
+    return rows
 
 
 def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, duration: float,
-                reps: int, pids: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
+                reps: int, pids: dict[str, int] | None = None,
+                helpers: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
     """wrk against each target in turn, `reps` rounds; the median of each figure (errors
     summed). Interleaving spreads this machine's slow drifts over all targets alike. For the
     targets in `pids`, also the CPU time that process spent per request: unlike throughput,
-    that figure hardly moves with the machine's noise."""
+    that figure hardly moves with the machine's noise; likewise for their `helpers` (the span
+    export process)."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
+    measured = {"cpu_us_per_req": pids or {}, "export_cpu_us_per_req": helpers or {}}
     for _ in range(reps):
         for name, url in targets:
-            pid = (pids or {}).get(name)
-            before = cpu_seconds(pid) if pid else 0.0
+            before = {key: cpu_seconds(of[name]) for key, of in measured.items() if name in of}
             run = wrk(work, url, connections, duration)
-            if pid:
-                run["cpu_us_per_req"] = (cpu_seconds(pid) - before) * 1e6 / run["requests"]
+            for key, started in before.items():
+                spent = cpu_seconds(measured[key][name]) - started
+                run[key] = spent * 1e6 / run["requests"]
             runs[name].append(run)
+    keys = ("rps", "p50_ms", "p99_ms", "errors", "cpu_us_per_req", "export_cpu_us_per_req")
     return {name: {key: statistics.median(r[key] for r in got) if key != "errors"
                    else sum(r[key] for r in got)
-                   for key in ("rps", "p50_ms", "p99_ms", "errors", "cpu_us_per_req")
-                   if key in got[0]} for name, got in runs.items()}
+                   for key in keys if key in got[0]} for name, got in runs.items()}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -507,7 +552,7 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.only.split(","))
     ensure_tools()
-    with suppress(OSError):  # this process is load generator (streams) and OTLP receiver
+    with suppress(OSError):  # this process is the load generator for streams
         os.sched_setaffinity(0, {1})
     titles = {
         "fast": "Non-streaming, fast upstream (wrk; c=1 latency, c=64 throughput)",
