@@ -172,7 +172,7 @@ def test_a_sampler_of_another_kind_is_asked_for_every_request() -> None:
 
     recorder, _, _ = _recorder(ParentBased(Counting(Decision.RECORD_AND_SAMPLE)))
     assert _start(recorder) is not None
-    assert asked == [("chat", {"http.request.method": "POST",
+    assert asked == [("chat", {"gen_ai.operation.name": "chat", "http.request.method": "POST",
                                "url.path": "/v1/chat/completions"})]
 
 

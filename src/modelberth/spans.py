@@ -117,7 +117,8 @@ class SpanRecorder:
         else:
             trace_id = parent.trace_id
             random = bool(parent.trace_flags & _RANDOM_TRACE_ID)
-        attributes = {"http.request.method": method, "url.path": path}
+        attributes = {"gen_ai.operation.name": name, "http.request.method": method,
+                      "url.path": path}
         result = self._sampler.should_sample(context, trace_id, name, kind, attributes)
         if result.decision is not Decision.RECORD_AND_SAMPLE:
             return None
@@ -125,7 +126,8 @@ class SpanRecorder:
         state = result.trace_state.to_header() if result.trace_state else ""
         return Started(trace_id, self._ids.generate_span_id(), flags, state,
                        parent.span_id if parent is not None else 0,
-                       dict(result.attributes) if result.attributes else None, True)
+                       dict(result.attributes) if result.attributes else None,
+                       self._carries_context(headers))
 
     def _carries_context(self, headers: list[tuple[bytes, bytes]]) -> bool:
         carried = self.propagation_headers
