@@ -32,7 +32,7 @@ class Metrics:
         self._registry = registry
         # Counters on the request path are plain dict increments, read by OTel at collection:
         # an SDK Counter.add costs ~10 us per call, which is most of a proxied request's budget.
-        self._requests: dict[tuple[str, str], int] = defaultdict(int)
+        self._requests: dict[tuple[str, int], int] = defaultdict(int)
         self._tokens: dict[tuple[str, str], int] = defaultdict(int)
         meter.create_observable_counter(
             "modelberth_requests", callbacks=[self._read_requests],
@@ -87,13 +87,13 @@ class Metrics:
         return [h.collect(now) for h in self._histograms if h.recorded]
 
     def count_request(self, model: str, status: int) -> None:
-        self._requests[(model, str(status))] += 1
+        self._requests[(model, status)] += 1  # the status becomes a label text when read
 
     def count_tokens(self, model: str, kind: str, count: int) -> None:
         self._tokens[(model, kind)] += count
 
     def _read_requests(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(n, {"model": m, "status": s})
+        return [Observation(n, {"model": m, "status": str(s)})
                 for (m, s), n in list(self._requests.items())]
 
     def _read_tokens(self, _: CallbackOptions) -> Iterable[Observation]:
@@ -172,8 +172,10 @@ class ModelHistogram:
             series = self._series[model] = _Series(len(self._bounds) + 1)
         series.counts[bisect_left(self._bounds, value)] += 1  # buckets are (low, high]
         series.sum += value
-        series.min = min(series.min, value)
-        series.max = max(series.max, value)
+        if value < series.min:  # comparisons: the min() and max() calls cost twice as much
+            series.min = value
+        if value > series.max:
+            series.max = value
 
     def collect(self, now_ns: int) -> Metric:
         points = []
