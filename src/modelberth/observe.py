@@ -1,5 +1,6 @@
-"""One proxied request as telemetry sees it: its spans (OTel GenAI conventions), its metrics,
-and the token usage read from the answer as it streams past, without holding it back."""
+"""One proxied request as telemetry sees it: its metrics, the values its spans are made of
+(request_trace.py builds them, off the event loop), and the token usage read from the answer
+as it streams past, without holding it back."""
 
 from __future__ import annotations
 
