@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
+from loguru import logger
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -314,8 +315,7 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
     assert receiver.received.span_named("chat last")
 
 
-def test_a_lost_export_process_is_replaced(receiver: HttpReceiver,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_a_lost_export_process_is_replaced(receiver: HttpReceiver) -> None:
     recorder, process = _process_recorder(restart_after=0)
     first = process.pid
     assert first is not None
@@ -377,9 +377,9 @@ def test_a_stalled_export_process_refuses_batches_and_is_killed_at_close(
             os.kill(child, signal.SIGKILL)
 
 
-async def test_batches_a_sender_refuses_are_dropped_and_counted(
-        caplog: pytest.LogCaptureFixture) -> None:
+async def test_batches_a_sender_refuses_are_dropped_counted_and_warned_of_sparingly() -> None:
     refused: list[int] = []
+    warnings: list[str] = []
 
     def refuse(batch: list[list[tuple[str]]]) -> bool:
         refused.append(sum(len(group) for group in batch))
@@ -387,8 +387,14 @@ async def test_batches_a_sender_refuses_are_dropped_and_counted(
 
     batcher = SpanBatcher(lambda group: group, refuse, lambda: None, max_batch=2,
                           worker=False)
-    for i in range(7):
-        batcher.add(_raw(f"s{i}"))
-    batcher.shutdown()
+    sink = logger.add(lambda message: warnings.append(message.record["message"]),
+                      level="WARNING")
+    try:
+        for i in range(7):
+            batcher.add(_raw(f"s{i}"))
+        batcher.shutdown()
+    finally:
+        logger.remove(sink)
     assert refused == [2, 2, 2, 1]
     assert batcher.dropped == 7
+    assert warnings == ["span export is behind: 2 requests' spans dropped so far"]  # one in 10 s
