@@ -315,6 +315,16 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
     assert receiver.received.span_named("chat last")
 
 
+def test_no_export_process_is_started_once_closed(receiver: HttpReceiver) -> None:
+    _, process = _process_recorder(restart_after=0)
+    child = process.pid
+    assert child is not None
+    process.close()
+    assert _gone(child)
+    assert process.send([b"late"]) is False  # a batch closing after shutdown (a timer)
+    assert process.pid is None
+
+
 def test_a_lost_export_process_is_replaced(receiver: HttpReceiver) -> None:
     recorder, process = _process_recorder(restart_after=0)
     first = process.pid

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING
 
 from loguru import logger
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
@@ -91,6 +91,7 @@ class SpanExportProcess:
         self._started_at = float("-inf")
         self._backlog = bytearray()  # written frames the pipe has not taken yet
         self._lock = threading.Lock()  # the loop's batches against close() on another thread
+        self._closed = False
         self._start()
 
     @property
@@ -102,7 +103,7 @@ class SpanExportProcess:
         when it cannot be taken (the child is behind, or gone and not yet replaced)."""
         frames = b"".join(_frame(group) for group in groups) + _frame(b"")
         with self._lock:
-            child = self._running()
+            child = None if self._closed else self._running()
             if child is None or len(self._backlog) + len(frames) > self._max_backlog:
                 return False
             self._backlog += frames
@@ -114,6 +115,7 @@ class SpanExportProcess:
         wait for the child; a child that takes longer than `timeout` in all is killed."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            self._closed = True  # no child is started after this
             child, self._child = self._child, None
             if child is None:
                 return
@@ -204,9 +206,7 @@ def main() -> None:
         return
     attributes, schema_url, name, version, scope_schema, log_format, log_level = \
         pickle.loads(setup)
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from modelberth.telemetry import setup_logging, span_exporter
+    from modelberth.telemetry import setup_logging, span_exporter  # it imports this module
 
     setup_logging(log_format, log_level)
     resource = Resource(attributes, schema_url)
