@@ -87,20 +87,26 @@ def _any_value(value: Any) -> bytes:
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    parts = []
+    parts: list[bytes] = []
+    append, memo = parts.append, _PAIRS.get
     for key, value in attributes.items():
         kind = value.__class__
-        memo = (field, key, kind, value) if kind is str or kind is int or kind is bool \
-            else None
-        encoded = _PAIRS.get(memo) if memo is not None else None
-        if encoded is None:
-            encoded = _len(field, _len(1, key.encode()) + _len(2, _any_value(value)))
-            if memo is not None:
+        if kind is str or kind is int or kind is bool:
+            pair = (field, key, kind, value)
+            encoded = memo(pair)
+            if encoded is None:
+                encoded = _pair(field, key, value)
                 if len(_PAIRS) >= _MAX_PAIRS:
                     _PAIRS.clear()
-                _PAIRS[memo] = encoded
-        parts.append(encoded)
+                _PAIRS[pair] = encoded
+        else:
+            encoded = _pair(field, key, value)
+        append(encoded)
     return b"".join(parts)
+
+
+def _pair(field: int, key: str, value: Any) -> bytes:
+    return _len(field, _len(1, key.encode()) + _len(2, _any_value(value)))
 
 
 def _flags(field: int, parent: SpanContext | None) -> bytes:
@@ -148,23 +154,35 @@ def _raw_span(raw: RawSpan) -> bytes:
         parent_id, remote = parent.span_id, parent.is_remote
     else:
         parent_id, remote = 0, False
-    state_text = ",".join(f"{k}={v}" for k, v in state.items()) if state else ""
-    status_body = b"" if status is None else \
-        _text(2, status.description) + _count(3, status.status_code.value)
-    span_flags = _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)
+    named = _NAMES.get(name)
+    if named is None:
+        if len(_NAMES) >= _MAX_PAIRS:
+            _NAMES.clear()
+        named = _NAMES[name] = _text(5, name)
     return b"".join((
-        _len(1, trace_id.to_bytes(16, "big")),
-        _len(2, span_id.to_bytes(8, "big")),
-        _text(3, state_text),
-        _len(4, parent_id.to_bytes(8, "big")) if parent is not None else b"",
-        _text(5, name),
-        _count(6, kind.value + 1),
-        _tag(7, _I64) + _FIXED64.pack(start),
-        _tag(8, _I64) + _FIXED64.pack(end),
+        _TRACE_ID, trace_id.to_bytes(16, "big"), _SPAN_ID, span_id.to_bytes(8, "big"),
+        _text(3, ",".join(f"{k}={v}" for k, v in state.items())) if state else b"",
+        _PARENT_ID + parent_id.to_bytes(8, "big") if parent is not None else b"",
+        named, _KINDS[kind.value], _TIMES.pack(_TAG_START, start, _TAG_END, end),
         _attributes(9, attributes),
-        _len(15, status_body),
-        _tag(16, _I32) + _FIXED32.pack(span_flags),
+        _NO_STATUS if status is None else
+        _len(15, _text(2, status.description) + _count(3, status.status_code.value)),
+        _SPAN_FLAGS[remote],
     ))
+
+
+# The fixed parts of a Span message, written once: ids' tags with their lengths, the kinds,
+# start and end as two fixed64 fields, an empty status, the two values of the flags.
+_TRACE_ID = _tag(1, _LEN) + b"\x10"
+_SPAN_ID = _tag(2, _LEN) + b"\x08"
+_PARENT_ID = _tag(4, _LEN) + b"\x08"
+_KINDS = [_count(6, value + 1) for value in range(5)]  # SpanKind.value + 1 on the wire
+_TAG_START, _TAG_END = _tag(7, _I64)[0], _tag(8, _I64)[0]
+_TIMES = struct.Struct("<BQBQ")
+_NO_STATUS = _len(15, b"")
+_SPAN_FLAGS = {remote: _tag(16, _I32) + _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE * remote))
+               for remote in (False, True)}
+_NAMES: dict[str, bytes] = {}  # span names repeat ("chat m", "POST /v1/chat/completions")
 
 
 def encode_spans(spans: Iterable[ReadableSpan]) -> bytes:
