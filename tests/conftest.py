@@ -57,6 +57,14 @@ def events_of(path: Path, kind: str) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.startswith(kind + " ")]
 
 
+def process_gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import psutil
 
-from conftest import Modelberth, events_of, fake_model, upstreams_of, wait_for
+from conftest import Modelberth, events_of, fake_model, process_gone, upstreams_of, wait_for
 
 CHAT = "/v1/chat/completions"
 
@@ -116,8 +116,7 @@ def test_idle_timeout_stops_after_the_last_request_finished(
         finished = time.monotonic()
         wait_for(lambda: mb.status("m")["state"] == "stopped", timeout=5)
         assert time.monotonic() - finished >= 0.8
-    wait_for(lambda: not psutil.pid_exists(pid) or
-             psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=3)
+    wait_for(lambda: process_gone(pid), timeout=3)
 
 
 def test_manual_start_stop_restart(modelberth: Any, tmp_path: Path) -> None:
@@ -133,8 +132,7 @@ def test_manual_start_stop_restart(modelberth: Any, tmp_path: Path) -> None:
         restarted = client.post("/api/models/m/restart").json()
         assert restarted["state"] == "ready"
         assert restarted["runtime_id"] != first_pid
-        assert not psutil.pid_exists(int(first_pid)) or \
-            psutil.Process(int(first_pid)).status() == psutil.STATUS_ZOMBIE
+        assert process_gone(int(first_pid))
 
         stopped = client.post("/api/models/m/stop").json()
         assert stopped["state"] == "stopped"
@@ -234,11 +232,9 @@ def test_kill_9_leaves_nothing_once_modelberth_restarts(modelberth: Any, tmp_pat
     child = int(events_of(events, "child")[0].split()[1])
     first.stop(signal.SIGKILL)
     # The death signal ends the upstream itself at once ...
-    wait_for(lambda: not psutil.pid_exists(leader) or
-             psutil.Process(leader).status() == psutil.STATUS_ZOMBIE, timeout=3)
+    wait_for(lambda: process_gone(leader), timeout=3)
     # ... and what it spawned is found and ended by the next modelberth on boot.
     assert psutil.pid_exists(child)
     second = modelberth({"models": {"m": fake_model(None)}})
-    wait_for(lambda: not psutil.pid_exists(child) or
-             psutil.Process(child).status() == psutil.STATUS_ZOMBIE, timeout=5)
+    wait_for(lambda: process_gone(child), timeout=5)
     assert "left by an earlier run" in second.log()

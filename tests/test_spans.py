@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conftest import wait_for
+from conftest import process_gone, wait_for
 from modelberth.request_trace import RequestTrace
 from modelberth.span_export import SpanExportProcess
 from modelberth.spans import SpanBatcher, SpanRecorder, Started, parent_span
@@ -277,13 +277,6 @@ def _process_recorder(restart_after: float = 5.0) -> tuple[SpanRecorder, SpanExp
     return SpanRecorder(provider, process, scope), process
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _ignores(pid: int, sig: int) -> bool:
     with open(f"/proc/{pid}/status") as status:
         mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
@@ -294,7 +287,7 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
                                                               ) -> None:
     recorder, process = _process_recorder()
     child = process.pid
-    assert child is not None and not _gone(child)
+    assert child is not None and not process_gone(child)
     wait_for(lambda: _ignores(child, signal.SIGINT) and _ignores(child, signal.SIGTERM))
     os.kill(child, signal.SIGTERM)  # a service manager's stop: the child stays for the end
     started = _start(recorder, [TRACEPARENT])
@@ -311,7 +304,7 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
     assert attributes(server.attributes)["gen_ai.usage.input_tokens"] == 3
     recorder.hand_over(_trace(started, requested="last"))
     recorder.shutdown()  # what is pending is exported before the child exits
-    assert process.pid is None and _gone(child)
+    assert process.pid is None and process_gone(child)
     assert receiver.received.span_named("chat last")
 
 
@@ -320,7 +313,7 @@ def test_no_export_process_is_started_once_closed(receiver: HttpReceiver) -> Non
     child = process.pid
     assert child is not None
     process.close()
-    assert _gone(child)
+    assert process_gone(child)
     assert process.send([b"late"]) is False  # a batch closing after shutdown (a timer)
     assert process.pid is None
 
@@ -330,7 +323,7 @@ def test_a_lost_export_process_is_replaced(receiver: HttpReceiver) -> None:
     first = process.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: _gone(first))
+    wait_for(lambda: process_gone(first))
     started = _start(recorder)
     assert started is not None
     recorder.hand_over(_trace(started, requested="after"))
@@ -339,7 +332,7 @@ def test_a_lost_export_process_is_replaced(receiver: HttpReceiver) -> None:
     second = process.pid
     assert second is not None and second != first
     recorder.shutdown()
-    assert _gone(second)
+    assert process_gone(second)
 
 
 def test_the_export_process_ends_with_the_server(tmp_path: Any,
@@ -358,10 +351,10 @@ def test_the_export_process_ends_with_the_server(tmp_path: Any,
     try:
         assert server.stdout is not None
         child = int(server.stdout.readline())
-        assert not _gone(child)
+        assert not process_gone(child)
         server.kill()
         server.wait(10)
-        wait_for(lambda: _gone(child))
+        wait_for(lambda: process_gone(child))
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             server.kill()
@@ -381,7 +374,7 @@ def test_a_stalled_export_process_refuses_batches_and_is_killed_at_close(
         # The pipe (1 MiB) takes three, the backlog three more, then batches are refused.
         assert taken == [True] * 6 + [False] * 4
         process.close(timeout=0.5)
-        assert process.pid is None and _gone(child)
+        assert process.pid is None and process_gone(child)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
