@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
-from modelberth.observe import UsageReader
+import pytest
+
+from modelberth.observe import Usage, UsageReader, usage_of_answer
 
 
 def feed(reader: UsageReader, body: bytes, size: int = 4096) -> None:
@@ -65,6 +68,27 @@ def test_a_body_that_is_not_json_gives_no_usage() -> None:
         feed(reader, body)
         usage = reader.result()
         assert (usage.model, usage.input_tokens, usage.output_tokens) == (None, None, None)
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ({"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+     Usage(3, 1, "m")),
+    ({"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+      "timings": {"prompt_n": 9, "predicted_n": 9, "predicted_per_second": 40}},
+     Usage(3, 1, "m", 40.0)),
+    ({"model": "", "usage": None, "timings": {"prompt_n": 5, "predicted_n": 7}},
+     Usage(5, 7, None)),
+    ({"usage": {"prompt_tokens": 0, "completion_tokens": 0}}, Usage()),
+    # Unusual types take the general path and give what it always gave.
+    ({"model": "m", "usage": {"prompt_tokens": "3", "completion_tokens": True},
+      "timings": {"prompt_n": 4}}, Usage(4, None, "m")),
+    ({"model": "m", "usage": {"prompt_tokens": 2.0, "completion_tokens": 1},
+      "timings": {"predicted_per_second": "fast"}}, Usage(None, 1, "m")),
+    ({"model": 5, "usage": [1], "timings": [2]}, Usage(model=5)),  # type: ignore[arg-type]
+])
+def test_usage_is_read_alike_from_answers_of_any_shape(answer: dict[str, Any],
+                                                       expected: Usage) -> None:
+    assert usage_of_answer(json.dumps(answer).encode()) == expected
 
 
 def stream(count: int, usage: bool) -> bytes:
