@@ -162,7 +162,8 @@ class Model:
     def release(self) -> None:
         self.in_flight -= 1
         self.last_used_at = time.time()
-        self._slot_free.set()
+        if self.waiting:
+            self._slot_free.set()
         if self.in_flight == 0:
             self._drained.set()
             self._arm_idle_timer()
@@ -179,7 +180,8 @@ class Model:
 
     def _enter(self) -> None:
         self.in_flight += 1
-        self._drained.clear()
+        if self.in_flight == 1:
+            self._drained.clear()
         self.last_used_at = time.time()
 
     def _retry_after(self) -> int:
