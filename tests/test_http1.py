@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from modelberth import http1
 from modelberth.http1 import Exchange, Handler, Http1Protocol, Message
 
 Receive = Callable[[], Awaitable[Message]]
@@ -25,6 +26,7 @@ class Direct:
         self.disconnects = 0
         self.sent_chunks = 0
         self.release = asyncio.Event()
+        self.state: uvicorn.server.ServerState | None = None  # the server's, once it runs
 
     def route(self, method: str, path: str) -> Handler | None:
         return {"/direct": self.whole, "/direct/stream": self.stream,
@@ -105,6 +107,7 @@ async def server() -> AsyncIterator[tuple[int, Direct]]:
                             http=functools.partial(Http1Protocol,  # type: ignore[arg-type]
                                                    router=direct.route))
     srv = uvicorn.Server(config)
+    direct.state = srv.server_state
     task = asyncio.create_task(srv.serve())
     while not srv.started:
         await asyncio.sleep(0.01)
@@ -369,3 +372,53 @@ async def test_a_request_body_the_app_does_not_read_stops_the_reading() -> None:
     assert b"".join(received) == b"x" * 100000 + b"y" * 100000
     assert transport.writes[0].startswith(b"HTTP/1.1 204 No Content\r\n")
     protocol.connection_lost(None)
+
+
+async def test_a_small_unread_body_is_discarded_and_the_connection_kept(
+        server: tuple[int, Direct]) -> None:
+    reader, writer = await connect(server[0])
+    writer.write(b"POST /direct HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n" + b"a" * 10)
+    _, headers, body = await read_response(reader)  # answered before the body arrived
+    assert body == b"got -" and b"connection" not in headers
+    writer.write(b"b" * 990 + b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n")
+    _, _, body = await read_response(reader)
+    assert body == b"GET /next "
+    writer.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"content-length: 1000000\r\n",  # too large to read for nothing
+    b"transfer-encoding: chunked\r\n",  # of unknown length
+    b"content-length: 10\r\nexpect: 100-continue\r\n",  # held back for a 100 Continue
+], ids=["large", "chunked", "expect-continue"])
+async def test_an_answer_before_a_large_body_closes_after_discarding(
+        server: tuple[int, Direct], head: bytes) -> None:
+    reader, writer = await connect(server[0])
+    writer.write(b"POST /direct HTTP/1.1\r\nhost: x\r\n" + head + b"\r\n")
+    _, headers, body = await read_response(reader)
+    assert body == b"got -" and headers[b"connection"] == b"close"
+    for _ in range(20):  # the client goes on sending: no reset destroys what it was told
+        writer.write(b"x" * 65536)
+        await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server shut its side
+    assert server[1].state is not None and server[1].state.connections
+    writer.write_eof()  # the client is done sending: the server closes the connection
+    await wait_until(lambda: not server[1].state.connections)  # type: ignore[union-attr]
+    writer.close()
+
+
+async def test_a_client_that_goes_on_sending_is_closed_after_the_linger_time(
+        server: tuple[int, Direct], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1, "_LINGER", 0.3)
+    reader, writer = await connect(server[0])
+    writer.write(b"POST /direct HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+    _, headers, _ = await read_response(reader)
+    assert headers[b"connection"] == b"close"
+    await wait_until(lambda: not server[1].state.connections)  # type: ignore[union-attr]
+    writer.close()
+
+
+async def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)

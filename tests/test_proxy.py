@@ -85,6 +85,21 @@ def test_oversized_chunked_body_is_413(mb: Modelberth) -> None:
         assert_still_serving(client)
 
 
+def test_an_oversized_upload_is_refused_without_reading_it(mb: Modelberth) -> None:
+    with socket.create_connection(("127.0.0.1", mb.port), timeout=10) as sock:
+        sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
+                     b'{"model": "m", "messages": [')
+        answer = b""
+        while piece := sock.recv(65536):  # the server shuts its side after the answer
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+    with mb.client() as client:
+        assert_still_serving(client)
+
+
 def test_wrong_method_and_unknown_path(mb: Modelberth) -> None:
     with mb.client() as client:
         wrong = client.get(CHAT)

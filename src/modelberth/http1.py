@@ -29,6 +29,12 @@ Handler = Callable[["Exchange"], Awaitable[None]]
 Router = Callable[[str, str], Handler | None]  # (method, path) -> a direct handler, or the app
 
 _HIGH_WATER = 64 * 1024  # bytes buffered (request body in, or answer out) before pushing back
+# A request body still arriving when its answer goes out (an early 401 or 413) is read and
+# discarded to keep the connection if it is at most this large, as Go's net/http does;
+# a larger one, one of unknown length, or one the client holds back for a 100 Continue it
+# will not get, ends the connection instead.
+_DISCARD_AT_MOST = 256 * 1024
+_LINGER = 5.0  # seconds such a connection goes on discarding what the client still sends
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
@@ -84,6 +90,7 @@ class Http1Protocol(asyncio.Protocol):
         self._expect_continue = False
         self._defaults: list[tuple[bytes, bytes]] | None = None
         self._default_head = b""
+        self.lingering = False  # answered and closing: what arrives is discarded
 
     # --- connection ------------------------------------------------------------------
 
@@ -112,6 +119,8 @@ class Http1Protocol(asyncio.Protocol):
         self.held = []
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -224,6 +233,23 @@ class Http1Protocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def close_after_discarding(self) -> None:
+        """Close a connection whose client is still sending a request body: shut the write
+        side after the answer and discard what arrives until the client closes, for at most
+        _LINGER seconds. Closing at once with unread bytes would reset the connection, which
+        can destroy the answer before the client reads it (nginx's lingering close)."""
+        self.flush()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()
+        self.resume_reading()
+        self.loop.call_later(_LINGER, self.close)
+
     async def drain(self) -> None:
         if self.writable is not None:
             await asyncio.shield(self.writable)
@@ -253,7 +279,10 @@ class Http1Protocol(asyncio.Protocol):
         if self.current is exchange:
             self.current = None
         if not exchange.keep_alive:
-            self.close()
+            if exchange.complete:
+                self.close()
+            else:
+                self.close_after_discarding()
             return
         self.last_active = self.loop.time()
         if self.waiting:
@@ -441,6 +470,8 @@ class Exchange:
               length: int | None) -> bytes:
         """With `length`, that is the Content-Length whatever the headers say."""
         self.started = True
+        if not self.complete and not self._discardable():
+            self.keep_alive = False
         self.expect_continue = False
         conn = self.conn
         lines = [_STATUS_LINE[status], conn.default_head()]
@@ -477,6 +508,15 @@ class Exchange:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
+
+    def _discardable(self) -> bool:
+        """Whether the rest of a request body not read yet is cheap enough to discard."""
+        if self.expect_continue:
+            return False
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                return value.isdigit() and int(value) <= _DISCARD_AT_MOST
+        return False
 
     async def send_chunk(self, data: bytes) -> None:
         """One piece of a streamed body, written this loop turn; waits while the client's
