@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, SpanKind
 from modelberth.spans import Started, parent_span
 
 if TYPE_CHECKING:
+    from modelberth.lifecycle import Model
     from modelberth.metrics import Metrics
     from modelberth.telemetry import Telemetry
 
@@ -239,14 +240,14 @@ class RequestObservation:
             self._queue = (self.began_ns + int((began - self.began) * 1e9),
                            int(self.queue_seconds * 1e9), cold)
 
-    def upstream_headers(self, headers: list[tuple[bytes, bytes]], base_url: str,
+    def upstream_headers(self, headers: list[tuple[bytes, bytes]], model: Model,
                          target: str) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
         started, recorder = self._started, self._recorder
         if started is None or recorder is None:
             return
         client = recorder.new_span_id()
-        self._upstream = (client, time.time_ns(), base_url + target)
+        self._upstream = (client, time.time_ns(), model.base_url + target)
         recorder.propagate(started, client, headers)
 
     def first_chunk(self) -> None:
@@ -276,8 +277,8 @@ class RequestObservation:
         if usage.output_tokens:
             self.metrics.count_tokens(self.model, "output", usage.output_tokens)
         rate = usage.tokens_per_second
-        generating = time.perf_counter() - (self.first_byte or self.began)
-        if rate is None and usage.output_tokens and generating > 0:
-            rate = usage.output_tokens / generating
+        if rate is None and usage.output_tokens:
+            generating = time.perf_counter() - (self.first_byte or self.began)
+            rate = usage.output_tokens / generating if generating > 0 else None
         if rate:
             self.metrics.tokens_per_second.record(rate, self.model)

@@ -173,7 +173,7 @@ class Proxy:
             target += "?" + scope["query_string"].decode("latin-1")
         # The connection gives header names in lower case.
         headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_FORWARDED]
-        obs.upstream_headers(headers, model.base_url, target)
+        obs.upstream_headers(headers, model, target)
         try:
             if model.port is None:  # admitted models have a port; a stop in between has not
                 raise UpstreamUnreachable("the upstream is not running")
