@@ -36,9 +36,11 @@ class Received:
     metrics: list[Any] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    trace_exports: int = 0  # export requests with spans
 
     def add_traces(self, request: Any) -> None:
         with self.lock:
+            self.trace_exports += 1
             self.spans += [span for rs in request.resource_spans for ss in rs.scope_spans
                            for span in ss.spans]
 

@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import process_gone, wait_for
 from modelberth.request_trace import RequestTrace
-from modelberth.span_export import SpanExportProcess
+from modelberth.span_export import SpanExportProcess, TraceBatch
 from modelberth.spans import SpanBatcher, SpanRecorder, Started, parent_span
 from otlp_receiver import HttpReceiver, KeptSpans, attributes
 
@@ -261,6 +261,56 @@ async def test_spans_are_prepared_in_groups_on_the_loop_and_sent_per_batch() -> 
     assert sent[1] == ["s5,s6"]
 
 
+async def test_groups_go_out_as_they_fill_and_the_batch_ends_after_the_delay() -> None:
+    sent: list[object] = []
+
+    def send(groups: list[str]) -> bool:
+        sent.append(groups)
+        return groups != ["s2,s3"]  # refused: the sender is behind
+
+    batcher = SpanBatcher(lambda group: ",".join(raw[0] for raw in group), send,
+                          lambda: sent.append("closed"), max_batch=2, group=2, delay=0.1,
+                          worker=False, end_batch=lambda: sent.append("end"))
+    for i in range(7):  # max_batch does not end it: the receiver sizes its exports
+        batcher.add(_raw(f"s{i}"))
+    assert sent == [["s0,s1"], ["s2,s3"], ["s4,s5"]]
+    assert batcher.dropped == 2
+    await asyncio.sleep(0.3)
+    assert sent[3:] == [["s6"], "end"]  # the timer ends the batch, with what was pending
+    batcher.add(_raw("s7"))
+    batcher.shutdown()
+    assert sent[5:] == [["s7"], "end", "closed"]
+
+
+def test_spans_are_exported_in_batches_of_the_configured_size() -> None:
+    class Exports(KeptSpans):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.sizes.append(len(spans))
+            return super().export(spans)
+
+    exports = Exports()
+    recorder, _, provider = _recorder()
+    started = _start(recorder)
+    recorder.shutdown()
+    assert started is not None
+    batch = TraceBatch(exports, provider.resource, InstrumentationScope("m"),
+                       provider.id_generator.generate_span_id, max_spans=5)
+    batch.add([_trace(started, requested=f"r{i}") for i in range(4)])  # two spans each
+    assert exports.sizes == [5]
+    batch.add([_trace(started, requested="r4")])
+    assert exports.sizes == [5, 5]
+    batch.export()  # the server's batch ended: the rest goes
+    assert exports.sizes == [5, 5]  # nothing was left
+    batch.add([_trace(started, requested="r5")])
+    batch.export()
+    assert exports.sizes == [5, 5, 2]
+    assert len({span.name for span in exports.spans if span.name.startswith("chat r")}) == 6
+
+
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpReceiver]:
     receiver = HttpReceiver()
@@ -292,12 +342,17 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
     os.kill(child, signal.SIGTERM)  # a service manager's stop: the child stays for the end
     started = _start(recorder, [TRACEPARENT])
     assert started is not None
-    for _ in range(100):  # two groups of 64 and a partial one, in one batch
+    recorder.hand_over(_trace(started, requested="first"))
+    recorder.batcher.flush()
+    await asyncio.to_thread(wait_for, lambda: receiver.received.span_named("chat first"))
+    for _ in range(150):  # two groups of 64 go to the child at once, then a partial one
         recorder.hand_over(_trace(started))
+    await asyncio.sleep(0.5)
+    assert receiver.received.trace_exports == 1  # the child holds them until the batch ends
     recorder.batcher.flush()
     spans = await asyncio.to_thread(
-        wait_for, lambda: len(receiver.received.spans) >= 200 and receiver.received.spans)
-    assert len(spans) == 200
+        wait_for, lambda: len(receiver.received.spans) >= 302 and receiver.received.spans)
+    assert len(spans) == 302 and receiver.received.trace_exports == 2
     server = next(span for span in spans if span.name == "chat gpt-4o-mini")
     assert server.trace_id.hex() == f"{REMOTE_TRACE:032x}"
     assert server.parent_span_id.hex() == f"{REMOTE_SPAN:016x}"

@@ -199,7 +199,18 @@ def encode_spans(spans: Iterable[ReadableSpan]) -> bytes:
 def encode_raw_spans(spans: Iterable[RawSpan], resource: Resource,
                      scope: InstrumentationScope) -> bytes:
     """An ExportTraceServiceRequest of spans that share one resource and scope."""
-    encoded = [_len(2, _raw_span(raw)) for raw in spans]
+    return encode_request([encode_raw_span(raw) for raw in spans], resource, scope)
+
+
+def encode_raw_span(raw: RawSpan) -> bytes:
+    """One span of an ExportTraceServiceRequest (`encode_request` puts them together)."""
+    return _len(2, _raw_span(raw))
+
+
+def encode_request(encoded: list[bytes], resource: Resource,
+                   scope: InstrumentationScope) -> bytes:
+    """An ExportTraceServiceRequest of spans encoded one by one, sharing a resource and
+    scope; b"" for none."""
     return _resource_spans(resource, [(scope, encoded)]) if encoded else b""
 
 

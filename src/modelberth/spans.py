@@ -18,6 +18,7 @@ import asyncio
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -175,12 +176,14 @@ class SpanRecorder:
         max_batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512)
         if isinstance(exporter, SpanExportProcess):
             # Pickled on the loop 64 at a time (~0.4 us a request) and written to the
-            # process's pipe there too, when a batch closes.
+            # process's pipe there too, as each group fills; the process exports them in
+            # batches of OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans, the rest when a batch here
+            # ends (OTEL_BSP_SCHEDULE_DELAY after its first request).
             def pack(group: list[RequestTrace]) -> bytes:
                 return pickle.dumps(group, pickle.HIGHEST_PROTOCOL)
 
-            return SpanBatcher(pack, exporter.send, exporter.close, max_batch=max_batch,
-                               group=64, worker=False)
+            return SpanBatcher(pack, exporter.send, exporter.close, group=64, worker=False,
+                               end_batch=exporter.end_batch)
 
         def keep(group: list[RequestTrace]) -> list[RequestTrace]:
             return group
@@ -235,28 +238,35 @@ class SpanBatcher(Generic[Prepared]):
     goes to the worker when it holds `max_batch` items or `delay` seconds after its first
     (OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_SCHEDULE_DELAY, as for the SDK's
     processor). Beyond `max_waiting` batches queued (the collector is slow or gone) new ones
-    are dropped and counted. Without a `worker`, batches are sent where they close (the span
-    export process: `prepare` pickles, `send` writes to its pipe without blocking, or returns
-    False when the process is behind: that batch is dropped and counted)."""
+    are dropped and counted. Without a `worker`, batches are sent where they close; given
+    `end_batch` (no worker then), each group is sent as it fills and `end_batch` called
+    `delay` seconds after the first item of a batch (the span export process, which exports
+    `max_batch` spans at a time itself: `prepare` pickles, `send` writes to its pipe without
+    blocking, or returns False when the process is behind: those items are dropped and
+    counted)."""
 
     def __init__(self, prepare: Callable[[list[Any]], Prepared],
                  send: Callable[[list[Prepared]], object], close: Callable[[], object],
                  max_batch: int = 512, group: int | None = None, delay: float | None = None,
-                 max_waiting: int = 16, worker: bool = True) -> None:
+                 max_waiting: int = 16, worker: bool = True,
+                 end_batch: Callable[[], object] | None = None) -> None:
         self._prepare, self._send, self._close = prepare, send, close
-        self._max_batch = max_batch
+        self._end_batch = end_batch
+        # Streamed groups are exported by the receiver in batches of its own size; the batch
+        # here only ends after `delay`, for the receiver to export what it holds.
+        self._max_batch = max_batch if end_batch is None else sys.maxsize
         self._group = min(group or max_batch, max_batch)
         self._delay = delay if delay is not None else float(
             os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 5000) / 1000
         self._pending: list[Any] = []
         self._prepared: list[Prepared] = []
-        self._count = 0  # items in _pending and _prepared
+        self._count = 0  # items of the batch being gathered (sent already, with end_batch)
         self._timer: asyncio.TimerHandle | None = None
         self._batches: queue.Queue[list[Prepared] | None] = queue.Queue(max_waiting)
         self.dropped = 0
         self._warned = float("-inf")
         self._worker: threading.Thread | None = None
-        if worker:
+        if worker and end_batch is None:
             self._worker = threading.Thread(target=self._send_batches, name="modelberth-spans",
                                             daemon=True)
             self._worker.start()
@@ -265,8 +275,7 @@ class SpanBatcher(Generic[Prepared]):
         self._pending.append(item)
         self._count += 1
         if len(self._pending) >= self._group:
-            self._prepared.append(self._prepare(self._pending))
-            self._pending = []
+            self._close_group()
         if self._count >= self._max_batch:
             self.flush()
         elif self._timer is None:
@@ -275,10 +284,21 @@ class SpanBatcher(Generic[Prepared]):
             except RuntimeError:  # not on an event loop: nothing would fire the timer
                 self.flush()
 
+    def _close_group(self) -> None:
+        group, self._pending = self._pending, []
+        prepared = self._prepare(group)
+        if self._end_batch is not None:
+            self._send_here([prepared], len(group))
+        else:
+            self._prepared.append(prepared)
+
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._end_batch is not None:
+            self._end_streamed()
+            return
         batch, count = self._take()
         if not batch:
             return
@@ -300,6 +320,10 @@ class SpanBatcher(Generic[Prepared]):
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Send what is pending and stop; called once the server has stopped serving."""
+        if self._end_batch is not None:
+            self._end_streamed()
+            self._close()
+            return
         batch, count = self._take()
         if self._worker is None:
             if batch:
@@ -314,6 +338,15 @@ class SpanBatcher(Generic[Prepared]):
             pass
         self._worker.join(timeout)
         self._close()
+
+    def _end_streamed(self) -> None:
+        """Close a batch whose groups went out as they filled."""
+        if self._pending:
+            self._close_group()
+        if self._count:
+            self._count = 0
+            assert self._end_batch is not None
+            self._end_batch()
 
     def _take(self) -> tuple[list[Prepared], int]:
         if self._pending:
