@@ -3,6 +3,9 @@ official protobuf classes and compared."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -13,7 +16,14 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from modelberth.otlp import encode_raw_spans, encode_spans
+from modelberth.otlp import (
+    encode_attributes,
+    encode_float_attribute,
+    encode_raw_span,
+    encode_raw_spans,
+    encode_spans,
+)
+from modelberth.request_trace import encoded_request_spans, request_spans
 from modelberth.span_export import readable
 from modelberth.spans import RawSpan
 from otlp_receiver import KeptSpans
@@ -79,3 +89,31 @@ def test_spans_handed_over_as_values_encode_as_their_readable_spans_do() -> None
     theirs = ExportTraceServiceRequest.FromString(sdk_encode(made).SerializeToString())
     assert ours == theirs
     assert encode_raw_spans([], provider.resource, scope) == b""
+
+
+def _counter() -> Callable[[], int]:
+    return itertools.count(0x5000).__next__
+
+
+def test_request_spans_encoded_by_blocks_equal_the_general_encoding() -> None:
+    cases = itertools.product(
+        [None, (6, 1, False), (6, 2_000_000, False), (6, 5, True)],  # queue
+        [None, (0xC11E, 10, "http://127.0.0.1:9/v1/chat")],  # upstream
+        ["", "gpt-4o-mini"],  # the model asked for
+        [200, 502],
+        [None, (3, 1, "m-0"), (None, 5, None), (0, 0, "")],  # usage
+        [None, "boom"],  # error
+        [(0, ""), (0xB7AD6B7169203331, "vendor=x1")],  # parent and trace state
+        [None, {"sampler.rule": "a"}])
+    for queue, upstream, requested, status, usage, error, (parent, state), sampler in cases:
+        request = (0x0AF7651916CD43DD8448EB211C80319C, 0x1111, 3, parent, state, sampler, 5, 25,
+                   "chat", "POST", "/v1/chat/completions", "m", requested, queue, upstream,
+                   status, usage, error)
+        general = [encode_raw_span(raw) for raw in request_spans(request, _counter())]
+        assert encoded_request_spans(request, _counter()) == general, request
+
+
+def test_a_float_attribute_encodes_as_in_a_mapping() -> None:
+    for value in (0.0, 0.001, 2.5, -1e300, 1234567.125):
+        expected = encode_attributes({"modelberth.queue_ms": value})
+        assert encode_float_attribute("modelberth.queue_ms", value) == expected

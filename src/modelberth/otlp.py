@@ -16,7 +16,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status
+from opentelemetry.trace.span import TraceState
 
 if TYPE_CHECKING:
     from modelberth.spans import RawSpan
@@ -148,6 +149,37 @@ def _raw_span(raw: RawSpan) -> bytes:
     """A Span message from the values the event loop handed over (fields may come in any
     order on the wire: `_span` appends the ones only SDK spans have)."""
     name, trace_id, span_id, parent, _, state, kind, start, end, attributes, status = raw
+    return _span_message(name, trace_id, span_id, parent, state, kind, start, end,
+                         _attributes(9, attributes), status)
+
+
+def encode_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """A span's attributes as they sit in its Span message, for `encode_span`; blocks of
+    them may be joined."""
+    return _attributes(9, attributes)
+
+
+def encode_float_attribute(key: str, value: float) -> bytes:
+    """`encode_attributes({key: value})` for a float, without the dict and the type tests."""
+    prefix = _FLOAT_KEYS.get(key)
+    if prefix is None:
+        if len(_FLOAT_KEYS) >= _MAX_PAIRS:
+            _FLOAT_KEYS.clear()
+        prefix = _FLOAT_KEYS[key] = _len(1, key.encode()) + _FLOAT_VALUE
+    return _len(9, prefix + _DOUBLE.pack(value))
+
+
+def encode_span(name: str, trace_id: int, span_id: int, parent: SpanContext | int | None,
+                state: TraceState | None, kind: SpanKind, start: int, end: int,
+                attributes: bytes, status: Status | None) -> bytes:
+    """`encode_raw_span` for a span whose attributes are encoded already."""
+    return _len(2, _span_message(name, trace_id, span_id, parent, state, kind, start, end,
+                                 attributes, status))
+
+
+def _span_message(name: str, trace_id: int, span_id: int, parent: SpanContext | int | None,
+                  state: TraceState | None, kind: SpanKind, start: int, end: int,
+                  attributes: bytes, status: Status | None) -> bytes:
     if isinstance(parent, int):
         parent_id, remote = parent, False
     elif parent is not None:
@@ -164,7 +196,7 @@ def _raw_span(raw: RawSpan) -> bytes:
         _text(3, ",".join(f"{k}={v}" for k, v in state.items())) if state else b"",
         _PARENT_ID + parent_id.to_bytes(8, "big") if parent is not None else b"",
         named, _KINDS[kind.value], _TIMES.pack(_TAG_START, start, _TAG_END, end),
-        _attributes(9, attributes),
+        attributes,
         _NO_STATUS if status is None else
         _len(15, _text(2, status.description) + _count(3, status.status_code.value)),
         _SPAN_FLAGS[remote],
@@ -182,6 +214,8 @@ _TIMES = struct.Struct("<BQBQ")
 _NO_STATUS = _len(15, b"")
 _SPAN_FLAGS = {remote: _tag(16, _I32) + _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE * remote))
                for remote in (False, True)}
+_FLOAT_VALUE = _tag(2, _LEN) + b"\x09" + _tag(4, _I64)  # an AnyValue's 8-byte double follows
+_FLOAT_KEYS: dict[str, bytes] = {}
 _NAMES: dict[str, bytes] = {}  # span names repeat ("chat m", "POST /v1/chat/completions")
 
 

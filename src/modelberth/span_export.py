@@ -39,8 +39,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
 
-from modelberth.otlp import OtlpHttpSpanExporter, encode_raw_span, encode_request
-from modelberth.request_trace import RequestTrace, request_spans
+from modelberth.otlp import OtlpHttpSpanExporter, encode_request
+from modelberth.request_trace import RequestTrace, encoded_request_spans, request_spans
 
 if TYPE_CHECKING:
     from modelberth.spans import RawSpan
@@ -80,11 +80,13 @@ class TraceBatch:
 
     def add(self, traces: Iterable[RequestTrace]) -> None:
         """Make these requests' spans; export every full batch of them."""
-        raws = [raw for trace in traces for raw in request_spans(trace, self._new_span_id)]
+        new_span_id = self._new_span_id
         if self._encoded:
-            self._spans += [encode_raw_span(raw) for raw in raws]
+            self._spans += [span for trace in traces
+                            for span in encoded_request_spans(trace, new_span_id)]
         else:
-            self._spans += [readable(raw, self._resource, self._scope) for raw in raws]
+            self._spans += [readable(raw, self._resource, self._scope) for trace in traces
+                            for raw in request_spans(trace, new_span_id)]
         while len(self._spans) >= self._max:
             self._export(self._max)
 
