@@ -71,8 +71,7 @@ class Proxy:
                 keepalive = server.stream_keepalive if streaming else 0.0
                 early = await self._admit(model, obs, exchange, keepalive)
         except APIError as error:
-            obs.finish(error.status, error=error.message)
-            respond_error(exchange, error)
+            _answer_error(obs, exchange, error)
             return
         except _Answered:
             return
@@ -87,8 +86,7 @@ class Proxy:
                 await model.await_ready()
                 await self._forward(model, exchange, target, body, obs, early)
         except APIError as error:
-            obs.finish(error.status, error=error.message)
-            (end_sse_with_error if early else respond_error)(exchange, error)
+            _answer_error(obs, exchange, error, early)
         finally:
             model.release()
 
@@ -119,8 +117,7 @@ class Proxy:
                 except APIError as error:
                     if not early:
                         raise
-                    obs.finish(error.status, error=error.message)
-                    end_sse_with_error(exchange, error)
+                    _answer_error(obs, exchange, error, early=True)
                     raise _Answered from None
         obs.queued(began, cold)
         return early
@@ -183,8 +180,7 @@ class Proxy:
             error = _upstream_error(model, exc)
             if retry and isinstance(exc, UpstreamUnreachable):
                 raise _Refused(error) from exc
-            obs.finish(error.status, error=error.message)
-            (end_sse_with_error if early else respond_error)(exchange, error)
+            _answer_error(obs, exchange, error, early)
             return
         try:
             await self._relay_answer(model, exchange, resp, obs, early)
@@ -198,8 +194,7 @@ class Proxy:
             text = (await _read_or_empty(resp)).decode("utf-8", "replace")
             error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
                              type="server_error", code="upstream_error")
-            obs.finish(resp.status, error=error.message)
-            end_sse_with_error(exchange, error)
+            _answer_error(obs, exchange, error, early=True)
             return
         if not early:  # else the SSE head went out while the model loaded
             if not is_sse and length is not None and length <= _WHOLE:
@@ -232,9 +227,7 @@ class Proxy:
             try:
                 answer = await resp.read()
             except UpstreamError as exc:
-                error = _upstream_error(model, exc)
-                obs.finish(error.status, error=error.message)
-                respond_error(exchange, error)
+                _answer_error(obs, exchange, _upstream_error(model, exc))
                 return
         obs.first_chunk()
         exchange.respond(resp.status, headers, answer)
@@ -247,6 +240,14 @@ class Proxy:
             exchange.cut()
             return
         end_sse_with_error(exchange, error)
+
+
+def _answer_error(obs: RequestObservation, exchange: Exchange, error: APIError,
+                  early: bool = False) -> None:
+    """Record the request as failed and answer it with the error: an OpenAI error body, or,
+    once SSE headers went out (`early`), an SSE error event."""
+    obs.finish(error.status, error=error.message)
+    (end_sse_with_error if early else respond_error)(exchange, error)
 
 
 async def _read_or_empty(resp: UpstreamResponse) -> bytes:
