@@ -1,0 +1,115 @@
+"""Compare builds of modelberth side by side: wrk at c=64 against each in turn, rounds
+interleaved, medians and ratios to the first.
+
+Each variant is a git revision (checked out into a temporary worktree; `.` is the working
+tree) and optional environment variables; `SINK` in a value stands for the URL of an OTLP
+sink (an nginx that discards what it gets). Every variant runs on core 0 with its own nginx
+upstream on core 1, as in run.py; a variant's span export process is moved to core 1.
+
+    python bench/ab.py --rounds 6 before=HEAD~1 after=.
+    python bench/ab.py off=. \
+        traced=.,OTEL_EXPORTER_OTLP_ENDPOINT=SINK,OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+
+Differences of a few percent need this: the machine's speed drifts between runs by more
+than that, but alike for builds measured in alternation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from run import (
+    ANSWER,
+    ROOT,
+    ensure_tools,
+    export_process,
+    free_port,
+    interleaved,
+    modelberth,
+    nginx_conf,
+    on_load_core,
+    otlp_sink_conf,
+    process,
+    table,
+    wait_http,
+    wrk,
+)
+
+Variant = tuple[str, str, dict[str, str]]  # label, revision, environment
+
+
+def parse_variant(text: str) -> Variant:
+    """`LABEL=REV[,NAME=VALUE...]`."""
+    label, _, rest = text.partition("=")
+    revision, *settings = rest.split(",")
+    if not label or not revision or any("=" not in item for item in settings):
+        raise argparse.ArgumentTypeError(f"not LABEL=REV[,NAME=VALUE...]: {text}")
+    return label, revision, dict(item.split("=", 1) for item in settings)
+
+
+@contextmanager
+def source_tree(revision: str, work: Path) -> Iterator[Path]:
+    """The source of `revision`: the working tree for `.`, else a temporary worktree."""
+    if revision == ".":
+        yield ROOT
+        return
+    tree = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force",
+                    str(tree), revision], check=True, capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       check=False, capture_output=True)
+
+
+def compare(variants: list[Variant], rounds: int, duration: float) -> str:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        sink_port = free_port()
+        sink = f"http://127.0.0.1:{sink_port}"
+        stack.enter_context(process(["nginx", "-c", str(otlp_sink_conf(work, sink_port))],
+                                    cpu=1))
+        wait_http(f"{sink}/health")
+        targets, pids, helpers = [], {}, {}
+        for label, revision, settings in variants:
+            tree = stack.enter_context(source_tree(revision, work))
+            env = {name: value.replace("SINK", sink) for name, value in settings.items()}
+            env["PYTHONPATH"] = str(tree / "src")
+            up_port = free_port()
+            models = {"m": {"command": on_load_core(
+                ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
+                "port": up_port, "health_path": "/health", "idle_timeout": 0,
+                "preload": True}}
+            url, pid = stack.enter_context(modelberth(work, models, env=env))
+            pids[label] = pid
+            helper = export_process(pid)
+            if helper is not None:
+                helpers[label] = helper
+            wait_http(f"http://127.0.0.1:{up_port}/health")
+            wrk(work, url, 8, 1)  # warm up
+            targets.append((label, url))
+        results = interleaved(work, targets, 64, duration, rounds, pids, helpers)
+    first = results[variants[0][0]]["rps"]
+    return table([{"variant": label, **results[label], "x_first": results[label]["rps"] / first}
+                  for label, _, _ in variants])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", type=parse_variant,
+                        help="LABEL=REV[,NAME=VALUE...]; REV `.` is the working tree")
+    parser.add_argument("--rounds", type=int, default=6, help="wrk runs per variant")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
+    args = parser.parse_args()
+    ensure_tools()
+    print(compare(args.variants, args.rounds, args.duration))
+
+
+if __name__ == "__main__":
+    main()
