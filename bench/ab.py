@@ -23,22 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from run import (
-    ANSWER,
-    ROOT,
-    ensure_tools,
-    export_process,
-    free_port,
-    interleaved,
-    modelberth,
-    nginx_conf,
-    on_load_core,
-    otlp_sink_conf,
-    process,
-    table,
-    wait_http,
-    wrk,
-)
+from run import ROOT, ensure_tools, free_port, side_by_side, start_otlp_sink, table
 
 Variant = tuple[str, str, dict[str, str]]  # label, revision, environment
 
@@ -72,29 +57,14 @@ def compare(variants: list[Variant], rounds: int, duration: float) -> str:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         sink_port = free_port()
+        start_otlp_sink(stack, work, sink_port)
         sink = f"http://127.0.0.1:{sink_port}"
-        stack.enter_context(process(["nginx", "-c", str(otlp_sink_conf(work, sink_port))],
-                                    cpu=1))
-        wait_http(f"{sink}/health")
-        targets, pids, helpers = [], {}, {}
+        envs = []
         for label, revision, settings in variants:
             tree = stack.enter_context(source_tree(revision, work))
             env = {name: value.replace("SINK", sink) for name, value in settings.items()}
-            env["PYTHONPATH"] = str(tree / "src")
-            up_port = free_port()
-            models = {"m": {"command": on_load_core(
-                ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
-                "port": up_port, "health_path": "/health", "idle_timeout": 0,
-                "preload": True}}
-            url, pid = stack.enter_context(modelberth(work, models, env=env))
-            pids[label] = pid
-            helper = export_process(pid)
-            if helper is not None:
-                helpers[label] = helper
-            wait_http(f"http://127.0.0.1:{up_port}/health")
-            wrk(work, url, 8, 1)  # warm up
-            targets.append((label, url))
-        results = interleaved(work, targets, 64, duration, rounds, pids, helpers)
+            envs.append((label, {**env, "PYTHONPATH": str(tree / "src")}))
+        results = side_by_side(stack, work, envs, duration, rounds)
     first = results[variants[0][0]]["rps"]
     return table([{"variant": label, **results[label], "x_first": results[label]["rps"] / first}
                   for label, _, _ in variants])

@@ -469,25 +469,8 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
         ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
         ("tracing 10% sampled", sampled("0.1")), ("tracing 1% sampled", sampled("0.01"))]
     with ExitStack() as stack:  # all at once, so their runs can be interleaved
-        stack.enter_context(process(["nginx", "-c", str(otlp_sink_conf(work, sink_port))],
-                                    cpu=1))
-        wait_http(f"http://127.0.0.1:{sink_port}/health")
-        targets, pids, helpers = [], {}, {}
-        for label, env in variants:
-            up_port = free_port()
-            models = {"m": {"command": on_load_core(
-                ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
-                "port": up_port, "health_path": "/health", "idle_timeout": 0,
-                "preload": True}}
-            url, pid = stack.enter_context(modelberth(work, models, env=env))
-            pids[label] = pid
-            helper = export_process(pid)
-            if helper is not None:
-                helpers[label] = helper
-            wait_http(f"http://127.0.0.1:{up_port}/health")
-            wrk(work, url, 8, 1)
-            targets.append((label, url))
-        results = interleaved(work, targets, 64, duration, reps, pids, helpers)
+        start_otlp_sink(stack, work, sink_port)
+        results = side_by_side(stack, work, variants, duration, reps)
         time.sleep(6)  # the last batches (OTEL_BSP_SCHEDULE_DELAY, 5 s) reach the sink
         received = exported_bytes(work, sink_port)
     off = results["telemetry off"]["rps"]
@@ -496,6 +479,34 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
         for label, _ in variants]
     rows.append({"telemetry": "OTLP span exports received (MB)", "rps": received / 1e6})
     return rows
+
+
+def start_otlp_sink(stack: ExitStack, work: Path, port: int) -> None:
+    """The OTLP sink of `otlp_sink_conf` on core 1, until `stack` closes."""
+    stack.enter_context(process(["nginx", "-c", str(otlp_sink_conf(work, port))], cpu=1))
+    wait_http(f"http://127.0.0.1:{port}/health")
+
+
+def side_by_side(stack: ExitStack, work: Path, variants: list[tuple[str, dict[str, str]]],
+                 duration: float, reps: int) -> dict[str, dict[str, float]]:
+    """One modelberth per (label, environment) on core 0, each with a fast nginx upstream of
+    its own on core 1, all running at once (until `stack` closes), measured with wrk at c=64
+    in interleaved rounds; span export processes are moved to core 1 and their CPU reported."""
+    targets, pids, helpers = [], {}, {}
+    for label, env in variants:
+        up_port = free_port()
+        models = {"m": {"command": on_load_core(
+            ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
+            "port": up_port, "health_path": "/health", "idle_timeout": 0, "preload": True}}
+        url, pid = stack.enter_context(modelberth(work, models, env=env))
+        pids[label] = pid
+        helper = export_process(pid)
+        if helper is not None:
+            helpers[label] = helper
+        wait_http(f"http://127.0.0.1:{up_port}/health")
+        wrk(work, url, 8, 1)  # warm up
+        targets.append((label, url))
+    return interleaved(work, targets, 64, duration, reps, pids, helpers)
 
 
 def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, duration: float,
