@@ -240,10 +240,10 @@ class SpanBatcher(Generic[Prepared]):
     processor). Beyond `max_waiting` batches queued (the collector is slow or gone) new ones
     are dropped and counted. Without a `worker`, batches are sent where they close; given
     `end_batch` (no worker then), each group is sent as it fills and `end_batch` called
-    `delay` seconds after the first item of a batch (the span export process, which exports
-    `max_batch` spans at a time itself: `prepare` pickles, `send` writes to its pipe without
-    blocking, or returns False when the process is behind: those items are dropped and
-    counted)."""
+    `delay` seconds after the first item of a batch, whatever `max_batch` says (the span
+    export process, which sizes its exports itself: `prepare` pickles, `send` writes to its
+    pipe without blocking, or returns False when the process is behind: those items are
+    dropped and counted)."""
 
     def __init__(self, prepare: Callable[[list[Any]], Prepared],
                  send: Callable[[list[Prepared]], object], close: Callable[[], object],
