@@ -20,7 +20,7 @@ from modelberth.otlp import (
     encode_attributes,
     encode_float_attribute,
     encode_raw_span,
-    encode_raw_spans,
+    encode_request,
     encode_spans,
 )
 from modelberth.request_trace import encoded_request_spans, request_spans
@@ -84,11 +84,12 @@ def test_spans_handed_over_as_values_encode_as_their_readable_spans_do() -> None
          Status(StatusCode.ERROR, "upstream failed")),
         ("chat m", 0xABC, 0x3333, None, 3, None, SpanKind.SERVER, 5, 6, {}, None),
     ]
-    ours = ExportTraceServiceRequest.FromString(encode_raw_spans(raws, provider.resource, scope))
+    encoded = encode_request([encode_raw_span(raw) for raw in raws], provider.resource, scope)
+    ours = ExportTraceServiceRequest.FromString(encoded)
     made = [readable(raw, provider.resource, scope) for raw in raws]
     theirs = ExportTraceServiceRequest.FromString(sdk_encode(made).SerializeToString())
     assert ours == theirs
-    assert encode_raw_spans([], provider.resource, scope) == b""
+    assert encode_request([], provider.resource, scope) == b""
 
 
 def _counter() -> Callable[[], int]:

@@ -230,12 +230,6 @@ def encode_spans(spans: Iterable[ReadableSpan]) -> bytes:
                     for resource, by_scope in grouped.values())
 
 
-def encode_raw_spans(spans: Iterable[RawSpan], resource: Resource,
-                     scope: InstrumentationScope) -> bytes:
-    """An ExportTraceServiceRequest of spans that share one resource and scope."""
-    return encode_request([encode_raw_span(raw) for raw in spans], resource, scope)
-
-
 def encode_raw_span(raw: RawSpan) -> bytes:
     """One span of an ExportTraceServiceRequest (`encode_request` puts them together)."""
     return _len(2, _raw_span(raw))
@@ -273,7 +267,7 @@ class OtlpHttpSpanExporter(OTLPSpanExporter):
         return hasattr(getattr(self, "_client", None), "export")
 
     def send_encoded(self, data: bytes) -> SpanExportResult:
-        """Send an ExportTraceServiceRequest already encoded (see `encode_raw_spans`)."""
+        """Send an ExportTraceServiceRequest already encoded (see `encode_request`)."""
         if getattr(self, "_shutdown", False):
             return SpanExportResult.FAILURE
         result = self._client.export(data)
