@@ -68,9 +68,9 @@ def request_spans(trace: RequestTrace, new_span_id: Callable[[], int]) -> list[R
                       SpanKind.CLIENT, start_ns, trace[END_NS],
                       {**_client(url, trace[MODEL]), **ending}, failed))
     attributes.update(ending)
-    spans.append((_name(trace[OPERATION], trace[REQUESTED]), trace_id, span_id, _parent(trace),
-                  flags, state, SpanKind.SERVER, trace[BEGAN_NS], trace[END_NS], attributes,
-                  failed))
+    spans.append((_name(trace[OPERATION], trace[REQUESTED]), trace_id, span_id,
+                  _parent(trace, state), flags, state, SpanKind.SERVER, trace[BEGAN_NS],
+                  trace[END_NS], attributes, failed))
     return spans
 
 
@@ -101,7 +101,7 @@ def encoded_request_spans(trace: RequestTrace, new_span_id: Callable[[], int]) -
             f"POST {trace[PATH]}", trace_id, client, span_id, state, SpanKind.CLIENT, start_ns,
             trace[END_NS], _block(("client", url, trace[MODEL]), _client) + ending, failed))
     spans.append(encode_span(
-        _name(trace[OPERATION], trace[REQUESTED]), trace_id, span_id, _parent(trace), state,
+        _name(trace[OPERATION], trace[REQUESTED]), trace_id, span_id, _parent(trace, state), state,
         SpanKind.SERVER, trace[BEGAN_NS], trace[END_NS], head + ending, failed))
     return spans
 
@@ -163,12 +163,12 @@ def _failed(trace: RequestTrace) -> Status | None:
     return None
 
 
-def _parent(trace: RequestTrace) -> SpanContext | None:
-    """The client's span, when the request came with one."""
+def _parent(trace: RequestTrace, state: TraceState | None) -> SpanContext | None:
+    """The client's span, when the request came with one (`state`: the trace's)."""
     if not trace[PARENT_ID]:
         return None
     return SpanContext(trace[TRACE_ID], trace[PARENT_ID], is_remote=True,
-                       trace_flags=TraceFlags(trace[FLAGS]), trace_state=_state(trace))
+                       trace_flags=TraceFlags(trace[FLAGS]), trace_state=state)
 
 
 def _ending(status: int, usage: tuple[int | None, int | None, str | None] | None,
