@@ -1,6 +1,27 @@
 """The hot path's HTTP/1.1 client to upstreams: keep-alive connections pooled per address,
 answers parsed by httptools and handed on piece by piece, with flow control.
 
+Limits, and why:
+- Connect timeout, 10 s: a local upstream that does not accept by then is not coming; the
+  request was never sent (UpstreamUnreachable), so the caller may send it elsewhere or again.
+- Idle timeout, 4 s (`UpstreamClient(idle_timeout=...)`): below the upstreams' own keep-alive
+  (llama-server and uvicorn close idle connections at 5 s), so a pooled connection is rarely
+  reused just as the upstream closes it. Idle connections are closed actively (one timer per
+  address), so none lingers half-closed (CLOSE_WAIT).
+- Pool size, 256 idle connections per address, reused newest first so the others age out.
+- High water, 256 KB: answer bytes buffered before reading from the upstream is paused, until
+  the caller takes them.
+- Replay (RFC 9112 §9.3.1): a request is sent again, once, on a new connection only when that
+  is safe: its method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and a reused
+  pooled connection failed before any byte of the answer arrived (the stale keep-alive race).
+  Anything else, a POST above all (even without a body), may have been read and acted on by
+  the upstream: it fails with UpstreamError, whose `answered` and `reused` let the caller
+  decide; so does a timed-out request. A connection that saw the upstream's EOF is never
+  reused.
+- Timeouts for the answer: `request(first_byte_timeout=)` for its head, `next_piece()` and
+  `read()`'s `stall_timeout` between its bytes (none by default); past them the connection is
+  aborted and UpstreamTimeout raised. One timer per connection, re-armed lazily, serves both.
+
 It does only what forwarding to a local model server needs, at a quarter of the CPU time of
 aiohttp's ClientSession per request (measurements in docs/decisions.md). Health probes and
 everything off the hot path keep using aiohttp."""
@@ -9,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from typing import cast
 
@@ -19,26 +39,51 @@ Headers = list[tuple[bytes, bytes]]
 Address = tuple[str, int]
 
 _CONNECT_TIMEOUT = 10.0
-_IDLE_TIMEOUT = 15.0  # a pooled connection unused this long is closed
+_IDLE_TIMEOUT = 4.0  # a pooled connection unused this long is closed
 _MAX_IDLE = 256  # pooled connections kept per address
 _HIGH_WATER = 256 * 1024  # answer bytes buffered before the upstream is paused
 _WHOLE_REQUEST = 64 * 1024  # bodies up to this size go out in one write with the head
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 §9.2.2
+_EARLY = 0.001  # a timer firing this close to its deadline counts as on time (uvloop: ms)
 
 
 class UpstreamError(Exception):
-    """The connection failed, or the upstream's answer was cut short or malformed."""
+    """The connection failed, or the upstream's answer was cut short or malformed.
+
+    `answered`: some byte of the answer had arrived. `reused`: the request went out on a
+    pooled connection. Neither set: the upstream may still have read the request."""
+
+    def __init__(self, message: str, *, answered: bool = False, reused: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+        self.reused = reused
 
 
 class UpstreamUnreachable(UpstreamError):
     """Connecting failed: the request never reached the upstream."""
 
 
+class UpstreamTimeout(UpstreamError):
+    """The answer's head, or its next byte, did not arrive in time; the connection was
+    aborted."""
+
+
+class _Pool:
+    """One address's idle connections, oldest first, and the timer that closes them."""
+
+    __slots__ = ("idle", "timer")
+
+    def __init__(self) -> None:
+        self.idle: deque[_Connection] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one request at a time."""
 
-    def __init__(self, pool: deque[_Connection]) -> None:
-        self._pool = pool
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[None] | None = None
@@ -47,11 +92,22 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._head_only = False
+        self._eof = False
+        self._sent = False  # a request went out on this connection before
+        # One timer for both timeouts: it is left armed from request to request and, when
+        # it fires, checks what is awaited now, so a request usually costs no timer at all.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._head_due = 0.0  # when the head must have arrived (0: no limit)
+        self._head_timeout = 0.0
+        self._stall = 0.0  # the current wait's stall_timeout (0: no limit)
+        self._wait_since = 0.0
         self.status = 0
         self.headers: Headers = []
         self.complete = False
         self.reusable = False
         self.received = False  # any byte of the current answer
+        self.reused = False  # the current request went out on a pooled connection
         self.error: UpstreamError | None = None
         self.idle_since = 0.0
 
@@ -59,14 +115,23 @@ class _Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
+        return (not self._eof and self._transport is not None
+                and not self._transport.is_closing())
 
-    def send(self, method: bytes, head: bytes, body: bytes) -> None:
+    def send(self, method: bytes, head: bytes, body: bytes,
+             first_byte_timeout: float | None) -> None:
         assert self._transport is not None
-        self._head = self._loop.create_future()
+        self._head = self.loop.create_future()
         self._head_only = method == b"HEAD"
         self.status, self.headers, self.error = 0, [], None
         self.complete = self.reusable = self.received = False
+        self.reused, self._sent = self._sent, True
+        if first_byte_timeout:
+            self._head_timeout = first_byte_timeout
+            self._head_due = self.loop.time() + first_byte_timeout
+            self._arm(self._head_due)
+        else:
+            self._head_due = 0.0
         if len(body) <= _WHOLE_REQUEST:
             self._transport.write(head + body)
         else:
@@ -91,9 +156,16 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
-    async def more(self) -> None:
-        """Wait until more of the answer, its end or an error arrives."""
-        self._waiter = self._loop.create_future()
+    async def more(self, stall_timeout: float | None) -> None:
+        """Wait until more of the answer, its end or an error arrives (an UpstreamTimeout
+        error if nothing arrives for `stall_timeout` seconds)."""
+        self._waiter = self.loop.create_future()
+        if stall_timeout:
+            self._stall = stall_timeout
+            self._wait_since = self.loop.time()
+            self._arm(self._wait_since + stall_timeout)
+        else:
+            self._stall = 0.0
         try:
             await self._waiter
         finally:
@@ -120,19 +192,31 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed answer from the upstream: {exc}"))
+            self._fail(UpstreamError(f"malformed answer from the upstream: {exc}",
+                                     answered=True, reused=self.reused))
             self.abort()
+            return
+        if self._stall and self._waiter is not None and not self._waiter.done():
+            self._wait_since = self.loop.time()  # bytes, but no body yet (chunk framing)
+
+    def eof_received(self) -> bool:
+        self._eof = True  # never reused from now on; the transport closes itself
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         with contextlib.suppress(ValueError):
-            self._pool.remove(self)
-        if self._head is None or self.complete:
+            self.pool.idle.remove(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._head is None or self.complete or self.error is not None:
             return
         if self._head.done() and self._ends_at_close():
             self.on_message_complete()
             return
         reason = f": {exc}" if exc else ""
-        self._fail(UpstreamError(f"the upstream closed the connection{reason}"))
+        self._fail(UpstreamError(f"the upstream closed the connection{reason}",
+                                 answered=self.received, reused=self.reused))
 
     # --- httptools callbacks --------------------------------------------------------------
 
@@ -176,7 +260,39 @@ class _Connection(asyncio.Protocol):
                 return False
         return True
 
+    def _arm(self, due: float) -> None:
+        """Have the timer fire by `due` (it may fire earlier: `_on_timer` re-arms it)."""
+        if self._timer is not None:
+            if self._timer_at <= due:
+                return
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self.loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._head is None or self.complete or self.error is not None:
+            return
+        if not self._head.done():
+            if not self._head_due:
+                return
+            due = self._head_due
+            message = (f"no answer from the upstream within {self._head_timeout:g}s "
+                       "(first_byte_timeout)")
+        elif self._stall and self._waiter is not None and not self._waiter.done():
+            due = self._wait_since + self._stall
+            message = f"the upstream sent nothing for {self._stall:g}s (stream_stall_timeout)"
+        else:
+            return  # nothing awaited with a limit: the next wait or request arms the timer
+        if self.loop.time() < due - _EARLY:
+            self._arm(due)
+            return
+        self._fail(UpstreamTimeout(message, answered=self.received, reused=self.reused))
+        self.abort()
+
     def _fail(self, error: UpstreamError) -> None:
+        if self.error is not None:
+            return  # the first failure is the one to report
         self.error = error
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
@@ -199,9 +315,10 @@ class UpstreamResponse:
         self.status = conn.status
         self.headers = conn.headers
 
-    async def next_piece(self) -> bytes:
+    async def next_piece(self, stall_timeout: float | None = None) -> bytes:
         """The body received since the last call (waiting for some); b"" at the end.
-        Raises UpstreamError when the upstream breaks off."""
+        Raises UpstreamError when the upstream breaks off, UpstreamTimeout when it sends
+        nothing for `stall_timeout` seconds (0 or None: no limit)."""
         conn = self._conn
         while True:
             data = conn.take()
@@ -211,7 +328,7 @@ class UpstreamResponse:
                 return b""
             if conn.error is not None:
                 raise conn.error
-            await conn.more()
+            await conn.more(stall_timeout)
 
     def arrived_whole(self) -> bytes | None:
         """The whole body if all of it is here already (a small answer usually comes in the
@@ -219,9 +336,9 @@ class UpstreamResponse:
         conn = self._conn
         return conn.take() if conn.complete else None
 
-    async def read(self) -> bytes:
+    async def read(self, stall_timeout: float | None = None) -> bytes:
         pieces = []
-        while piece := await self.next_piece():
+        while piece := await self.next_piece(stall_timeout):
             pieces.append(piece)
         return b"".join(pieces)
 
@@ -236,62 +353,93 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    def __init__(self) -> None:
-        self._idle: dict[Address, deque[_Connection]] = {}
+    def __init__(self, idle_timeout: float = _IDLE_TIMEOUT) -> None:
+        self._idle_timeout = idle_timeout
+        self._pools: dict[Address, _Pool] = {}
 
     async def request(self, method: str, host: str, port: int, target: str,
-                      headers: Headers, body: bytes) -> UpstreamResponse:
+                      headers: Headers, body: bytes,
+                      first_byte_timeout: float | None = None) -> UpstreamResponse:
         """Send a request and wait for the answer's head. Raises UpstreamUnreachable when
-        no connection could be made, UpstreamError when the upstream failed before its head.
+        no connection could be made, UpstreamTimeout when the head has not arrived
+        `first_byte_timeout` seconds after the request went out (0 or None: no limit),
+        UpstreamError when the upstream failed before its head.
 
-        A pooled connection that closes before a single byte of the answer is the stale
-        keep-alive race (the upstream closed it as we reused it); the request is sent once
-        more on a new connection."""
+        Only an idempotent request whose pooled connection failed before a single byte of
+        the answer (the stale keep-alive race: the upstream closed it as we reused it) is
+        sent once more, on a new connection; see the module's docstring."""
         address = (host, port)
         head = _request_head(method, host, port, target, headers, len(body))
         verb = method.encode("ascii")
         conn = self._pooled(address)
         if conn is not None:
             try:
-                await _exchange(conn, verb, head, body)
+                await _exchange(conn, verb, head, body, first_byte_timeout)
                 return UpstreamResponse(self, conn, address)
-            except UpstreamError:
-                if conn.received:
+            except UpstreamError as exc:
+                if (exc.answered or method not in _IDEMPOTENT
+                        or isinstance(exc, UpstreamTimeout)):
                     raise
         conn = await self._connect(address)
-        await _exchange(conn, verb, head, body)
+        await _exchange(conn, verb, head, body, first_byte_timeout)
         return UpstreamResponse(self, conn, address)
 
     def pool(self, conn: _Connection, address: Address) -> None:
-        idle = self._idle.setdefault(address, deque())
-        now = time.monotonic()
-        while idle and (len(idle) >= _MAX_IDLE or now - idle[0].idle_since > _IDLE_TIMEOUT):
+        pool = conn.pool
+        if self._pools.get(address) is not pool:  # the client was closed meanwhile
+            conn.close()
+            return
+        idle = pool.idle
+        if len(idle) >= _MAX_IDLE:
             idle.popleft().close()
-        conn.idle_since = now
+        conn.idle_since = now = conn.loop.time()
         idle.append(conn)
+        if pool.timer is None:
+            pool.timer = conn.loop.call_at(now + self._idle_timeout, self._expire, pool)
 
     async def close(self) -> None:
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
-        self._idle.clear()
+        for pool in self._pools.values():
+            if pool.timer is not None:
+                pool.timer.cancel()
+                pool.timer = None
+            while pool.idle:
+                pool.idle.pop().close()
+        self._pools.clear()
 
     def _pooled(self, address: Address) -> _Connection | None:
-        idle = self._idle.get(address)
-        now = time.monotonic()
+        pool = self._pools.get(address)
+        if pool is None:
+            return None
+        idle = pool.idle
         while idle:
-            conn = idle.pop()
-            if conn.usable and now - conn.idle_since <= _IDLE_TIMEOUT:
+            conn = idle.pop()  # the newest: the others age out
+            if conn.usable and conn.loop.time() - conn.idle_since < self._idle_timeout:
                 return conn
             conn.close()
         return None
 
+    def _expire(self, pool: _Pool) -> None:
+        """Close the address's connections idle for the timeout, and re-arm for the next."""
+        pool.timer = None
+        idle = pool.idle
+        if not idle:
+            return
+        loop = idle[0].loop
+        oldest_kept = loop.time() - self._idle_timeout + _EARLY
+        while idle and idle[0].idle_since <= oldest_kept:
+            idle.popleft().close()
+        if idle:
+            pool.timer = loop.call_at(idle[0].idle_since + self._idle_timeout,
+                                      self._expire, pool)
+
     async def _connect(self, address: Address) -> _Connection:
         loop = asyncio.get_running_loop()
-        idle = self._idle.setdefault(address, deque())
+        pool = self._pools.get(address)
+        if pool is None:
+            pool = self._pools[address] = _Pool()
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                _, conn = await loop.create_connection(lambda: _Connection(idle), *address)
+                _, conn = await loop.create_connection(lambda: _Connection(pool), *address)
         except TimeoutError:
             raise UpstreamUnreachable(
                 f"connecting to {address[0]}:{address[1]} timed out") from None
@@ -301,10 +449,11 @@ class UpstreamClient:
         return conn
 
 
-async def _exchange(conn: _Connection, verb: bytes, head: bytes, body: bytes) -> None:
+async def _exchange(conn: _Connection, verb: bytes, head: bytes, body: bytes,
+                    first_byte_timeout: float | None) -> None:
     """Send the request and wait for the answer's head; on any failure the connection is
     dropped."""
-    conn.send(verb, head, body)
+    conn.send(verb, head, body, first_byte_timeout)
     try:
         await conn.head_received()
     except BaseException:
