@@ -156,6 +156,12 @@ def model(body: str, env: dict[str, str] | None = None) -> ModelSpec:
          "models.b.aliases.0", 3, "alias 'z' of 'b' is already used by 'a'"),
         ("models:\n  a: {command: [x, '${PORT}'], aliases: [b]}\n  b: {command: [y, '${PORT}']}\n",
          "models.a.aliases.0", 2, "alias 'b' of 'a' is already used by 'b'"),
+        ("server:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - localhost\n",
+         "server.trusted_proxies", 2, "'localhost' is not an IP address or CIDR network"),
+        ("server:\n  header_timeout: 0\n", "server.header_timeout", 2, "greater than 0"),
+        ("server:\n  instance_id: 'a b'\n", "server.instance_id", 2, "should match pattern"),
+        ("defaults:\n  max_timeouts: 0\n", "defaults.max_timeouts", 2,
+         "greater than or equal to 1"),
         # YAML itself
         ("server:\n  port: 1\nserver:\n  port: 2\n", "server", 3, "duplicate key"),
         ("server:\n  host: a\n  host: b\n", "server.host", 3, "duplicate key"),
@@ -402,6 +408,32 @@ def test_builtin_defaults() -> None:
     assert not spec.preload
     assert not spec.pinned
     assert spec.priority == 0
+
+
+def test_upstream_timeouts_default_apply_and_per_model_values_win() -> None:
+    text = """\
+defaults:
+  first_byte_timeout: 5m
+  max_timeouts: 2
+models:
+  plain: {command: [x, "${PORT}"]}
+  own: {command: [x, "${PORT}"], first_byte_timeout: 0, stream_stall_timeout: 2s,
+        max_timeouts: 5}
+"""
+    specs = parse_config(text, env={}).specs()
+    plain, own = specs["plain"], specs["own"]
+    assert (plain.first_byte_timeout, plain.stream_stall_timeout, plain.max_timeouts) == (
+        300.0, 120.0, 2)
+    assert (own.first_byte_timeout, own.stream_stall_timeout, own.max_timeouts) == (0.0, 2.0, 5)
+    builtin = model("    command: [x, '${PORT}']\n")
+    assert (builtin.first_byte_timeout, builtin.stream_stall_timeout, builtin.max_timeouts) \
+        == (600.0, 120.0, 3)
+
+
+def test_an_admin_key_is_an_inference_key_too() -> None:
+    server = parse_config("server:\n  api_keys: [u]\n  admin_keys: [a]\n", env={}).server
+    assert server.inference_keys == ["u", "a"]
+    assert parse_config("server:\n  admin_keys: [a]\n", env={}).server.inference_keys == []
 
 
 def test_defaults_apply_and_per_model_values_win() -> None:

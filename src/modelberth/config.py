@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from modelberth.forwarding import Forwarding
 from modelberth.templates import TEMPLATES
 
 DEFAULT_PATH = Path("modelberth.yaml")
@@ -142,6 +144,45 @@ class ServerConfig(_Strict):
     protect_health: bool = Field(
         False, description="Require a key (api or admin) for /health and /metrics too."
     )
+    header_timeout: PositiveSeconds = Field(
+        10, description="A request head not complete within this many seconds closes the "
+        "connection (slowloris)."
+    )
+    body_timeout: PositiveSeconds = Field(
+        30, description="A request body that sends nothing for this many seconds closes the "
+        "connection."
+    )
+    keepalive_timeout: PositiveSeconds = Field(
+        5, description="An idle keep-alive client connection is closed after this long."
+    )
+    max_connections: int | None = Field(
+        None, gt=0, description="Open client connections before new requests get 503; "
+        "default: the file descriptor limit less a reserve for upstreams and logs."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of proxies in front of modelberth whose "
+        "X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host are believed; from anyone "
+        "else they are replaced by what modelberth sees.",
+    )
+    instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="Names this modelberth's containers and processes, so that several "
+        "instances share one Docker engine without touching each other's; default: derived "
+        "from the host name and port.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        Forwarding(value)  # raises ValueError naming the bad entry
+        return value
+
+    @functools.cached_property
+    def inference_keys(self) -> list[str]:
+        """Keys accepted on /v1/*: the api keys and the admin keys (an operator's key may do
+        what a user's may); empty when api_keys is, as then /v1/* is open."""
+        return [*self.api_keys, *self.admin_keys] if self.api_keys else []
 
 
 class Defaults(_Strict):
@@ -152,6 +193,18 @@ class Defaults(_Strict):
         30, description="On stop, seconds to let in-flight requests finish before terminating."
     )
     max_queue: int = Field(64, ge=0, description="Requests waiting for one model before 429.")
+    first_byte_timeout: Seconds = Field(
+        600, description="Seconds to wait for the head of an upstream's answer (a long prompt "
+        "is processed before the first byte); 504 after it; 0 = no limit."
+    )
+    stream_stall_timeout: Seconds = Field(
+        120, description="Seconds an answer under way may send nothing before it is cut off "
+        "(504, or an SSE error event); 0 = no limit."
+    )
+    max_timeouts: int = Field(
+        3, ge=1, description="Upstream timeouts in a row after which the model is marked "
+        "failed and restarted (it is hung)."
+    )
 
 
 class GpuBudget(_Strict):
@@ -214,6 +267,15 @@ class ModelConfig(_Strict):
         None, description="Overrides `defaults.drain_timeout`."
     )
     max_queue: int | None = Field(None, ge=0, description="Overrides `defaults.max_queue`.")
+    first_byte_timeout: Seconds | None = Field(
+        None, description="Overrides `defaults.first_byte_timeout`."
+    )
+    stream_stall_timeout: Seconds | None = Field(
+        None, description="Overrides `defaults.stream_stall_timeout`."
+    )
+    max_timeouts: int | None = Field(
+        None, ge=1, description="Overrides `defaults.max_timeouts`."
+    )
     preload: bool = Field(False, description="Start at boot instead of on first request.")
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
     memory_mb: int | None = Field(
@@ -439,6 +501,9 @@ class ModelSpec:
     gpus: str | tuple[int, ...] | None = None
     max_concurrency: int | None = None
     priority: int = 0
+    first_byte_timeout: float = 600.0
+    stream_stall_timeout: float = 120.0
+    max_timeouts: int = 3
 
     @classmethod
     def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
@@ -475,6 +540,11 @@ class ModelSpec:
             gpus=_gpus(model.gpus),
             max_concurrency=model.max_concurrency,
             priority=model.priority,
+            first_byte_timeout=pick(model.first_byte_timeout, defaults.first_byte_timeout),
+            stream_stall_timeout=pick(model.stream_stall_timeout,
+                                      defaults.stream_stall_timeout),
+            max_timeouts=model.max_timeouts if model.max_timeouts is not None
+            else defaults.max_timeouts,
         )
 
     @property
