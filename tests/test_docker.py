@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import signal
 import socket
 import sys
@@ -22,7 +24,13 @@ import pytest
 from conftest import FAKE, Modelberth, events_of, wait_for
 from modelberth.config import parse_config
 from modelberth.demo import llama_server_path
-from modelberth.runtimes.docker import LABEL_MANAGED, DockerRuntime
+from modelberth.runtimes.docker import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    DockerRuntime,
+    container_name,
+    default_instance_id,
+)
 from modelberth.tinymodel import ensure_tiny_model
 
 IMAGE = "modelberth-test/host:1"
@@ -103,6 +111,16 @@ def post_chat(mb: Modelberth, model: str = "m", **body: Any) -> httpx.Response:
         return client.post(CHAT, json={"model": model, "messages": [], **body})
 
 
+def instance_of(mb: Modelberth) -> str:
+    """The default instance id of a test server (no `server.instance_id` set)."""
+    return default_instance_id(socket.gethostname(), int(mb.url.rsplit(":", 1)[1]))
+
+
+def model_logs(mb: Modelberth, model: str = "m") -> str:
+    with mb.client() as client:
+        return client.get(f"/api/models/{model}/logs").text
+
+
 def test_on_demand_start_stream_ttl_and_labels(
     containers: Any, modelberth: Any, image: str, tmp_path: Path
 ) -> None:
@@ -113,8 +131,9 @@ def test_on_demand_start_stream_ttl_and_labels(
     assert status["runtime"] == "docker"
     (container,) = containers()
     assert container.id.startswith(status["runtime_id"])
-    assert container.name == "modelberth-m"
+    assert container.name == f"modelberth-{instance_of(mb)}-m"
     assert container.labels["modelberth.model"] == "m"
+    assert container.labels[LABEL_INSTANCE] == instance_of(mb)
     assert len(container.labels["modelberth.config"]) == 16
     host_config = container.attrs["HostConfig"]
     assert host_config["Init"] is True
@@ -171,7 +190,7 @@ def test_crash_while_ready_is_noticed_at_once(
 ) -> None:
     mb = modelberth({"models": {"m": fake_container(image, tmp_path)}})
     assert post_chat(mb).status_code == 200
-    engine.containers.get("modelberth-m").kill()
+    engine.containers.get(container_name(instance_of(mb), "m")).kill()
     wait_for(lambda: mb.status("m")["state"] == "failed", timeout=3)
     assert "signal 9" in mb.status("m")["last_error"]
     assert post_chat(mb).status_code == 200
@@ -201,7 +220,9 @@ def test_start_errors_are_503_with_the_cause(
     assert response.json()["error"]["code"] == "model_start_failed"
     for fragment in message:
         assert fragment in response.json()["error"]["message"]
-    assert not [c for c in containers() if c.name == "modelberth-m"]
+    # The failed container is removed in the background (the 503 does not wait for it).
+    wait_for(lambda: not [c for c in containers() if c.labels["modelberth.model"] == "m"],
+             timeout=10)
     assert post_chat(mb, "ok").status_code == 200
 
 
@@ -250,7 +271,9 @@ def test_kill_9_then_restart_adopts_the_running_container(
     first.stop(signal.SIGKILL)
     assert len(containers()) == 1  # containers do not die with their manager
 
-    second = modelberth({"models": {"m": fake_container(image, tmp_path)}})
+    # The same server again (same host, same port: the same default instance id).
+    second = modelberth({"server": {"port": first.port},
+                         "models": {"m": fake_container(image, tmp_path)}})
     status = second.status("m")
     assert status["state"] == "ready"
     assert status["runtime_id"] == container_id
@@ -265,16 +288,24 @@ def test_boot_removes_containers_that_do_not_match(
     first = modelberth({"models": {"m": fake_container(image, tmp_path)}})
     assert post_chat(first).status_code == 200
     first.stop(signal.SIGKILL)
-    stale = engine.containers.create(image, ["true"], name="modelberth-gone",
-                                     labels={LABEL_MANAGED: "true", "modelberth.model": "gone"})
+    own = instance_of(first)
+    stale = engine.containers.create(
+        image, ["true"], name=container_name(own, "gone"),
+        labels={LABEL_MANAGED: "true", "modelberth.model": "gone", LABEL_INSTANCE: own})
     assert stale.status == "created"
-
-    changed = fake_container(image, tmp_path, "--chunks", "3")  # another config hash
-    second = modelberth({"models": {"m": changed}})
-    assert second.status("m")["state"] == "stopped"
-    wait_for(lambda: not containers(), timeout=5)
-    assert post_chat(second).status_code == 200
-    assert len(containers()) == 1
+    foreign = engine.containers.create(  # another instance's: none of this one's business
+        image, ["true"], name=container_name("other", "m"),
+        labels={LABEL_MANAGED: "true", "modelberth.model": "m", LABEL_INSTANCE: "other"})
+    try:
+        changed = fake_container(image, tmp_path, "--chunks", "3")  # another config hash
+        second = modelberth({"server": {"port": first.port}, "models": {"m": changed}})
+        assert second.status("m")["state"] == "stopped"
+        wait_for(lambda: [c.id for c in containers()] == [foreign.id], timeout=5)
+        assert post_chat(second).status_code == 200
+        assert len(containers()) == 2
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            foreign.remove(force=True)
 
 
 def test_gpu_device_requests_reach_the_engine(
@@ -286,7 +317,7 @@ models:
   every: {{runtime: docker, image: "{image}", gpus: all, command: [x, "${{PORT}}"]}}
 """
     specs = parse_config(yaml_text).specs()
-    runtime = DockerRuntime()
+    runtime = DockerRuntime(instance="gpu-test")
     for name, expected in (("some", {"Count": 0, "DeviceIDs": ["0", "1"]}),
                            ("every", {"Count": -1, "DeviceIDs": []})):
         args = runtime._create_args(specs[name], 9999, image)
@@ -308,7 +339,7 @@ models:
   vl: {{runtime: docker, template: vllm, image: "{image}", model_path: org/m, network: bridge}}
 """
     spec = parse_config(yaml_text).specs()["vl"]
-    args = DockerRuntime()._create_args(spec, 9999, image)
+    args = DockerRuntime(instance="bridge-test")._create_args(spec, 9999, image)
     assert args["network_mode"] == "bridge"
     assert args["command"] == ["--model", "org/m", "--host", "0.0.0.0", "--port", "8000"]
     args["name"] = "modelberth-bridge-test"
@@ -355,3 +386,119 @@ def test_real_llama_server_in_a_container(
     assert time.monotonic() - began < 30
     assert len(containers()) == 1
     assert os.path.exists(binary)
+
+
+DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # server.instance_id
+
+
+def test_instance_ids_and_container_names_follow_the_rules() -> None:
+    assert default_instance_id("GPU-Box.example.com", 8080) == "gpu-box.example.com-8080"
+    assert default_instance_id("", 0) == "host-0"
+    assert default_instance_id("-weird host!_", 80) == "weird-host-80"
+    long = default_instance_id("h" * 300, 65535)
+    assert len(long) == 63 and long.endswith("-65535")
+    for made in (long, default_instance_id("..", 1), default_instance_id("a" * 57 + ".b", 9)):
+        assert INSTANCE_ID.fullmatch(made), made
+    assert container_name("alpha", "m") == "modelberth-alpha-m"
+    colon, underscore = container_name("alpha", "llama3:8b"), container_name("alpha", "llama3_8b")
+    assert colon != underscore
+    for name in (colon, underscore, container_name("a", "x@y+z")):
+        assert DOCKER_NAME.fullmatch(name), name
+
+
+def test_two_instances_on_one_engine_leave_each_other_alone(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = modelberth({"server": {"instance_id": "alpha"},
+                    "models": {"m": fake_container(image, tmp_path / "a")}})
+    assert post_chat(a).status_code == 200
+    (a_container,) = containers()
+    assert a_container.labels[LABEL_INSTANCE] == "alpha"
+
+    # Another config (another hash for "m"), another instance, on the same engine.
+    b = modelberth({"server": {"instance_id": "beta"},
+                    "models": {"m": fake_container(image, tmp_path / "b", "--chunks", "3")}})
+    assert b.status("m")["state"] == "stopped"  # nothing of its own to adopt
+    assert post_chat(b).status_code == 200
+    time.sleep(1)  # what removed A's container before did so within a second
+    a_container.reload()  # NotFound if B removed it
+    assert a_container.status == "running"
+    by_instance = {c.labels.get(LABEL_INSTANCE): c.id for c in containers()}
+    assert by_instance == {"alpha": a_container.id, "beta": by_instance["beta"]}
+    assert a.status("m")["state"] == "ready"
+    assert a.status("m")["runtime_id"] == a_container.id[:12]
+    assert post_chat(a).status_code == 200
+    assert len(events_of(tmp_path / "a" / "events", "start")) == 1
+
+    b.stop()  # B's shutdown removes B's container only
+    (left,) = containers()
+    assert left.id == a_container.id and left.status == "running"
+    assert post_chat(a).status_code == 200
+    a.stop()
+    assert not containers()
+
+
+def test_a_foreign_container_holding_the_name_is_an_error_not_removed(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    squatters = [  # a container of another program, and one of an instance with another id
+        engine.containers.create(image, ["true"], name=container_name("alpha", "m")),
+        engine.containers.create(image, ["true"], name=container_name("beta", "m"), labels={
+            LABEL_MANAGED: "true", "modelberth.model": "m", LABEL_INSTANCE: "gamma"}),
+    ]
+    try:
+        for instance, squatter, owner in (("alpha", squatters[0], "something else"),
+                                          ("beta", squatters[1], "modelberth instance 'gamma'")):
+            mb = modelberth({"server": {"instance_id": instance},
+                             "models": {"m": fake_container(image, tmp_path)}})
+            response = post_chat(mb)
+            assert response.status_code == 503
+            message = response.json()["error"]["message"]
+            assert f"container name '{container_name(instance, 'm')}' is taken" in message
+            assert owner in message
+            squatter.reload()  # still there
+            mb.stop()
+    finally:
+        for squatter in squatters:
+            with contextlib.suppress(docker.errors.NotFound):
+                squatter.remove(force=True)
+
+
+def test_adopted_container_keeps_its_earlier_output(
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    settings = fake_container(image, tmp_path)
+    settings["command"] = ["/bin/sh", "-c", 'echo "loading weights (on stderr)" >&2; exec "$@"',
+                           "sh", *settings["command"]]
+    first = modelberth({"models": {"m": settings}})
+    assert post_chat(first).status_code == 200
+    assert "fake upstream starting" in model_logs(first)
+    first.stop(signal.SIGKILL)
+
+    second = modelberth({"server": {"port": first.port}, "models": {"m": settings}})
+    assert second.status("m")["state"] == "ready"  # adopted
+    logs = model_logs(second)
+    assert logs.count("loading weights (on stderr)") == 1
+    assert logs.count("fake upstream starting") == 1
+    assert logs.index("loading weights") < logs.index("fake upstream starting")
+
+    # What the container prints from now on lands in the same buffer, once.
+    (container,) = containers()
+    container.exec_run(["/bin/sh", "-c", "echo after adoption > /proc/1/fd/1"])
+    wait_for(lambda: "after adoption" in model_logs(second), timeout=5)
+    time.sleep(0.5)
+    logs = model_logs(second)
+    assert logs.count("after adoption") == 1
+    assert logs.count("fake upstream starting") == 1
+
+    container.kill()  # a crash after adoption quotes the output from before it
+    wait_for(lambda: second.status("m")["state"] == "failed", timeout=5)
+    last_error = second.status("m")["last_error"]
+    assert "signal 9" in last_error
+    assert "fake upstream starting" in last_error
+    assert "after adoption" in last_error
+    assert post_chat(second).status_code == 200  # a new container replaces the dead one
+    assert [c.id for c in containers()] != [container.id]

@@ -49,7 +49,8 @@ class Registry:
         self.events.add_listener(_log_event)
         self.runtimes: dict[str, Runtime] = {
             "process": ProcessRuntime(),
-            "docker": DockerRuntime(config.docker.url),
+            "docker": DockerRuntime(config.docker.url,
+                                    instance=DockerRuntime.instance_for(config.server)),
         }
         self.models: dict[str, Model] = {}
         self.monitor = Monitor(config.resources)
@@ -84,7 +85,8 @@ class Registry:
         self._index()
         self.monitor.start(self.models.values)
         for runtime_name in self.runtimes_in_use() | {"process"}:
-            found = await self.runtimes[runtime_name].recover(specs)
+            found = await self.runtimes[runtime_name].recover(
+                specs, {name: model.logs for name, model in self.models.items()})
             for name, (upstream, port) in found.items():
                 if await self.models[name].adopt(upstream, port):
                     logger.info("{}: adopted running upstream {} on port {}", name,

@@ -59,9 +59,12 @@ class Runtime(Protocol):
 
     error: str | None  # why the runtime cannot work right now (daemon down...), if so
 
-    async def recover(self, specs: Mapping[str, ModelSpec]) -> dict[str, tuple[Upstream, int]]:
-        """Deal with what an earlier modelberth run left: upstreams that still match the
-        config are returned (by model name, with their port) to be adopted; the rest end."""
+    async def recover(self, specs: Mapping[str, ModelSpec],
+                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+        """Deal with what an earlier run of this modelberth left: upstreams that still match
+        the config are returned (by model name, with their port) to be adopted; the rest end.
+        An adopted upstream writes its output (and its recent earlier output, if the runtime
+        can read it) into the model's buffer in `logs`."""
         ...
 
     async def healthy(self) -> bool: ...

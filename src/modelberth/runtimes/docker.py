@@ -2,16 +2,25 @@
 
 Every SDK call blocks, so none runs on the event loop: short calls go to a small thread pool,
 and the two long ones per container (waiting for exit, following output) get a thread each.
+
+Several modelberth instances may share one engine. Each owns only the containers labelled
+with its instance id (`modelberth.instance`), named `modelberth-<instance>-<model>`: it
+adopts or removes those and never touches another instance's. See `instance_id` for how the
+id is chosen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import docker
@@ -21,7 +30,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 from loguru import logger
 
-from modelberth.config import ModelSpec
+from modelberth.config import ModelSpec, ServerConfig
 from modelberth.logbuffer import LogBuffer
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
 
@@ -30,15 +39,75 @@ LABEL_MANAGED = "modelberth.managed"
 LABEL_MODEL = "modelberth.model"
 LABEL_CONFIG = "modelberth.config"
 LABEL_PORT = "modelberth.port"
+LABEL_INSTANCE = "modelberth.instance"
+BACKFILL_LINES = 200  # output of an adopted container copied into its model's log buffer
 _STATS_INTERVAL = 5.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")  # what Docker does not allow in names
+_TIMESTAMP = re.compile(
+    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
 
 
 class DaemonUnavailable(RuntimeStartError):
     pass
 
 
-def container_name(model: str) -> str:
-    return f"modelberth-{model}"
+def instance_id(server: ServerConfig) -> str:
+    """Who owns which containers on a shared engine: `server.instance_id` if set, else
+    `<host name>-<server.port>` (the host name lower-cased, characters Docker does not allow
+    in names replaced by `-`, cut so the id stays within 63 characters).
+
+    The default is stable across restarts of the same server on the same host, so a
+    modelberth that crashed adopts its containers when it comes back. Set `instance_id`
+    when that is not enough: two instances on one host that both listen on port 0, or a
+    modelberth whose host name changes between runs (in a container without a fixed
+    hostname). Containers of an id no longer in use are left alone: remove them by hand.
+    """
+    if server.instance_id:
+        return server.instance_id
+    return default_instance_id(socket.gethostname(), server.port)
+
+
+def default_instance_id(host: str, port: int) -> str:
+    suffix = f"-{port}"
+    name = _UNSAFE.sub("-", host.lower()).strip("-._")[:63 - len(suffix)].rstrip("-._")
+    return f"{name or 'host'}{suffix}"
+
+
+def container_name(instance: str, model: str) -> str:
+    """`modelberth-<instance>-<model>`; a model name with characters Docker does not allow
+    (`:`, `@`, `+`) has them replaced and a short hash of the real name appended."""
+    safe = _UNSAFE.sub("_", model)
+    if safe != model:
+        safe += "-" + hashlib.sha256(model.encode()).hexdigest()[:8]
+    return f"modelberth-{instance}-{safe}"
+
+
+def _split_timestamp(frame: bytes) -> tuple[int | None, bytes]:
+    """A log frame fetched with `timestamps=True`: (nanoseconds since the epoch, payload)."""
+    match = _TIMESTAMP.match(frame)
+    if match is None:
+        return None, frame
+    zone = match[3].decode()
+    when = datetime.fromisoformat(match[1].decode() + ("+00:00" if zone == "Z" else zone))
+    nanos = int((match[2] or b"").decode().ljust(9, "0"))
+    return int(when.timestamp()) * 1_000_000_000 + nanos, frame[match.end():]
+
+
+def _lines(frames: Iterable[bytes], after: int | None = None) -> Iterator[tuple[int, str]]:
+    """Output lines (with the timestamp of the frame that ended them) from timestamped log
+    frames; frames stamped at or before `after` are skipped (already seen)."""
+    pending, stamp = b"", 0
+    for frame in frames:
+        when, payload = _split_timestamp(frame)
+        if when is not None:
+            if after is not None and when <= after:
+                continue
+            stamp = when
+        *done, pending = (pending + payload).split(b"\n")
+        for line in done:
+            yield stamp, line.decode("utf-8", "replace").rstrip("\r")
+    if pending:
+        yield stamp, pending.decode("utf-8", "replace").rstrip("\r")
 
 
 def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
@@ -68,7 +137,9 @@ def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
 class DockerUpstream:
     def __init__(self, runtime: DockerRuntime, container: Container, model: str,
-                 logs: LogBuffer) -> None:
+                 logs: LogBuffer, after: Mapping[str, int] | None = None) -> None:
+        """Output goes to `logs` from the container's start, or for an adopted container
+        only what came after `after` (per stream, the last timestamp already in `logs`)."""
         self._runtime = runtime
         self._container = container
         self._model = model
@@ -77,7 +148,8 @@ class DockerUpstream:
         self.memory_bytes: int | None = None  # sampled in the background by the runtime
         loop = asyncio.get_running_loop()
         self._log_threads = [
-            threading.Thread(target=self._follow_logs, args=(loop, stream),
+            threading.Thread(target=self._follow_logs,
+                             args=(loop, stream, (after or {}).get(stream)),
                              name=f"{stream}-{model}", daemon=True)
             for stream in ("stdout", "stderr")
         ]
@@ -139,22 +211,14 @@ class DockerUpstream:
         for thread in self._log_threads:
             thread.join(2.0)
 
-    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str) -> None:
+    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str,
+                     after: int | None) -> None:
         log = logger.bind(model=self._model, upstream=True, stream=stream)
-        pending = b""
-
-        def emit(raw: bytes) -> None:
-            text = raw.decode("utf-8", "replace").rstrip("\r")
-            loop.call_soon_threadsafe(self._logs.append, stream, text)
-            log.info("{}", text)
-
         try:
-            for chunk in self._runtime.follow_logs(self._container, stream):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    emit(line)
-            if pending:
-                emit(pending)
+            frames = self._runtime.follow_logs(self._container, stream, after)
+            for _, text in _lines(frames, after):
+                loop.call_soon_threadsafe(self._logs.append, stream, text)
+                log.info("{}", text)
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 RuntimeError):
             pass  # the container is gone, or the loop is closed
@@ -163,13 +227,21 @@ class DockerUpstream:
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, instance: str) -> None:
+        """`instance` (see `instance_id`) names and labels the containers this runtime
+        owns; it never adopts, removes or replaces a container of another instance."""
         self._url = url
+        self.instance = instance
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
         self.error: str | None = None  # why the daemon is unreachable, if it is
         self._sampled: dict[str, DockerUpstream] = {}
         self._sampler: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def instance_for(server: ServerConfig) -> str:
+        """The instance id of the modelberth with these server settings: `instance_id`."""
+        return instance_id(server)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -206,13 +278,37 @@ class DockerRuntime:
         except RuntimeStartError:
             return False
 
-    def follow_logs(self, container: Container, stream: str) -> Iterator[bytes]:
-        """Blocking: the container's output on one stream, from its start until it exits."""
+    def follow_logs(self, container: Container, stream: str,
+                    after: int | None = None) -> Iterator[bytes]:
+        """Blocking: the container's output on one stream in timestamped frames, from its
+        start (or from a little before `after`, in ns since the epoch) until it exits."""
         assert self._client is not None
-        chunks: Iterator[bytes] = self._client.api.logs(
+        # A second early (frames at or before `after` are dropped by the reader), so that
+        # a since rounded in transit loses nothing.
+        since = None if after is None else max(after / 1e9 - 1.0, 1.0)
+        frames: Iterator[bytes] = self._client.api.logs(
             str(container.id), stdout=stream == "stdout", stderr=stream == "stderr",
-            stream=True, follow=True)
-        return chunks
+            stream=True, follow=True, timestamps=True, since=since)
+        return frames
+
+    def recent_output(self, container: Container,
+                      lines: int) -> tuple[list[tuple[str, str]], dict[str, int]]:
+        """Blocking: the container's last `lines` output lines as (stream, text) in order,
+        and per stream the timestamp of the last one (where following should resume)."""
+        assert self._client is not None
+        merged: list[tuple[int, str, str]] = []
+        last: dict[str, int] = {}
+        for stream in ("stdout", "stderr"):
+            frames: Iterator[bytes] = self._client.api.logs(
+                str(container.id), stdout=stream == "stdout", stderr=stream == "stderr",
+                stream=True, follow=False, timestamps=True, tail=lines)
+            for frame in frames:  # the resume point counts every frame, even a partial line
+                when, _ = _split_timestamp(frame)
+                if when is not None:
+                    last[stream] = max(when, last.get(stream, 0))
+                merged.extend((when or 0, stream, text) for _, text in _lines([frame]))
+        merged.sort(key=lambda entry: entry[0])  # stable: a stream's own order is kept
+        return [(stream, text) for _, stream, text in merged[-lines:]], last
 
     async def remove(self, container: Container) -> None:
         with contextlib.suppress(docker.errors.NotFound, RuntimeStartError):
@@ -224,7 +320,7 @@ class DockerRuntime:
         client = await self.client()
         image = await self._ensure_image(client, spec, logs)
         kwargs = self._create_args(spec, port, image)
-        await self._remove_named(client, kwargs["name"])
+        await self._remove_own_named(client, kwargs["name"])
         try:
             container = await self.call(lambda: client.containers.create(**kwargs))
         except docker.errors.APIError as exc:
@@ -240,16 +336,21 @@ class DockerRuntime:
         self._track(upstream)
         return upstream
 
-    async def recover(self, specs: Mapping[str, ModelSpec]) -> dict[str, tuple[Upstream, int]]:
-        """Labelled containers from an earlier run: keep those that match the config and
-        are running (returned by model name, with their port); remove every other one."""
+    async def recover(self, specs: Mapping[str, ModelSpec],
+                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+        """This instance's containers from an earlier run: keep those that match the config
+        and are running (returned by model name, with their port), their recent output
+        copied into the model's buffer in `logs`, which their output goes on into; remove
+        every other one. Other instances' containers are not touched."""
         try:
             client = await self.client()
         except RuntimeStartError as exc:
             logger.warning("docker: {}", exc)
             return {}
-        found = await self.call(lambda: client.containers.list(
-            all=True, filters={"label": f"{LABEL_MANAGED}=true"}))
+        own: dict[str, str | list[str] | bool] = {
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"]}
+        found = await self.call(lambda: client.containers.list(all=True, filters=own))
+        await self._warn_unowned(client)
         kept: dict[str, tuple[Upstream, int]] = {}
         for container in found:
             labels = container.labels
@@ -258,8 +359,12 @@ class DockerRuntime:
             if (spec is not None and spec.runtime == "docker" and spec.name not in kept
                     and labels.get(LABEL_CONFIG) == spec.config_hash()
                     and container.status == "running" and port.isdigit()):
-                logs = LogBuffer()
-                kept[spec.name] = (DockerUpstream(self, container, spec.name, logs), int(port))
+                buffer = logs.get(spec.name)
+                if buffer is None:
+                    buffer = LogBuffer()
+                after = await self._backfill(container, buffer)
+                adopted = DockerUpstream(self, container, spec.name, buffer, after)
+                kept[spec.name] = (adopted, int(port))
                 continue
             logger.warning("docker: removing stale container {} ({}, {})", container.name,
                            labels.get(LABEL_MODEL), container.status)
@@ -280,9 +385,10 @@ class DockerRuntime:
         args: dict[str, Any] = {
             "image": image,
             "command": spec.argv(inner_port) or None,
-            "name": container_name(spec.name),
-            "labels": {LABEL_MANAGED: "true", LABEL_MODEL: spec.name,
-                       LABEL_CONFIG: spec.config_hash(), LABEL_PORT: str(port)},
+            "name": container_name(self.instance, spec.name),
+            "labels": {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance,
+                       LABEL_MODEL: spec.name, LABEL_CONFIG: spec.config_hash(),
+                       LABEL_PORT: str(port)},
             "environment": spec.environment(inner_port),
             "volumes": list(docker_spec.volumes),
             "init": True,
@@ -334,13 +440,52 @@ class DockerRuntime:
         except docker.errors.ImageNotFound:
             return False
 
-    async def _remove_named(self, client: docker.DockerClient, name: str) -> None:
+    async def _remove_own_named(self, client: docker.DockerClient, name: str) -> None:
+        """Clear the way for a new container named `name`: a leftover of this instance is
+        removed; any other container with that name is an error, never removed."""
         try:
             old = await self.call(lambda: client.containers.get(name))
         except docker.errors.NotFound:
             return
+        labels = old.labels or {}
+        if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_INSTANCE) != self.instance:
+            owner = (f"modelberth instance '{labels[LABEL_INSTANCE]}'"
+                     if labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_INSTANCE)
+                     else "something else")
+            raise RuntimeStartError(
+                f"container name '{name}' is taken by a container of {owner} "
+                f"({old.short_id}, {old.status}); this is instance '{self.instance}': "
+                "set server.instance_id to a unique value or remove that container")
         logger.warning("docker: removing leftover container {} ({})", name, old.status)
         await self.remove(old)
+
+    async def _backfill(self, container: Container, logs: LogBuffer) -> dict[str, int] | None:
+        """Copy an adopted container's recent output into `logs`; return where following
+        its output should resume (None: from its start, when that output is unavailable)."""
+        try:
+            lines, after = await self.call(
+                lambda: self.recent_output(container, BACKFILL_LINES))
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                RuntimeStartError) as exc:
+            logger.warning("docker: cannot read the output of {}: {}", container.name, exc)
+            return None
+        for stream, text in lines:
+            logs.append(stream, text)
+        earlier = f": its last {len(lines)} output lines are above" if lines else ""
+        logs.append("modelberth",
+                    f"container {container.short_id} was running already{earlier}")
+        return after
+
+    async def _warn_unowned(self, client: docker.DockerClient) -> None:
+        """Containers of a modelberth from before instance ids are no one's: say so."""
+        with contextlib.suppress(docker.errors.DockerException, RuntimeStartError):
+            managed = await self.call(lambda: client.containers.list(
+                all=True, filters={"label": f"{LABEL_MANAGED}=true"}))
+            unowned = [str(c.name) for c in managed if LABEL_INSTANCE not in (c.labels or {})]
+            if unowned:
+                logger.warning("docker: containers without a {} label are left alone (an "
+                               "older modelberth's?); remove them by hand: {}", LABEL_INSTANCE,
+                               ", ".join(unowned))
 
     # --- memory sampling (never on a request path) ----------------------------------------
 

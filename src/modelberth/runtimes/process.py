@@ -157,7 +157,8 @@ class ProcessRuntime:
         logs.append("modelberth", f"started pid {proc.pid}: {' '.join(argv)}")
         return ProcessUpstream(proc, spec.name, logs)
 
-    async def recover(self, specs: Mapping[str, ModelSpec]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(self, specs: Mapping[str, ModelSpec],
+                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
         """Processes are never adopted: whatever a dead modelberth left is ended."""
         await asyncio.to_thread(_kill_orphans, self._owner)
         return {}
