@@ -2,7 +2,12 @@
 
 Every state change goes through `Model._transition`, which checks `TRANSITIONS` and
 publishes a StateEvent. Only the Model's own coroutines change its fields; callers use
-`acquire`/`release`, `start`, `stop` and `status`.
+`acquire`/`release`, `start`, `stop`, `retire` and `status`.
+
+Every upstream a model launches is stopped by a task the model owns (`_stop_in_background`):
+a stop never lets a cancellation cut an upstream's kill short, a failed start answers its
+waiters without waiting for the kill, and nothing starts, stops or retires for good before
+those kills have finished. RETIRED is final: a retired model never launches again.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -22,16 +27,25 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from modelberth.config import ModelSpec
 from modelberth.events import EventBus
 from modelberth.logbuffer import LogBuffer
-from modelberth.runtimes.base import Runtime, RuntimeStartError, Upstream
-from modelberth.types import ModelState, QueueFull, StartFailed, StartTimeout, StateEvent
+from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
+from modelberth.types import (
+    ModelRetired,
+    ModelState,
+    QueueFull,
+    RetireReason,
+    StartFailed,
+    StartTimeout,
+    StateEvent,
+)
 
 S = ModelState
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
-    S.STOPPED: frozenset({S.STARTING}),
+    S.STOPPED: frozenset({S.STARTING, S.RETIRED}),
     S.STARTING: frozenset({S.READY, S.FAILED, S.STOPPING}),
     S.READY: frozenset({S.STOPPING, S.FAILED}),
     S.STOPPING: frozenset({S.STOPPED}),
-    S.FAILED: frozenset({S.STARTING, S.STOPPED}),
+    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.RETIRED}),
+    S.RETIRED: frozenset(),
 }
 _FIRST_PROBE_DELAY = 0.005
 _MAX_PROBE_DELAY = 0.25
@@ -65,7 +79,8 @@ class Model:
         self.state = ModelState.STOPPED
         self.port: int | None = None
         self.started_at: float | None = None
-        self.last_used_at: float | None = None
+        self.last_used_at: float | None = None  # wall clock, for display
+        self._used_at = time.monotonic()  # what the idle timer goes by
         self.last_error: str | None = None
         self.in_flight = 0
         self.waiting = 0
@@ -79,12 +94,21 @@ class Model:
         self.peak_vram_bytes: int | None = None
         self.admit: Callable[[Model], Awaitable[None]] | None = None  # the scheduler's gate
         self.idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
+        # Told after every state change, and when an upstream stopped in the background is
+        # gone (the scheduler counts a model's memory until then).
+        self.state_listeners: list[Callable[[Model], None]] = []
         self._slot_free = asyncio.Event()
         self._upstream: Upstream | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
+        self._stop_only_if_idle = False  # whether _stop_task may give up
         self._watch_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._kills: set[asyncio.Task[None]] = set()  # upstreams being stopped
+        self._retired: ModelRetired | None = None  # set the moment retire() is called
+        self._retired_future: asyncio.Future[None] | None = None  # done once retiring
+        self._retire_task: asyncio.Task[None] | None = None
+        self._timeouts = 0  # upstream timeouts in a row
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -95,6 +119,20 @@ class Model:
     @property
     def upstream(self) -> Upstream | None:
         return self._upstream
+
+    @property
+    def holds_upstream(self) -> bool:
+        """Whether an upstream of this model may still be alive (running, or being stopped)."""
+        return self._upstream is not None or bool(self._kills)
+
+    def idle_seconds(self) -> float:
+        """Seconds since the model was last used (or became ready), on the monotonic clock."""
+        return time.monotonic() - self._used_at
+
+    @property
+    def retiring(self) -> bool:
+        """retire() was called: the model never starts again."""
+        return self._retired is not None
 
     def record_usage(self, memory: int | None, vram: int | None) -> None:
         self.memory_bytes, self.vram_bytes = memory, vram
@@ -125,16 +163,22 @@ class Model:
         Beyond max_concurrency, requests wait here too (within max_queue)."""
         if self.try_enter():
             return
+        self._check_retired()
         if self.waiting >= self.spec.max_queue:
             raise QueueFull(self.name, self.spec.max_queue, self._retry_after())
+        # Cancelled at any await below, it leaves nothing behind: in_flight only changes in
+        # the synchronous _enter() after the last await, and `waiting` is restored.
         self.waiting += 1
         try:
-            while not self.ready or self._saturated():
-                if self.ready:
+            while True:
+                self._check_retired()
+                if not self.ready:
+                    await self._ensure_started()
+                elif self._saturated():
                     self._slot_free.clear()
                     await self._slot_free.wait()
                 else:
-                    await self._ensure_started()
+                    break
             self._enter()
         finally:
             self.waiting -= 1
@@ -146,22 +190,48 @@ class Model:
     async def await_ready(self) -> None:
         """For a request already counted in flight: wait until the model is ready again."""
         while not self.ready:
+            self._check_retired()
             await self._ensure_started()
 
     async def confirm_exit(self, timeout: float) -> bool:
-        """After a refused connection: True once the upstream is known to have exited."""
+        """After a refused connection: True once the upstream is known to have exited (at
+        once if it already has, or if the model is no longer ready, e.g. starting a new
+        upstream after the crash); False if it is still alive after `timeout`."""
         upstream = self._upstream
-        if upstream is not None:
+        if self.state not in (ModelState.READY, ModelState.STOPPING) or upstream is None:
+            return True
+        status = upstream.exited()
+        if status is None:
             try:
-                await asyncio.wait_for(upstream.wait(), timeout)
+                status = await asyncio.wait_for(upstream.wait(), timeout)
             except TimeoutError:
-                return False
-            await asyncio.sleep(0)  # let the exit watcher record it
-        return not self.ready
+                return upstream is not self._upstream  # replaced meanwhile
+        self._note_exit(upstream, status)  # now, not when the exit watcher gets to it
+        return True
+
+    def upstream_answered(self) -> None:
+        """The upstream answered a request in time (called on every success: keep trivial)."""
+        self._timeouts = 0
+
+    def upstream_timed_out(self, reason: str) -> None:
+        """A request to the upstream timed out (no first byte, a stalled stream). After
+        `max_timeouts` in a row the upstream is taken as hung: the model is marked failed,
+        the upstream killed in the background and a fresh one started."""
+        self._timeouts += 1
+        if self._timeouts < self.spec.max_timeouts or self.state is not ModelState.READY:
+            return
+        count, self._timeouts = self._timeouts, 0
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            self._stop_in_background(upstream)  # counted by the scheduler until it is gone
+        self._fail(f"{count} upstream timeouts in a row (last: {reason})")
+        if self._retired is None and self._stop_task is None:
+            self.start_soon()
 
     def release(self) -> None:
         self.in_flight -= 1
         self.last_used_at = time.time()
+        self._used_at = time.monotonic()
         if self.waiting:
             self._slot_free.set()
         if self.in_flight == 0:
@@ -183,6 +253,7 @@ class Model:
         if self.in_flight == 1:
             self._drained.clear()
         self.last_used_at = time.time()
+        self._used_at = time.monotonic()
 
     def _retry_after(self) -> int:
         return max(1, int(self.spec.start_timeout / 4))
@@ -193,26 +264,91 @@ class Model:
         """Start (or join a start in progress) and wait until ready; raise if it fails.
         A start asked for by hand does not wait for the crash back-off."""
         while not self.ready:
+            self._check_retired()
             await self._ensure_started(force=True)
         self.last_used_at = time.time()
+        self._used_at = time.monotonic()
         self._arm_idle_timer()
 
     def start_soon(self) -> asyncio.Task[None]:
-        """Begin starting now (the state shows `starting` at once); finish in the background."""
-        if self._stop_task is None and self.state in (ModelState.STOPPED, ModelState.FAILED):
+        """Begin starting now (the state shows `starting` at once); finish in the background.
+        On a retired model the task fails with ModelRetired and nothing starts."""
+        if self._retired is None and self._stop_task is None \
+                and self.state in (ModelState.STOPPED, ModelState.FAILED):
             self._begin_start()
         task = asyncio.create_task(self.start())
         task.add_done_callback(swallow_outcome)
         return task
 
     async def stop(self, reason: str = "requested", *, only_if_idle: bool = False) -> None:
-        """Stop after in-flight requests finish (bounded by drain_timeout); idempotent.
+        """Stop after in-flight requests finish (bounded by drain_timeout); idempotent. Once
+        it returns (unless it gave up, see only_if_idle) no upstream of the model is left.
 
-        With only_if_idle, give up if a request arrived before the stop could begin.
+        With only_if_idle, give up if a request arrived before the stop could begin. A stop
+        without it that finds such a stop in progress waits for it, then stops for real.
         """
-        if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._stop(reason, only_if_idle))
-        await asyncio.shield(self._stop_task)
+        while True:
+            task = self._stop_task
+            if task is None:
+                task = self._stop_task = asyncio.create_task(self._stop(reason, only_if_idle))
+                self._stop_only_if_idle = only_if_idle
+                await asyncio.shield(task)
+                return
+            joined_only_if_idle = self._stop_only_if_idle
+            await asyncio.shield(task)
+            if only_if_idle or not joined_only_if_idle:
+                return
+
+    async def retire(self, reason: RetireReason) -> None:
+        """Stop for good (the model was removed from the config, or modelberth shuts down).
+
+        At once: nothing can start the model any more, and every waiter (queued requests,
+        starts, await_ready) gets ModelRetired. Then the upstream stops (after in-flight
+        requests, bounded by drain_timeout), every background kill is awaited, and the model
+        ends RETIRED. Idempotent; the first reason is the one kept.
+        """
+        if self._retire_task is None:
+            self._retired = ModelRetired(self.name, reason)
+            if self._retired_future is not None and not self._retired_future.done():
+                self._retired_future.set_result(None)
+            self._slot_free.set()
+            if self._idle_task is not None and self._idle_task is not asyncio.current_task():
+                self._idle_task.cancel()
+            self._retire_task = asyncio.create_task(self._retire(reason.value))
+            self._retire_task.add_done_callback(swallow_outcome)
+        await asyncio.shield(self._retire_task)
+
+    async def _retire(self, reason: str) -> None:
+        with self._tracer.start_as_current_span(
+                "modelberth.model.retire",
+                attributes={"modelberth.model": self.name, "modelberth.reason": reason}):
+            while self.state is not ModelState.RETIRED:
+                idle = self._start_task is None and self._stop_task is None
+                if idle and self.state in (ModelState.STOPPED, ModelState.FAILED):
+                    if not self._kills:
+                        self._transition(ModelState.RETIRED, reason)
+                        continue
+                    await self._settle_kills()
+                else:
+                    await self.stop(reason)
+
+    def _check_retired(self) -> None:
+        if self._retired is not None:
+            raise self._retired
+
+    def _retirement(self) -> asyncio.Future[None]:
+        """A future done once retire() has been called."""
+        if self._retired_future is None:
+            self._retired_future = asyncio.get_running_loop().create_future()
+            if self._retired is not None:
+                self._retired_future.set_result(None)
+        return self._retired_future
+
+    async def _wait(self, future: asyncio.Future[None]) -> None:
+        """Wait for `future` without ever cancelling it; ModelRetired as soon as the model
+        is retired, whichever comes first."""
+        await asyncio.wait((future, self._retirement()), return_when=asyncio.FIRST_COMPLETED)
+        self._check_retired()
 
     async def restart(self) -> None:
         await self.stop("restart")
@@ -237,13 +373,17 @@ class Model:
     async def adopt(self, upstream: Upstream, port: int) -> bool:
         """Take over an upstream an earlier run started, if it still answers health."""
         self.port = port
-        if not await self._probe(f"{self.base_url}{self.spec.health_path}", 5.0):
-            await upstream.stop(self.spec.stop_timeout)
+        healthy = await self._probe(f"{self.base_url}{self.spec.health_path}", 5.0)
+        if not healthy or self._retired is not None or self.state is not ModelState.STOPPED:
+            self._stop_in_background(upstream)
+            await self._settle_kills()
             return False
         self._transition(ModelState.STARTING, "adopt")
         self._upstream = upstream
         self.started_at = time.time()
         self.last_used_at = time.time()
+        self._used_at = time.monotonic()
+        self._timeouts = 0
         self._transition(ModelState.READY, "adopted", runtime_id=upstream.runtime_id)
         self._watch_task = asyncio.create_task(self._watch(upstream))
         self._arm_idle_timer()
@@ -252,21 +392,21 @@ class Model:
     # --- starting ----------------------------------------------------------------------
 
     async def _ensure_started(self, force: bool = False) -> None:
+        """One step towards ready: wait for a stop in progress, or for the (one) start. The
+        caller loops; a retired model raises ModelRetired at once."""
+        self._check_retired()
         if self._stop_task is not None:
-            await asyncio.shield(self._stop_task)
+            await self._wait(self._stop_task)
             return
         if self.state is ModelState.READY:
             return
         if not force and self.state is ModelState.FAILED and self._start_task is None:
             self._check_backoff()
         task = self._begin_start()
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and not (current and current.cancelling()):
-                return  # the start was called off by a stop: the caller loops and tries again
-            raise
+        await self._wait(task)
+        if task.cancelled():
+            return  # the start was called off by a stop: the caller loops and tries again
+        task.result()  # the start's error, if it failed
 
     def backoff_remaining(self) -> float:
         if self.failures < 2:
@@ -287,6 +427,7 @@ class Model:
 
     def _begin_start(self) -> asyncio.Task[None]:
         """The one start in progress, created (and STARTING entered) synchronously."""
+        self._check_retired()
         if self._start_task is None:
             self._transition(ModelState.STARTING, "start")
             self._start_task = asyncio.create_task(self._start())
@@ -300,11 +441,19 @@ class Model:
                 await self._start_upstream()
             except BaseException as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
+                if isinstance(exc, Exception) and self.state is ModelState.STARTING:
+                    # Not a failure the start knew (those are FAILED already): never leave
+                    # the model starting with nobody starting it.
+                    upstream, self._upstream = self._upstream, None
+                    if upstream is not None:
+                        self._stop_in_background(upstream)
+                    self._fail(f"start failed: {exc!r}")
                 raise
             finally:
                 self._start_task = None
 
     async def _start_upstream(self) -> None:
+        await self._settle_kills()  # an earlier upstream still being killed goes first
         if self.admit is not None:
             try:
                 await self.admit(self)
@@ -323,9 +472,12 @@ class Model:
         self.started_at = time.time()
         self.last_error = None
         self.failures = 0
+        self._timeouts = 0
+        self._used_at = time.monotonic()
         self._transition(ModelState.READY, "healthy",
                          start_seconds=round(time.monotonic() - began, 3))
         self._watch_task = asyncio.create_task(self._watch(self._upstream))
+        self._arm_idle_timer()  # even if every request that asked for it has gone
 
     async def _launch(self, port: int) -> Upstream:
         """runtime.start, but a stop arriving meanwhile never leaves an upstream behind."""
@@ -333,9 +485,15 @@ class Model:
         try:
             return await asyncio.shield(launch)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await (await launch).stop(self.spec.stop_timeout)
+            self._own_kill(self._stop_when_launched(launch))
             raise
+
+    async def _stop_when_launched(self, launch: asyncio.Future[Upstream]) -> None:
+        try:
+            upstream = await launch
+        except Exception:
+            return  # it never started
+        await self._stop_quietly(upstream)
 
     async def _await_health(self, upstream: Upstream) -> None:
         """Poll the health path fast, backing off, while watching for the upstream to exit."""
@@ -349,12 +507,12 @@ class Model:
             while True:
                 if exited.done():
                     reason = f"exited during start ({exited.result().describe()})"
-                    await self._abort_start(upstream, reason)
+                    self._abort_start(upstream, reason)
                     raise StartFailed(self.name, self._with_tail(reason))
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     reason = f"not healthy at {url}"
-                    await self._abort_start(upstream, f"start timed out: {reason}")
+                    self._abort_start(upstream, f"start timed out: {reason}")
                     raise StartTimeout(self.name, self.spec.start_timeout, self._with_tail(reason))
                 if await self._probe(url, min(remaining, 5.0)):
                     return
@@ -365,8 +523,10 @@ class Model:
                     reported = int(elapsed)
                     self._events.notify("start_progress", self.name,
                                         elapsed_seconds=round(elapsed, 1))
-        except asyncio.CancelledError:
-            await upstream.stop(self.spec.stop_timeout)
+        except asyncio.CancelledError:  # a stop called the start off
+            if self._upstream is upstream:
+                self._upstream = None
+            self._stop_in_background(upstream)
             raise
         finally:
             exited.cancel()
@@ -378,9 +538,11 @@ class Model:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def _abort_start(self, upstream: Upstream, reason: str) -> None:
-        await upstream.stop(self.spec.stop_timeout)
+    def _abort_start(self, upstream: Upstream, reason: str) -> None:
+        """Fail the start now; the upstream is killed in the background (stop_timeout may be
+        long, and the waiters are owed an answer at start_timeout)."""
         self._upstream = None
+        self._stop_in_background(upstream)
         self._fail(reason)
 
     def _fail(self, reason: str) -> None:
@@ -395,10 +557,44 @@ class Model:
         return f"{reason}; last log lines:\n{tail}" if tail else reason
 
     async def _watch(self, upstream: Upstream) -> None:
-        status = await upstream.wait()
+        self._note_exit(upstream, await upstream.wait())
+
+    def _note_exit(self, upstream: Upstream, status: ExitStatus) -> None:
+        """The upstream has exited: if it was serving, the model has failed (idempotent)."""
         if self._upstream is upstream and self.state is ModelState.READY:
             self._upstream = None
+            self._stop_in_background(upstream)  # reaps it, and whatever it left in its group
             self._fail(f"upstream exited unexpectedly ({status.describe()})")
+
+    # --- stopping upstreams (owned tasks) ------------------------------------------------
+
+    def _stop_in_background(self, upstream: Upstream) -> None:
+        self._own_kill(self._stop_quietly(upstream))
+
+    def _own_kill(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._kills.add(task)
+        task.add_done_callback(self._kill_done)
+
+    def _kill_done(self, task: asyncio.Task[None]) -> None:
+        self._kills.discard(task)
+        swallow_outcome(task)
+        if not self._kills:
+            self._tell_state_listeners()
+
+    async def _stop_quietly(self, upstream: Upstream) -> None:
+        try:
+            status = await upstream.stop(self.spec.stop_timeout)
+        except Exception as exc:
+            logger.bind(model=self.name).opt(exception=exc).warning(
+                "{}: stopping upstream {} failed", self.name, upstream.runtime_id)
+            return
+        self.logs.append("modelberth", f"stopped ({status.describe()})")
+
+    async def _settle_kills(self) -> None:
+        """Wait (never cancelling them) until every upstream being stopped is gone."""
+        while self._kills:
+            await asyncio.wait(set(self._kills))
 
     # --- stopping ----------------------------------------------------------------------
 
@@ -418,9 +614,11 @@ class Model:
                 with contextlib.suppress(BaseException):
                     await self._start_task
             if self.state is ModelState.FAILED:
+                await self._settle_kills()
                 self._transition(ModelState.STOPPED, reason)
                 return
             if self.state not in (ModelState.STARTING, ModelState.READY):
+                await self._settle_kills()
                 return
             self._transition(ModelState.STOPPING, reason)
             if self.in_flight:
@@ -428,22 +626,22 @@ class Model:
                     await asyncio.wait_for(self._drained.wait(), self.spec.drain_timeout)
             upstream, self._upstream = self._upstream, None
             if upstream is not None:
-                status = await upstream.stop(self.spec.stop_timeout)
-                self.logs.append("modelberth", f"stopped ({status.describe()})")
+                self._stop_in_background(upstream)
+            await self._settle_kills()
             self.started_at = None
             self._transition(ModelState.STOPPED, reason)
         finally:
             self._stop_task = None
 
     def _arm_idle_timer(self) -> None:
-        if self.spec.idle_timeout <= 0:
+        if self.spec.idle_timeout <= 0 or self._retired is not None:
             return
         if self._idle_task is None or self._idle_task.done():
             self._idle_task = asyncio.create_task(self._idle_watch())
 
     async def _idle_watch(self) -> None:
-        while self.state is ModelState.READY and self.in_flight == 0:
-            idle_for = time.time() - (self.last_used_at or time.time())
+        while self.state is ModelState.READY and self.in_flight == 0 and self._retired is None:
+            idle_for = self.idle_seconds()  # never the wall clock: it can jump
             if idle_for >= self.spec.idle_timeout:
                 logger.info("{}: idle for {:.1f}s, stopping", self.name, idle_for)
                 await self.stop("idle", only_if_idle=True)
@@ -460,6 +658,11 @@ class Model:
         if new is ModelState.FAILED and self.last_error:
             detail.setdefault("error", self.last_error)
         self._events.publish(StateEvent(self.name, old, new, reason, detail=detail))
+        self._tell_state_listeners()
+
+    def _tell_state_listeners(self) -> None:
+        for listener in self.state_listeners:
+            listener(self)
 
     def status(self) -> dict[str, Any]:
         upstream = self._upstream

@@ -1,4 +1,10 @@
-"""The configured models: lookup by name or alias, boot clean-up, preload, reload, shutdown."""
+"""The configured models: lookup by name or alias, boot clean-up, preload, reload, shutdown.
+
+A model removed by a reload, and every model at shutdown, is retired (`Model.retire`): it
+drains, stops and ends RETIRED, never to start again. Until then it stays visible to the
+scheduler (its memory is still in use) but not to lookups by name, so a model of the same
+name added meanwhile is a new, separate entry.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
 from modelberth.scheduler import Scheduler
 from modelberth.telemetry import Telemetry, setup_telemetry
-from modelberth.types import APIError, ModelState, StateEvent, model_not_found
+from modelberth.types import APIError, ModelState, RetireReason, StateEvent, model_not_found
 from modelberth.upstream_client import UpstreamClient
 
 
@@ -43,7 +49,9 @@ class Registry:
         self.metrics = Metrics(self.telemetry.meter, self)
         self.telemetry.metric_sources.append(self.metrics.collect_histograms)
         self.config_path = config_path
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[Model, asyncio.Task[None]] = {}  # removed, not yet stopped
+        self._closing = False
+        self._closed = False
         self._reload_lock = asyncio.Lock()
         self.events = events or EventBus()
         self.events.add_listener(_log_event)
@@ -54,8 +62,7 @@ class Registry:
         }
         self.models: dict[str, Model] = {}
         self.monitor = Monitor(config.resources)
-        self.scheduler = Scheduler(self.monitor, self.models.values, self.events)
-        self.events.add_listener(self.scheduler.on_event)
+        self.scheduler = Scheduler(self.monitor, self._scheduled, self.events)
         self.events.add_listener(self._measure)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -66,6 +73,10 @@ class Registry:
         if self._http is None:
             raise RuntimeError("Registry.boot() has not run")
         return self._http
+
+    def _scheduled(self) -> list[Model]:
+        """What the scheduler plans with: the configured models and the retiring ones."""
+        return [*self.models.values(), *self._retiring]
 
     def get(self, name: str) -> Model | None:
         return self._by_name.get(name)
@@ -124,6 +135,9 @@ class Registry:
         """Apply a new config without dropping a request: unchanged models keep running,
         changed ones restart once their in-flight requests finish, removed ones stop then."""
         async with self._reload_lock:
+            if self._closing:
+                raise APIError(503, "modelberth is shutting down.", type="server_error",
+                               code="shutting_down")
             result = ReloadResult()
             old_server = self.config.server
             if (config.server.host, config.server.port) != (old_server.host, old_server.port):
@@ -135,7 +149,7 @@ class Registry:
             new_specs = config.specs()
             for name in list(self.models):
                 if name not in new_specs:
-                    self._retire(self.models.pop(name))
+                    self._retire(self.models.pop(name), RetireReason.REMOVED)
                     result.removed.append(name)
             for name, spec in new_specs.items():
                 model = self.models.get(name)
@@ -156,10 +170,16 @@ class Registry:
             logger.info("config reloaded: {}", {k: v for k, v in vars(result).items() if v})
             return result
 
-    def _retire(self, model: Model) -> None:
-        task = asyncio.create_task(model.stop("removed from config"))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+    def _retire(self, model: Model, reason: RetireReason) -> None:
+        task = asyncio.create_task(model.retire(reason))
+        self._retiring[model] = task
+        task.add_done_callback(lambda done: self._forget_retired(model, done))
+
+    def _forget_retired(self, model: Model, task: asyncio.Task[None]) -> None:
+        if self._retiring.get(model) is task:
+            del self._retiring[model]
+        if not task.cancelled() and task.exception() is not None:
+            logger.opt(exception=task.exception()).error("{}: retiring failed", model.name)
 
     def runtimes_in_use(self) -> set[str]:
         return {model.spec.runtime for model in self.models.values()}
@@ -172,8 +192,22 @@ class Registry:
         return health
 
     async def shutdown(self) -> None:
-        await asyncio.gather(*(m.stop("shutdown") for m in self.models.values()),
-                             *self._retiring, return_exceptions=True)
+        """Retire every model (each answers its waiters 503 at once, drains, stops), wait
+        for the removed ones still stopping, then close everything. Idempotent."""
+        if self._closed:
+            return
+        async with self._reload_lock:  # no reload adds a model behind the shutdown
+            self._closing = True
+        for model in self.models.values():
+            if model not in self._retiring:
+                self._retire(model, RetireReason.SHUTDOWN)
+        results = await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.opt(exception=result).error("retiring a model failed")
+        if self._closed:
+            return
+        self._closed = True
         await self.monitor.stop()
         for runtime in self.runtimes.values():
             await runtime.close()

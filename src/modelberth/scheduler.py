@@ -5,6 +5,9 @@ free space. A start that does not fit evicts idle, unpinned models, lowest prior
 recently used first; if only busy models stand in the way it waits (in priority, then arrival
 order) until they finish, for at most start_timeout; a model that cannot fit even alone fails
 at once.
+
+Models are tracked by identity, not by name: a model removed from the config keeps its room
+until its upstream has stopped, even when a new model of the same name is added meanwhile.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from modelberth.estimate import estimate_spec
 from modelberth.events import EventBus
 from modelberth.lifecycle import Model
 from modelberth.resources import MB, Monitor
-from modelberth.types import ModelState, StartFailed, StateEvent
+from modelberth.types import ModelState, StartFailed
 
-_GONE = (ModelState.STOPPED, ModelState.FAILED)
+_GONE = (ModelState.STOPPED, ModelState.FAILED, ModelState.RETIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +53,10 @@ class Scheduler:
         self._lock = asyncio.Lock()
         # Replaced at every change, so a waiter can never miss the wake-up meant for it.
         self._changed = asyncio.Event()
-        self._admitted: set[str] = set()
-        self._waiting: dict[str, tuple[int, int]] = {}  # name -> (-priority, arrival)
+        # Models that hold (or were given) room: from admission, or from READY for an adopted
+        # one, until they are gone and no upstream of theirs is left.
+        self._admitted: set[Model] = set()
+        self._waiting: dict[Model, tuple[int, int]] = {}  # model -> (-priority, arrival)
         self._arrivals = itertools.count()
         self.evictions = 0
 
@@ -60,13 +65,18 @@ class Scheduler:
     def attach(self, model: Model) -> None:
         model.admit = self.admit
         model.idle_listeners.append(lambda _: self._notify())
+        model.state_listeners.append(self._on_change)
 
-    def on_event(self, event: StateEvent) -> None:
-        if event.new in _GONE:
-            self._admitted.discard(event.model)
+    def _on_change(self, model: Model) -> None:
+        if model.state is ModelState.READY:
+            self._admitted.add(model)  # adopted models never pass through admit()
+        elif model.state in _GONE and not model.holds_upstream and model in self._admitted:
+            self._admitted.discard(model)
             self._notify()
-        elif event.new is ModelState.READY:
-            self._admitted.add(event.model)  # adopted models never pass through admit()
+
+    def admitted(self) -> list[Model]:
+        """The models counted in the budgets now."""
+        return [m for m in self._models() if m in self._admitted]
 
     def _notify(self) -> None:
         self._changed.set()
@@ -108,7 +118,9 @@ class Scheduler:
 
     async def admit(self, model: Model) -> None:
         deadline = time.monotonic() + model.spec.start_timeout
-        self._waiting[model.name] = (-model.spec.priority, next(self._arrivals))
+        # A start is admitted only once nothing of the model's is left running.
+        self._admitted.discard(model)
+        self._waiting[model] = (-model.spec.priority, next(self._arrivals))
         try:
             while True:
                 async with self._lock:
@@ -124,13 +136,13 @@ class Scheduler:
                 except TimeoutError:
                     continue
         finally:
-            self._waiting.pop(model.name, None)
+            self._waiting.pop(model, None)
             self._notify()  # the next start in line may go now
 
     async def _try_admit(self, model: Model) -> bool:
         need = self.cost(model)
         self._check_fits_alone(model, need)
-        if min(self._waiting.values()) != self._waiting[model.name]:
+        if min(self._waiting.values()) != self._waiting[model]:
             return False  # an earlier or higher-priority start waits for room first
         victims = self._plan(model, need)
         logger.bind(model=model.name).debug(
@@ -147,13 +159,13 @@ class Scheduler:
                                freed=self.cost(victim).describe(), needed=need.describe())
             logger.bind(model=victim.name).warning(
                 "evicting {} (idle since {:.0f}s, {}) to make room for {} ({})", victim.name,
-                time.time() - (victim.last_used_at or time.time()), self.cost(victim).describe(),
+                victim.idle_seconds(), self.cost(victim).describe(),
                 model.name, need.describe())
         await asyncio.gather(*(v.stop(f"evicted for {model.name}", only_if_idle=True)
                                for v in victims))
-        if any(v.name in self._admitted for v in victims):
+        if any(v in self._admitted for v in victims):
             return False  # a request reached a victim before it stopped: plan again
-        self._admitted.add(model.name)
+        self._admitted.add(model)
         return True
 
     def _check_fits_alone(self, model: Model, need: Cost) -> None:
@@ -178,7 +190,7 @@ class Scheduler:
                                   f"leaves {_mib(room)}{beside}: it can never fit")
 
     def _others(self, model: Model) -> list[Model]:
-        return [m for m in self._models() if m is not model and m.name in self._admitted]
+        return [m for m in self._models() if m is not model and m in self._admitted]
 
     def _plan(self, model: Model, need: Cost) -> list[Model] | None:
         """Idle models to stop so `need` fits; [] if it fits now; None if it cannot yet."""
@@ -186,7 +198,7 @@ class Scheduler:
         candidates = sorted(
             (m for m in others if m.state is ModelState.READY and m.in_flight == 0
              and m.waiting == 0 and not m.spec.pinned),
-            key=lambda m: (m.spec.priority, m.last_used_at or 0.0))
+            key=lambda m: (m.spec.priority, -m.idle_seconds()))
         victims: list[Model] = []
         while not self._fits(need, [m for m in others if m not in victims]):
             if not candidates:

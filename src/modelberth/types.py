@@ -14,6 +14,14 @@ class ModelState(enum.StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    RETIRED = "retired"  # removed from the config or stopped by shutdown: never starts again
+
+
+class RetireReason(enum.StrEnum):
+    """Why a model was retired; also the reason its last state changes carry."""
+
+    REMOVED = "removed from config"
+    SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +134,18 @@ class QueueFull(APIError):
             code="queue_full",
             headers={"Retry-After": str(retry_after)},
         )
+
+
+class ModelRetired(APIError):
+    """What everyone still waiting on a retired model gets (a request queued for it, a start
+    asked for by hand...): 404 if it was removed from the config, 503 during shutdown."""
+
+    def __init__(self, model: str, reason: RetireReason) -> None:
+        if reason is RetireReason.REMOVED:
+            super().__init__(404, f"Model '{model}' was removed from the config.",
+                             code="model_not_found")
+        else:
+            super().__init__(503, "modelberth is shutting down.", type="server_error",
+                             code="shutting_down")
+        self.model = model
+        self.reason = reason
