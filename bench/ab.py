@@ -1,5 +1,5 @@
-"""Compare builds of modelberth side by side: wrk at c=64 against each in turn, rounds
-interleaved, medians and ratios to the first.
+"""Compare builds of modelberth side by side: wrk (c=64, or `--connections`) against each in
+turn, rounds interleaved, medians and ratios to the first.
 
 Each variant is a git revision (checked out into a temporary worktree; `.` is the working
 tree) and optional environment variables; `SINK` in a value stands for the URL of an OTLP
@@ -53,7 +53,8 @@ def source_tree(revision: str, work: Path) -> Iterator[Path]:
                        check=False, capture_output=True)
 
 
-def compare(variants: list[Variant], rounds: int, duration: float) -> str:
+def compare(variants: list[Variant], rounds: int, duration: float,
+            connections: int = 64) -> str:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         sink_port = free_port()
@@ -64,7 +65,7 @@ def compare(variants: list[Variant], rounds: int, duration: float) -> str:
             tree = stack.enter_context(source_tree(revision, work))
             env = {name: value.replace("SINK", sink) for name, value in settings.items()}
             envs.append((label, {**env, "PYTHONPATH": str(tree / "src")}))
-        results = side_by_side(stack, work, envs, duration, rounds)
+        results = side_by_side(stack, work, envs, duration, rounds, connections)
     first = results[variants[0][0]]["rps"]
     return table([{"variant": label, **results[label], "x_first": results[label]["rps"] / first}
                   for label, _, _ in variants])
@@ -76,9 +77,10 @@ def main() -> None:
                         help="LABEL=REV[,NAME=VALUE...]; REV `.` is the working tree")
     parser.add_argument("--rounds", type=int, default=6, help="wrk runs per variant")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk's -c")
     args = parser.parse_args()
     ensure_tools()
-    print(compare(args.variants, args.rounds, args.duration))
+    print(compare(args.variants, args.rounds, args.duration, args.connections))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,33 @@
 """The smallest proxy modelberth's stack can make, with no auth, parsing, admission or
 metrics. The benchmark runs its variants beside modelberth to show how much of the gap to
-direct access is the stack's and how much is modelberth's own work:
+direct access is the HTTP server's and how much is modelberth's own work:
 
-- `--protocol modelberth` (the stack modelberth runs on): uvicorn with modelberth's
-  connection protocol (http1.py), one handler on the connection's exchange (no ASGI) and
-  modelberth's upstream client;
-- `--protocol uvicorn`: uvicorn's own protocol, one raw ASGI function, and modelberth's
-  client (`--client modelberth`) or one shared aiohttp session (`--client aiohttp`, the stack
-  modelberth ran on before).
+- `--server modelberth` (the stack modelberth runs on): uvicorn with modelberth's guarded
+  protocol (protocol.py, uvicorn's httptools protocol with limits), one raw ASGI function
+  and modelberth's upstream client;
+- `--server uvicorn`: the same on uvicorn's own httptools protocol; with `--client aiohttp`,
+  one shared aiohttp session instead of modelberth's client (the stack modelberth ran on
+  first);
+- `--server granian` / `--server granian-rsgi`: granian (Rust HTTP, one worker, one runtime
+  thread) with the ASGI function, or its own RSGI interface, and modelberth's client.
+  granian is not a dependency: bench/run.py installs the pinned version on first use.
 
-    python bench/ceiling.py --port 8081 --upstream-port 8080 --protocol modelberth
+    python bench/ceiling.py --port 8081 --upstream-port 8080 --server modelberth
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import uvicorn
 
-from modelberth.http1 import Exchange, Handler, Http1Protocol
+from modelberth.protocol import HttpProtocol, Limits
 from modelberth.upstream_client import UpstreamClient
 
 Message = MutableMapping[str, Any]
@@ -103,24 +108,32 @@ def make_own_client_app(port: int) -> Callable[..., Awaitable[None]]:
     return app
 
 
-def make_direct_handler(port: int) -> Handler:
-    """The proxy on the connection's exchange and modelberth's upstream client."""
-    client = UpstreamClient()
-    json_type = [(b"content-type", b"application/json")]
+class RsgiApp:
+    """The proxy on granian's RSGI interface and modelberth's client."""
 
-    async def handle(exchange: Exchange) -> None:
-        body = exchange.whole_body()
-        if body is None:
-            body = await read_body(exchange.receive)
-        resp = await client.request("POST", "127.0.0.1", port, exchange.scope["path"],
-                                    json_type, body)
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.client: UpstreamClient | None = None
+
+    async def __call__(self, scope: Any, proto: Any) -> None:
+        if self.client is None:
+            self.client = UpstreamClient()
+        body = await proto()
+        resp = await self.client.request("POST", "127.0.0.1", self.port, scope.path,
+                                         [(b"content-type", b"application/json")], body)
         try:
-            headers = [(k, v) for k, v in resp.headers if k not in _DROPPED]
-            exchange.respond(resp.status, headers, await resp.read())
+            headers = [(k.decode(), v.decode()) for k, v in resp.headers if k not in _DROPPED]
+            proto.response_bytes(resp.status, headers, await resp.read())
         finally:
             resp.release()
 
-    return handle
+
+def granian_target() -> Any:
+    """What granian's worker imports (`ceiling:granian_target`, a factory)."""
+    port = int(os.environ["CEILING_UPSTREAM_PORT"])
+    if os.environ.get("CEILING_INTERFACE") == "rsgi":
+        return RsgiApp(port)
+    return make_own_client_app(port)
 
 
 async def lifespan_only(scope: Message, receive: Callable[[], Awaitable[Message]],
@@ -136,19 +149,28 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--client", choices=("modelberth", "aiohttp"), default="modelberth")
-    parser.add_argument("--protocol", choices=("uvicorn", "modelberth"), default="uvicorn",
-                        help="uvicorn's own HTTP protocol or modelberth's (http1.py)")
+    parser.add_argument("--server", default="uvicorn",
+                        choices=("uvicorn", "modelberth", "granian", "granian-rsgi"))
     args = parser.parse_args()
-    if args.protocol == "modelberth":
-        handler = make_direct_handler(args.upstream_port)
-        protocol = functools.partial(Http1Protocol, router=lambda method, path: handler)
-        uvicorn.run(lifespan_only, host="127.0.0.1", port=args.port, log_level="warning",
-                    access_log=False, proxy_headers=False, http=protocol)  # type: ignore[arg-type]
+    if args.server.startswith("granian"):
+        from granian.constants import Interfaces, Loops
+        from granian.server import Server
+
+        os.environ["CEILING_UPSTREAM_PORT"] = str(args.upstream_port)
+        rsgi = args.server == "granian-rsgi"
+        os.environ["CEILING_INTERFACE"] = "rsgi" if rsgi else "asgi"
+        Server("ceiling:granian_target", address="127.0.0.1", port=args.port,
+               interface=Interfaces.RSGI if rsgi else Interfaces.ASGI, factory=True,
+               workers=1, runtime_threads=1, loop=Loops.uvloop, log_enabled=False,
+               working_dir=Path(__file__).resolve().parent).serve()
         return
     app = (make_own_client_app(args.upstream_port) if args.client == "modelberth"
            else make_app(f"http://127.0.0.1:{args.upstream_port}"))
-    uvicorn.run(app, host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False, proxy_headers=False)
+    protocol: Any = "httptools"
+    if args.server == "modelberth":
+        protocol = functools.partial(HttpProtocol, limits=Limits())
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, proxy_headers=False, http=protocol)
 
 
 if __name__ == "__main__":

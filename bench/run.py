@@ -252,9 +252,26 @@ def rss_mb(pid: int) -> float:
 # --- scenarios -----------------------------------------------------------------------------
 
 
-BARE = "bare handler on modelberth's protocol and client (ceiling)"
-BARE_UVICORN = "bare ASGI on uvicorn's protocol + modelberth's client"
-BARE_AIOHTTP = "bare ASGI on uvicorn's protocol + aiohttp (earlier stack)"
+BARE = "bare ASGI on modelberth's guarded uvicorn protocol + client (ceiling)"
+BARE_UVICORN = "bare ASGI on uvicorn's httptools protocol + modelberth's client"
+BARE_AIOHTTP = "bare ASGI on uvicorn's protocol + aiohttp (first stack)"
+BARE_GRANIAN = "bare ASGI on granian + modelberth's client"
+BARE_RSGI = "bare RSGI on granian + modelberth's client"
+GRANIAN = "granian==2.8.7"  # measured against, not a dependency
+
+
+def ensure_granian() -> None:
+    try:
+        import granian  # noqa: F401
+    except ImportError:
+        print(f"installing {GRANIAN} into the venv (benchmark only)", flush=True)
+        subprocess.run([PY, "-m", "pip", "install", "--quiet", GRANIAN], check=True)
+
+
+def serving_pid(pid: int) -> int:
+    """The process that serves: granian's worker (its only child), else the process."""
+    children = psutil.Process(pid).children()
+    return children[0].pid if len(children) == 1 else pid
 
 
 def bench_fast_upstream(work: Path, duration: float, litellm: bool,
@@ -264,44 +281,46 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
     up_conf = nginx_conf(work, up_port, body=ANSWER)
     models = {"m": {"command": on_load_core(["nginx", "-c", str(up_conf)]), "port": up_port,
                     "health_path": "/health", "idle_timeout": 0, "preload": True}}
-    with modelberth(work, models) as (mb_url, mb_pid):
+    ensure_granian()
+    with modelberth(work, models) as (mb_url, mb_pid), ExitStack() as stack:
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
-        ng_port, bare_port, old_port = free_port(), free_port(), free_port()
-        uv_port = free_port()
+        ng_port = free_port()
+        stack.enter_context(
+            process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0))
+        targets = [("direct", direct), ("modelberth", mb_url),
+                   ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}")]
+        pids = {"modelberth": mb_pid}
         ceiling = [PY, str(ROOT / "bench" / "ceiling.py"), "--upstream-port", str(up_port)]
-        with process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0), \
-                process([*ceiling, "--port", str(bare_port), "--protocol", "modelberth"],
-                        cpu=0) as bare_proc, \
-                process([*ceiling, "--port", str(uv_port)], cpu=0) as uv_proc, \
-                process([*ceiling, "--port", str(old_port), "--client", "aiohttp"],
-                        cpu=0) as old_proc:
-            for port in (ng_port, bare_port, uv_port, old_port):
-                wait_http(f"http://127.0.0.1:{port}/health")
-            targets = [("direct", direct), ("modelberth", mb_url),
-                       ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}"),
-                       (BARE, f"http://127.0.0.1:{bare_port}"),
-                       (BARE_UVICORN, f"http://127.0.0.1:{uv_port}"),
-                       (BARE_AIOHTTP, f"http://127.0.0.1:{old_port}")]
-            with litellm_proxy(work, up_port, litellm) as lite:
-                if lite:
-                    targets.append(("LiteLLM proxy", lite))
-                idle_rss = rss_mb(mb_pid)
-                for _, url in targets:
-                    wrk(work, url, 8, 1)  # warm-up
-                one = interleaved(work, targets, 1, duration, reps)
-                pids = {"modelberth": mb_pid, BARE: bare_proc.pid, BARE_UVICORN: uv_proc.pid,
-                        BARE_AIOHTTP: old_proc.pid}
-                many = interleaved(work, targets, 64, duration, reps, pids)
-                for name, _ in targets:
-                    rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
-                                 "p99_ms_c1": one[name]["p99_ms"],
-                                 "rps_c64": many[name]["rps"],
-                                 "x_direct_c64": many[name]["rps"] / many["direct"]["rps"],
-                                 "cpu_us_per_req_c64": many[name].get("cpu_us_per_req", ""),
-                                 "errors": one[name]["errors"] + many[name]["errors"]})
-                rows.append({"target": "modelberth RSS MB (idle / after load)",
-                             "value": f"{idle_rss:.0f} / {rss_mb(mb_pid):.0f}"})
+        for name, extra in ((BARE, ["--server", "modelberth"]), (BARE_UVICORN, []),
+                            (BARE_AIOHTTP, ["--client", "aiohttp"]),
+                            (BARE_GRANIAN, ["--server", "granian"]),
+                            (BARE_RSGI, ["--server", "granian-rsgi"])):
+            port = free_port()
+            proc = stack.enter_context(process([*ceiling, "--port", str(port), *extra], cpu=0))
+            targets.append((name, f"http://127.0.0.1:{port}"))
+            pids[name] = proc.pid
+        for _, url in targets[2:]:
+            wait_http(url + "/health")
+        for name in (BARE_GRANIAN, BARE_RSGI):
+            pids[name] = serving_pid(pids[name])
+        with litellm_proxy(work, up_port, litellm) as lite:
+            if lite:
+                targets.append(("LiteLLM proxy", lite))
+            idle_rss = rss_mb(mb_pid)
+            for _, url in targets:
+                wrk(work, url, 8, 1)  # warm-up
+            one = interleaved(work, targets, 1, duration, reps)
+            many = interleaved(work, targets, 64, duration, reps, pids)
+            for name, _ in targets:
+                rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
+                             "p99_ms_c1": one[name]["p99_ms"],
+                             "rps_c64": many[name]["rps"],
+                             "x_direct_c64": many[name]["rps"] / many["direct"]["rps"],
+                             "cpu_us_per_req_c64": many[name].get("cpu_us_per_req", ""),
+                             "errors": one[name]["errors"] + many[name]["errors"]})
+            rows.append({"target": "modelberth RSS MB (idle / after load)",
+                         "value": f"{idle_rss:.0f} / {rss_mb(mb_pid):.0f}"})
     return rows
 
 
@@ -488,10 +507,12 @@ def start_otlp_sink(stack: ExitStack, work: Path, port: int) -> None:
 
 
 def side_by_side(stack: ExitStack, work: Path, variants: list[tuple[str, dict[str, str]]],
-                 duration: float, reps: int) -> dict[str, dict[str, float]]:
+                 duration: float, reps: int,
+                 connections: int = 64) -> dict[str, dict[str, float]]:
     """One modelberth per (label, environment) on core 0, each with a fast nginx upstream of
-    its own on core 1, all running at once (until `stack` closes), measured with wrk at c=64
-    in interleaved rounds; span export processes are moved to core 1 and their CPU reported."""
+    its own on core 1, all running at once (until `stack` closes), measured with wrk (c=64
+    unless told) in interleaved rounds; span export processes are moved to core 1 and their
+    CPU reported."""
     targets, pids, helpers = [], {}, {}
     for label, env in variants:
         up_port = free_port()
@@ -506,7 +527,7 @@ def side_by_side(stack: ExitStack, work: Path, variants: list[tuple[str, dict[st
         wait_http(f"http://127.0.0.1:{up_port}/health")
         wrk(work, url, 8, 1)  # warm up
         targets.append((label, url))
-    return interleaved(work, targets, 64, duration, reps, pids, helpers)
+    return interleaved(work, targets, connections, duration, reps, pids, helpers)
 
 
 def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, duration: float,

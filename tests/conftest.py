@@ -89,12 +89,14 @@ class Modelberth:
         self.url = f"http://127.0.0.1:{config['server']['port']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, extra: list[str] | None = None,
-              env: dict[str, str] | None = None) -> Modelberth:
+    def start(self, extra: list[str] | None = None, env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> Modelberth:
+        """`prefix` runs the server under a command that execs it (such as prlimit)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "modelberth", "serve", "-c", str(self.config_path),
-                 "--log-format", "plain", "--log-level", "DEBUG", *(extra or [])],
+                [*(prefix or []), sys.executable, "-m", "modelberth", "serve",
+                 "-c", str(self.config_path), "--log-format", "plain",
+                 "--log-level", "DEBUG", *(extra or [])],
                 stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "NO_PROXY": "*", **(env or {})},
             )

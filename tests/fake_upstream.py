@@ -85,11 +85,19 @@ def make_app(args: argparse.Namespace) -> web.Application:
                                   "query": request.query_string, "body_bytes": len(body),
                                   "headers": dict(request.headers)})
 
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        resp = web.Response(status=code, headers={"ETag": '"v1"'})
+        if code == 304:  # a 304 may state the length of what a 200 would carry
+            resp.headers["Content-Length"] = "1234"
+        return resp
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", chat)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_get("/status/{code:\\d+}", status)
     app.router.add_post("/v1/{tail:.*}", echo)
     return app
 

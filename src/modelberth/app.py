@@ -1,13 +1,14 @@
-"""Assembles the server's two handlers: the proxy for inference traffic (routed to it by the
-connection, http1.py) and the ASGI app, FastAPI, for the rest."""
+"""Assembles the server's one ASGI app: the proxy for inference traffic (POST /v1/* and
+/upstream/*, a raw ASGI handler) and FastAPI for the rest."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -18,16 +19,41 @@ from modelberth.proxy import Proxy
 from modelberth.registry import Registry
 from modelberth.reload import install_sighup, watch_config
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
 
 class ModelberthApp:
-    """The registry and its two handlers: the server routes POST /v1/* and /upstream/* to
-    `proxy` (through `proxy.route`) and everything else, and the lifespan, to `api`."""
+    """The registry and its two handlers, behind one ASGI callable: the proxy takes what
+    `Proxy.claims`, FastAPI (`api`) everything else, the lifespan included."""
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  watch: bool = False) -> None:
         self.registry = Registry(config, config_path=config_path)
         self.proxy = Proxy(self.registry)
         self.api = _build_api(self.registry, watch)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if self.proxy.claims(scope["method"], path):
+                await self.proxy.handle(scope, receive, send)
+                return
+            scope = _for_api(scope, path)
+        await self.api(scope, receive, send)
+
+
+def _for_api(scope: Scope, path: str) -> Scope:
+    """HEAD is answered as GET without the body (the server drops it: it keeps its own
+    scope, which still says HEAD), and a trailing slash is ignored instead of redirected
+    (a redirect would build its Location from the client's Host header)."""
+    if scope["method"] == "HEAD":
+        scope = {**scope, "method": "GET"}
+    if len(path) > 1 and path.endswith("/"):
+        raw: bytes = scope.get("raw_path") or path.encode()
+        scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": raw.rstrip(b"/") or b"/"}
+    return scope
 
 
 def _build_api(registry: Registry, watch: bool) -> FastAPI:
@@ -50,6 +76,11 @@ def _build_api(registry: Registry, watch: bool) -> FastAPI:
         version=__version__,
         summary="One OpenAI-compatible endpoint in front of many local model servers.",
         lifespan=lifespan,
+        redirect_slashes=False,
+        # Served by api/health.py behind the same guard as /health.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     api.state.registry = registry
     errors.install(api)

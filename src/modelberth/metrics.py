@@ -62,6 +62,11 @@ class Metrics:
         meter.create_observable_counter(
             "modelberth_spans_dropped", callbacks=[self._read_spans_dropped],
             description="Traced requests whose spans were dropped: span export was behind.")
+        self._rejected: dict[str, int] = defaultdict(int)
+        meter.create_observable_counter(
+            "modelberth_http_rejected", callbacks=[self._read_rejected],
+            description="Client connections or requests the server refused or closed, by "
+            "reason (head too large, header or body timeout, connection limit...).")
         self._gauge(meter, "modelberth_model_state", "1 for the state each model is in.",
                     self._states)
         self._gauge(meter, "modelberth_queue_length", "Requests waiting for each model.",
@@ -99,6 +104,12 @@ class Metrics:
     def _read_tokens(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"model": m, "type": t})
                 for (m, t), n in list(self._tokens.items())]
+
+    def rejected(self, reason: str) -> None:
+        self._rejected[reason] += 1
+
+    def _read_rejected(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"reason": r}) for r, n in list(self._rejected.items())]
 
     def _read_spans_dropped(self, _: CallbackOptions) -> Iterable[Observation]:
         spans = self._registry.telemetry.spans

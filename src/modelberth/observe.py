@@ -117,7 +117,7 @@ class UsageReader:
                 if line.startswith(b"data: {"):
                     try:
                         docs.append(json.loads(line[6:]))
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue
         return docs
 
@@ -128,11 +128,11 @@ def usage_of_answer(answer: bytes) -> Usage:
         return _usage_from([_tail_fields(answer[-_TAIL:])])
     try:
         return _typed_usage(_TYPED_ANSWER.decode(answer))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass  # not JSON (then the next decode fails too), or fields of unusual types
     try:
         fields = _ANSWER.decode(answer)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Usage()
     return _usage_from([{"model": fields.model, "usage": fields.usage,
                          "timings": fields.timings}])
@@ -183,7 +183,7 @@ def _tail_fields(tail: bytes | bytearray) -> dict[str, Any]:
         rest = text[colon + 1:].lstrip().decode("utf-8", "replace")
         try:
             found[key.decode().strip('"')] = _DECODER.raw_decode(rest)[0]
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     return found
 

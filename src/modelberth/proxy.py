@@ -1,6 +1,6 @@
 """The hot path: picks the model, admits the request, forwards it and streams the answer
-back chunk by chunk. It runs straight on the connection's HTTP exchange (http1.py), without
-ASGI messages; FastAPI stays out of this path on purpose."""
+back chunk by chunk. It is a raw ASGI handler the app routes POST /v1/* and /upstream/* to;
+FastAPI stays out of this path on purpose."""
 
 from __future__ import annotations
 
@@ -9,29 +9,38 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
 from loguru import logger
 from opentelemetry import trace
 
-from modelberth import auth
-from modelberth.http1 import Exchange, Handler
+from modelberth import auth, protocol
+from modelberth.forwarding import Forwarding
 from modelberth.lifecycle import Model
 from modelberth.observe import RequestObservation, UsageReader, usage_of_answer
 from modelberth.registry import Registry
 from modelberth.types import APIError
-from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamUnreachable
+from modelberth.upstream_client import (
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
-_HOP_BY_HOP = frozenset({
+# Hop-by-hop headers of an answer (RFC 9110 §7.6.1): the server frames its own.
+_RESPONSE_DROPPED = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"date",
 })
-_NOT_FORWARDED = _HOP_BY_HOP | frozenset(auth.AUTH_HEADERS)
-_RESPONSE_DROPPED = (_HOP_BY_HOP - {b"content-length"}) | {b"date"}  # the server sets Date
+_NO_BODY = frozenset({204, 304})
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relayed in one piece
@@ -41,22 +50,28 @@ _MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([
 class Proxy:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._forwarding: tuple[tuple[str, ...], Forwarding] | None = None
 
-    def route(self, method: str, path: str) -> Handler | None:
-        """The connection's router: POST /v1/* and /upstream/* come here, the rest to the
-        app (FastAPI)."""
-        if path.startswith("/upstream/") or (method == "POST" and path.startswith("/v1/")):
-            return self.handle
-        return None
+    @staticmethod
+    def claims(method: str, path: str) -> bool:
+        """POST /v1/* and /upstream/* come here; the rest goes to the app (FastAPI)."""
+        return path.startswith("/upstream/") or (method == "POST" and path.startswith("/v1/"))
 
-    async def handle(self, exchange: Exchange) -> None:
-        scope = exchange.scope
+    def forwarding(self, trusted: list[str]) -> Forwarding:
+        """The header rules for the config's trusted proxies (rebuilt when a reload
+        changes them)."""
+        key = tuple(trusted)
+        if self._forwarding is None or self._forwarding[0] != key:
+            self._forwarding = (key, Forwarding(key))
+        return self._forwarding[1]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.registry.config.server  # read per request: a reload may change it
         obs = RequestObservation(self.registry.telemetry, self.registry.metrics, scope)
-        early = False  # True once SSE headers went out while the model was loading
+        reply = _Reply(scope, send)
         try:
-            auth.check(scope["headers"], server.api_keys)
-            body = await self._read_body(exchange, int(server.max_body_mb * 2**20))
+            auth.check(scope["headers"], server.inference_keys)
+            body = await _read_body(scope, receive, int(server.max_body_mb * 2**20))
             target: str = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
             if scope["path"].startswith("/upstream/"):
                 (name, _), streaming = _split_upstream_path(scope["path"]), False
@@ -65,215 +80,296 @@ class Proxy:
                 name, streaming = _model_from_body(scope, body)
             model = self.registry.require(name)
             obs.named(model.name, name)
+        except APIError as error:
+            await _answer_error(obs, reply, error)
+            return
+        headers = self.forwarding(server.trusted_proxies).request_headers(
+            scope["headers"], _peer(scope), scope.get("scheme", "http"))
+        # The client going away cancels the work done for it (the wait for the model, the
+        # upstream call), which closes the upstream's connection.
+        reply.watch_disconnect()
+        try:
+            await self._admit_and_forward(model, reply, target, headers, body, obs,
+                                          streaming, server.stream_keepalive)
+        except asyncio.CancelledError:
+            if not reply.disconnected:
+                raise
+            uncancel()
+            obs.finish(499, error="client disconnected")
+            logger.bind(model=model.name).info("client disconnected; upstream request closed")
+        finally:
+            reply.unwatch_disconnect()
+
+    async def _admit_and_forward(self, model: Model, reply: _Reply, target: str,
+                                 headers: Headers, body: bytes, obs: RequestObservation,
+                                 streaming: bool, keepalive: float) -> None:
+        try:
             if model.try_enter():  # ready and free: the common case, without a wait
                 obs.queued(time.perf_counter(), cold=False)
             else:
-                keepalive = server.stream_keepalive if streaming else 0.0
-                early = await self._admit(model, obs, exchange, keepalive)
+                await self._admit(model, obs, reply, keepalive if streaming else 0.0)
         except APIError as error:
-            _answer_error(obs, exchange, error)
-            return
-        except _Answered:
+            await _answer_error(obs, reply, error, reply.early)
             return
         try:
             try:
-                await self._forward(model, exchange, target, body, obs, early, retry=True)
+                await self._relay(model, reply, target, headers, body, obs, retry=True)
             except _Refused as refused:
-                # The upstream died a moment ago and its exit was not processed yet. The
-                # request never reached it: restart the model and send the request once more.
+                # The upstream died a moment ago and its exit was not processed yet: the
+                # request never reached a live upstream. It waits for the restart, as a cold
+                # request does, and is sent once to the new upstream.
                 if not await model.confirm_exit(2.0):
                     raise refused.error from None
                 await model.await_ready()
-                await self._forward(model, exchange, target, body, obs, early)
+                await self._relay(model, reply, target, headers, body, obs)
         except APIError as error:
-            _answer_error(obs, exchange, error, early)
+            await _answer_error(obs, reply, error, reply.early)
         finally:
             model.release()
 
-    async def _admit(self, model: Model, obs: RequestObservation, exchange: Exchange,
-                     keepalive: float) -> bool:
+    async def _admit(self, model: Model, obs: RequestObservation, reply: _Reply,
+                     keepalive: float) -> None:
         """Wait for the model (start, room, concurrency). With keepalive, a streaming client
-        gets its SSE headers and a comment line every `keepalive` seconds while it loads;
-        returns whether the headers went out."""
+        gets its SSE headers and a comment line every `keepalive` seconds while it loads."""
         began = time.perf_counter()
         cold = not model.ready
-        early = False
         # A model's start makes spans of its own, under the request's span.
         span = obs.span if cold else None
         with trace.use_span(span) if span is not None else contextlib.nullcontext():
             if not keepalive or model.ready:
                 await model.acquire()
             else:
-                waiting = asyncio.ensure_future(model.acquire())
-                while not (await asyncio.wait({waiting}, timeout=keepalive))[0]:
-                    if not early:
-                        exchange.start(200, _SSE_HEADERS)
-                        early = True
-                    elapsed = time.perf_counter() - began
-                    await exchange.send_chunk(
-                        f": loading {model.name} {elapsed:.1f}s\n\n".encode())
-                try:
-                    waiting.result()
-                except APIError as error:
-                    if not early:
-                        raise
-                    _answer_error(obs, exchange, error, early=True)
-                    raise _Answered from None
+                await self._acquire_with_keepalive(model, reply, keepalive, began)
         obs.queued(began, cold)
-        return early
 
-    async def _read_body(self, exchange: Exchange, limit: int) -> bytes:
-        for name, value in exchange.scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _too_large(limit)
-        whole = exchange.whole_body()
-        if whole is not None:
-            if len(whole) > limit:
-                raise _too_large(limit)
-            return whole
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await exchange.receive()
-            if message["type"] == "http.disconnect":
-                raise APIError(499, "client closed the request", code="client_closed")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+    @staticmethod
+    async def _acquire_with_keepalive(model: Model, reply: _Reply, keepalive: float,
+                                      began: float) -> None:
+        waiting = asyncio.ensure_future(model.acquire())
+        try:
+            while not (await asyncio.wait({waiting}, timeout=keepalive))[0]:
+                if not reply.early:
+                    await reply.start(200, _SSE_HEADERS)
+                    reply.early = True
+                elapsed = time.perf_counter() - began
+                await reply.chunk(f": loading {model.name} {elapsed:.1f}s\n\n".encode())
+        except BaseException:
+            # Called off (the client left): the acquire must not count itself in later.
+            waiting.cancel()
+            with contextlib.suppress(BaseException):
+                await waiting
+            if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
+                model.release()
+            raise
+        waiting.result()
 
-    async def _forward(self, model: Model, exchange: Exchange, target: str, body: bytes,
-                       obs: RequestObservation, early: bool, retry: bool = False) -> None:
-        """Relay one request; the client's connection closing cancels the relay (the
-        exchange cancels this task), which closes the upstream call."""
-        if not exchange.disconnected:
-            exchange.cancel_on_disconnect = True
-            try:
-                await self._relay(model, exchange, target, body, obs, early, retry)
-                return
-            except asyncio.CancelledError:
-                if not exchange.disconnected or exchange.task is None:
-                    raise
-                exchange.task.uncancel()
-            finally:
-                exchange.cancel_on_disconnect = False
-        obs.finish(499, error="client disconnected")
-        logger.bind(model=model.name).info("client disconnected; upstream request closed")
-
-    async def _relay(self, model: Model, exchange: Exchange, target: str, body: bytes,
-                     obs: RequestObservation, early: bool, retry: bool) -> None:
-        scope = exchange.scope
+    async def _relay(self, model: Model, reply: _Reply, target: str, headers: Headers,
+                     body: bytes, obs: RequestObservation, retry: bool = False) -> None:
+        scope = reply.scope
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        # The connection gives header names in lower case.
-        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_FORWARDED]
         obs.upstream_headers(headers, model, target)
+        spec = model.spec
         try:
             if model.port is None:  # admitted models have a port; a stop in between has not
                 raise UpstreamUnreachable("the upstream is not running")
             resp = await self.registry.upstream.request(
-                scope["method"], "127.0.0.1", model.port, target, headers, body)
+                scope["method"], "127.0.0.1", model.port, target, headers, body,
+                first_byte_timeout=spec.first_byte_timeout or None)
+        except UpstreamTimeout as exc:
+            model.upstream_timed_out(str(exc))
+            await _answer_error(obs, reply, _timeout_error(model, exc), reply.early)
+            return
         except UpstreamError as exc:
             error = _upstream_error(model, exc)
-            if retry and isinstance(exc, UpstreamUnreachable):
+            if retry and not exc.answered:
                 raise _Refused(error) from exc
-            _answer_error(obs, exchange, error, early)
+            await _answer_error(obs, reply, error, reply.early)
             return
         try:
-            await self._relay_answer(model, exchange, resp, obs, early)
+            await self._relay_answer(model, reply, resp, obs)
         finally:
             resp.release()
 
-    async def _relay_answer(self, model: Model, exchange: Exchange, resp: UpstreamResponse,
-                            obs: RequestObservation, early: bool) -> None:
+    async def _relay_answer(self, model: Model, reply: _Reply, resp: UpstreamResponse,
+                            obs: RequestObservation) -> None:
         headers, is_sse, length = _answer_head(resp)
-        if early and resp.status != 200:
-            text = (await _read_or_empty(resp)).decode("utf-8", "replace")
+        stall = model.spec.stream_stall_timeout or None
+        if reply.early and resp.status != 200:
+            text = (await _read_or_empty(resp, stall)).decode("utf-8", "replace")
             error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
                              type="server_error", code="upstream_error")
-            _answer_error(obs, exchange, error, early=True)
+            await _answer_error(obs, reply, error, early=True)
             return
-        if not early:  # else the SSE head went out while the model loaded
-            if not is_sse and length is not None and length <= _WHOLE:
-                await self._relay_whole(model, resp, exchange, headers, obs)
+        if not reply.early:  # else the SSE head went out while the model loaded
+            if not is_sse and length is not None and length <= _WHOLE \
+                    and reply.scope["method"] != "HEAD":
+                await self._relay_whole(model, resp, reply, headers, obs, stall)
                 return
-            exchange.start(resp.status, headers)
+            if length is not None:
+                headers.append((b"content-length", b"%d" % length))
+            await reply.start(resp.status, headers)
         usage = UsageReader(is_sse)
         try:
-            while chunk := await resp.next_piece():
+            while chunk := await resp.next_piece(stall):
                 obs.first_chunk()
                 usage.feed(chunk)
-                await exchange.send_chunk(chunk)
+                await reply.chunk(chunk)
         except UpstreamError as exc:
-            error = _upstream_error(model, exc, mid_stream=True)
-            obs.finish(502, usage.result(), error=error.message)
-            self._broken_stream(model, exchange, is_sse or early, error)
+            if isinstance(exc, UpstreamTimeout):
+                model.upstream_timed_out(str(exc))
+                error = _timeout_error(model, exc, mid_stream=True)
+            else:
+                error = _upstream_error(model, exc, mid_stream=True)
+            obs.finish(error.status, usage.result(), error=error.message)
+            await self._broken_stream(model, reply, is_sse or reply.early, error)
             return
-        exchange.finish()
+        model.upstream_answered()
+        await reply.finish()
         obs.finish(resp.status, usage.result())
 
     @staticmethod
-    async def _relay_whole(model: Model, resp: UpstreamResponse, exchange: Exchange,
-                           headers: list[tuple[bytes, bytes]],
-                           obs: RequestObservation) -> None:
+    async def _relay_whole(model: Model, resp: UpstreamResponse, reply: _Reply,
+                           headers: Headers, obs: RequestObservation,
+                           stall: float | None) -> None:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
-        502 (nothing has been sent yet)."""
+        error (nothing has been sent yet)."""
         answer = resp.arrived_whole()
         if answer is None:
             try:
-                answer = await resp.read()
-            except UpstreamError as exc:
-                _answer_error(obs, exchange, _upstream_error(model, exc))
+                answer = await resp.read(stall)
+            except UpstreamTimeout as exc:
+                model.upstream_timed_out(str(exc))
+                await _answer_error(obs, reply, _timeout_error(model, exc, mid_stream=True))
                 return
+            except UpstreamError as exc:
+                await _answer_error(obs, reply, _upstream_error(model, exc))
+                return
+        model.upstream_answered()
         obs.first_chunk()
-        exchange.respond(resp.status, headers, answer)
+        await reply.respond(resp.status, headers, answer)
         obs.finish(resp.status, usage_of_answer(answer))
 
     @staticmethod
-    def _broken_stream(model: Model, exchange: Exchange, is_sse: bool, error: APIError) -> None:
+    async def _broken_stream(model: Model, reply: _Reply, is_sse: bool,
+                             error: APIError) -> None:
         logger.bind(model=model.name).warning("{}", error.message)
         if not is_sse:
-            exchange.cut()
+            reply.cut()
             return
-        end_sse_with_error(exchange, error)
+        await reply.finish(sse_error_event(error))
 
 
-def _answer_error(obs: RequestObservation, exchange: Exchange, error: APIError,
-                  early: bool = False) -> None:
+class _Reply:
+    """The answer to one client, over ASGI `send`, with the connection hooks of
+    protocol.py: the disconnect watch and cutting an answer short."""
+
+    __slots__ = ("disconnected", "early", "scope", "send", "task")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.scope, self.send = scope, send
+        self.early = False  # True once SSE headers went out while the model was loading
+        self.disconnected = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def watch_disconnect(self) -> None:
+        self.task = asyncio.current_task()
+        protocol.on_disconnect(self.scope, self._gone)
+
+    def unwatch_disconnect(self) -> None:
+        protocol.on_disconnect(self.scope, None)
+
+    def _gone(self) -> None:
+        self.disconnected = True
+        if self.task is not None:
+            self.task.cancel(msg="client disconnected")
+
+    async def start(self, status: int, headers: Headers) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def chunk(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def finish(self, data: bytes = b"") -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def cut(self) -> None:
+        protocol.cut(self.scope)
+
+
+async def _answer_error(obs: RequestObservation, reply: _Reply, error: APIError,
+                        early: bool = False) -> None:
     """Record the request as failed and answer it with the error: an OpenAI error body, or,
     once SSE headers went out (`early`), an SSE error event."""
     obs.finish(error.status, error=error.message)
-    (end_sse_with_error if early else respond_error)(exchange, error)
+    if early:
+        await reply.finish(sse_error_event(error))
+    else:
+        await reply.respond(error.status, error_headers(error), error_body(error))
 
 
-async def _read_or_empty(resp: UpstreamResponse) -> bytes:
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise APIError(499, "client closed the request", code="client_closed")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        if not message.get("more_body", False):
+            if not chunks:
+                return bytes(chunk)
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:
     try:
-        return await resp.read()
+        return await resp.read(stall)
     except UpstreamError:
         return b""
 
 
-def _answer_head(resp: UpstreamResponse) -> tuple[list[tuple[bytes, bytes]], bool, int | None]:
-    """In one pass over the answer's headers: those to relay, whether it is an SSE stream,
-    and its Content-Length."""
+def _answer_head(resp: UpstreamResponse) -> tuple[Headers, bool, int | None]:
+    """In one pass over the answer's headers: those to relay (Content-Length aside), whether
+    it is an SSE stream, and its Content-Length (None for 204 and 304, which have no body)."""
     relayed = []
     is_sse, length = False, None
     for name, value in resp.headers:
         if name == b"content-type":
             is_sse = value.partition(b";")[0].strip().lower() == b"text/event-stream"
-        elif name == b"content-length" and value.isdigit():
-            length = int(value)
+        elif name == b"content-length":
+            # Set again by whoever frames the answer (never for 204 and 304).
+            if value.isdigit() and resp.status not in _NO_BODY:
+                length = int(value)
+            continue
         if name not in _RESPONSE_DROPPED:
             relayed.append((name, value))
     return relayed, is_sse, length
 
 
-class _Answered(Exception):
-    """The client already has its answer (an SSE error after loading comments)."""
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 class _Refused(Exception):
@@ -296,6 +392,12 @@ def _upstream_error(model: Model, exc: BaseException, mid_stream: bool = False) 
         detail += f"; {model.last_error.splitlines()[0]}"
     return APIError(502, f"Upstream for model '{model.name}' failed {when}: {detail}",
                     type="server_error", code="upstream_error")
+
+
+def _timeout_error(model: Model, exc: UpstreamTimeout, mid_stream: bool = False) -> APIError:
+    when = "during the response" if mid_stream else "before answering"
+    return APIError(504, f"Upstream for model '{model.name}' timed out {when}: {exc}",
+                    type="server_error", code="upstream_timeout")
 
 
 def _split_upstream_path(path: str) -> tuple[str, str]:
@@ -323,6 +425,9 @@ def _model_from_body(scope: Scope, body: bytes) -> tuple[str, bool]:
         raise _invalid_json(exc) from None
     except msgspec.DecodeError as exc:
         raise _invalid_json(exc) from None
+    except RecursionError:
+        raise APIError(400, "The request body is not valid JSON: it is nested too deeply.",
+                       code="invalid_json") from None
     if fields.model is None:
         raise _missing_model()
     if not isinstance(fields.model, str):
@@ -357,14 +462,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def end_sse_with_error(exchange: Exchange, error: APIError) -> None:
-    """End an SSE response that has already started with an `error` event."""
-    payload = json.dumps(error.body())
-    exchange.finish(f"event: error\ndata: {payload}\n\n".encode())
+def sse_error_event(error: APIError) -> bytes:
+    """The `error` event that ends an SSE answer that has already started."""
+    return f"event: error\ndata: {json.dumps(error.body())}\n\n".encode()
 
 
-def respond_error(exchange: Exchange, error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
+def error_body(error: APIError) -> bytes:
+    return json.dumps(error.body()).encode()
+
+
+def error_headers(error: APIError) -> Headers:
     headers = [(b"content-type", b"application/json")]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    exchange.respond(error.status, headers, body)
+    return headers

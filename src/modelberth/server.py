@@ -1,4 +1,5 @@
-"""Runs the app under uvicorn: listening, graceful shutdown, a line once it is ready."""
+"""Runs the app under uvicorn, on the guarded HTTP protocol (protocol.py): listening,
+graceful shutdown, file descriptor limits, a line once it is ready."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import functools
 import gc
 import ipaddress
+import resource
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +17,13 @@ import uvicorn
 from loguru import logger
 
 from modelberth.app import create_app
-from modelberth.config import Config
-from modelberth.http1 import Http1Protocol
+from modelberth.config import Config, ServerConfig
+from modelberth.protocol import HttpProtocol, Limits
 
 _GC_THRESHOLD = 10_000  # net allocations between young-generation collections
+# Descriptors kept back from client connections: upstream connections, log files, pipes.
+_FD_RESERVE_SHARE = 0.25
+_FD_RESERVE_MIN = 64
 
 
 class _Server(uvicorn.Server):
@@ -29,12 +34,11 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         # Everything loaded so far lives as long as the process. Frozen, the collector stops
-        # walking it: a full collection took ~40 ms (a stall of every request), now ~0.1 ms.
+        # walking it: a full collection stalls every request.
         gc.collect()
         gc.freeze()
-        # A request's objects are freed by reference counting. At the default threshold (700
-        # allocations) the collector ran ~250 times a second under load, each time walking
-        # the objects of every request in flight: ~3 % of the core for no garbage.
+        # A request's objects are freed by reference counting; at the default threshold the
+        # collector runs hundreds of times a second under load for no garbage.
         gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
         if self.started and self.servers:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
@@ -53,6 +57,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the limit in force. Running
+    out of descriptors makes accept() fail for everyone, so the connection cap stays below
+    it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open file limit from {}: {}", soft, exc)
+    return soft
+
+
+def connection_cap(server: ServerConfig, fd_limit: int) -> int:
+    reserve = max(_FD_RESERVE_MIN, int(fd_limit * _FD_RESERVE_SHARE))
+    ceiling = max(1, fd_limit - reserve)
+    if server.max_connections is None:
+        return ceiling
+    if server.max_connections > ceiling:
+        logger.warning("server.max_connections {} is above what the open file limit ({}) "
+                       "allows; using {}", server.max_connections, fd_limit, ceiling)
+        return ceiling
+    return server.max_connections
+
+
 def serve(config: Config, *, config_path: Path | None = None, watch: bool = False,
           access_log: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
     server_cfg = config.server
@@ -60,8 +91,14 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         logger.warning("listening on {} with no api_keys: anyone who can reach this address "
                        "can use and manage every model", server_cfg.host)
     app = create_app(config, config_path, watch)
+    limits = Limits(
+        header_timeout=server_cfg.header_timeout,
+        body_timeout=server_cfg.body_timeout,
+        max_connections=connection_cap(server_cfg, raise_fd_limit()),
+        rejected=app.registry.metrics.rejected,
+    )
     uv_config = uvicorn.Config(
-        app.api,
+        app,
         host=server_cfg.host,
         port=server_cfg.port,
         log_config=None,
@@ -69,10 +106,11 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=max(1, int(config.defaults.drain_timeout)),
+        timeout_keep_alive=max(1, round(server_cfg.keepalive_timeout)),
         backlog=4096,
         proxy_headers=False,
-        # uvicorn calls `http` like a protocol class; the partial hands it the proxy's router.
-        http=cast(type[asyncio.Protocol],
-                  functools.partial(Http1Protocol, router=app.proxy.route)),
+        ws="none",
+        # uvicorn calls `http` like a protocol class; the partial hands it the limits.
+        http=cast(type[asyncio.Protocol], functools.partial(HttpProtocol, limits=limits)),
     )
     _Server(uv_config, on_ready).run()

@@ -14,7 +14,7 @@ def registry(request: Request) -> Registry:
 
 
 def require_api_key(request: Request) -> None:
-    auth.check(request.scope["headers"], registry(request).config.server.api_keys)
+    auth.check(request.scope["headers"], registry(request).config.server.inference_keys)
 
 
 def require_admin_key(request: Request) -> None:

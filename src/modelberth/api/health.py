@@ -7,6 +7,8 @@ from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelberth import __version__, auth
@@ -41,3 +43,22 @@ async def metrics(request: Request) -> Response:
     reg = _guard(request)
     body = await asyncio.to_thread(generate_latest, reg.telemetry.prometheus)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> dict[str, Any]:
+    _guard(request)
+    schema: dict[str, Any] = request.app.openapi()
+    return schema
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger(request: Request) -> HTMLResponse:
+    _guard(request)
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="modelberth API")
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    _guard(request)
+    return get_redoc_html(openapi_url="/openapi.json", title="modelberth API")
