@@ -184,3 +184,16 @@ def test_1000_concurrent_streams_are_held_without_errors(modelberth: Any) -> Non
     assert all(body.count(b"data: ") == 5 and body.endswith(b"data: [DONE]\n\n")
                for _, body in results)
     assert peak >= 900  # they really were open at the same time
+
+
+def test_a_reload_says_which_server_settings_need_a_restart(modelberth: Any) -> None:
+    mb = modelberth({"models": {"a": fake_model(None)}})
+    config = yaml.safe_load(mb.config_path.read_text())
+    config["server"].update(header_timeout=3, instance_id="other", trusted_proxies=["::1"])
+    mb.config_path.write_text(yaml.safe_dump(config))
+    with mb.client() as client:
+        result = client.post("/api/reload").json()
+    warnings = " ".join(result["warnings"])
+    assert "server.header_timeout, server.instance_id changes need a restart" in warnings
+    assert "trusted_proxies" not in warnings  # taken at once
+    assert chat(mb, "a").status_code == 200

@@ -41,6 +41,11 @@ class ReloadResult:
     warnings: list[str] = field(default_factory=list)
 
 
+# Settings the listening socket or the Docker runtime took at start (server.py, __init__).
+_FIXED_AT_START = ("header_timeout", "body_timeout", "keepalive_timeout", "max_connections",
+                   "instance_id")
+
+
 class Registry:
     def __init__(self, config: Config, events: EventBus | None = None,
                  config_path: Path | None = None, telemetry: Telemetry | None = None) -> None:
@@ -142,6 +147,11 @@ class Registry:
             old_server = self.config.server
             if (config.server.host, config.server.port) != (old_server.host, old_server.port):
                 result.warnings.append("server.host/port changes need a restart")
+            fixed = [key for key in _FIXED_AT_START
+                     if getattr(config.server, key) != getattr(old_server, key)]
+            if fixed:
+                result.warnings.append(
+                    f"server.{', server.'.join(fixed)} changes need a restart")
             if config.docker != self.config.docker:
                 result.warnings.append("docker.url changes need a restart")
                 config = config.model_copy(update={"docker": self.config.docker})
