@@ -23,7 +23,7 @@ from modelberth.config import (
     load_config,
     parse_config,
 )
-from modelberth.templates import TEMPLATES
+from modelberth.config.templates import TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT_CMD = "[srv, '${PORT}']"
