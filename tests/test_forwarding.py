@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelberth import auth
-from modelberth.forwarding import HOP_BY_HOP, Forwarding
+from modelberth.proxy.forwarding import HOP_BY_HOP, Forwarding
 
 H = list[tuple[bytes, bytes]]
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from conftest import fake_model
 from modelberth.config import Config, ConfigError, parse_config
-from modelberth.proxy import _model_from_body
-from modelberth.types import APIError
+from modelberth.errors import APIError
+from modelberth.proxy.handler import _model_from_body
 
 SCHEMATHESIS = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "schemathesis"
 

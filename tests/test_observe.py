@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelberth.observe import Usage, UsageReader, usage_of_answer
+from modelberth.telemetry.observe import Usage, UsageReader, usage_of_answer
 
 
 def feed(reader: UsageReader, body: bytes, size: int = 4096) -> None:

@@ -16,16 +16,16 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from modelberth.otlp import (
+from modelberth.telemetry.export import readable
+from modelberth.telemetry.handover import encoded_request_spans, request_spans
+from modelberth.telemetry.otlp import (
     encode_attributes,
     encode_float_attribute,
     encode_raw_span,
     encode_request,
     encode_spans,
 )
-from modelberth.request_trace import encoded_request_spans, request_spans
-from modelberth.span_export import readable
-from modelberth.spans import RawSpan
+from modelberth.telemetry.tracing import RawSpan
 from otlp_receiver import KeptSpans
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TESTS, Modelberth, events_of, fake_model, upstreams_of, wait_for
 from modelberth.demo import llama_server_path
-from modelberth.estimate import estimate_gguf
+from modelberth.models.estimate import estimate_gguf
 from modelberth.runtimes.process import MODEL_ENV
 from modelberth.tinymodel import write_tiny_gguf
 

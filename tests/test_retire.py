@@ -21,10 +21,11 @@ import pytest
 
 from conftest import fake_model, process_gone, upstreams_of
 from modelberth.config import Config
-from modelberth.lifecycle import Model
-from modelberth.registry import Registry
+from modelberth.errors import ModelRetired, StartTimeout
+from modelberth.models.model import Model
+from modelberth.models.registry import Registry
+from modelberth.models.state import ModelState, StateEvent
 from modelberth.runtimes.process import MODEL_ENV
-from modelberth.types import ModelRetired, ModelState, StartTimeout, StateEvent
 
 S = ModelState
 Boot = Callable[..., Awaitable[Registry]]

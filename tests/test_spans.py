@@ -32,9 +32,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import process_gone, wait_for
-from modelberth.request_trace import RequestTrace
-from modelberth.span_export import SpanExportProcess, TraceBatch
-from modelberth.spans import SpanBatcher, SpanRecorder, Started, parent_span
+from modelberth.telemetry.export import SpanExportProcess, TraceBatch
+from modelberth.telemetry.handover import RequestTrace
+from modelberth.telemetry.tracing import SpanBatcher, SpanRecorder, Started, parent_span
 from otlp_receiver import HttpReceiver, KeptSpans, attributes
 
 TRACEPARENT = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
@@ -398,7 +398,7 @@ def test_the_export_process_ends_with_the_server(tmp_path: Any,
         "import sys, time\n"
         "from opentelemetry.sdk.resources import Resource\n"
         "from opentelemetry.sdk.util.instrumentation import InstrumentationScope\n"
-        "from modelberth.span_export import SpanExportProcess\n"
+        "from modelberth.telemetry.export import SpanExportProcess\n"
         "p = SpanExportProcess(Resource.create({}), InstrumentationScope('m'), 'plain', 'INFO')\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(60)\n")

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from modelberth import __version__
 from modelberth.api import admin, errors, health, openai
 from modelberth.config import Config
-from modelberth.proxy import Proxy
-from modelberth.registry import Registry
+from modelberth.models.registry import Registry
+from modelberth.proxy.handler import Proxy
 from modelberth.reload import install_sighup, watch_config
 
 Scope = MutableMapping[str, Any]

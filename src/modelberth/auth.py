@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Sequence
 
-from modelberth.types import APIError
+from modelberth.errors import APIError
 
 AUTH_HEADERS = (b"authorization", b"x-api-key")
 

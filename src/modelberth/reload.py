@@ -10,8 +10,8 @@ from pathlib import Path
 from loguru import logger
 
 from modelberth.config import ConfigError
-from modelberth.registry import Registry
-from modelberth.types import APIError
+from modelberth.errors import APIError
+from modelberth.models.registry import Registry
 
 
 async def reload_logged(registry: Registry, why: str) -> None:

@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from modelberth.api.deps import registry, require_admin_key
 from modelberth.config import ConfigError
-from modelberth.lifecycle import Model, swallow_outcome
-from modelberth.logbuffer import LogLine
-from modelberth.types import APIError
+from modelberth.errors import APIError
+from modelberth.models.logbuffer import LogLine
+from modelberth.models.model import Model, swallow_outcome
 
 router = APIRouter(prefix="/api", tags=["management"], dependencies=[Depends(require_admin_key)])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from modelberth import auth
-from modelberth.registry import Registry
+from modelberth.models.registry import Registry
 
 
 def registry(request: Request) -> Registry:

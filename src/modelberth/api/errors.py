@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from modelberth.types import APIError
+from modelberth.errors import APIError
 
 _TYPES = {401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 429: "rate_limit_error"}

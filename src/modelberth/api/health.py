@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelberth import __version__, auth
 from modelberth.api.deps import registry
-from modelberth.registry import Registry
+from modelberth.models.registry import Registry
 
 router = APIRouter(tags=["health"])
 

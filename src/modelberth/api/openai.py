@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from modelberth.api.deps import registry, require_api_key
-from modelberth.lifecycle import Model
-from modelberth.types import APIError
+from modelberth.errors import APIError
+from modelberth.models.model import Model
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 

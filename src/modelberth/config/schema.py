@@ -26,7 +26,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from modelberth.config.spec import ModelSpec
 from modelberth.config.templates import TEMPLATES
-from modelberth.forwarding import Forwarding
+from modelberth.proxy.forwarding import Forwarding
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

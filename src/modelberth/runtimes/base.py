@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modelberth.config import ModelSpec
-from modelberth.logbuffer import LogBuffer
+from modelberth.models.logbuffer import LogBuffer
 
 
 @dataclass(frozen=True, slots=True)

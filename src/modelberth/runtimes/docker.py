@@ -31,7 +31,7 @@ from docker.types import DeviceRequest
 from loguru import logger
 
 from modelberth.config import ModelSpec, ServerConfig
-from modelberth.logbuffer import LogBuffer
+from modelberth.models.logbuffer import LogBuffer
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
 
 T = TypeVar("T")

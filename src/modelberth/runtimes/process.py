@@ -13,7 +13,7 @@ import psutil
 from loguru import logger
 
 from modelberth.config import ModelSpec
-from modelberth.logbuffer import LogBuffer
+from modelberth.models.logbuffer import LogBuffer
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
 
 # Every upstream carries this variable; its value names the modelberth process that owns it,

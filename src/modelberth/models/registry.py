@@ -18,16 +18,17 @@ import aiohttp
 from loguru import logger
 
 from modelberth.config import Config, ModelSpec, load_config
-from modelberth.events import EventBus
-from modelberth.lifecycle import Model
-from modelberth.metrics import Metrics
-from modelberth.resources import Monitor
+from modelberth.errors import APIError, model_not_found
+from modelberth.models.events import EventBus
+from modelberth.models.model import Model
+from modelberth.models.resources import Monitor
+from modelberth.models.scheduler import Scheduler
+from modelberth.models.state import ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
-from modelberth.scheduler import Scheduler
-from modelberth.telemetry import Telemetry, setup_telemetry
-from modelberth.types import APIError, ModelState, RetireReason, StateEvent, model_not_found
+from modelberth.telemetry.metrics import Metrics
+from modelberth.telemetry.setup import Telemetry, setup_telemetry
 from modelberth.upstream_client import UpstreamClient
 
 

@@ -17,11 +17,11 @@ from loguru import logger
 from opentelemetry import trace
 
 from modelberth import auth, protocol
-from modelberth.forwarding import Forwarding
-from modelberth.lifecycle import Model
-from modelberth.observe import RequestObservation, UsageReader, usage_of_answer
-from modelberth.registry import Registry
-from modelberth.types import APIError
+from modelberth.errors import APIError
+from modelberth.models.model import Model
+from modelberth.models.registry import Registry
+from modelberth.proxy.forwarding import Forwarding
+from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
 from modelberth.upstream_client import (
     UpstreamError,
     UpstreamResponse,

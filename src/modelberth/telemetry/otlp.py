@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status
 from opentelemetry.trace.span import TraceState
 
 if TYPE_CHECKING:
-    from modelberth.spans import RawSpan
+    from modelberth.telemetry.tracing import RawSpan
 
 _LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags

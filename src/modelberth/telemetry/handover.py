@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
-from modelberth.otlp import (
+from modelberth.telemetry.otlp import (
     encode_attributes,
     encode_float_attribute,
     encode_raw_span,
@@ -23,7 +23,7 @@ from modelberth.otlp import (
 )
 
 if TYPE_CHECKING:
-    from modelberth.spans import RawSpan
+    from modelberth.telemetry.tracing import RawSpan
 
 # A plain tuple, not a NamedTuple: it is built on every traced request and pickled in
 # groups, and a class costs at both. Fields, by position:

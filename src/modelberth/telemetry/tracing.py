@@ -43,10 +43,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
-from modelberth.span_export import SpanExportProcess, export_traces
+from modelberth.telemetry.export import SpanExportProcess, export_traces
 
 if TYPE_CHECKING:
-    from modelberth.request_trace import RequestTrace
+    from modelberth.telemetry.handover import RequestTrace
 
 Prepared = TypeVar("Prepared")
 _RANDOM_TRACE_ID = 0x02  # W3C trace-context level 2 flag, as the SDK sets it

@@ -17,11 +17,11 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
 )
 
-from modelberth.types import ModelState
+from modelberth.models.state import ModelState
 
 if TYPE_CHECKING:
-    from modelberth.lifecycle import Model
-    from modelberth.registry import Registry
+    from modelberth.models.model import Model
+    from modelberth.models.registry import Registry
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _RATE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from modelberth.types import Notice, StateEvent
+from modelberth.models.state import Notice, StateEvent
 
 Listener = Callable[[StateEvent], None]
 Event = StateEvent | Notice

@@ -39,11 +39,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
 
-from modelberth.otlp import OtlpHttpSpanExporter, encode_request
-from modelberth.request_trace import RequestTrace, encoded_request_spans, request_spans
+from modelberth.telemetry.handover import RequestTrace, encoded_request_spans, request_spans
+from modelberth.telemetry.otlp import OtlpHttpSpanExporter, encode_request
 
 if TYPE_CHECKING:
-    from modelberth.spans import RawSpan
+    from modelberth.telemetry.tracing import RawSpan
 
 _RESTART_AFTER = 5.0  # seconds between starts of the child
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
@@ -52,7 +52,7 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 # from a model server computing on the CPU; when the machine is saturated, spans wait.
 _CHILD = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
           "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(10); "
-          "from modelberth.span_export import main; main()")
+          "from modelberth.telemetry.export import main; main()")
 _UNSET = Status()
 
 
@@ -257,7 +257,7 @@ def main() -> None:
         return
     attributes, schema_url, name, version, scope_schema, log_format, log_level = \
         pickle.loads(setup)
-    from modelberth.telemetry import setup_logging, span_exporter  # it imports this module
+    from modelberth.telemetry.setup import setup_logging, span_exporter  # it imports this module
 
     setup_logging(log_format, log_level)
     resource = Resource(attributes, schema_url)

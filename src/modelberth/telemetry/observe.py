@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from opentelemetry.trace import Span, SpanKind
 
-from modelberth.spans import Started, parent_span
+from modelberth.telemetry.tracing import Started, parent_span
 
 if TYPE_CHECKING:
-    from modelberth.lifecycle import Model
-    from modelberth.metrics import Metrics
-    from modelberth.telemetry import Telemetry
+    from modelberth.models.model import Model
+    from modelberth.telemetry.metrics import Metrics
+    from modelberth.telemetry.setup import Telemetry
 
 _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion",
                "/v1/embeddings": "embeddings"}

@@ -40,8 +40,8 @@ from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from modelberth import __version__
-from modelberth.span_export import SpanExportProcess
-from modelberth.spans import SpanRecorder
+from modelberth.telemetry.export import SpanExportProcess
+from modelberth.telemetry.tracing import SpanRecorder
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -196,7 +196,7 @@ def span_exporter() -> SpanExporter:
     if _grpc("TRACES"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         return OTLPSpanExporter()
-    from modelberth.otlp import OtlpHttpSpanExporter  # the SDK's, with a leaner encoder
+    from modelberth.telemetry.otlp import OtlpHttpSpanExporter  # the SDK's, with a leaner encoder
     return OtlpHttpSpanExporter()
 
 

@@ -25,18 +25,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 from modelberth.config import ModelSpec
-from modelberth.events import EventBus
-from modelberth.logbuffer import LogBuffer
+from modelberth.errors import ModelRetired, QueueFull, StartFailed, StartTimeout
+from modelberth.models.events import EventBus
+from modelberth.models.logbuffer import LogBuffer
+from modelberth.models.state import ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
-from modelberth.types import (
-    ModelRetired,
-    ModelState,
-    QueueFull,
-    RetireReason,
-    StartFailed,
-    StartTimeout,
-    StateEvent,
-)
 
 S = ModelState
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {

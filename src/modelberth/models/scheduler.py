@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from modelberth.estimate import estimate_spec
-from modelberth.events import EventBus
-from modelberth.lifecycle import Model
-from modelberth.resources import MB, Monitor
-from modelberth.types import ModelState, StartFailed
+from modelberth.errors import StartFailed
+from modelberth.models.estimate import estimate_spec
+from modelberth.models.events import EventBus
+from modelberth.models.model import Model
+from modelberth.models.resources import MB, Monitor
+from modelberth.models.state import ModelState
 
 _GONE = (ModelState.STOPPED, ModelState.FAILED, ModelState.RETIRED)
 

@@ -13,8 +13,8 @@ import psutil
 from loguru import logger
 
 from modelberth.config import ResourcesConfig
-from modelberth.lifecycle import Model
-from modelberth.nvml import GpuReading, Nvml
+from modelberth.models.model import Model
+from modelberth.models.nvml import GpuReading, Nvml
 from modelberth.runtimes.base import Upstream
 
 MB = 1024 * 1024

@@ -1,0 +1,62 @@
+"""A model's states and the events its transitions publish."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ModelState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+    RETIRED = "retired"  # removed from the config or stopped by shutdown: never starts again
+
+
+class RetireReason(enum.StrEnum):
+    """Why a model was retired; also the reason its last state changes carry."""
+
+    REMOVED = "removed from config"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    """One state transition of one model; logs, metrics and /api/events feed on these."""
+
+    model: str
+    old: ModelState
+    new: ModelState
+    reason: str
+    at: float = field(default_factory=time.time)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    kind = "state"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": "state",
+            "model": self.model,
+            "from": self.old.value,
+            "to": self.new.value,
+            "reason": self.reason,
+            "at": self.at,
+            **self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Anything else worth streaming on /api/events: an eviction, a start's progress."""
+
+    kind: str
+    model: str
+    at: float = field(default_factory=time.time)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "model": self.model, "at": self.at, **self.detail}

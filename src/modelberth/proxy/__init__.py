@@ -1,0 +1,1 @@
+"""The inference hot path: the raw ASGI handler and its forwarding rules."""
