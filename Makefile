@@ -27,6 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The Docker tests need a real engine: install and start Debian's docker.io if needed.
 docker-engine:

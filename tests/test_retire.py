@@ -21,10 +21,10 @@ import pytest
 
 from conftest import fake_model, process_gone, upstreams_of
 from modelberth.config import Config
-from modelberth.errors import ModelRetired, StartTimeout
+from modelberth.errors import StartTimeout
 from modelberth.models.model import Model
 from modelberth.models.registry import Registry
-from modelberth.models.state import ModelState, StateEvent
+from modelberth.models.state import ModelRetired, ModelState, StateEvent
 from modelberth.runtimes.process import MODEL_ENV
 
 S = ModelState

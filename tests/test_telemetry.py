@@ -16,7 +16,8 @@ from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Modelberth, fake_model, wait_for
-from modelberth.telemetry.setup import setup_logging, setup_telemetry
+from modelberth.telemetry.logs import setup_logging
+from modelberth.telemetry.setup import setup_telemetry
 from otlp_receiver import GrpcReceiver, HttpReceiver, attributes
 
 CHAT = "/v1/chat/completions"

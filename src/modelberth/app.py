@@ -18,6 +18,8 @@ from modelberth.config import Config
 from modelberth.models.registry import Registry
 from modelberth.proxy.handler import Proxy
 from modelberth.reload import install_sighup, watch_config
+from modelberth.telemetry.metrics import Metrics
+from modelberth.telemetry.setup import Telemetry, run_bounded, setup_telemetry
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -25,14 +27,22 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class ModelberthApp:
-    """The registry and its two handlers, behind one ASGI callable: the proxy takes what
-    `Proxy.claims`, FastAPI (`api`) everything else, the lifespan included."""
+    """The composition root: builds telemetry, the registry of models, the metrics read off
+    them, and the two handlers behind one ASGI callable: the proxy takes what
+    `Proxy.claims`, FastAPI (`api`) everything else, the lifespan included. Each part is
+    handed what it uses; nothing else reaches through another part for a service."""
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  watch: bool = False) -> None:
-        self.registry = Registry(config, config_path=config_path)
-        self.proxy = Proxy(self.registry)
-        self.api = _build_api(self.registry, watch)
+        self.telemetry = setup_telemetry()
+        self.registry = Registry(config, config_path=config_path, tracer=self.telemetry.tracer)
+        spans = self.telemetry.spans
+        self.metrics = Metrics(self.telemetry.meter, self.registry,
+                               lambda: spans.batcher.dropped if spans is not None else None)
+        self.telemetry.metric_sources.append(self.metrics.collect_histograms)
+        self.registry.events.add_listener(self.metrics.on_state_event)
+        self.proxy = Proxy(self.registry, self.telemetry, self.metrics)
+        self.api = _build_api(self.registry, self.telemetry, watch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -56,7 +66,7 @@ def _for_api(scope: Scope, path: str) -> Scope:
     return scope
 
 
-def _build_api(registry: Registry, watch: bool) -> FastAPI:
+def _build_api(registry: Registry, telemetry: Telemetry, watch: bool) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.boot()
@@ -70,6 +80,7 @@ def _build_api(registry: Registry, watch: bool) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await registry.shutdown()
+            await run_bounded(telemetry.shutdown, 5.0)  # flush spans, metrics and logs
 
     api = FastAPI(
         title="modelberth",
@@ -83,6 +94,7 @@ def _build_api(registry: Registry, watch: bool) -> FastAPI:
         redoc_url=None,
     )
     api.state.registry = registry
+    api.state.telemetry = telemetry
     errors.install(api)
     api.include_router(health.router)
     api.include_router(openai.router)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from modelberth.config import ConfigError, config_path, json_schema, load_config
-from modelberth.telemetry.setup import LogFormat, setup_logging
+from modelberth.telemetry.logs import LogFormat, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="One OpenAI-compatible endpoint in front of many local model servers.")

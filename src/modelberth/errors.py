@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelberth.models.state import RetireReason
-
 
 class APIError(Exception):
     """An error that reaches the client in OpenAI's shape {"error": {message, type, code}}."""
@@ -79,18 +77,3 @@ class QueueFull(APIError):
             code="queue_full",
             headers={"Retry-After": str(retry_after)},
         )
-
-
-class ModelRetired(APIError):
-    """What everyone still waiting on a retired model gets (a request queued for it, a start
-    asked for by hand...): 404 if it was removed from the config, 503 during shutdown."""
-
-    def __init__(self, model: str, reason: RetireReason) -> None:
-        if reason is RetireReason.REMOVED:
-            super().__init__(404, f"Model '{model}' was removed from the config.",
-                             code="model_not_found")
-        else:
-            super().__init__(503, "modelberth is shutting down.", type="server_error",
-                             code="shutting_down")
-        self.model = model
-        self.reason = reason

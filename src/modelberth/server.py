@@ -95,7 +95,7 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         header_timeout=server_cfg.header_timeout,
         body_timeout=server_cfg.body_timeout,
         max_connections=connection_cap(server_cfg, raise_fd_limit()),
-        rejected=app.registry.metrics.rejected,
+        rejected=app.metrics.rejected,
     )
     uv_config = uvicorn.Config(
         app,

@@ -40,8 +40,8 @@ async def health(request: Request) -> dict[str, Any]:
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text: requests, latency, tokens, queue, model states, RAM/VRAM, GPUs."""
-    reg = _guard(request)
-    body = await asyncio.to_thread(generate_latest, reg.telemetry.prometheus)
+    _guard(request)
+    body = await asyncio.to_thread(generate_latest, request.app.state.telemetry.prometheus)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -5,6 +5,7 @@ with line numbers and ${ENV} expansion is in loader.py."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import shlex
 from collections.abc import Mapping
@@ -26,7 +27,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from modelberth.config.spec import ModelSpec
 from modelberth.config.templates import TEMPLATES
-from modelberth.proxy.forwarding import Forwarding
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -86,6 +86,18 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 TemplateName = Literal["llama-cpp", "vllm", "tgi", "sglang", "openai"]
 
 
+def parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One `server.trusted_proxies` entry: an address or a CIDR network."""
+    if not isinstance(entry, str):
+        raise ValueError(f"trusted_proxies: {entry!r} is not a string")
+    try:
+        return ipaddress.ip_network(entry.strip())
+    except ValueError as exc:
+        raise ValueError(
+            f"trusted_proxies: {entry!r} is not an IP address or CIDR network "
+            f"(such as 10.0.0.1, 10.0.0.0/8, ::1 or fd00::/8): {exc}") from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,7 +149,10 @@ class ServerConfig(_Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        Forwarding(value)  # raises ValueError naming the bad entry
+        if isinstance(value, str):
+            raise TypeError("trusted_proxies must be a list")
+        for entry in value:
+            parse_network(entry)  # raises ValueError naming the bad entry
         return value
 
     @functools.cached_property

@@ -25,11 +25,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 from modelberth.config import ModelSpec
-from modelberth.errors import ModelRetired, QueueFull, StartFailed, StartTimeout
+from modelberth.errors import QueueFull, StartFailed, StartTimeout
 from modelberth.models.events import EventBus
-from modelberth.models.logbuffer import LogBuffer
-from modelberth.models.state import ModelState, RetireReason, StateEvent
+from modelberth.models.state import ModelRetired, ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
+from modelberth.runtimes.logbuffer import LogBuffer
 
 S = ModelState
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {

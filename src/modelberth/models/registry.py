@@ -9,13 +9,12 @@ name added meanwhile is a new, separate entry.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 from loguru import logger
+from opentelemetry.trace import Tracer
 
 from modelberth.config import Config, ModelSpec, load_config
 from modelberth.errors import APIError, model_not_found
@@ -27,8 +26,6 @@ from modelberth.models.state import ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
-from modelberth.telemetry.metrics import Metrics
-from modelberth.telemetry.setup import Telemetry, setup_telemetry
 from modelberth.upstream_client import UpstreamClient
 
 
@@ -49,11 +46,9 @@ _FIXED_AT_START = ("header_timeout", "body_timeout", "keepalive_timeout", "max_c
 
 class Registry:
     def __init__(self, config: Config, events: EventBus | None = None,
-                 config_path: Path | None = None, telemetry: Telemetry | None = None) -> None:
+                 config_path: Path | None = None, tracer: Tracer | None = None) -> None:
         self.config = config
-        self.telemetry = telemetry or setup_telemetry()
-        self.metrics = Metrics(self.telemetry.meter, self)
-        self.telemetry.metric_sources.append(self.metrics.collect_histograms)
+        self._tracer = tracer
         self.config_path = config_path
         self._retiring: dict[Model, asyncio.Task[None]] = {}  # removed, not yet stopped
         self._closing = False
@@ -69,7 +64,6 @@ class Registry:
         self.models: dict[str, Model] = {}
         self.monitor = Monitor(config.resources)
         self.scheduler = Scheduler(self.monitor, self._scheduled, self.events)
-        self.events.add_listener(self._measure)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
         self.upstream = UpstreamClient()  # the hot path's client; _http serves the probes
@@ -112,16 +106,9 @@ class Registry:
             if model.spec.preload and not model.ready:
                 model.start_soon()
 
-    def _measure(self, event: StateEvent) -> None:
-        labels = {"model": event.model}
-        if event.new is ModelState.READY and "start_seconds" in event.detail:
-            self.metrics.start_duration.record(event.detail["start_seconds"], labels)
-        if event.new is ModelState.STOPPING and event.reason.startswith("evicted"):
-            self.metrics.evictions.add(1, labels)
-
     def _new_model(self, spec: ModelSpec) -> Model:
         model = Model(spec, self.runtimes[spec.runtime], self.events, self.http,
-                      self.telemetry.tracer)
+                      self._tracer)
         self.scheduler.attach(model)
         return model
 
@@ -226,26 +213,6 @@ class Registry:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        await _bounded(self.telemetry.shutdown, 5.0)  # flush spans, metrics and logs
-
-
-async def _bounded(work: Callable[[], object], seconds: float) -> None:
-    """Run blocking work in a daemon thread; stop waiting after `seconds` (an unreachable
-    collector must not hold up the exit)."""
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def run() -> None:
-        try:
-            work()
-        finally:
-            loop.call_soon_threadsafe(done.set)
-
-    threading.Thread(target=run, name="telemetry-shutdown", daemon=True).start()
-    try:
-        await asyncio.wait_for(done.wait(), seconds)
-    except TimeoutError:
-        logger.warning("telemetry was not flushed within {}s; exiting anyway", seconds)
 
 
 def _log_event(event: StateEvent) -> None:

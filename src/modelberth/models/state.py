@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelberth.errors import APIError
+
 
 class ModelState(enum.StrEnum):
     STOPPED = "stopped"
@@ -60,3 +62,18 @@ class Notice:
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "model": self.model, "at": self.at, **self.detail}
+
+
+class ModelRetired(APIError):
+    """What everyone still waiting on a retired model gets (a request queued for it, a start
+    asked for by hand...): 404 if it was removed from the config, 503 during shutdown."""
+
+    def __init__(self, model: str, reason: RetireReason) -> None:
+        if reason is RetireReason.REMOVED:
+            super().__init__(404, f"Model '{model}' was removed from the config.",
+                             code="model_not_found")
+        else:
+            super().__init__(503, "modelberth is shutting down.", type="server_error",
+                             code="shutting_down")
+        self.model = model
+        self.reason = reason

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
 from modelberth.auth import AUTH_HEADERS
+from modelberth.config.schema import parse_network
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
 _IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -55,7 +56,7 @@ class Forwarding:
     def __init__(self, trusted_proxies: Sequence[str]) -> None:
         if isinstance(trusted_proxies, str | bytes):
             raise TypeError("trusted_proxies must be a list of addresses, not one string")
-        networks = [_network(entry) for entry in trusted_proxies]
+        networks = [parse_network(entry) for entry in trusted_proxies]
         self._v4 = tuple(n for n in networks if isinstance(n, ipaddress.IPv4Network))
         self._v6 = tuple(n for n in networks if isinstance(n, ipaddress.IPv6Network))
         self._any = bool(networks)
@@ -199,17 +200,6 @@ class Forwarding:
                         or any(ip in n for n in self._v6))
             return any(ip in n for n in self._v6)
         return any(ip in n for n in self._v4)
-
-
-def _network(entry: str) -> _Network:
-    if not isinstance(entry, str):
-        raise ValueError(f"trusted_proxies: {entry!r} is not a string")
-    try:
-        return ipaddress.ip_network(entry.strip())
-    except ValueError as exc:
-        raise ValueError(
-            f"trusted_proxies: {entry!r} is not an IP address or CIDR network "
-            f"(such as 10.0.0.1, 10.0.0.0/8, ::1 or fd00::/8): {exc}") from None
 
 
 # Connection header value -> the options it names beyond HOP_BY_HOP (lower case). Clients

@@ -21,7 +21,9 @@ from modelberth.errors import APIError
 from modelberth.models.model import Model
 from modelberth.models.registry import Registry
 from modelberth.proxy.forwarding import Forwarding
+from modelberth.telemetry.metrics import Metrics
 from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
+from modelberth.telemetry.setup import Telemetry
 from modelberth.upstream_client import (
     UpstreamError,
     UpstreamResponse,
@@ -48,8 +50,10 @@ _MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([
 
 
 class Proxy:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, telemetry: Telemetry, metrics: Metrics) -> None:
         self.registry = registry
+        self.telemetry = telemetry
+        self.metrics = metrics
         self._forwarding: tuple[tuple[str, ...], Forwarding] | None = None
 
     @staticmethod
@@ -67,7 +71,7 @@ class Proxy:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.registry.config.server  # read per request: a reload may change it
-        obs = RequestObservation(self.registry.telemetry, self.registry.metrics, scope)
+        obs = RequestObservation(self.telemetry, self.metrics, scope)
         reply = _Reply(scope, send)
         try:
             auth.check(scope["headers"], server.inference_keys)

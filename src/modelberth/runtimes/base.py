@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modelberth.config import ModelSpec
-from modelberth.models.logbuffer import LogBuffer
+from modelberth.runtimes.logbuffer import LogBuffer
 
 
 @dataclass(frozen=True, slots=True)

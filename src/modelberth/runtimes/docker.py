@@ -31,8 +31,8 @@ from docker.types import DeviceRequest
 from loguru import logger
 
 from modelberth.config import ModelSpec, ServerConfig
-from modelberth.models.logbuffer import LogBuffer
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
+from modelberth.runtimes.logbuffer import LogBuffer
 
 T = TypeVar("T")
 LABEL_MANAGED = "modelberth.managed"

@@ -13,8 +13,8 @@ import psutil
 from loguru import logger
 
 from modelberth.config import ModelSpec
-from modelberth.models.logbuffer import LogBuffer
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
+from modelberth.runtimes.logbuffer import LogBuffer
 
 # Every upstream carries this variable; its value names the modelberth process that owns it,
 # so a later run can find (and end) what a crashed or killed run left behind.

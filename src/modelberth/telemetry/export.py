@@ -257,7 +257,8 @@ def main() -> None:
         return
     attributes, schema_url, name, version, scope_schema, log_format, log_level = \
         pickle.loads(setup)
-    from modelberth.telemetry.setup import setup_logging, span_exporter  # it imports this module
+    from modelberth.telemetry.exporters import span_exporter
+    from modelberth.telemetry.logs import setup_logging
 
     setup_logging(log_format, log_level)
     resource = Resource(attributes, schema_url)

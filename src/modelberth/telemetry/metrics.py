@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
 )
 
-from modelberth.models.state import ModelState
+from modelberth.models.state import ModelState, StateEvent
 
 if TYPE_CHECKING:
     from modelberth.models.model import Model
@@ -28,8 +28,10 @@ _RATE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class Metrics:
-    def __init__(self, meter: Meter, registry: Registry) -> None:
+    def __init__(self, meter: Meter, registry: Registry,
+                 spans_dropped: Callable[[], int | None]) -> None:
         self._registry = registry
+        self._spans_dropped = spans_dropped
         # Counters on the request path are plain dict increments, read by OTel at collection:
         # an SDK Counter.add costs ~10 us per call, which is most of a proxied request's budget.
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
@@ -112,8 +114,16 @@ class Metrics:
         return [Observation(n, {"reason": r}) for r, n in list(self._rejected.items())]
 
     def _read_spans_dropped(self, _: CallbackOptions) -> Iterable[Observation]:
-        spans = self._registry.telemetry.spans
-        return [Observation(spans.batcher.dropped)] if spans is not None else []
+        dropped = self._spans_dropped()
+        return [Observation(dropped)] if dropped is not None else []
+
+    def on_state_event(self, event: StateEvent) -> None:
+        """Start durations and evictions, from the models' state changes."""
+        labels = {"model": event.model}
+        if event.new is ModelState.READY and "start_seconds" in event.detail:
+            self.start_duration.record(event.detail["start_seconds"], labels)
+        if event.new is ModelState.STOPPING and event.reason.startswith("evicted"):
+            self.evictions.add(1, labels)
 
     @staticmethod
     def _gauge(meter: Meter, name: str, description: str,

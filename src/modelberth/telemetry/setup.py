@@ -1,18 +1,15 @@
-"""Telemetry set-up: loguru (richuru on a terminal, JSON lines on request), and
-OpenTelemetry traces, metrics and logs over OTLP, plus the Prometheus registry behind /metrics.
-
-Standard-library loggers (uvicorn, aiohttp) are routed into loguru so there is one stream.
-"""
+"""Telemetry set-up: OpenTelemetry traces, metrics and logs over OTLP (exporters.py), the
+span export process for request spans, and the Prometheus registry behind /metrics. Logging
+itself is logs.py."""
 
 from __future__ import annotations
 
-import json
-import logging
+import asyncio
 import os
-import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from opentelemetry import trace
@@ -21,7 +18,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     Metric,
@@ -34,7 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
@@ -46,69 +43,8 @@ from modelberth.telemetry.tracing import SpanRecorder
 if TYPE_CHECKING:
     from loguru import Message, Record
 
-_PLAIN = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[_tag]}{message}"
-
-LogFormat = Literal["auto", "rich", "json", "plain"]
-
-
-class _ToLoguru(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level: str | int = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
-
-
-def _json_sink(message: Message) -> None:
-    record = message.record
-    line: dict[str, Any] = {
-        "time": record["time"].isoformat(),
-        "level": record["level"].name,
-        "message": record["message"],
-        "logger": record["name"],
-    }
-    line.update({k: v for k, v in record["extra"].items() if isinstance(v, str | int | float)})
-    if record["exception"] is not None:
-        line["exception"] = repr(record["exception"].value)
-    sys.stderr.write(json.dumps(line) + "\n")
-
-
-_LOGGING = {"format": "plain", "level": "INFO"}  # as last set up, for child processes
-
-
-def setup_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
-    if fmt == "auto":
-        fmt = "rich" if sys.stderr.isatty() else "plain"
-    _LOGGING.update(format=fmt, level=level)
-    logger.remove()
-    if fmt == "json":
-        logger.add(_json_sink, level=level, format="{message}")
-    elif fmt == "rich":
-        from richuru import LoguruRichHandler
-
-        handler = LoguruRichHandler(rich_tracebacks=True, tracebacks_show_locals=False,
-                                    show_time=True, markup=False)
-        logger.add(handler, level=level, format="{extra[_tag]}{message}", filter=_add_tag)
-    else:
-        logger.add(sys.stderr, level=level, format=_PLAIN, filter=_add_tag)
-    logging.basicConfig(handlers=[_ToLoguru()], level=logging.INFO, force=True)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers = []
-        logging.getLogger(name).propagate = True
-
-
-def _add_tag(record: Record) -> bool:
-    extra = record["extra"]
-    model = extra.get("model")
-    if extra.get("upstream"):
-        extra["_tag"] = f"[{model}:{extra.get('stream', 'out')}] "
-    else:
-        extra["_tag"] = f"[{model}] " if model else ""
-    return True
-
-
-# --- OpenTelemetry: traces, metrics and logs over OTLP ------------------------------------
+from modelberth.telemetry import logs
+from modelberth.telemetry.exporters import enabled, log_exporter, metric_exporter, span_exporter
 
 
 @dataclass
@@ -176,50 +112,6 @@ class _OtlpReader(_WithSources, PeriodicExportingMetricReader):
         self._sources = sources
 
 
-def _env(name: str, signal: str) -> str | None:
-    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_{name}") or os.environ.get(
-        f"OTEL_EXPORTER_OTLP_{name}")
-
-
-def _enabled(signal: str) -> bool:
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    exporter = os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").lower()
-    return exporter != "none" and bool(_env("ENDPOINT", signal))
-
-
-def _grpc(signal: str) -> bool:
-    return (_env("PROTOCOL", signal) or "http/protobuf").lower() == "grpc"
-
-
-def span_exporter() -> SpanExporter:
-    if _grpc("TRACES"):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        return OTLPSpanExporter()
-    from modelberth.telemetry.otlp import OtlpHttpSpanExporter  # the SDK's, with a leaner encoder
-    return OtlpHttpSpanExporter()
-
-
-def _metric_exporter() -> MetricExporter:
-    if _grpc("METRICS"):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        return OTLPMetricExporter()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpMetricExporter,
-    )
-    return HttpMetricExporter()
-
-
-def _log_exporter() -> LogRecordExporter:
-    if _grpc("LOGS"):
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        return OTLPLogExporter()
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-        OTLPLogExporter as HttpLogExporter,
-    )
-    return HttpLogExporter()
-
-
 _SEVERITY = {"TRACE": SeverityNumber.TRACE, "DEBUG": SeverityNumber.DEBUG,
              "INFO": SeverityNumber.INFO, "SUCCESS": SeverityNumber.INFO2,
              "WARNING": SeverityNumber.WARN, "ERROR": SeverityNumber.ERROR,
@@ -261,24 +153,24 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
     closers: list[Callable[[], object]] = []
     tracer: Tracer = trace.NoOpTracer()
     spans = None
-    if _enabled("TRACES"):
+    if enabled("TRACES"):
         provider = TracerProvider(resource=resource)
         provider.add_span_processor(BatchSpanProcessor(span_exporter()))  # rare work's spans
         tracer = provider.get_tracer("modelberth", __version__)
         scope = InstrumentationScope("modelberth", __version__)
-        spans = SpanRecorder(provider, SpanExportProcess(resource, scope, _LOGGING["format"],
-                                                      _LOGGING["level"]), scope)
+        spans = SpanRecorder(provider, SpanExportProcess(resource, scope, logs.CURRENT["format"],
+                                                      logs.CURRENT["level"]), scope)
         closers += [spans.shutdown, provider.shutdown]
     prometheus = CollectorRegistry(auto_describe=True)
     sources: list[MetricSource] = []
     readers: list[MetricReader] = [_PrometheusReader(prometheus, sources)]
-    if _enabled("METRICS"):
-        readers.append(_OtlpReader(_metric_exporter(), sources))
+    if enabled("METRICS"):
+        readers.append(_OtlpReader(metric_exporter(), sources))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     closers.append(meter_provider.shutdown)
-    if _enabled("LOGS"):
+    if enabled("LOGS"):
         log_provider = LoggerProvider(resource=resource)
-        log_provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter()))
+        log_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter()))
         # The SDK's own log lines (routed into loguru like all standard logging) stay out of
         # this sink: an export problem logged while exporting would re-enter it.
         sink = logger.add(_otel_log_sink(log_provider.get_logger("modelberth", __version__)),
@@ -287,3 +179,22 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
     logger.configure(patcher=_add_trace_id)
     return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
                      spans, closers, sources)
+
+
+async def run_bounded(work: Callable[[], object], seconds: float) -> None:
+    """Run blocking work in a daemon thread; stop waiting after `seconds` (an unreachable
+    collector must not hold up the exit)."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=run, name="telemetry-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(done.wait(), seconds)
+    except TimeoutError:
+        logger.warning("telemetry was not flushed within {}s; exiting anyway", seconds)
