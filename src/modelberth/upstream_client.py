@@ -23,7 +23,7 @@ Limits, and why:
   aborted and UpstreamTimeout raised. One timer per connection, re-armed lazily, serves both.
 
 It does only what forwarding to a local model server needs, at a quarter of the CPU time of
-aiohttp's ClientSession per request (measurements in docs/decisions.md). Health probes and
+aiohttp's ClientSession per request (decision 12 in docs/decisions.md). Health probes and
 everything off the hot path keep using aiohttp."""
 
 from __future__ import annotations

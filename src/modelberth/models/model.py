@@ -1,6 +1,7 @@
 """One state machine per model: start on demand, health, in-flight count, idle TTL, stop.
 
-Every state change goes through `Model._transition`, which checks `TRANSITIONS` and
+Every state change goes through `Model._transition`, which compares the state with the one
+its caller expected, checks `state.TRANSITIONS` and
 publishes a StateEvent. Only the Model's own coroutines change its fields; callers use
 `acquire`/`release`, `start`, `stop`, `retire` and `status`.
 
@@ -27,19 +28,17 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from modelberth.config import ModelSpec
 from modelberth.errors import QueueFull, StartFailed, StartTimeout
 from modelberth.models.events import EventBus
-from modelberth.models.state import ModelRetired, ModelState, RetireReason, StateEvent
+from modelberth.models.state import (
+    IDLE,
+    ModelRetired,
+    ModelState,
+    RetireReason,
+    StateEvent,
+    check_transition,
+)
 from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
 
-S = ModelState
-TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
-    S.STOPPED: frozenset({S.STARTING, S.RETIRED}),
-    S.STARTING: frozenset({S.READY, S.FAILED, S.STOPPING}),
-    S.READY: frozenset({S.STOPPING, S.FAILED}),
-    S.STOPPING: frozenset({S.STOPPED}),
-    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.RETIRED}),
-    S.RETIRED: frozenset(),
-}
 _FIRST_PROBE_DELAY = 0.005
 _MAX_PROBE_DELAY = 0.25
 _LOG_TAIL = 15
@@ -47,10 +46,7 @@ _LOG_TAIL = 15
 # failure in a row, doubling up to a minute. Manual starts do not wait.
 _BACKOFF_BASE = 1.0
 _BACKOFF_MAX = 60.0
-
-
-class InvalidTransition(RuntimeError):
-    pass
+_RUNNING = frozenset({ModelState.STARTING, ModelState.READY})
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,11 +81,11 @@ class Model:
         self.vram_bytes: int | None = None
         self.peak_memory_bytes: int | None = None
         self.peak_vram_bytes: int | None = None
-        self.admit: Callable[[Model], Awaitable[None]] | None = None  # the scheduler's gate
-        self.idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
+        self._admit: Callable[[Model], Awaitable[None]] | None = None  # the scheduler's gate
+        self._idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
         # Told after every state change, and when an upstream stopped in the background is
         # gone (the scheduler counts a model's memory until then).
-        self.state_listeners: list[Callable[[Model], None]] = []
+        self._state_listeners: list[Callable[[Model], None]] = []
         self._slot_free = asyncio.Event()
         self._upstream: Upstream | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -133,6 +129,21 @@ class Model:
             self.peak_memory_bytes = memory
         if vram and vram > (self.peak_vram_bytes or 0):
             self.peak_vram_bytes = vram
+
+    def connect(self, admit: Callable[[Model], Awaitable[None]],
+                on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
+        """The scheduler's hooks: `admit` gates every start (room in the budgets), `on_idle`
+        hears when the last request in flight finished, `on_state` every state change."""
+        self._admit = admit
+        self._idle_listeners.append(on_idle)
+        self._state_listeners.append(on_state)
+
+    def update_settings(self, spec: ModelSpec) -> None:
+        """Take settings that do not change how the upstream runs (aliases, timeouts, queue
+        size...): same config hash, no restart."""
+        if spec.config_hash() != self.spec.config_hash():
+            raise ValueError(f"{self.name}: a new config hash needs reconfigure()")
+        self.spec = spec
 
     @property
     def ready(self) -> bool:
@@ -230,7 +241,7 @@ class Model:
         if self.in_flight == 0:
             self._drained.set()
             self._arm_idle_timer()
-            for listener in self.idle_listeners:
+            for listener in self._idle_listeners:
                 listener(self)
 
     @contextlib.asynccontextmanager
@@ -319,7 +330,7 @@ class Model:
                 idle = self._start_task is None and self._stop_task is None
                 if idle and self.state in (ModelState.STOPPED, ModelState.FAILED):
                     if not self._kills:
-                        self._transition(ModelState.RETIRED, reason)
+                        self._transition(IDLE, ModelState.RETIRED, reason)
                         continue
                     await self._settle_kills()
                 else:
@@ -371,13 +382,14 @@ class Model:
             self._stop_in_background(upstream)
             await self._settle_kills()
             return False
-        self._transition(ModelState.STARTING, "adopt")
+        self._transition(ModelState.STOPPED, ModelState.STARTING, "adopt")
         self._upstream = upstream
         self.started_at = time.time()
         self.last_used_at = time.time()
         self._used_at = time.monotonic()
         self._timeouts = 0
-        self._transition(ModelState.READY, "adopted", runtime_id=upstream.runtime_id)
+        self._transition(ModelState.STARTING, ModelState.READY, "adopted",
+                         runtime_id=upstream.runtime_id)
         self._watch_task = asyncio.create_task(self._watch(upstream))
         self._arm_idle_timer()
         return True
@@ -422,7 +434,7 @@ class Model:
         """The one start in progress, created (and STARTING entered) synchronously."""
         self._check_retired()
         if self._start_task is None:
-            self._transition(ModelState.STARTING, "start")
+            self._transition(IDLE, ModelState.STARTING, "start")
             self._start_task = asyncio.create_task(self._start())
             self._start_task.add_done_callback(swallow_outcome)
         return self._start_task
@@ -447,9 +459,9 @@ class Model:
 
     async def _start_upstream(self) -> None:
         await self._settle_kills()  # an earlier upstream still being killed goes first
-        if self.admit is not None:
+        if self._admit is not None:
             try:
-                await self.admit(self)
+                await self._admit(self)
             except StartFailed as exc:
                 self._fail(exc.reason)
                 raise
@@ -467,7 +479,7 @@ class Model:
         self.failures = 0
         self._timeouts = 0
         self._used_at = time.monotonic()
-        self._transition(ModelState.READY, "healthy",
+        self._transition(ModelState.STARTING, ModelState.READY, "healthy",
                          start_seconds=round(time.monotonic() - began, 3))
         self._watch_task = asyncio.create_task(self._watch(self._upstream))
         self._arm_idle_timer()  # even if every request that asked for it has gone
@@ -543,7 +555,7 @@ class Model:
         self._failed_at = time.monotonic()
         self.started_at = None
         self.last_error = self._with_tail(reason)
-        self._transition(ModelState.FAILED, reason)
+        self._transition(_RUNNING, ModelState.FAILED, reason)
 
     def _with_tail(self, reason: str) -> str:
         tail = self.logs.tail_text(_LOG_TAIL)
@@ -608,12 +620,12 @@ class Model:
                     await self._start_task
             if self.state is ModelState.FAILED:
                 await self._settle_kills()
-                self._transition(ModelState.STOPPED, reason)
+                self._transition(ModelState.FAILED, ModelState.STOPPED, reason)
                 return
             if self.state not in (ModelState.STARTING, ModelState.READY):
                 await self._settle_kills()
                 return
-            self._transition(ModelState.STOPPING, reason)
+            self._transition(_RUNNING, ModelState.STOPPING, reason)
             if self.in_flight:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._drained.wait(), self.spec.drain_timeout)
@@ -622,7 +634,7 @@ class Model:
                 self._stop_in_background(upstream)
             await self._settle_kills()
             self.started_at = None
-            self._transition(ModelState.STOPPED, reason)
+            self._transition(ModelState.STOPPING, ModelState.STOPPED, reason)
         finally:
             self._stop_task = None
 
@@ -643,10 +655,12 @@ class Model:
 
     # --- state -------------------------------------------------------------------------
 
-    def _transition(self, new: ModelState, reason: str, **detail: Any) -> None:
+    def _transition(self, expected: ModelState | frozenset[ModelState], new: ModelState,
+                    reason: str, **detail: Any) -> None:
+        """The one place the state changes: compare (`expected`, and the table), then set,
+        then tell everyone (an event for logs, metrics and /api/events; the listeners)."""
         old = self.state
-        if new not in TRANSITIONS[old]:
-            raise InvalidTransition(f"{self.name}: {old} -> {new} is not allowed ({reason})")
+        check_transition(self.name, old, expected, new, reason)
         self.state = new
         if new is ModelState.FAILED and self.last_error:
             detail.setdefault("error", self.last_error)
@@ -654,7 +668,7 @@ class Model:
         self._tell_state_listeners()
 
     def _tell_state_listeners(self) -> None:
-        for listener in self.state_listeners:
+        for listener in self._state_listeners:
             listener(self)
 
     def status(self) -> dict[str, Any]:

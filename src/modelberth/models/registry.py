@@ -157,7 +157,7 @@ class Registry:
                 elif model.spec == spec:
                     result.unchanged.append(name)
                 elif model.spec.config_hash() == spec.config_hash():
-                    model.spec = spec
+                    model.update_settings(spec)
                     result.updated.append(name)
                 elif model.reconfigure(spec, self.runtimes[spec.runtime]):
                     result.restarted.append(name)

@@ -64,9 +64,7 @@ class Scheduler:
     # --- wiring --------------------------------------------------------------------------
 
     def attach(self, model: Model) -> None:
-        model.admit = self.admit
-        model.idle_listeners.append(lambda _: self._notify())
-        model.state_listeners.append(self._on_change)
+        model.connect(self.admit, lambda _: self._notify(), self._on_change)
 
     def _on_change(self, model: Model) -> None:
         if model.state is ModelState.READY:

@@ -26,6 +26,38 @@ class RetireReason(enum.StrEnum):
     SHUTDOWN = "shutdown"
 
 
+S = ModelState
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    S.STOPPED: frozenset({S.STARTING, S.RETIRED}),
+    S.STARTING: frozenset({S.READY, S.FAILED, S.STOPPING}),
+    S.READY: frozenset({S.STOPPING, S.FAILED}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.RETIRED}),
+    S.RETIRED: frozenset(),
+}
+# The states a model holds no upstream in.
+IDLE = frozenset({S.STOPPED, S.FAILED})
+
+
+class InvalidTransition(RuntimeError):
+    """A transition not in the table, or from a state the model is no longer in."""
+
+
+def check_transition(name: str, current: ModelState,
+                     expected: ModelState | frozenset[ModelState], new: ModelState,
+                     reason: str) -> None:
+    """Compare and set, the comparing half: `current` must be what the caller expected
+    (so a change decided on a stale view of the state fails loudly instead of applying) and
+    the table must allow `current -> new`."""
+    stale = current is not expected if isinstance(expected, ModelState) \
+        else current not in expected
+    if stale:
+        raise InvalidTransition(f"{name}: expected {expected}, found {current} "
+                                f"(-> {new}, {reason})")
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransition(f"{name}: {current} -> {new} is not allowed ({reason})")
+
+
 @dataclass(frozen=True, slots=True)
 class StateEvent:
     """One state transition of one model; logs, metrics and /api/events feed on these."""
