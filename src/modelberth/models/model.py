@@ -27,7 +27,9 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 
 from modelberth.config import ModelSpec
 from modelberth.errors import QueueFull, StartFailed, StartTimeout
+from modelberth.models.admission import Admission
 from modelberth.models.events import EventBus
+from modelberth.models.health import Readiness, probe, wait_healthy
 from modelberth.models.state import (
     IDLE,
     ModelRetired,
@@ -39,8 +41,6 @@ from modelberth.models.state import (
 from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
 
-_FIRST_PROBE_DELAY = 0.005
-_MAX_PROBE_DELAY = 0.25
 _LOG_TAIL = 15
 # After repeated failures a model waits before the next automatic start: 1 s after the second
 # failure in a row, doubling up to a minute. Manual starts do not wait.
@@ -68,11 +68,8 @@ class Model:
         self.state = ModelState.STOPPED
         self.port: int | None = None
         self.started_at: float | None = None
-        self.last_used_at: float | None = None  # wall clock, for display
-        self._used_at = time.monotonic()  # what the idle timer goes by
+        self._requests = Admission()
         self.last_error: str | None = None
-        self.in_flight = 0
-        self.waiting = 0
         self.starts = 0
         self.failures = 0  # consecutive failed starts or crashes
         self._failed_at = 0.0
@@ -86,7 +83,6 @@ class Model:
         # Told after every state change, and when an upstream stopped in the background is
         # gone (the scheduler counts a model's memory until then).
         self._state_listeners: list[Callable[[Model], None]] = []
-        self._slot_free = asyncio.Event()
         self._upstream: Upstream | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -98,8 +94,6 @@ class Model:
         self._retired_future: asyncio.Future[None] | None = None  # done once retiring
         self._retire_task: asyncio.Task[None] | None = None
         self._timeouts = 0  # upstream timeouts in a row
-        self._drained = asyncio.Event()
-        self._drained.set()
 
     @property
     def name(self) -> str:
@@ -116,7 +110,7 @@ class Model:
 
     def idle_seconds(self) -> float:
         """Seconds since the model was last used (or became ready), on the monotonic clock."""
-        return time.monotonic() - self._used_at
+        return self._requests.idle_seconds()
 
     @property
     def retiring(self) -> bool:
@@ -157,8 +151,9 @@ class Model:
 
     def try_enter(self) -> bool:
         """Count one request in flight if the model is ready and has a free slot now."""
-        if self.state is ModelState.READY and not self._saturated():
-            self._enter()
+        if self.state is ModelState.READY and not self._requests.saturated(
+                self.spec.max_concurrency):
+            self._requests.enter()
             return True
         return False
 
@@ -168,28 +163,36 @@ class Model:
         if self.try_enter():
             return
         self._check_retired()
-        if self.waiting >= self.spec.max_queue:
+        requests = self._requests
+        if requests.waiting >= self.spec.max_queue:
             raise QueueFull(self.name, self.spec.max_queue, self._retry_after())
         # Cancelled at any await below, it leaves nothing behind: in_flight only changes in
-        # the synchronous _enter() after the last await, and `waiting` is restored.
-        self.waiting += 1
+        # the synchronous enter() after the last await, and `waiting` is restored.
+        requests.waiting += 1
         try:
             while True:
                 self._check_retired()
                 if not self.ready:
                     await self._ensure_started()
-                elif self._saturated():
-                    self._slot_free.clear()
-                    await self._slot_free.wait()
+                elif requests.saturated(self.spec.max_concurrency):
+                    await requests.slot()
                 else:
                     break
-            self._enter()
+            requests.enter()
         finally:
-            self.waiting -= 1
+            requests.waiting -= 1
 
-    def _saturated(self) -> bool:
-        limit = self.spec.max_concurrency
-        return limit is not None and self.in_flight >= limit
+    @property
+    def in_flight(self) -> int:
+        return self._requests.in_flight
+
+    @property
+    def waiting(self) -> int:
+        return self._requests.waiting
+
+    @property
+    def last_used_at(self) -> float | None:
+        return self._requests.last_used_at
 
     async def await_ready(self) -> None:
         """For a request already counted in flight: wait until the model is ready again."""
@@ -233,13 +236,7 @@ class Model:
             self.start_soon()
 
     def release(self) -> None:
-        self.in_flight -= 1
-        self.last_used_at = time.time()
-        self._used_at = time.monotonic()
-        if self.waiting:
-            self._slot_free.set()
-        if self.in_flight == 0:
-            self._drained.set()
+        if self._requests.leave():
             self._arm_idle_timer()
             for listener in self._idle_listeners:
                 listener(self)
@@ -252,13 +249,6 @@ class Model:
         finally:
             self.release()
 
-    def _enter(self) -> None:
-        self.in_flight += 1
-        if self.in_flight == 1:
-            self._drained.clear()
-        self.last_used_at = time.time()
-        self._used_at = time.monotonic()
-
     def _retry_after(self) -> int:
         return max(1, int(self.spec.start_timeout / 4))
 
@@ -270,8 +260,7 @@ class Model:
         while not self.ready:
             self._check_retired()
             await self._ensure_started(force=True)
-        self.last_used_at = time.time()
-        self._used_at = time.monotonic()
+        self._requests.touch()
         self._arm_idle_timer()
 
     def start_soon(self) -> asyncio.Task[None]:
@@ -315,7 +304,7 @@ class Model:
             self._retired = ModelRetired(self.name, reason)
             if self._retired_future is not None and not self._retired_future.done():
                 self._retired_future.set_result(None)
-            self._slot_free.set()
+            self._requests.wake_waiters()
             if self._idle_task is not None and self._idle_task is not asyncio.current_task():
                 self._idle_task.cancel()
             self._retire_task = asyncio.create_task(self._retire(reason.value))
@@ -377,7 +366,7 @@ class Model:
     async def adopt(self, upstream: Upstream, port: int) -> bool:
         """Take over an upstream an earlier run started, if it still answers health."""
         self.port = port
-        healthy = await self._probe(f"{self.base_url}{self.spec.health_path}", 5.0)
+        healthy = await probe(self._http, f"{self.base_url}{self.spec.health_path}", 5.0)
         if not healthy or self._retired is not None or self.state is not ModelState.STOPPED:
             self._stop_in_background(upstream)
             await self._settle_kills()
@@ -385,8 +374,7 @@ class Model:
         self._transition(ModelState.STOPPED, ModelState.STARTING, "adopt")
         self._upstream = upstream
         self.started_at = time.time()
-        self.last_used_at = time.time()
-        self._used_at = time.monotonic()
+        self._requests.touch()
         self._timeouts = 0
         self._transition(ModelState.STARTING, ModelState.READY, "adopted",
                          runtime_id=upstream.runtime_id)
@@ -478,7 +466,7 @@ class Model:
         self.last_error = None
         self.failures = 0
         self._timeouts = 0
-        self._used_at = time.monotonic()
+        self._requests.touch()
         self._transition(ModelState.STARTING, ModelState.READY, "healthy",
                          start_seconds=round(time.monotonic() - began, 3))
         self._watch_task = asyncio.create_task(self._watch(self._upstream))
@@ -501,33 +489,17 @@ class Model:
         await self._stop_quietly(upstream)
 
     async def _await_health(self, upstream: Upstream) -> None:
-        """Poll the health path fast, backing off, while watching for the upstream to exit."""
+        """Wait for the health path to answer, failing the start if the upstream exits or
+        start_timeout passes."""
         url = f"{self.base_url}{self.spec.health_path}"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.spec.start_timeout
-        delay = _FIRST_PROBE_DELAY
-        reported = 0.0
         exited = asyncio.ensure_future(upstream.wait())
+
+        def progress(elapsed: float) -> None:
+            self._events.notify("start_progress", self.name, elapsed_seconds=round(elapsed, 1))
+
         try:
-            while True:
-                if exited.done():
-                    reason = f"exited during start ({exited.result().describe()})"
-                    self._abort_start(upstream, reason)
-                    raise StartFailed(self.name, self._with_tail(reason))
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    reason = f"not healthy at {url}"
-                    self._abort_start(upstream, f"start timed out: {reason}")
-                    raise StartTimeout(self.name, self.spec.start_timeout, self._with_tail(reason))
-                if await self._probe(url, min(remaining, 5.0)):
-                    return
-                await asyncio.wait({exited}, timeout=min(delay, max(deadline - loop.time(), 0)))
-                delay = min(delay * 1.3, _MAX_PROBE_DELAY)
-                elapsed = self.spec.start_timeout - (deadline - loop.time())
-                if elapsed >= reported + 1.0:
-                    reported = int(elapsed)
-                    self._events.notify("start_progress", self.name,
-                                        elapsed_seconds=round(elapsed, 1))
+            readiness = await wait_healthy(self._http, url, self.spec.start_timeout,
+                                           exited, progress)
         except asyncio.CancelledError:  # a stop called the start off
             if self._upstream is upstream:
                 self._upstream = None
@@ -535,13 +507,14 @@ class Model:
             raise
         finally:
             exited.cancel()
-
-    async def _probe(self, url: str, timeout: float) -> bool:
-        try:
-            async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        if readiness is Readiness.EXITED:
+            reason = f"exited during start ({exited.result().describe()})"
+            self._abort_start(upstream, reason)
+            raise StartFailed(self.name, self._with_tail(reason))
+        if readiness is Readiness.TIMED_OUT:
+            reason = f"not healthy at {url}"
+            self._abort_start(upstream, f"start timed out: {reason}")
+            raise StartTimeout(self.name, self.spec.start_timeout, self._with_tail(reason))
 
     def _abort_start(self, upstream: Upstream, reason: str) -> None:
         """Fail the start now; the upstream is killed in the background (stop_timeout may be
@@ -627,8 +600,7 @@ class Model:
                 return
             self._transition(_RUNNING, ModelState.STOPPING, reason)
             if self.in_flight:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._drained.wait(), self.spec.drain_timeout)
+                await self._requests.drained(self.spec.drain_timeout)
             upstream, self._upstream = self._upstream, None
             if upstream is not None:
                 self._stop_in_background(upstream)
