@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import fake_model
 from modelberth.config import Config, ConfigError, parse_config
 from modelberth.errors import APIError
-from modelberth.proxy.handler import _model_from_body
+from modelberth.proxy.request import model_from_body
 
 SCHEMATHESIS = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "schemathesis"
 
@@ -80,7 +80,7 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 def test_nan_and_infinity_are_not_json() -> None:
     for body in (b'{"model": "m", "temperature": NaN}', b'{"model": "m", "x": Infinity}'):
         try:
-            _model_from_body(SCOPE, body)
+            model_from_body(SCOPE, body)
         except APIError as exc:
             assert (exc.status, exc.body()["error"]["code"]) == (400, "invalid_json")
         else:
@@ -91,7 +91,7 @@ def test_nan_and_infinity_are_not_json() -> None:
 @given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_model_extraction_returns_a_name_or_a_400(body: bytes) -> None:
     try:
-        name, _ = _model_from_body(SCOPE, body)
+        name, _ = model_from_body(SCOPE, body)
     except APIError as exc:
         assert exc.status == 400
         assert exc.body()["error"]["code"] in {"invalid_json", "invalid_body", "missing_model",
@@ -105,4 +105,4 @@ def test_model_extraction_returns_a_name_or_a_400(body: bytes) -> None:
 @given(st.text(max_size=40), st.dictionaries(st.text(max_size=6), json_values, max_size=3))
 def test_model_field_is_found_in_any_object(model: str, rest: dict[str, Any]) -> None:
     body = json.dumps({**rest, "model": model}).encode()
-    assert _model_from_body(SCOPE, body)[0] == model
+    assert model_from_body(SCOPE, body)[0] == model
