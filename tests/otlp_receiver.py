@@ -17,8 +17,6 @@ from opentelemetry.proto.collector.metrics.v1 import (
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 
 def value_of(value: AnyValue) -> Any:
@@ -37,12 +35,22 @@ class Received:
     logs: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     trace_exports: int = 0  # export requests with spans
+    export_sizes: list[int] = field(default_factory=list)  # spans in each export request
+    # Each span's resource attributes and scope (name, version), by span id.
+    origins: dict[bytes, tuple[dict[str, Any], str, str]] = field(default_factory=dict)
 
     def add_traces(self, request: Any) -> None:
         with self.lock:
             self.trace_exports += 1
-            self.spans += [span for rs in request.resource_spans for ss in rs.scope_spans
-                           for span in ss.spans]
+            size = 0
+            for rs in request.resource_spans:
+                resource = attributes(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        self.origins[span.span_id] = (resource, ss.scope.name, ss.scope.version)
+                    self.spans += ss.spans
+                    size += len(ss.spans)
+            self.export_sizes.append(size)
 
     def add_metrics(self, request: Any) -> None:
         with self.lock:
@@ -144,13 +152,3 @@ class GrpcReceiver:
     def close(self) -> None:
         self.server.stop(0)
 
-
-class KeptSpans(SpanExporter):
-    """An exporter that keeps what it is given, for tests that read spans in process."""
-
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS

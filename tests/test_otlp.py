@@ -1,120 +1,101 @@
-"""The lean OTLP span encoder writes what the SDK's encoder writes: both are parsed with the
-official protobuf classes and compared."""
+"""Request spans leave the span export process through the official OTLP exporters, chosen by
+the standard OTEL_* variables, and reach a real receiver whole; what the loop hands over
+crosses the pipe unchanged."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
+import asyncio
+from collections.abc import Iterator
 
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
-
-from modelberth.telemetry.export import readable
-from modelberth.telemetry.handover import encoded_request_spans, request_spans
-from modelberth.telemetry.otlp import (
-    encode_attributes,
-    encode_float_attribute,
-    encode_raw_span,
-    encode_request,
-    encode_spans,
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
 )
-from modelberth.telemetry.tracing import RawSpan
-from otlp_receiver import KeptSpans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from conftest import wait_for
+from modelberth.telemetry.export import SpanExportProcess
+from modelberth.telemetry.exporters import span_exporter
+from modelberth.telemetry.handover import RequestTrace, decode_traces, encode_traces
+from modelberth.telemetry.tracing import SpanRecorder
+from otlp_receiver import GrpcReceiver, attributes
+
+REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 
 
-def _spans() -> list[ReadableSpan]:
-    keep = KeptSpans()
-    provider = TracerProvider(resource=Resource.create({"service.name": "modelberth",
-                                                        "deployment.count": 3}))
-    provider.add_span_processor(SimpleSpanProcessor(keep))
-    tracer = provider.get_tracer("modelberth", "0.1.0")
-    other = provider.get_tracer("other-scope")
-    remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
-                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "x1")]))
-    root = tracer.start_span("chat tiny", kind=SpanKind.SERVER,
-                             context=trace.set_span_in_context(trace.NonRecordingSpan(remote)),
-                             attributes={"gen_ai.request.model": "tiny", "n": -5, "big": 2**40,
-                                         "ratio": 0.25, "cold": False, "ok": True,
-                                         "tags": ["a", "b"], "ints": [1, 2], "empty": ""})
-    child = tracer.start_span("POST /v1/chat/completions", kind=SpanKind.CLIENT,
-                              context=trace.set_span_in_context(root),
-                              links=[Link(remote, {"why": "retry"})])
-    child.add_event("retry", {"attempt": 2})
-    child.record_exception(ValueError("boom"))
-    child.set_status(Status(StatusCode.ERROR, "upstream failed"))
-    child.end()
-    root.set_status(Status(StatusCode.OK))
-    root.end()
-    lone = other.start_span("modelberth.start")
-    lone.end()
-    return keep.spans
+def _request(**fields: object) -> RequestTrace:
+    values: dict[str, object] = {
+        "trace_id": REMOTE_TRACE, "span_id": 0x1111, "flags": 1, "parent_id": REMOTE_SPAN,
+        "trace_state": "vendor=x1", "sampler_attributes": {"sampler.rule": "a", "n": 3},
+        "began_ns": 5, "end_ns": 25, "operation": "chat", "method": "POST",
+        "path": "/v1/chat/completions", "model": "m", "requested": "tiny",
+        "queue": (6, 5, True), "upstream": (0xC11E, 10, "http://127.0.0.1:9/v1/chat"),
+        "status": 200, "usage": (None, 5, None), "error": None, **fields}
+    return RequestTrace(**values)  # type: ignore[arg-type]
 
 
-def test_the_lean_encoding_equals_the_sdks() -> None:
-    spans = _spans()
-    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
-    theirs = ExportTraceServiceRequest.FromString(sdk_encode(spans).SerializeToString())
-    assert ours == theirs
-    assert len(ours.resource_spans[0].scope_spans) == 2
-    client = ours.resource_spans[0].scope_spans[0].spans[0]
-    assert client.events[1].name == "exception"
+def test_the_span_exporter_follows_the_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    assert type(span_exporter()) is HttpSpanExporter  # the default: http/protobuf
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert type(span_exporter()) is GrpcSpanExporter
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")  # per signal
+    assert type(span_exporter()) is HttpSpanExporter
 
 
-def test_no_spans_is_an_empty_request() -> None:
-    assert encode_spans([]) == b""
+def test_a_group_crosses_the_pipe_as_it_was_handed_over() -> None:
+    group = [_request(), _request(parent_id=0, trace_state="", sampler_attributes=None,
+                                  queue=None, upstream=None, usage=None, error="boom")]
+    assert decode_traces(encode_traces(group)) == group  # 128-bit ids included
+    # Text no UTF-8 can carry (a lone surrogate, from an escape in an upstream's JSON) is
+    # replaced rather than losing its group.
+    odd = _request(error="bad \ud800 text", usage=(1, 2, "m\udfff"))
+    assert decode_traces(encode_traces([odd, group[0]])) == [
+        _request(error="bad ? text", usage=(1, 2, "m?")), group[0]]
 
 
-def test_spans_handed_over_as_values_encode_as_their_readable_spans_do() -> None:
-    provider = TracerProvider(resource=Resource.create({"service.name": "modelberth"}))
-    scope = InstrumentationScope("modelberth", "0.1.0")
-    remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
-                         trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "x1")]))
-    raws: list[RawSpan] = [
-        ("chat tiny", remote.trace_id, 0x1111, remote, 1, remote.trace_state, SpanKind.SERVER,
-         100, 900, {"gen_ai.request.model": "tiny", "n": 3, "ok": True, "q": 0.5}, None),
-        ("POST /v1/chat/completions", remote.trace_id, 0x2222, 0x1111, 1, remote.trace_state,
-         SpanKind.CLIENT, 200, 800, {"http.response.status_code": 502},
-         Status(StatusCode.ERROR, "upstream failed")),
-        ("chat m", 0xABC, 0x3333, None, 3, None, SpanKind.SERVER, 5, 6, {}, None),
-    ]
-    encoded = encode_request([encode_raw_span(raw) for raw in raws], provider.resource, scope)
-    ours = ExportTraceServiceRequest.FromString(encoded)
-    made = [readable(raw, provider.resource, scope) for raw in raws]
-    theirs = ExportTraceServiceRequest.FromString(sdk_encode(made).SerializeToString())
-    assert ours == theirs
-    assert encode_request([], provider.resource, scope) == b""
+@pytest.fixture
+def grpc_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[GrpcReceiver]:
+    receiver = GrpcReceiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    yield receiver
+    receiver.close()
 
 
-def _counter() -> Callable[[], int]:
-    return itertools.count(0x5000).__next__
-
-
-def test_request_spans_encoded_by_blocks_equal_the_general_encoding() -> None:
-    cases = itertools.product(
-        [None, (6, 1, False), (6, 2_000_000, False), (6, 5, True)],  # queue
-        [None, (0xC11E, 10, "http://127.0.0.1:9/v1/chat")],  # upstream
-        ["", "gpt-4o-mini"],  # the model asked for
-        [200, 502],
-        [None, (3, 1, "m-0"), (None, 5, None), (0, 0, "")],  # usage
-        [None, "boom"],  # error
-        [(0, ""), (0xB7AD6B7169203331, "vendor=x1")],  # parent and trace state
-        [None, {"sampler.rule": "a"}])
-    for queue, upstream, requested, status, usage, error, (parent, state), sampler in cases:
-        request = (0x0AF7651916CD43DD8448EB211C80319C, 0x1111, 3, parent, state, sampler, 5, 25,
-                   "chat", "POST", "/v1/chat/completions", "m", requested, queue, upstream,
-                   status, usage, error)
-        general = [encode_raw_span(raw) for raw in request_spans(request, _counter())]
-        assert encoded_request_spans(request, _counter()) == general, request
-
-
-def test_a_float_attribute_encodes_as_in_a_mapping() -> None:
-    for value in (0.0, 0.001, 2.5, -1e300, 1234567.125):
-        expected = encode_attributes({"modelberth.queue_ms": value})
-        assert encode_float_attribute("modelberth.queue_ms", value) == expected
+async def test_request_spans_reach_a_grpc_receiver_whole(grpc_receiver: GrpcReceiver) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "modelberth-test"}))
+    process = SpanExportProcess(provider.resource, InstrumentationScope("modelberth", "1"),
+                                "plain", "INFO")
+    recorder = SpanRecorder(provider, process)
+    try:
+        recorder.hand_over(_request())
+        recorder.batcher.flush()
+        received = grpc_receiver.received
+        spans = await asyncio.to_thread(
+            wait_for, lambda: len(received.spans) >= 3 and list(received.spans), 15)
+    finally:
+        recorder.shutdown()
+    queue, client, server = spans
+    assert [span.name for span in spans] == [
+        "modelberth.queue", "POST /v1/chat/completions", "chat tiny"]
+    assert {span.trace_id.hex() for span in spans} == {f"{REMOTE_TRACE:032x}"}
+    assert {span.trace_state for span in spans} == {"vendor=x1"}
+    assert queue.parent_span_id == client.parent_span_id == server.span_id
+    assert server.parent_span_id.hex() == f"{REMOTE_SPAN:016x}"
+    assert server.flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+    assert not client.flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+    assert (queue.start_time_unix_nano, queue.end_time_unix_nano) == (6, 11)
+    assert attributes(server.attributes) == {
+        "gen_ai.operation.name": "chat", "http.request.method": "POST",
+        "url.path": "/v1/chat/completions", "sampler.rule": "a", "n": 3,
+        "gen_ai.request.model": "tiny", "modelberth.model": "m",
+        "modelberth.cold_start": True, "modelberth.queue_ms": 0.0,
+        "http.response.status_code": 200, "gen_ai.usage.output_tokens": 5}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,13 @@ from typing import Any
 import httpx
 import pytest
 from loguru import logger
+from opentelemetry.sdk.metrics.export import MetricReader
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Modelberth, fake_model, wait_for
 from modelberth.telemetry.logs import setup_logging
+from modelberth.telemetry.metrics import ModelHistogram
 from modelberth.telemetry.setup import setup_telemetry
 from otlp_receiver import GrpcReceiver, HttpReceiver, attributes
 
@@ -278,3 +283,32 @@ def test_logging_after_telemetry_shutdown_does_not_reenter_the_otlp_sink(
     bodies = [log.body.string_value for log in http_receiver.received.logs]
     assert "before shutdown" in bodies  # flushed by the shutdown
     assert "after shutdown" not in bodies
+
+
+def test_the_sdk_still_hands_each_collection_to_receive_metrics(
+        http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request histograms, aggregated outside the SDK, join each collection in
+    `MetricReader._receive_metrics` (telemetry/setup.py, `_WithSources`): the SDK has no
+    public hook between a collection and a reader's exporter. This fails first if it
+    changes."""
+    hint = ("the OpenTelemetry SDK changed MetricReader._receive_metrics(metrics_data, "
+            "timeout_millis, **kwargs), through which telemetry/setup.py's _WithSources adds "
+            "the request histograms to /metrics and to OTLP: adapt _WithSources")
+    receive = getattr(MetricReader, "_receive_metrics", None)
+    assert receive is not None, hint
+    assert list(inspect.signature(receive).parameters)[:3] == [
+        "self", "metrics_data", "timeout_millis"], hint
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                       http_receiver.endpoint + "/v1/metrics")  # metrics only
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")  # exported at shutdown
+    telemetry = setup_telemetry("INFO")
+    try:
+        probe = ModelHistogram("modelberth_probe", "A histogram of the test's.", "s", (1.0,))
+        probe.record(0.5, "m")
+        telemetry.metric_sources.append(lambda: [probe.collect(time.time_ns())])
+        telemetry.meter.create_counter("modelberth_probe_sdk").add(1)  # as the server has
+        scraped = generate_latest(telemetry.prometheus).decode()
+        assert 'modelberth_probe_seconds_count{model="m"} 1.0' in scraped, hint
+    finally:
+        telemetry.shutdown()
+    assert "modelberth_probe" in http_receiver.received.metric_names(), hint

@@ -1,13 +1,14 @@
-"""Request spans built, encoded and exported in a child process of their own.
+"""Request spans built and exported in a child process of their own.
 
-The server hands each traced request over as one tuple (request_trace.py); the event loop
-pickles them 64 to a frame and writes each frame to the child's stdin as it fills, without
-blocking. The child builds and encodes each frame's spans as it arrives (otlp.py for
-OTLP/HTTP, SDK spans for the SDK's exporters) and exports them as one batch when the server's
-batcher closes it. Work spread frame by frame, rather than done for a whole batch at once,
-keeps the child from taking a core in bursts of ~10 ms that stall whatever shares it (with
-the upstream and client on that core: +10 % traced throughput). On the server's core this
-leaves a few microseconds a request instead of ~40; the child runs wherever the OS puts it.
+The server hands each traced request over as one `RequestTrace` (handover.py); the event
+loop encodes them 64 to a frame and writes each frame to the child's stdin as it fills,
+without blocking. The child makes the SDK's spans of each frame as it arrives and exports
+them with the official OTLP exporter the OTEL_* variables choose (exporters.py),
+OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans at a time, the rest when the server's batcher ends the
+batch. Work spread frame by frame, rather than done for a whole batch at once, keeps the
+child from taking a core in bursts that stall whatever shares it. The server's event loop
+keeps only the encoding of plain values; the child runs wherever the OS puts it, at a lower
+priority.
 
 The child lives exactly as long as its stdin: it runs in a session of its own and ignores
 SIGINT and SIGTERM (a service manager's stop reaches every process of the service, and the
@@ -15,8 +16,9 @@ server's last batch would be lost), and exports what it has and exits when the s
 the pipe, also when the server dies. If the child exits early, the server logs it and starts
 another on the next batch (at most one start every 5 s; batches meanwhile are dropped).
 
-Frames on the pipe: a 4-byte little-endian length and a pickle. The first frame is the set-up
-(resource, scope, logging); then lists of RequestTraces; an empty frame ends a batch."""
+Frames on the pipe: a 4-byte little-endian length and a payload. The first frame is the
+set-up (pickled: resource, scope, logging); then groups of RequestTraces
+(`handover.encode_traces`); an empty frame ends a batch."""
 
 from __future__ import annotations
 
@@ -30,97 +32,63 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO
 
 from loguru import logger
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, Status, TraceFlags
 
-from modelberth.telemetry.handover import RequestTrace, encoded_request_spans, request_spans
-from modelberth.telemetry.otlp import OtlpHttpSpanExporter, encode_request
-
-if TYPE_CHECKING:
-    from modelberth.telemetry.tracing import RawSpan
+from modelberth.telemetry.handover import RequestTrace, decode_traces, request_spans
 
 _RESTART_AFTER = 5.0  # seconds between starts of the child
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
-# Signals are ignored before anything is imported (the imports take a few hundred ms). The
-# child runs at a lower CPU priority: exporting spans must not take time from the proxy or
-# from a model server computing on the CPU; when the machine is saturated, spans wait.
+# Signals are ignored before anything is imported (a stop during the slow imports would
+# end the child). The child runs at a lower CPU priority: exporting spans must not take
+# time from the proxy or from a model server computing on the CPU; when the machine is
+# saturated, spans wait.
 _CHILD = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
           "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(10); "
           "from modelberth.telemetry.export import main; main()")
-_UNSET = Status()
-
-
-def export_traces(exporter: SpanExporter, traces: Iterable[RequestTrace], resource: Resource,
-                  scope: InstrumentationScope, new_span_id: Callable[[], int],
-                  ) -> SpanExportResult | None:
-    """Export the spans of these requests in one request to the collector."""
-    batch = TraceBatch(exporter, resource, scope, new_span_id)
-    batch.add(traces)
-    return batch.export()
+# The child's argv[1], so that tools (ps, the benchmarks) can tell it apart.
+CHILD_NAME = "modelberth-span_export"
 
 
 class TraceBatch:
-    """The spans of requests, made (and, for OTLP/HTTP, encoded) as the requests are added,
-    and exported `max_spans` at a time (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, as for the SDK's
-    processor)."""
+    """The spans of requests, made as the requests are added, and exported `max_spans` at a
+    time (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, as for the SDK's processor)."""
 
     def __init__(self, exporter: SpanExporter, resource: Resource, scope: InstrumentationScope,
                  new_span_id: Callable[[], int], max_spans: int | None = None) -> None:
         self._exporter, self._resource, self._scope = exporter, resource, scope
         self._new_span_id = new_span_id
         self._max = max_spans or int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512)
-        self._encoded = isinstance(exporter, OtlpHttpSpanExporter) and exporter.sends_encoded
-        self._spans: list[Any] = []  # encoded spans, or the SDK's ReadableSpans
+        self._spans: list[ReadableSpan] = []
 
     def add(self, traces: Iterable[RequestTrace]) -> None:
         """Make these requests' spans; export every full batch of them."""
-        new_span_id = self._new_span_id
-        if self._encoded:
-            self._spans += [span for trace in traces
-                            for span in encoded_request_spans(trace, new_span_id)]
-        else:
-            self._spans += [readable(raw, self._resource, self._scope) for trace in traces
-                            for raw in request_spans(trace, new_span_id)]
+        resource, scope, new_span_id = self._resource, self._scope, self._new_span_id
+        for trace in traces:
+            self._spans += request_spans(trace, resource, scope, new_span_id)
         while len(self._spans) >= self._max:
-            self._export(self._max)
+            self._export()
 
     def export(self) -> SpanExportResult | None:
         """Export what is left (the server's batch ended), if anything."""
         result = None
         while self._spans:
-            result = self._export(self._max)
+            result = self._export()
         return result
 
-    def _export(self, count: int) -> SpanExportResult:
-        spans, self._spans = self._spans[:count], self._spans[count:]
-        if self._encoded:
-            assert isinstance(self._exporter, OtlpHttpSpanExporter)
-            return self._exporter.send_encoded(encode_request(spans, self._resource,
-                                                              self._scope))
+    def _export(self) -> SpanExportResult:
+        spans, self._spans = self._spans[:self._max], self._spans[self._max:]
         return self._exporter.export(spans)
-
-
-def readable(raw: RawSpan, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
-    """The SDK's span for a span made of values."""
-    name, trace_id, span_id, parent, flags, state, kind, start, end, attributes, status = raw
-    trace_flags = TraceFlags(flags)
-    if isinstance(parent, int):
-        parent = SpanContext(trace_id, parent, False, trace_flags, state)
-    return ReadableSpan(
-        name=name, context=SpanContext(trace_id, span_id, False, trace_flags, state),
-        parent=parent, resource=resource, attributes=attributes, kind=kind,
-        status=status or _UNSET, start_time=start, end_time=end, instrumentation_scope=scope)
 
 
 class SpanExportProcess:
     """The server's side of the span export process: starts it and writes to its pipe
-    without blocking, on the event loop (no thread to wake): pickled groups of requests as
+    without blocking, on the event loop (no thread to wake): encoded groups of requests as
     they fill (`send`), and the end of each batch (`end_batch`). What the pipe cannot take
     waits in a backlog for the next write; beyond `max_backlog` bytes, `send` refuses groups
     (the batcher counts them)."""
@@ -142,11 +110,11 @@ class SpanExportProcess:
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
 
-    def send(self, groups: list[bytes]) -> bool:
-        """Pickled groups of RequestTraces, for the child to make into spans now and export
-        with the rest of their batch; False when they cannot be taken (the child is behind,
-        or gone and not yet replaced)."""
-        return self._put(b"".join(_frame(group) for group in groups))
+    def send(self, group: bytes) -> bool:
+        """An encoded group of RequestTraces, for the child to make into spans now and
+        export with the rest of their batch; False when it cannot be taken (the child is
+        behind, or gone and not yet replaced)."""
+        return self._put(_frame(group))
 
     def end_batch(self) -> bool:
         """The batch sent so far is complete: the child exports it."""
@@ -216,8 +184,8 @@ class SpanExportProcess:
     def _start(self) -> None:
         self._started_at = time.monotonic()
         try:
-            child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
-                                     start_new_session=True)
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, CHILD_NAME],
+                                     stdin=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             logger.error("cannot start the span export process: {}", exc)
             return
@@ -270,7 +238,7 @@ def main() -> None:
     while (frame := _read_frame(source)) is not None:
         try:
             if frame:
-                batch.add(pickle.loads(frame))
+                batch.add(decode_traces(frame))
             else:
                 batch.export()
         except Exception as exc:  # the exporter logs its own failures; this would be a bug

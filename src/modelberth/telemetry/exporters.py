@@ -1,19 +1,15 @@
-"""The OTLP exporters chosen by the standard OTEL_* variables (gRPC or HTTP/protobuf per
-signal). Used by the server and by the span export process."""
+"""The official OTLP exporters, chosen by the standard OTEL_* variables (gRPC or
+HTTP/protobuf per signal). Used by the server and by the span export process."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
-from opentelemetry.sdk._logs.export import LogRecordExporter
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-)
-from opentelemetry.sdk.trace.export import SpanExporter
-
 if TYPE_CHECKING:
-    pass
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 def _env(name: str, signal: str) -> str | None:
@@ -36,8 +32,10 @@ def span_exporter() -> SpanExporter:
     if _grpc("TRACES"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         return OTLPSpanExporter()
-    from modelberth.telemetry.otlp import OtlpHttpSpanExporter  # the SDK's, with a leaner encoder
-    return OtlpHttpSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+    return HttpSpanExporter()
 
 
 def metric_exporter() -> MetricExporter:

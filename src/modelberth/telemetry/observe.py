@@ -1,5 +1,5 @@
 """One proxied request as telemetry sees it: its metrics, the values its spans are made of
-(request_trace.py builds them, off the event loop), and the token usage read from the answer
+(handover.py, built into spans off the event loop), and the token usage read from the answer
 as it streams past, without holding it back."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from opentelemetry.trace import Span, SpanKind
 
+from modelberth.telemetry.handover import RequestTrace
 from modelberth.telemetry.tracing import Started, parent_span
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completi
                "/v1/embeddings": "embeddings"}
 _TAIL = 16 * 1024  # bytes kept of a stream, or of a large body, to read its usage
 # Bodies up to this size are parsed whole for usage; of larger ones (embeddings run to
-# megabytes) only the tail is read: parsing 600 KB of JSON held the event loop ~10 ms.
+# megabytes) only the tail is read: parsing them whole would hold the event loop.
 _FULL_PARSE = 64 * 1024
 _DECODER = json.JSONDecoder()
 _USAGE_KEYS = (b'"usage"', b'"timings"', b'"model"')
@@ -53,8 +54,9 @@ class _TypedTimings(msgspec.Struct):
 
 
 class _TypedAnswer(msgspec.Struct):
-    """The usual shape of those fields, decoded without a dict: ~0.9 us a request instead
-    of ~1.4. An answer of another shape fails validation and is read through `_ANSWER`."""
+    """The usual shape of those fields, decoded without a dict (cheaper than `_ANSWER`'s
+    on every request). An answer of another shape fails validation and is read through
+    `_ANSWER`."""
 
     model: str | None = None
     usage: _TypedUsage | None = None
@@ -196,7 +198,7 @@ class RequestObservation:
     """Spans and metrics of one request. With tracing off, only metrics are recorded.
 
     A sampled request gathers plain values while it runs and hands them to `SpanRecorder` as
-    one tuple when it ends (request_trace.py); its spans are built from that off the loop."""
+    one `RequestTrace` when it ends; its spans are built from that off the loop."""
 
     def __init__(self, telemetry: Telemetry, metrics: Metrics,
                  scope: MutableMapping[str, Any]) -> None:
@@ -263,7 +265,9 @@ class RequestObservation:
         started, recorder = self._started, self._recorder
         if started is None or recorder is None:
             return
-        recorder.hand_over((
+        # Positional arguments (mypy checks each against its field): keywords cost several
+        # times more on every traced request.
+        recorder.hand_over(RequestTrace(
             started.trace_id, started.span_id, started.flags, started.parent_id,
             started.trace_state, started.sampler_attributes, self.began_ns, time.time_ns(),
             self.operation, self._method, self.path, self.model, self._requested, self._queue,

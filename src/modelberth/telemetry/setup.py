@@ -89,7 +89,10 @@ def _with_sources(data: MetricsData | None, sources: list[MetricSource]) -> Metr
 
 class _WithSources(MetricReader):
     """A reader that adds the histograms aggregated outside the SDK (metric sources) to what
-    the SDK collected, before its exporter sees them."""
+    the SDK collected, before its exporter sees them.
+
+    The one use of a private SDK method: the SDK has no public hook between a collection and
+    a reader's export. tests/test_telemetry.py fails, saying so, if the SDK changes it."""
 
     _sources: list[MetricSource]
 
@@ -159,7 +162,7 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         tracer = provider.get_tracer("modelberth", __version__)
         scope = InstrumentationScope("modelberth", __version__)
         spans = SpanRecorder(provider, SpanExportProcess(resource, scope, logs.CURRENT["format"],
-                                                      logs.CURRENT["level"]), scope)
+                                                      logs.CURRENT["level"]))
         closers += [spans.shutdown, provider.shutdown]
     prometheus = CollectorRegistry(auto_describe=True)
     sources: list[MetricSource] = []

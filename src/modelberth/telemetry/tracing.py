@@ -3,11 +3,10 @@ hand-over of each finished request.
 
 Each request gets its trace and span ids and its sampling decision from the provider's own
 id generator and sampler, as `Tracer.start_span` would, and a traceparent for the upstream.
-When it ends it is handed over once, as one tuple of plain values (request_trace.py); its
-spans are built, encoded and exported in the span export process (span_export.py), so the
-loop's core pays ~0.5 us a request for pickling instead of ~15 us a span for building and
-encoding. An SDK span would take a lock and validate every attribute (~20 us a span), and the
-SDK's BatchSpanProcessor costs ~7 us a span on the calling thread.
+When it ends it is handed over once, as one `RequestTrace` of plain values (handover.py);
+its spans are built and exported in the span export process (export.py), so the loop pays
+for an encoding of plain values in groups, not for an SDK span's locks and attribute
+validation, nor for the SDK's BatchSpanProcessor on the calling thread.
 
 Spans of rarer work (a model's start, a swap) still go through the SDK's tracer; they find a
 request's span as their parent through `parent_span()`."""
@@ -16,43 +15,41 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
-import queue
-import sys
-import threading
+import re
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
     Decision,
-    ParentBased,
+    ParentBasedTraceIdRatio,
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
-from modelberth.telemetry.export import SpanExportProcess, export_traces
+from modelberth.telemetry.handover import RequestTrace, encode_traces
 
 if TYPE_CHECKING:
-    from modelberth.telemetry.handover import RequestTrace
+    from modelberth.telemetry.export import SpanExportProcess
 
+Item = TypeVar("Item")
 Prepared = TypeVar("Prepared")
 _RANDOM_TRACE_ID = 0x02  # W3C trace-context level 2 flag, as the SDK sets it
 _SAMPLED = int(TraceFlags.SAMPLED)
 _ID_BITS = (1 << 64) - 1  # the part of a trace id TraceIdRatioBased decides on
 _WARN_EVERY = 10.0  # seconds between warnings about dropped spans
+GROUP = 64  # requests encoded and written to the export process at a time
 
 
 class Started(NamedTuple):
@@ -63,28 +60,23 @@ class Started(NamedTuple):
     flags: int
     trace_state: str  # the W3C tracestate header value, or ""
     parent_id: int  # the client's span, or 0
-    sampler_attributes: Mapping[str, AttributeValue] | None
+    sampler_attributes: dict[str, AttributeValue] | None
     carried: bool  # the request came with propagation headers
-
-
-# A finished span as values: name, trace and span id, parent (a remote context, a span id in
-# the same trace, or None), flags, trace state, kind, start and end (ns), attributes, status.
-# Request spans are made of these off the event loop (request_trace.py) and encoded as they
-# are (otlp.py) or made into the SDK's ReadableSpans (span_export.readable).
-RawSpan = tuple[str, int, int, SpanContext | int | None, int, TraceState | None, SpanKind, int,
-                int, Mapping[str, AttributeValue], Status | None]
 
 
 class SpanRecorder:
     """Sampling, ids and propagation of request spans on the event loop, and the hand-over of
-    each finished request (`RequestTrace`) to where its spans are built and exported: the span
-    export process, or, given an SDK exporter, a thread of this process."""
+    each finished request (`RequestTrace`) to the span export process."""
 
-    def __init__(self, provider: TracerProvider, exporter: SpanExporter | SpanExportProcess,
-                 scope: InstrumentationScope) -> None:
+    def __init__(self, provider: TracerProvider, process: SpanExportProcess) -> None:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
-        self.batcher: SpanBatcher[Any] = self._batcher(exporter, provider.resource, scope)
+        # Encoded on the loop GROUP at a time and written to the process's pipe there too,
+        # as each group fills; the process exports them in batches of
+        # OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans, the rest when a batch here ends
+        # (OTEL_BSP_SCHEDULE_DELAY after its first request).
+        self.batcher: SpanBatcher[RequestTrace, bytes] = SpanBatcher(
+            encode_traces, process.send, process.end_batch, process.close, group=GROUP)
         # Header names the configured propagators read: a request without any of them has
         # no parent context, and (with a standard sampler) is sampled here by its trace id.
         fields = propagate.get_global_textmap().fields
@@ -95,7 +87,7 @@ class SpanRecorder:
         self._w3c_only = set(fields) == {"traceparent", "tracestate", "baggage"}
         # Requests without a parent are decided here when the sampler is a standard one:
         # the same comparison of trace-id bits the SDK's samplers make, without objects.
-        self._root_bound = _root_bound(provider.sampler) \
+        self._root_bound = root_bound(provider.sampler) \
             if self._ids.is_trace_id_random() else None
         self._root_flags = _SAMPLED | _RANDOM_TRACE_ID
 
@@ -171,42 +163,45 @@ class SpanRecorder:
     def shutdown(self) -> None:
         self.batcher.shutdown()
 
-    def _batcher(self, exporter: SpanExporter | SpanExportProcess, resource: Resource,
-                 scope: InstrumentationScope) -> SpanBatcher[Any]:
-        max_batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512)
-        if isinstance(exporter, SpanExportProcess):
-            # Pickled on the loop 64 at a time (~0.4 us a request) and written to the
-            # process's pipe there too, as each group fills; the process exports them in
-            # batches of OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans, the rest when a batch here
-            # ends (OTEL_BSP_SCHEDULE_DELAY after its first request).
-            def pack(group: list[RequestTrace]) -> bytes:
-                return pickle.dumps(group, pickle.HIGHEST_PROTOCOL)
 
-            return SpanBatcher(pack, exporter.send, exporter.close, group=64, worker=False,
-                               end_batch=exporter.end_batch)
-
-        def keep(group: list[RequestTrace]) -> list[RequestTrace]:
-            return group
-
-        def send(groups: list[list[RequestTrace]]) -> object:
-            traces = [trace for group in groups for trace in group]
-            return export_traces(exporter, traces, resource, scope, self._ids.generate_span_id)
-
-        return SpanBatcher(keep, send, exporter.shutdown, max_batch=max_batch)
-
-
-def _root_bound(sampler: Sampler) -> int | None:
+def root_bound(sampler: Sampler) -> int | None:
     """The trace-id bound below which a request without a parent is sampled, for the SDK's
-    standard samplers (always on/off, trace-id ratio, either parent-based); None for others,
-    which are asked every time."""
-    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
-    if root is ALWAYS_ON:
+    standard samplers (those OTEL_TRACES_SAMPLER names; subclasses excluded, as they may
+    decide otherwise); None for others, which are asked every time."""
+    if sampler is ALWAYS_ON or sampler is DEFAULT_ON:
         return 1 << 64
-    if root is ALWAYS_OFF:
+    if sampler is ALWAYS_OFF or sampler is DEFAULT_OFF:
         return 0
-    if isinstance(root, TraceIdRatioBased):
-        return root.bound
+    if type(sampler) is TraceIdRatioBased:
+        return sampler.bound
+    if type(sampler) is ParentBasedTraceIdRatio:
+        rate = _parent_based_rate(sampler)
+        if rate is not None:
+            return TraceIdRatioBased.get_bound_for_rate(rate)
     return None
+
+
+# The root of a ParentBasedTraceIdRatio is not public; its description names its rate.
+_RATIO_ROOT = re.compile(r"ParentBased\{root:TraceIdRatioBased\{([^{}]+)\},")
+
+
+def _parent_based_rate(sampler: Sampler) -> float | None:
+    """The rate a ParentBasedTraceIdRatio describes itself with, if its description reads
+    back exactly (any other format is left to the sampler)."""
+    description = _described(sampler)
+    found = _RATIO_ROOT.match(description)
+    if found is None:
+        return None
+    try:
+        rate = float(found[1])
+        again = ParentBasedTraceIdRatio(rate)
+    except ValueError:  # not a number, or not a rate
+        return None
+    return rate if _described(again) == description else None
+
+
+def _described(sampler: Sampler) -> str:
+    return sampler.get_description()
 
 
 class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
@@ -230,85 +225,66 @@ def parent_span(context: SpanContext) -> NonRecordingSpan:
     return NonRecordingSpan(context)
 
 
-class SpanBatcher(Generic[Prepared]):
-    """Finished requests collected on the event loop and handed, a batch at a time, to one
-    worker thread that sends them.
+class SpanBatcher(Generic[Item, Prepared]):
+    """Finished requests gathered on the event loop and sent on a group at a time.
 
-    Items are `prepare`d on the event loop in groups of `group`; a batch of prepared groups
-    goes to the worker when it holds `max_batch` items or `delay` seconds after its first
-    (OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_SCHEDULE_DELAY, as for the SDK's
-    processor). Beyond `max_waiting` batches queued (the collector is slow or gone) new ones
-    are dropped and counted. Without a `worker`, batches are sent where they close; given
-    `end_batch` (no worker then), each group is sent as it fills and `end_batch` called
-    `delay` seconds after the first item of a batch, whatever `max_batch` says (the span
-    export process, which sizes its exports itself: `prepare` pickles, `send` writes to its
-    pipe without blocking, or returns False when the process is behind: those items are
-    dropped and counted)."""
+    Each group of `group` items is `prepare`d and handed to `send` as it fills; `send`
+    returns False when it cannot take it (the export process is behind, or gone), and those
+    items are dropped and counted. `delay` seconds after the first item of a batch
+    (OTEL_BSP_SCHEDULE_DELAY, as for the SDK's processor) what is pending goes too and
+    `end_batch` is called: the receiver exports what it holds, having sized its exports
+    itself meanwhile."""
 
-    def __init__(self, prepare: Callable[[list[Any]], Prepared],
-                 send: Callable[[list[Prepared]], object], close: Callable[[], object],
-                 max_batch: int = 512, group: int | None = None, delay: float | None = None,
-                 max_waiting: int = 16, worker: bool = True,
-                 end_batch: Callable[[], object] | None = None) -> None:
-        self._prepare, self._send, self._close = prepare, send, close
-        self._end_batch = end_batch
-        # Streamed groups are exported by the receiver in batches of its own size; the batch
-        # here only ends after `delay`, for the receiver to export what it holds.
-        self._max_batch = max_batch if end_batch is None else sys.maxsize
-        self._group = min(group or max_batch, max_batch)
+    def __init__(self, prepare: Callable[[list[Item]], Prepared],
+                 send: Callable[[Prepared], bool], end_batch: Callable[[], object],
+                 close: Callable[[], object], group: int = GROUP,
+                 delay: float | None = None) -> None:
+        self._prepare, self._send, self._end_batch, self._close = prepare, send, end_batch, close
+        self._group = group
         self._delay = delay if delay is not None else float(
             os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 5000) / 1000
-        self._pending: list[Any] = []
-        self._prepared: list[Prepared] = []
-        self._count = 0  # items of the batch being gathered (sent already, with end_batch)
+        self._pending: list[Item] = []
+        self._count = 0  # items of the batch being gathered, sent already or pending
         self._timer: asyncio.TimerHandle | None = None
-        self._batches: queue.Queue[list[Prepared] | None] = queue.Queue(max_waiting)
         self.dropped = 0
         self._warned = float("-inf")
-        self._worker: threading.Thread | None = None
-        if worker and end_batch is None:
-            self._worker = threading.Thread(target=self._send_batches, name="modelberth-spans",
-                                            daemon=True)
-            self._worker.start()
 
-    def add(self, item: Any) -> None:
+    def add(self, item: Item) -> None:
         self._pending.append(item)
         self._count += 1
         if len(self._pending) >= self._group:
-            self._close_group()
-        if self._count >= self._max_batch:
-            self.flush()
-        elif self._timer is None:
+            self._send_group()
+        if self._timer is None:
             try:
                 self._timer = asyncio.get_running_loop().call_later(self._delay, self.flush)
             except RuntimeError:  # not on an event loop: nothing would fire the timer
                 self.flush()
 
-    def _close_group(self) -> None:
-        group, self._pending = self._pending, []
-        prepared = self._prepare(group)
-        if self._end_batch is not None:
-            self._send_here([prepared], len(group))
-        else:
-            self._prepared.append(prepared)
-
     def flush(self) -> None:
+        """End the batch: send what is pending, and have the receiver export it all."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._end_batch is not None:
-            self._end_streamed()
-            return
-        batch, count = self._take()
-        if not batch:
-            return
-        if self._worker is None:
-            self._send_here(batch, count)
-            return
+        if self._pending:
+            self._send_group()
+        if self._count:
+            self._count = 0
+            self._end_batch()
+
+    def shutdown(self) -> None:
+        """Send what is pending and close; called once the server has stopped serving."""
+        self.flush()
+        self._close()
+
+    def _send_group(self) -> None:
+        group, self._pending = self._pending, []
         try:
-            self._batches.put_nowait(batch)
-        except queue.Full:
-            self._drop(count)
+            taken = self._send(self._prepare(group))
+        except Exception as exc:  # a bug's: sending must not break the request that ended
+            logger.error("span export failed: {}", exc)
+            taken = False
+        if not taken:
+            self._drop(len(group))
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -317,58 +293,3 @@ class SpanBatcher(Generic[Prepared]):
             self._warned = now
             logger.warning("span export is behind: {} requests' spans dropped so far",
                            self.dropped)
-
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Send what is pending and stop; called once the server has stopped serving."""
-        if self._end_batch is not None:
-            self._end_streamed()
-            self._close()
-            return
-        batch, count = self._take()
-        if self._worker is None:
-            if batch:
-                self._send_here(batch, count)
-            self._close()
-            return
-        try:
-            if batch:
-                self._batches.put(batch, timeout=timeout)
-            self._batches.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._worker.join(timeout)
-        self._close()
-
-    def _end_streamed(self) -> None:
-        """Close a batch whose groups went out as they filled."""
-        if self._pending:
-            self._close_group()
-        if self._count:
-            self._count = 0
-            assert self._end_batch is not None
-            self._end_batch()
-
-    def _take(self) -> tuple[list[Prepared], int]:
-        if self._pending:
-            self._prepared.append(self._prepare(self._pending))
-            self._pending = []
-        batch, count = self._prepared, self._count
-        self._prepared, self._count = [], 0
-        return batch, count
-
-    def _send_here(self, batch: list[Prepared], count: int) -> None:
-        """Send on the caller's thread; a batch the sender refuses (False) is dropped."""
-        try:
-            taken = self._send(batch)
-        except Exception as exc:  # a bug's: sending must not break the caller
-            logger.error("span export failed: {}", exc)
-            return
-        if taken is False:
-            self._drop(count)
-
-    def _send_batches(self) -> None:
-        while (batch := self._batches.get()) is not None:
-            try:
-                self._send(batch)
-            except Exception as exc:  # the exporter logs its own failures; this is a bug's
-                logger.debug("span export failed: {}", exc)
