@@ -280,13 +280,13 @@ def test_2000_idle_connections_do_not_stop_new_requests(mb: Modelberth) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_at_the_connection_cap_idle_ones_make_room_and_busy_ones_get_503(
+def test_at_the_connection_cap_silent_ones_make_room_and_busy_ones_get_503(
         modelberth: Any) -> None:
     mb = modelberth({"server": {"max_connections": 10},
                      "models": {"m": fake_model(max_queue=100)}})
     still_serving(mb)
     idle = [connect(mb) for _ in range(10)]
-    still_serving(mb)  # an idle connection was closed to make room
+    still_serving(mb)  # a connection that had sent nothing was closed to make room
     for sock in idle:
         sock.close()
     busy = []
@@ -310,15 +310,17 @@ def test_at_the_connection_cap_idle_ones_make_room_and_busy_ones_get_503(
 
 def test_running_out_of_descriptors_refuses_only_new_connections(tmp_path: Path) -> None:
     """Under `ulimit -n 1024`, 1,100 slow connections once refused everyone for 15 s."""
-    server = Modelberth(tmp_path, {"server": {"header_timeout": 3},
+    server = Modelberth(tmp_path, {"server": {"header_timeout": 3, "keepalive_timeout": 30},
                                    "models": {"m": fake_model()}})
     server.start(prefix=["prlimit", "--nofile=1024:1024", "--"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     slow: list[socket.socket] = []
     try:
-        keeper = connect(server)
+        keeper = connect(server)  # a client served before the flood keeps its connection
         keeper.settimeout(5)
+        keeper.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert keeper.recv(65536).startswith(b"HTTP/1.1 200")
         refused = 0
         for _ in range(1100):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)

@@ -20,6 +20,7 @@ from modelberth.proxy.handler import Proxy
 from modelberth.reload import install_sighup, watch_config
 from modelberth.telemetry.metrics import Metrics
 from modelberth.telemetry.setup import Telemetry, run_bounded, setup_telemetry
+from modelberth.upstream_client import UpstreamClient
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -41,8 +42,9 @@ class ModelberthApp:
                                lambda: spans.batcher.dropped if spans is not None else None)
         self.telemetry.metric_sources.append(self.metrics.collect_histograms)
         self.registry.events.add_listener(self.metrics.on_state_event)
-        self.proxy = Proxy(self.registry, self.telemetry, self.metrics)
-        self.api = _build_api(self.registry, self.telemetry, watch)
+        self.upstream = UpstreamClient()  # the hot path's; health probes use aiohttp
+        self.proxy = Proxy(self.registry, self.upstream, self.telemetry, self.metrics)
+        self.api = _build_api(self.registry, self.upstream, self.telemetry, watch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -66,7 +68,8 @@ def _for_api(scope: Scope, path: str) -> Scope:
     return scope
 
 
-def _build_api(registry: Registry, telemetry: Telemetry, watch: bool) -> FastAPI:
+def _build_api(registry: Registry, upstream: UpstreamClient, telemetry: Telemetry,
+               watch: bool) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.boot()
@@ -80,6 +83,7 @@ def _build_api(registry: Registry, telemetry: Telemetry, watch: bool) -> FastAPI
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await registry.shutdown()
+            await upstream.close()
             await run_bounded(telemetry.shutdown, 5.0)  # flush spans, metrics and logs
 
     api = FastAPI(

@@ -8,8 +8,8 @@ request reaches the app:
 - a deadline for the head (`header_timeout`, counted from the connection's first byte or
   from its opening) and for each pause of a request body (`body_timeout`): slowloris
   clients are closed, not waited for;
-- a cap on open connections: at the cap an idle keep-alive connection is closed to make
-  room, and if none is idle the newcomer gets a 503;
+- a cap on open connections: at the cap a connection that has sent nothing yet is closed to
+  make room, and if there is none the newcomer gets a 503;
 - errors the server writes itself are JSON in OpenAI's shape, counted by reason through
   `Limits.rejected` instead of logged one line each (a flood must not flood the log);
 - a per-request hook for the proxy: a callback run when the client goes away
@@ -319,18 +319,17 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _make_room(self) -> bool:
-        """Close one idle keep-alive connection (no request under way) for a new one."""
+        """Close one connection that has sent nothing yet (a pre-connect, or a client that
+        holds sockets open) for a new one. Clients that have been served keep theirs."""
         for conn in self.connections:
-            if conn is not self and isinstance(conn, HttpProtocol) and conn._idle():
-                conn.limits.rejected("idle_closed_for_room")
+            if conn is not self and isinstance(conn, HttpProtocol) and conn._silent():
+                conn.limits.rejected("silent_closed_for_room")
                 conn.transport.close()
                 return True
         return False
 
-    def _idle(self) -> bool:
-        cycle = self.cycle
-        return (cycle is None or cycle.response_complete) and not (
-            self._in_head and self._raw_head_bytes)
+    def _silent(self) -> bool:
+        return self.cycle is None and not self._raw_head_bytes
 
     def _watch(self) -> None:
         """The connection's one timer: closes a head or body that takes too long."""

@@ -101,10 +101,7 @@ async def model_logs(
 @router.get("/resources")
 async def resources(request: Request) -> dict[str, Any]:
     """Host RAM and CPU, every GPU (NVML), and each model's RAM/VRAM: measured and estimated."""
-    reg = registry(request)
-    models = list(reg.models.values())
-    estimates = {m.name: reg.scheduler.estimates(m) for m in models}
-    return reg.monitor.report(models, estimates)
+    return registry(request).resources()
 
 
 @router.post("/reload")

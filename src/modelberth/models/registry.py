@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from loguru import logger
@@ -26,7 +27,6 @@ from modelberth.models.state import ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
-from modelberth.upstream_client import UpstreamClient
 
 
 @dataclass
@@ -66,7 +66,6 @@ class Registry:
         self.scheduler = Scheduler(self.monitor, self._scheduled, self.events)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
-        self.upstream = UpstreamClient()  # the hot path's client; _http serves the probes
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -179,6 +178,12 @@ class Registry:
         if not task.cancelled() and task.exception() is not None:
             logger.opt(exception=task.exception()).error("{}: retiring failed", model.name)
 
+    def resources(self) -> dict[str, Any]:
+        """Host RAM and CPU, every GPU, and each model's RAM/VRAM, measured and estimated."""
+        models = list(self.models.values())
+        estimates = {m.name: self.scheduler.estimates(m) for m in models}
+        return self.monitor.report(models, estimates)
+
     def runtimes_in_use(self) -> set[str]:
         return {model.spec.runtime for model in self.models.values()}
 
@@ -209,7 +214,6 @@ class Registry:
         await self.monitor.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
-        await self.upstream.close()
         if self._http is not None:
             await self._http.close()
             self._http = None

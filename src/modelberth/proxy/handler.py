@@ -30,6 +30,7 @@ from modelberth.telemetry.metrics import Metrics
 from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
 from modelberth.telemetry.setup import Telemetry
 from modelberth.upstream_client import (
+    UpstreamClient,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -48,8 +49,10 @@ _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relaye
 
 
 class Proxy:
-    def __init__(self, registry: Registry, telemetry: Telemetry, metrics: Metrics) -> None:
+    def __init__(self, registry: Registry, upstream: UpstreamClient, telemetry: Telemetry,
+                 metrics: Metrics) -> None:
         self.registry = registry
+        self.upstream = upstream
         self.telemetry = telemetry
         self.metrics = metrics
         self._forwarding: tuple[tuple[str, ...], Forwarding] | None = None
@@ -175,7 +178,7 @@ class Proxy:
         try:
             if model.port is None:  # admitted models have a port; a stop in between has not
                 raise UpstreamUnreachable("the upstream is not running")
-            resp = await self.registry.upstream.request(
+            resp = await self.upstream.request(
                 scope["method"], "127.0.0.1", model.port, target, headers, body,
                 first_byte_timeout=spec.first_byte_timeout or None)
         except UpstreamTimeout as exc:
