@@ -20,8 +20,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Modelberth, fake_model, wait_for
+from modelberth.telemetry.histograms import ModelHistogram
 from modelberth.telemetry.logs import setup_logging
-from modelberth.telemetry.metrics import ModelHistogram
 from modelberth.telemetry.setup import setup_telemetry
 from otlp_receiver import GrpcReceiver, HttpReceiver, attributes
 

@@ -4,20 +4,17 @@ served as Prometheus text at GET /metrics."""
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
     Metric,
 )
 
 from modelberth.models.state import ModelState, StateEvent
+from modelberth.telemetry.histograms import ModelHistogram
 
 if TYPE_CHECKING:
     from modelberth.models.model import Model
@@ -159,55 +156,3 @@ class Metrics:
 
     def _host(self) -> Iterable[Observation]:
         yield Observation(self._registry.monitor.snapshot.host.memory_available_bytes)
-
-
-class _Series:
-    __slots__ = ("counts", "max", "min", "sum")
-
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * buckets
-        self.sum = 0.0
-        self.min = float("inf")
-        self.max = float("-inf")
-
-
-class ModelHistogram:
-    """An explicit-bucket histogram per model: a bisect and three additions per value, where
-    the SDK's Histogram.record hashes attributes and takes locks. Cumulative, like the
-    SDK's default."""
-
-    def __init__(self, name: str, description: str, unit: str, bounds: Sequence[float]) -> None:
-        self.name = name
-        self.description = description
-        self.unit = unit
-        self._bounds = tuple(float(b) for b in bounds)
-        self._series: dict[str, _Series] = {}
-        self._start_ns = time.time_ns()
-
-    @property
-    def recorded(self) -> bool:
-        return bool(self._series)
-
-    def record(self, value: float, model: str) -> None:
-        series = self._series.get(model)
-        if series is None:
-            series = self._series[model] = _Series(len(self._bounds) + 1)
-        series.counts[bisect_left(self._bounds, value)] += 1  # buckets are (low, high]
-        series.sum += value
-        # Comparisons, not min() and max(): the calls cost twice as much on every request.
-        if value < series.min:  # noqa: PLR1730
-            series.min = value
-        if value > series.max:  # noqa: PLR1730
-            series.max = value
-
-    def collect(self, now_ns: int) -> Metric:
-        points = []
-        for model, series in list(self._series.items()):
-            counts = list(series.counts)  # the count is their sum, so +Inf always equals it
-            points.append(HistogramDataPoint(
-                attributes={"model": model}, start_time_unix_nano=self._start_ns,
-                time_unix_nano=now_ns, count=sum(counts), sum=series.sum,
-                bucket_counts=counts, explicit_bounds=self._bounds, min=series.min,
-                max=series.max))
-        return Metric(self.name, self.description, self.unit, Histogram(
-            data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE))
