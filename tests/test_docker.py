@@ -24,10 +24,10 @@ import pytest
 from conftest import FAKE, Modelberth, events_of, wait_for
 from modelberth.config import parse_config
 from modelberth.demo import llama_server_path
-from modelberth.runtimes.docker import (
+from modelberth.runtimes.docker import DockerRuntime
+from modelberth.runtimes.ownership import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
-    DockerRuntime,
     container_name,
     default_instance_id,
 )

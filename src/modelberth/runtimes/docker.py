@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import re
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import docker
@@ -31,83 +27,25 @@ from docker.types import DeviceRequest
 from loguru import logger
 
 from modelberth.config import ModelSpec, ServerConfig
+from modelberth.runtimes import container_logs
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
+from modelberth.runtimes.ownership import (
+    LABEL_CONFIG,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_PORT,
+    container_name,
+    instance_id,
+)
 
 T = TypeVar("T")
-LABEL_MANAGED = "modelberth.managed"
-LABEL_MODEL = "modelberth.model"
-LABEL_CONFIG = "modelberth.config"
-LABEL_PORT = "modelberth.port"
-LABEL_INSTANCE = "modelberth.instance"
-BACKFILL_LINES = 200  # output of an adopted container copied into its model's log buffer
 _STATS_INTERVAL = 5.0
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")  # what Docker does not allow in names
-_TIMESTAMP = re.compile(
-    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
 
 
 class DaemonUnavailable(RuntimeStartError):
     pass
-
-
-def instance_id(server: ServerConfig) -> str:
-    """Who owns which containers on a shared engine: `server.instance_id` if set, else
-    `<host name>-<server.port>` (the host name lower-cased, characters Docker does not allow
-    in names replaced by `-`, cut so the id stays within 63 characters).
-
-    The default is stable across restarts of the same server on the same host, so a
-    modelberth that crashed adopts its containers when it comes back. Set `instance_id`
-    when that is not enough: two instances on one host that both listen on port 0, or a
-    modelberth whose host name changes between runs (in a container without a fixed
-    hostname). Containers of an id no longer in use are left alone: remove them by hand.
-    """
-    if server.instance_id:
-        return server.instance_id
-    return default_instance_id(socket.gethostname(), server.port)
-
-
-def default_instance_id(host: str, port: int) -> str:
-    suffix = f"-{port}"
-    name = _UNSAFE.sub("-", host.lower()).strip("-._")[:63 - len(suffix)].rstrip("-._")
-    return f"{name or 'host'}{suffix}"
-
-
-def container_name(instance: str, model: str) -> str:
-    """`modelberth-<instance>-<model>`; a model name with characters Docker does not allow
-    (`:`, `@`, `+`) has them replaced and a short hash of the real name appended."""
-    safe = _UNSAFE.sub("_", model)
-    if safe != model:
-        safe += "-" + hashlib.sha256(model.encode()).hexdigest()[:8]
-    return f"modelberth-{instance}-{safe}"
-
-
-def _split_timestamp(frame: bytes) -> tuple[int | None, bytes]:
-    """A log frame fetched with `timestamps=True`: (nanoseconds since the epoch, payload)."""
-    match = _TIMESTAMP.match(frame)
-    if match is None:
-        return None, frame
-    zone = match[3].decode()
-    when = datetime.fromisoformat(match[1].decode() + ("+00:00" if zone == "Z" else zone))
-    nanos = int((match[2] or b"").decode().ljust(9, "0"))
-    return int(when.timestamp()) * 1_000_000_000 + nanos, frame[match.end():]
-
-
-def _lines(frames: Iterable[bytes], after: int | None = None) -> Iterator[tuple[int, str]]:
-    """Output lines (with the timestamp of the frame that ended them) from timestamped log
-    frames; frames stamped at or before `after` are skipped (already seen)."""
-    pending, stamp = b"", 0
-    for frame in frames:
-        when, payload = _split_timestamp(frame)
-        if when is not None:
-            if after is not None and when <= after:
-                continue
-            stamp = when
-        *done, pending = (pending + payload).split(b"\n")
-        for line in done:
-            yield stamp, line.decode("utf-8", "replace").rstrip("\r")
-    if pending:
-        yield stamp, pending.decode("utf-8", "replace").rstrip("\r")
 
 
 def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
@@ -216,7 +154,7 @@ class DockerUpstream:
         log = logger.bind(model=self._model, upstream=True, stream=stream)
         try:
             frames = self._runtime.follow_logs(self._container, stream, after)
-            for _, text in _lines(frames, after):
+            for _, text in container_logs.lines(frames, after):
                 loop.call_soon_threadsafe(self._logs.append, stream, text)
                 log.info("{}", text)
         except (docker.errors.DockerException, requests.exceptions.RequestException,
@@ -303,10 +241,11 @@ class DockerRuntime:
                 str(container.id), stdout=stream == "stdout", stderr=stream == "stderr",
                 stream=True, follow=False, timestamps=True, tail=lines)
             for frame in frames:  # the resume point counts every frame, even a partial line
-                when, _ = _split_timestamp(frame)
+                when, _ = container_logs.split_timestamp(frame)
                 if when is not None:
                     last[stream] = max(when, last.get(stream, 0))
-                merged.extend((when or 0, stream, text) for _, text in _lines([frame]))
+                merged.extend((when or 0, stream, text)
+                              for _, text in container_logs.lines([frame]))
         merged.sort(key=lambda entry: entry[0])  # stable: a stream's own order is kept
         return [(stream, text) for _, stream, text in merged[-lines:]], last
 
@@ -464,7 +403,7 @@ class DockerRuntime:
         its output should resume (None: from its start, when that output is unavailable)."""
         try:
             lines, after = await self.call(
-                lambda: self.recent_output(container, BACKFILL_LINES))
+                lambda: self.recent_output(container, container_logs.BACKFILL_LINES))
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 RuntimeStartError) as exc:
             logger.warning("docker: cannot read the output of {}: {}", container.name, exc)
