@@ -258,10 +258,12 @@ def test_one_string_instead_of_a_list_is_refused() -> None:
 
 # Answers
 
-def test_response_headers_drop_hop_by_hop() -> None:
+def test_answer_headers_drop_hop_by_hop() -> None:
     headers = [(b"content-type", b"text/event-stream"), (b"connection", b"close, X-Trace"),
                (b"transfer-encoding", b"chunked"), (b"x-trace", b"1"), (b"keep-alive", b"5"),
                (b"content-length", b"10"), (b"date", b"now"), (b"upgrade", b"h2c")]
-    assert Forwarding.response_headers(headers) == [
-        (b"content-type", b"text/event-stream"), (b"content-length", b"10"), (b"date", b"now")]
-    assert PROXIES.response_headers([(b"a", b"1")]) == [(b"a", b"1")]
+    assert Forwarding.answer_head(200, headers) == (
+        [(b"content-type", b"text/event-stream")], True, 10)
+    assert PROXIES.answer_head(200, [(b"a", b"1")]) == ([(b"a", b"1")], False, None)
+    # 204 and 304 have no body, whatever length they state.
+    assert Forwarding.answer_head(304, [(b"content-length", b"1234")]) == ([], False, None)

@@ -40,7 +40,8 @@ _XFF, _XFP, _XFH = b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"
 # X-Real-IP stay as they are. From an untrusted or unknown peer, all are dropped.
 _DROP_TRUSTED = _NOT_FORWARDED | {_XFF, _XFP, _XFH}
 _DROP_UNTRUSTED = _DROP_TRUSTED | {b"forwarded", b"x-real-ip"}
-_RESPONSE_DROPPED = HOP_BY_HOP
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"date"}
+_NO_BODY = frozenset({204, 304})
 _PROTO = {scheme: (_XFP, scheme.encode()) for scheme in ("http", "https")}
 _CACHE_SIZE = 1024  # peers, and Connection values, remembered
 _EMPTY: frozenset[bytes] = frozenset()
@@ -124,21 +125,30 @@ class Forwarding:
         return out
 
     @staticmethod
-    def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        """An answer's headers without its hop-by-hop ones (those a Connection header names
-        included). Content-Length and Date are kept: whether to relay them is the caller's
-        business."""
+    def answer_head(status: int, headers: Iterable[tuple[bytes, bytes]]
+                    ) -> tuple[Headers, bool, int | None]:
+        """In one pass over an answer's headers: those to relay (without its hop-by-hop
+        ones, those a Connection header names included, its Date, which the server sets,
+        and its Content-Length, which whoever frames the answer sets again), whether it is
+        an SSE stream, and its Content-Length (None for 204 and 304, which have no body)."""
         out: Headers = []
         named = _EMPTY
+        is_sse, length = False, None
         for item in headers:
             name = item[0]
+            if name == b"content-type":
+                is_sse = item[1].partition(b";")[0].strip().lower() == b"text/event-stream"
+            elif name == b"content-length":
+                if item[1].isdigit() and status not in _NO_BODY:
+                    length = int(item[1])
+                continue
             if name not in _RESPONSE_DROPPED:
                 out.append(item)
             elif name == b"connection":
                 named |= _named(item[1])
         if named:
             _remove(out, named)
-        return out
+        return out, is_sse, length
 
     def client_address(self, headers: Iterable[tuple[bytes, bytes]],
                        peer: str | None) -> str | None:

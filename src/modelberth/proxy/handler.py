@@ -37,12 +37,6 @@ from modelberth.upstream_client import (
     UpstreamUnreachable,
 )
 
-# Hop-by-hop headers of an answer (RFC 9110 §7.6.1): the server frames its own.
-_RESPONSE_DROPPED = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"date",
-})
-_NO_BODY = frozenset({204, 304})
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relayed in one piece
@@ -198,7 +192,7 @@ class Proxy:
 
     async def _relay_answer(self, model: Model, reply: Reply, resp: UpstreamResponse,
                             obs: RequestObservation) -> None:
-        headers, is_sse, length = _answer_head(resp)
+        headers, is_sse, length = Forwarding.answer_head(resp.status, resp.headers)
         stall = model.spec.stream_stall_timeout or None
         if reply.early and resp.status != 200:
             text = (await _read_or_empty(resp, stall)).decode("utf-8", "replace")
@@ -282,24 +276,6 @@ async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:
         return await resp.read(stall)
     except UpstreamError:
         return b""
-
-
-def _answer_head(resp: UpstreamResponse) -> tuple[Headers, bool, int | None]:
-    """In one pass over the answer's headers: those to relay (Content-Length aside), whether
-    it is an SSE stream, and its Content-Length (None for 204 and 304, which have no body)."""
-    relayed = []
-    is_sse, length = False, None
-    for name, value in resp.headers:
-        if name == b"content-type":
-            is_sse = value.partition(b";")[0].strip().lower() == b"text/event-stream"
-        elif name == b"content-length":
-            # Set again by whoever frames the answer (never for 204 and 304).
-            if value.isdigit() and resp.status not in _NO_BODY:
-                length = int(value)
-            continue
-        if name not in _RESPONSE_DROPPED:
-            relayed.append((name, value))
-    return relayed, is_sse, length
 
 
 def _peer(scope: Scope) -> str | None:
