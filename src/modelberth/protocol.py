@@ -259,12 +259,15 @@ class HttpProtocol(HttpToolsProtocol):
         if self._header_count > self.limits.max_headers:
             raise _Rejected(431, "too_many_headers",
                             f"The request has more than {self.limits.max_headers} headers.")
+        # uvicorn's on_header, with the names it lowers looked at once here.
         name = name.lower()
         if name == b"host":
             self._host_count += 1
         elif name == b"content-length":
             self._content_length = value
-        super().on_header(name, value)
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

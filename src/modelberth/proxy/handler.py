@@ -49,7 +49,7 @@ class Proxy:
         self.upstream = upstream
         self.telemetry = telemetry
         self.metrics = metrics
-        self._forwarding: tuple[tuple[str, ...], Forwarding] | None = None
+        self._forwarding: tuple[list[str], Forwarding] | None = None
 
     @staticmethod
     def claims(method: str, path: str) -> bool:
@@ -57,11 +57,10 @@ class Proxy:
         return path.startswith("/upstream/") or (method == "POST" and path.startswith("/v1/"))
 
     def forwarding(self, trusted: list[str]) -> Forwarding:
-        """The header rules for the config's trusted proxies (rebuilt when a reload
-        changes them)."""
-        key = tuple(trusted)
-        if self._forwarding is None or self._forwarding[0] != key:
-            self._forwarding = (key, Forwarding(key))
+        """The header rules for the config's trusted proxies, rebuilt when a reload brings
+        a new list (a config is frozen: the same list object means the same proxies)."""
+        if self._forwarding is None or self._forwarding[0] is not trusted:
+            self._forwarding = (trusted, Forwarding(trusted))
         return self._forwarding[1]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
