@@ -1,25 +1,20 @@
-"""The config's schema: Pydantic models of modelberth.yaml, their validators and the
-duration and command types. What a model resolves to at start is in spec.py; reading YAML
-with line numbers and ${ENV} expansion is in loader.py."""
+"""The config's schema: Pydantic models of modelberth.yaml and their validators. The field
+types they use (durations, commands...) are in types.py; what a model resolves to at start is
+in spec.py; reading YAML with line numbers and ${ENV} expansion is in loader.py."""
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
-import shlex
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -27,75 +22,35 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from modelberth.config.spec import ModelSpec
 from modelberth.config.templates import TEMPLATES
+from modelberth.config.types import (
+    DURATION_PATTERN,
+    MODEL_NAME_PATTERN,
+    Command,
+    EnvMap,
+    ModelName,
+    PositiveSeconds,
+    Seconds,
+    TemplateName,
+    parse_network,
+)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+# DURATION_PATTERN and parse_network moved to types.py; named here too for the modules that
+# import them from here (scripts/gen_config_docs.py, proxy/forwarding.py).
+__all__ = [
+    "DURATION_PATTERN",
+    "Config",
+    "Defaults",
+    "DockerConfig",
+    "GpuBudget",
+    "ModelConfig",
+    "ResourcesConfig",
+    "ServerConfig",
+    "parse_network",
+]
+
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
 _DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "container_port",
                 "pull")
-DURATION_PATTERN = _DURATION.pattern
-
-
-def _seconds(value: Any) -> Any:
-    """Accept 30, 30.5, "30s", "5m", "1h", "250ms"."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError("expected seconds as a number or a duration like '30s', '5m', '1h'")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-def _command(value: Any) -> Any:
-    if isinstance(value, str):
-        return shlex.split(value)
-    if isinstance(value, list):
-        return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-                for v in value]
-    return value
-
-
-def _env_values(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: (str(v).lower() if isinstance(v, bool) else str(v))
-                if isinstance(v, int | float | bool) else v for k, v in value.items()}
-    return value
-
-
-def _model_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"model name '{name}' may hold only letters, digits and ._:@+-")
-    return name
-
-
-def _duration_schema(bound: str) -> WithJsonSchema:
-    # The JSON Schema must accept what the validators accept: 30, 2.5, "250ms", "5m"...
-    return WithJsonSchema({"anyOf": [{"type": "number", bound: 0},
-                                     {"type": "string", "pattern": DURATION_PATTERN}]})
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0), _duration_schema("minimum")]
-PositiveSeconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0),
-                            _duration_schema("exclusiveMinimum")]
-Command = Annotated[list[str], BeforeValidator(_command), WithJsonSchema(
-    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": ["string", "number"]}}]})]
-EnvMap = Annotated[dict[str, str], BeforeValidator(_env_values), WithJsonSchema(
-    {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}})]
-ModelName = Annotated[str, AfterValidator(_model_name)]
-TemplateName = Literal["llama-cpp", "vllm", "tgi", "sglang", "openai"]
-
-
-def parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """One `server.trusted_proxies` entry: an address or a CIDR network."""
-    if not isinstance(entry, str):
-        raise ValueError(f"trusted_proxies: {entry!r} is not a string")
-    try:
-        return ipaddress.ip_network(entry.strip())
-    except ValueError as exc:
-        raise ValueError(
-            f"trusted_proxies: {entry!r} is not an IP address or CIDR network "
-            f"(such as 10.0.0.1, 10.0.0.0/8, ::1 or fd00::/8): {exc}") from None
 
 
 class _Strict(BaseModel):
@@ -370,7 +325,7 @@ class Config(_Strict):
                                  description="The Docker engine for runtime: docker.")
     models: dict[ModelName, ModelConfig] = Field(
         default_factory=dict, description="The models, by the name clients send in `model`.",
-        json_schema_extra={"propertyNames": {"pattern": _NAME.pattern}},
+        json_schema_extra={"propertyNames": {"pattern": MODEL_NAME_PATTERN}},
     )
 
     @field_validator("models", mode="wrap")
