@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from modelberth.api.deps import registry, require_admin_key
 from modelberth.config import ConfigError
 from modelberth.errors import APIError
-from modelberth.models.model import Model, swallow_outcome
+from modelberth.models.model import Model
+from modelberth.models.tasks import swallow_outcome
 from modelberth.runtimes.logbuffer import LogLine
 
 router = APIRouter(prefix="/api", tags=["management"], dependencies=[Depends(require_admin_key)])

@@ -5,31 +5,41 @@ its caller expected, checks `state.TRANSITIONS` and
 publishes a StateEvent. Only the Model's own coroutines change its fields; callers use
 `acquire`/`release`, `start`, `stop`, `retire` and `status`.
 
-Every upstream a model launches is stopped by a task the model owns (`_stop_in_background`):
-a stop never lets a cancellation cut an upstream's kill short, a failed start answers its
-waiters without waiting for the kill, and nothing starts, stops or retires for good before
-those kills have finished. RETIRED is final: a retired model never launches again.
+Every upstream a model launches is stopped by a task the model owns (through its `Kills`,
+kills.py): a stop never lets a cancellation cut an upstream's kill short, a failed start
+answers its waiters without waiting for the kill, and nothing starts, stops or retires for
+good before those kills have finished. RETIRED is final: a retired model never launches
+again (retirement.py).
+
+The rest the Model holds in small pieces, each the one owner of its own state, which change
+only when the Model calls their methods: its requests (admission.py), the crash back-off
+(backoff.py), its memory samples (footprint.py) and the idle timer (idle.py). launch.py
+waits for a launched upstream's health and says why a launch failed; the Model records it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from loguru import logger
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 from modelberth.config import ModelSpec
-from modelberth.errors import QueueFull, StartFailed, StartTimeout
+from modelberth.errors import QueueFull, StartFailed
 from modelberth.models.admission import Admission
+from modelberth.models.backoff import Backoff
 from modelberth.models.events import EventBus
-from modelberth.models.health import Readiness, probe, wait_healthy
+from modelberth.models.footprint import Footprint
+from modelberth.models.health import probe
+from modelberth.models.idle import IdleTimer
+from modelberth.models.kills import Kills
+from modelberth.models.launch import LaunchFailed, free_port, until_healthy, with_tail
+from modelberth.models.retirement import Retirement
 from modelberth.models.state import (
     IDLE,
     ModelRetired,
@@ -38,22 +48,11 @@ from modelberth.models.state import (
     StateEvent,
     check_transition,
 )
+from modelberth.models.tasks import swallow_outcome
 from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
 
-_LOG_TAIL = 15
-# After repeated failures a model waits before the next automatic start: 1 s after the second
-# failure in a row, doubling up to a minute. Manual starts do not wait.
-_BACKOFF_BASE = 1.0
-_BACKOFF_MAX = 60.0
 _RUNNING = frozenset({ModelState.STARTING, ModelState.READY})
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Model:
@@ -71,13 +70,8 @@ class Model:
         self._requests = Admission()
         self.last_error: str | None = None
         self.starts = 0
-        self.failures = 0  # consecutive failed starts or crashes
-        self._failed_at = 0.0
-        # Sampled by resources.Monitor; the peaks are what the model really costs.
-        self.memory_bytes: int | None = None
-        self.vram_bytes: int | None = None
-        self.peak_memory_bytes: int | None = None
-        self.peak_vram_bytes: int | None = None
+        self._backoff = Backoff()
+        self._footprint = Footprint()  # sampled by resources.Monitor
         self._admit: Callable[[Model], Awaitable[None]] | None = None  # the scheduler's gate
         self._idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
         # Told after every state change, and when an upstream stopped in the background is
@@ -88,10 +82,11 @@ class Model:
         self._stop_task: asyncio.Task[None] | None = None
         self._stop_only_if_idle = False  # whether _stop_task may give up
         self._watch_task: asyncio.Task[None] | None = None
-        self._idle_task: asyncio.Task[None] | None = None
-        self._kills: set[asyncio.Task[None]] = set()  # upstreams being stopped
-        self._retired: ModelRetired | None = None  # set the moment retire() is called
-        self._retired_future: asyncio.Future[None] | None = None  # done once retiring
+        self._idle = IdleTimer(spec.name, lambda: self.spec.idle_timeout, self._idle_for,
+                               lambda: self.stop("idle", only_if_idle=True))
+        self._kills = Kills(spec.name, self.logs, lambda: self.spec.stop_timeout,
+                            self._tell_state_listeners)  # upstreams being stopped
+        self._retirement = Retirement()  # declared the moment retire() is called
         self._retire_task: asyncio.Task[None] | None = None
         self._timeouts = 0  # upstream timeouts in a row
 
@@ -115,14 +110,34 @@ class Model:
     @property
     def retiring(self) -> bool:
         """retire() was called: the model never starts again."""
-        return self._retired is not None
+        return self._retirement.declared
+
+    @property
+    def failures(self) -> int:
+        """Failed starts or crashes in a row."""
+        return self._backoff.failures
+
+    def backoff_remaining(self) -> float:
+        return self._backoff.remaining()
 
     def record_usage(self, memory: int | None, vram: int | None) -> None:
-        self.memory_bytes, self.vram_bytes = memory, vram
-        if memory and memory > (self.peak_memory_bytes or 0):
-            self.peak_memory_bytes = memory
-        if vram and vram > (self.peak_vram_bytes or 0):
-            self.peak_vram_bytes = vram
+        self._footprint.record(memory, vram)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return self._footprint.memory_bytes
+
+    @property
+    def vram_bytes(self) -> int | None:
+        return self._footprint.vram_bytes
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        return self._footprint.peak_memory_bytes
+
+    @property
+    def peak_vram_bytes(self) -> int | None:
+        return self._footprint.peak_vram_bytes
 
     def connect(self, admit: Callable[[Model], Awaitable[None]],
                 on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
@@ -162,7 +177,7 @@ class Model:
         Beyond max_concurrency, requests wait here too (within max_queue)."""
         if self.try_enter():
             return
-        self._check_retired()
+        self._retirement.check()
         requests = self._requests
         if requests.waiting >= self.spec.max_queue:
             raise QueueFull(self.name, self.spec.max_queue, self._retry_after())
@@ -171,7 +186,7 @@ class Model:
         requests.waiting += 1
         try:
             while True:
-                self._check_retired()
+                self._retirement.check()
                 if not self.ready:
                     await self._ensure_started()
                 elif requests.saturated(self.spec.max_concurrency):
@@ -197,7 +212,7 @@ class Model:
     async def await_ready(self) -> None:
         """For a request already counted in flight: wait until the model is ready again."""
         while not self.ready:
-            self._check_retired()
+            self._retirement.check()
             await self._ensure_started()
 
     async def confirm_exit(self, timeout: float) -> bool:
@@ -228,16 +243,14 @@ class Model:
         if self._timeouts < self.spec.max_timeouts or self.state is not ModelState.READY:
             return
         count, self._timeouts = self._timeouts, 0
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            self._stop_in_background(upstream)  # counted by the scheduler until it is gone
+        self._drop_upstream()  # counted by the scheduler until it is gone
         self._fail(f"{count} upstream timeouts in a row (last: {reason})")
-        if self._retired is None and self._stop_task is None:
+        if not self.retiring and self._stop_task is None:
             self.start_soon()
 
     def release(self) -> None:
         if self._requests.leave():
-            self._arm_idle_timer()
+            self._idle.arm()
             for listener in self._idle_listeners:
                 listener(self)
 
@@ -258,15 +271,15 @@ class Model:
         """Start (or join a start in progress) and wait until ready; raise if it fails.
         A start asked for by hand does not wait for the crash back-off."""
         while not self.ready:
-            self._check_retired()
+            self._retirement.check()
             await self._ensure_started(force=True)
         self._requests.touch()
-        self._arm_idle_timer()
+        self._idle.arm()
 
     def start_soon(self) -> asyncio.Task[None]:
         """Begin starting now (the state shows `starting` at once); finish in the background.
         On a retired model the task fails with ModelRetired and nothing starts."""
-        if self._retired is None and self._stop_task is None \
+        if not self.retiring and self._stop_task is None \
                 and self.state in (ModelState.STOPPED, ModelState.FAILED):
             self._begin_start()
         task = asyncio.create_task(self.start())
@@ -301,12 +314,9 @@ class Model:
         ends RETIRED. Idempotent; the first reason is the one kept.
         """
         if self._retire_task is None:
-            self._retired = ModelRetired(self.name, reason)
-            if self._retired_future is not None and not self._retired_future.done():
-                self._retired_future.set_result(None)
+            self._retirement.declare(ModelRetired(self.name, reason))
             self._requests.wake_waiters()
-            if self._idle_task is not None and self._idle_task is not asyncio.current_task():
-                self._idle_task.cancel()
+            self._idle.disarm()
             self._retire_task = asyncio.create_task(self._retire(reason.value))
             self._retire_task.add_done_callback(swallow_outcome)
         await asyncio.shield(self._retire_task)
@@ -321,27 +331,9 @@ class Model:
                     if not self._kills:
                         self._transition(IDLE, ModelState.RETIRED, reason)
                         continue
-                    await self._settle_kills()
+                    await self._kills.settle()
                 else:
                     await self.stop(reason)
-
-    def _check_retired(self) -> None:
-        if self._retired is not None:
-            raise self._retired
-
-    def _retirement(self) -> asyncio.Future[None]:
-        """A future done once retire() has been called."""
-        if self._retired_future is None:
-            self._retired_future = asyncio.get_running_loop().create_future()
-            if self._retired is not None:
-                self._retired_future.set_result(None)
-        return self._retired_future
-
-    async def _wait(self, future: asyncio.Future[None]) -> None:
-        """Wait for `future` without ever cancelling it; ModelRetired as soon as the model
-        is retired, whichever comes first."""
-        await asyncio.wait((future, self._retirement()), return_when=asyncio.FIRST_COMPLETED)
-        self._check_retired()
 
     async def restart(self) -> None:
         await self.stop("restart")
@@ -353,7 +345,7 @@ class Model:
         running = self.state in (ModelState.STARTING, ModelState.READY)
         self.spec = spec
         self._runtime = runtime
-        self.failures = 0  # a new config deserves a fresh try
+        self._backoff.reset()  # a new config deserves a fresh try
         if running:
             task = asyncio.create_task(self._restart_for_config())
             task.add_done_callback(swallow_outcome)
@@ -367,19 +359,12 @@ class Model:
         """Take over an upstream an earlier run started, if it still answers health."""
         self.port = port
         healthy = await probe(self._http, f"{self.base_url}{self.spec.health_path}", 5.0)
-        if not healthy or self._retired is not None or self.state is not ModelState.STOPPED:
-            self._stop_in_background(upstream)
-            await self._settle_kills()
+        if not healthy or self.retiring or self.state is not ModelState.STOPPED:
+            self._kills.stop_in_background(upstream)
+            await self._kills.settle()
             return False
         self._transition(ModelState.STOPPED, ModelState.STARTING, "adopt")
-        self._upstream = upstream
-        self.started_at = time.time()
-        self._requests.touch()
-        self._timeouts = 0
-        self._transition(ModelState.STARTING, ModelState.READY, "adopted",
-                         runtime_id=upstream.runtime_id)
-        self._watch_task = asyncio.create_task(self._watch(upstream))
-        self._arm_idle_timer()
+        self._serve(upstream, "adopted", runtime_id=upstream.runtime_id)
         return True
 
     # --- starting ----------------------------------------------------------------------
@@ -387,40 +372,23 @@ class Model:
     async def _ensure_started(self, force: bool = False) -> None:
         """One step towards ready: wait for a stop in progress, or for the (one) start. The
         caller loops; a retired model raises ModelRetired at once."""
-        self._check_retired()
+        self._retirement.check()
         if self._stop_task is not None:
-            await self._wait(self._stop_task)
+            await self._retirement.wait(self._stop_task)
             return
         if self.state is ModelState.READY:
             return
         if not force and self.state is ModelState.FAILED and self._start_task is None:
-            self._check_backoff()
+            self._backoff.check(self.name, self.last_error)
         task = self._begin_start()
-        await self._wait(task)
+        await self._retirement.wait(task)
         if task.cancelled():
             return  # the start was called off by a stop: the caller loops and tries again
         task.result()  # the start's error, if it failed
 
-    def backoff_remaining(self) -> float:
-        if self.failures < 2:
-            return 0.0
-        delay = min(_BACKOFF_BASE * 2.0 ** (self.failures - 2), _BACKOFF_MAX)
-        return max(0.0, self._failed_at + delay - time.monotonic())
-
-    def _check_backoff(self) -> None:
-        wait = self.backoff_remaining()
-        if wait > 0:
-            first_line = (self.last_error or "").splitlines()[0] if self.last_error else ""
-            raise StartFailed(
-                self.name,
-                f"{self.failures} failures in a row, next try in {wait:.1f}s "
-                f"(last: {first_line})",
-                retry_after=max(1, round(wait)),
-            )
-
     def _begin_start(self) -> asyncio.Task[None]:
         """The one start in progress, created (and STARTING entered) synchronously."""
-        self._check_retired()
+        self._retirement.check()
         if self._start_task is None:
             self._transition(IDLE, ModelState.STARTING, "start")
             self._start_task = asyncio.create_task(self._start())
@@ -437,16 +405,14 @@ class Model:
                 if isinstance(exc, Exception) and self.state is ModelState.STARTING:
                     # Not a failure the start knew (those are FAILED already): never leave
                     # the model starting with nobody starting it.
-                    upstream, self._upstream = self._upstream, None
-                    if upstream is not None:
-                        self._stop_in_background(upstream)
+                    self._drop_upstream()
                     self._fail(f"start failed: {exc!r}")
                 raise
             finally:
                 self._start_task = None
 
     async def _start_upstream(self) -> None:
-        await self._settle_kills()  # an earlier upstream still being killed goes first
+        await self._kills.settle()  # an earlier upstream still being killed goes first
         if self._admit is not None:
             try:
                 await self._admit(self)
@@ -456,83 +422,44 @@ class Model:
         self.port = self.spec.fixed_port or free_port()
         began = time.monotonic()
         try:
-            self._upstream = await self._launch(self.port)
+            upstream = self._upstream = await self._kills.launch(
+                self._runtime.start(self.spec, self.port, self.logs))
         except RuntimeStartError as exc:
             self._fail(str(exc))
             raise StartFailed(self.name, str(exc)) from None
         self.starts += 1
-        await self._await_health(self._upstream)
-        self.started_at = time.time()
-        self.last_error = None
-        self.failures = 0
-        self._timeouts = 0
-        self._requests.touch()
-        self._transition(ModelState.STARTING, ModelState.READY, "healthy",
-                         start_seconds=round(time.monotonic() - began, 3))
-        self._watch_task = asyncio.create_task(self._watch(self._upstream))
-        self._arm_idle_timer()  # even if every request that asked for it has gone
-
-    async def _launch(self, port: int) -> Upstream:
-        """runtime.start, but a stop arriving meanwhile never leaves an upstream behind."""
-        launch = asyncio.ensure_future(self._runtime.start(self.spec, port, self.logs))
         try:
-            return await asyncio.shield(launch)
-        except asyncio.CancelledError:
-            self._own_kill(self._stop_when_launched(launch))
-            raise
-
-    async def _stop_when_launched(self, launch: asyncio.Future[Upstream]) -> None:
-        try:
-            upstream = await launch
-        except Exception:
-            return  # it never started
-        await self._stop_quietly(upstream)
-
-    async def _await_health(self, upstream: Upstream) -> None:
-        """Wait for the health path to answer, failing the start if the upstream exits or
-        start_timeout passes."""
-        url = f"{self.base_url}{self.spec.health_path}"
-        exited = asyncio.ensure_future(upstream.wait())
-
-        def progress(elapsed: float) -> None:
-            self._events.notify("start_progress", self.name, elapsed_seconds=round(elapsed, 1))
-
-        try:
-            readiness = await wait_healthy(self._http, url, self.spec.start_timeout,
-                                           exited, progress)
-        except asyncio.CancelledError:  # a stop called the start off
+            await until_healthy(upstream, self.spec, self.base_url, self._http, self._events,
+                                self.logs)
+        except (LaunchFailed, asyncio.CancelledError) as exc:  # failed, or a stop called it off
+            # Killed in the background: stop_timeout may be long, and the waiters are owed
+            # an answer at start_timeout.
             if self._upstream is upstream:
                 self._upstream = None
-            self._stop_in_background(upstream)
+            self._kills.stop_in_background(upstream)
+            if isinstance(exc, LaunchFailed):
+                self._fail(exc.reason)
+                raise exc.error from None
             raise
-        finally:
-            exited.cancel()
-        if readiness is Readiness.EXITED:
-            reason = f"exited during start ({exited.result().describe()})"
-            self._abort_start(upstream, reason)
-            raise StartFailed(self.name, self._with_tail(reason))
-        if readiness is Readiness.TIMED_OUT:
-            reason = f"not healthy at {url}"
-            self._abort_start(upstream, f"start timed out: {reason}")
-            raise StartTimeout(self.name, self.spec.start_timeout, self._with_tail(reason))
+        self.last_error = None
+        self._backoff.reset()
+        self._serve(upstream, "healthy", start_seconds=round(time.monotonic() - began, 3))
 
-    def _abort_start(self, upstream: Upstream, reason: str) -> None:
-        """Fail the start now; the upstream is killed in the background (stop_timeout may be
-        long, and the waiters are owed an answer at start_timeout)."""
-        self._upstream = None
-        self._stop_in_background(upstream)
-        self._fail(reason)
+    def _serve(self, upstream: Upstream, reason: str, **detail: Any) -> None:
+        """STARTING -> READY, serving with `upstream` (launched, or adopted)."""
+        self._upstream = upstream
+        self.started_at = time.time()
+        self._timeouts = 0
+        self._requests.touch()
+        self._transition(ModelState.STARTING, ModelState.READY, reason, **detail)
+        self._watch_task = asyncio.create_task(self._watch(upstream))
+        self._idle.arm()  # even if every request that asked for it has gone
 
     def _fail(self, reason: str) -> None:
-        self.failures += 1
-        self._failed_at = time.monotonic()
+        self._backoff.failed()
         self.started_at = None
-        self.last_error = self._with_tail(reason)
+        self.last_error = with_tail(self.logs, reason)
         self._transition(_RUNNING, ModelState.FAILED, reason)
-
-    def _with_tail(self, reason: str) -> str:
-        tail = self.logs.tail_text(_LOG_TAIL)
-        return f"{reason}; last log lines:\n{tail}" if tail else reason
 
     async def _watch(self, upstream: Upstream) -> None:
         self._note_exit(upstream, await upstream.wait())
@@ -540,39 +467,14 @@ class Model:
     def _note_exit(self, upstream: Upstream, status: ExitStatus) -> None:
         """The upstream has exited: if it was serving, the model has failed (idempotent)."""
         if self._upstream is upstream and self.state is ModelState.READY:
-            self._upstream = None
-            self._stop_in_background(upstream)  # reaps it, and whatever it left in its group
+            self._drop_upstream()  # reaps it, and whatever it left in its group
             self._fail(f"upstream exited unexpectedly ({status.describe()})")
 
-    # --- stopping upstreams (owned tasks) ------------------------------------------------
-
-    def _stop_in_background(self, upstream: Upstream) -> None:
-        self._own_kill(self._stop_quietly(upstream))
-
-    def _own_kill(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._kills.add(task)
-        task.add_done_callback(self._kill_done)
-
-    def _kill_done(self, task: asyncio.Task[None]) -> None:
-        self._kills.discard(task)
-        swallow_outcome(task)
-        if not self._kills:
-            self._tell_state_listeners()
-
-    async def _stop_quietly(self, upstream: Upstream) -> None:
-        try:
-            status = await upstream.stop(self.spec.stop_timeout)
-        except Exception as exc:
-            logger.bind(model=self.name).opt(exception=exc).warning(
-                "{}: stopping upstream {} failed", self.name, upstream.runtime_id)
-            return
-        self.logs.append("modelberth", f"stopped ({status.describe()})")
-
-    async def _settle_kills(self) -> None:
-        """Wait (never cancelling them) until every upstream being stopped is gone."""
-        while self._kills:
-            await asyncio.wait(set(self._kills))
+    def _drop_upstream(self) -> None:
+        """Let go of the upstream, if any: it is stopped in the background (by _kills)."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            self._kills.stop_in_background(upstream)
 
     # --- stopping ----------------------------------------------------------------------
 
@@ -592,38 +494,27 @@ class Model:
                 with contextlib.suppress(BaseException):
                     await self._start_task
             if self.state is ModelState.FAILED:
-                await self._settle_kills()
+                await self._kills.settle()
                 self._transition(ModelState.FAILED, ModelState.STOPPED, reason)
                 return
             if self.state not in (ModelState.STARTING, ModelState.READY):
-                await self._settle_kills()
+                await self._kills.settle()
                 return
             self._transition(_RUNNING, ModelState.STOPPING, reason)
             if self.in_flight:
                 await self._requests.drained(self.spec.drain_timeout)
-            upstream, self._upstream = self._upstream, None
-            if upstream is not None:
-                self._stop_in_background(upstream)
-            await self._settle_kills()
+            self._drop_upstream()
+            await self._kills.settle()
             self.started_at = None
             self._transition(ModelState.STOPPING, ModelState.STOPPED, reason)
         finally:
             self._stop_task = None
 
-    def _arm_idle_timer(self) -> None:
-        if self.spec.idle_timeout <= 0 or self._retired is not None:
-            return
-        if self._idle_task is None or self._idle_task.done():
-            self._idle_task = asyncio.create_task(self._idle_watch())
-
-    async def _idle_watch(self) -> None:
-        while self.state is ModelState.READY and self.in_flight == 0 and self._retired is None:
-            idle_for = self.idle_seconds()  # never the wall clock: it can jump
-            if idle_for >= self.spec.idle_timeout:
-                logger.info("{}: idle for {:.1f}s, stopping", self.name, idle_for)
-                await self.stop("idle", only_if_idle=True)
-                return
-            await asyncio.sleep(self.spec.idle_timeout - idle_for)
+    def _idle_for(self) -> float | None:
+        """For the idle timer: seconds idle, or None unless the model is ready and unused."""
+        if self.state is ModelState.READY and self.in_flight == 0 and not self.retiring:
+            return self.idle_seconds()
+        return None
 
     # --- state -------------------------------------------------------------------------
 
@@ -665,9 +556,3 @@ class Model:
             "failures": self.failures,
             "retry_in": round(self.backoff_remaining(), 3) or None,
         }
-
-
-def swallow_outcome(task: asyncio.Task[None]) -> None:
-    """Mark a background task's outcome as seen; its waiters (if any) get the error."""
-    if not task.cancelled():
-        task.exception()
