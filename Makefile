@@ -10,7 +10,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXA
   -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 export LLAMA_CPP_BUILD_JOBS ?= 2
 
-.PHONY: setup demo test lint unit docker-engine bench clean
+.PHONY: setup demo test lint unit docker-engine browser bench clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,11 @@ lint: $(STAMP)
 docker-engine:
 	bash scripts/ensure-docker-engine.sh
 
-unit: $(STAMP) docker-engine
+# The dashboard's tests drive a real browser: Debian's chromium, installed if needed.
+browser:
+	bash scripts/ensure-chromium.sh
+
+unit: $(STAMP) docker-engine browser
 	$(VENV)/bin/pytest
 
 test: lint unit

@@ -1,6 +1,6 @@
 """Regenerate docs/config.schema.json and docs/configuration.md from the config models.
 
-Run after any change to src/modelberth/config/ (schema.py, templates.py):
+Run after any change to src/modelberth/config/ (schema.py, types.py, templates.py):
     .venv/bin/python scripts/gen_config_docs.py
 tests/test_docs_current.py fails while the committed files are stale.
 """
@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from modelberth.config import json_schema
 from modelberth.config.schema import (
     DURATION_PATTERN,
+    ActivityConfig,
     Config,
     Defaults,
     DockerConfig,
@@ -88,6 +89,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("resources", ResourcesConfig, "resources."),
     ("resources.gpus[]", GpuBudget, "resources.gpus[]."),
     ("docker", DockerConfig, "docker."),
+    ("activity", ActivityConfig, "activity."),
     ("models.NAME", ModelConfig, ""),
 ]
 

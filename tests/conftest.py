@@ -17,7 +17,9 @@ import psutil
 import pytest
 import yaml
 
+from modelberth.demo import llama_server_path
 from modelberth.runtimes.process import OWNER_ENV
+from modelberth.tinymodel import ensure_tiny_model
 
 TESTS = Path(__file__).parent
 FAKE = str(TESTS / "fake_upstream.py")
@@ -36,6 +38,18 @@ def fake_model(events: Path | None = None, *extra: str, **settings: Any) -> dict
     if events is not None:
         command += ["--events", str(events)]
     return {"command": command, **settings}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 0.5 MB llama GGUF with random weights (see modelberth.tinymodel)."""
+    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+def llama_command(model: Path, *extra: str) -> list[str]:
+    """The command of a real llama-server serving `model` on ${PORT}, kept small."""
+    return [str(llama_server_path()), "-m", str(model), "--host", "127.0.0.1",
+            "--port", "${PORT}", "-t", "1", "-np", "1", "-c", "512", "--no-webui", *extra]
 
 
 def upstreams_of(pid: int) -> list[psutil.Process]:

@@ -54,6 +54,8 @@ def test_demo_answers_a_chat_request_within_seconds(
     wait_for(lambda: "modelberth demo is ready" in log.read_text(), timeout=30)
     text = log.read_text()
     assert f"{url}/v1/chat/completions" in text  # the ready-to-paste curl
+    assert f"Dashboard:       {url}/ui" in text
+    assert httpx.get(f"{url}/ui", timeout=10).status_code == 200
     response = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
         "model": "tiny", "max_tokens": 24,
         "messages": [{"role": "user", "content": "Hello!"}]})

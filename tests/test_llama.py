@@ -9,19 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from conftest import Modelberth
-from modelberth.demo import llama_server_path
-from modelberth.tinymodel import ensure_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
-
-
-def llama_command(model: Path, *extra: str) -> list[str]:
-    return [str(llama_server_path()), "-m", str(model), "--host", "127.0.0.1",
-            "--port", "${PORT}", "-t", "1", "-np", "1", "-c", "512", "--no-webui", *extra]
+from conftest import Modelberth, llama_command
 
 
 @pytest.fixture

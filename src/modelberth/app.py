@@ -13,13 +13,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from modelberth import __version__
-from modelberth.api import admin, errors, health, openai
+from modelberth.api import activity, admin, errors, health, openai, settings
 from modelberth.config import Config
 from modelberth.models.registry import Registry
 from modelberth.proxy.handler import Proxy
 from modelberth.reload import install_sighup, watch_config
+from modelberth.telemetry.activity import Activity
+from modelberth.telemetry.history import History
+from modelberth.telemetry.logs import ServerLog
 from modelberth.telemetry.metrics import Metrics
-from modelberth.telemetry.setup import Telemetry, run_bounded, setup_telemetry
+from modelberth.telemetry.setup import run_bounded, setup_telemetry
+from modelberth.ui import router as ui_router
 from modelberth.upstream_client import UpstreamClient
 
 Scope = MutableMapping[str, Any]
@@ -42,9 +46,23 @@ class ModelberthApp:
                                lambda: spans.batcher.dropped if spans is not None else None)
         self.telemetry.metric_sources.append(self.metrics.collect_histograms)
         self.registry.events.add_listener(self.metrics.on_state_event)
+        self.activity = _activity(config, self.registry)
+        registry = self.registry
+        self.history = History(registry.monitor, registry.models.values,
+                               lambda: self.activity.total)
+        registry.events.add_listener(self.history.on_state_event)
+        self.server_log = ServerLog()
         self.upstream = UpstreamClient()  # the hot path's; health probes use aiohttp
-        self.proxy = Proxy(self.registry, self.upstream, self.telemetry, self.metrics)
-        self.api = _build_api(self.registry, self.upstream, self.telemetry, watch)
+        self.proxy = Proxy(registry, self.upstream, self.telemetry, self.metrics, self.activity)
+        self.api = _build_api(self, watch)
+
+    def end_streams(self) -> None:
+        """The server is shutting down: end the streams that never end by themselves
+        (/api/events, followed logs), so they do not hold up the graceful shutdown."""
+        self.registry.events.close()
+        self.server_log.buffer.end_followers()
+        for model in self.registry.models.values():
+            model.logs.end_followers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -68,12 +86,26 @@ def _for_api(scope: Scope, path: str) -> Scope:
     return scope
 
 
-def _build_api(registry: Registry, upstream: UpstreamClient, telemetry: Telemetry,
-               watch: bool) -> FastAPI:
+def _activity(config: Config, registry: Registry) -> Activity:
+    """The ring of recent requests, resized (or its capturing switched) by a reload."""
+    def wanted(config: Config) -> tuple[int, bool, int]:
+        ring = config.activity
+        return ring.size, ring.capture_bodies, ring.capture_kb
+
+    ring = Activity(registry.events, *wanted(config))
+    registry.add_reload_listener(lambda new: ring.configure(*wanted(new)))
+    return ring
+
+
+def _build_api(app: ModelberthApp, watch: bool) -> FastAPI:
+    registry, telemetry = app.registry, app.telemetry
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        app.server_log.attach()
         await registry.boot()
         install_sighup(registry)
+        app.history.start()
         watcher = asyncio.create_task(watch_config(registry)) if watch else None
         try:
             yield
@@ -82,9 +114,11 @@ def _build_api(registry: Registry, upstream: UpstreamClient, telemetry: Telemetr
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await app.history.stop()
             await registry.shutdown()
-            await upstream.close()
+            await app.upstream.close()
             await run_bounded(telemetry.shutdown, 5.0)  # flush spans, metrics and logs
+            app.server_log.detach()
 
     api = FastAPI(
         title="modelberth",
@@ -99,10 +133,16 @@ def _build_api(registry: Registry, upstream: UpstreamClient, telemetry: Telemetr
     )
     api.state.registry = registry
     api.state.telemetry = telemetry
+    api.state.activity = app.activity
+    api.state.history = app.history
+    api.state.server_log = app.server_log
     errors.install(api)
     api.include_router(health.router)
     api.include_router(openai.router)
     api.include_router(admin.router)
+    api.include_router(activity.router)
+    api.include_router(settings.router)
+    api.include_router(ui_router)
     return api
 
 

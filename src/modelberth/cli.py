@@ -82,7 +82,8 @@ def demo(
 
     def ready(url: str) -> None:
         typer.echo(f"\nmodelberth demo is ready at {url}  (model 'tiny', Ctrl-C to stop)\n"
-                   f"OpenAI base URL: {url}/v1\n\nTry:\n{curl_example(url)}\n", err=True)
+                   f"Dashboard:       {url}/ui\nOpenAI base URL: {url}/v1\n\n"
+                   f"Try:\n{curl_example(url)}\n", err=True)
 
     run(cfg, on_ready=ready)
 

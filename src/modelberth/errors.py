@@ -17,6 +17,7 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
         param: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -25,16 +26,14 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
         self.param = param
+        self.extra = extra  # more fields of the error object, e.g. a config's issues
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        error = {"message": self.message, "type": self.type, "param": self.param,
+                 "code": self.code}
+        if self.extra:
+            error.update(self.extra)
+        return {"error": error}
 
 
 def model_not_found(name: str) -> APIError:

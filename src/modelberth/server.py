@@ -27,9 +27,15 @@ _FD_RESERVE_MIN = 64
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None) -> None:
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None,
+                 on_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_ready = on_ready
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()  # before uvicorn waits for the connections' tasks to finish
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -113,4 +119,4 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         # uvicorn calls `http` like a protocol class; the partial hands it the limits.
         http=cast(type[asyncio.Protocol], functools.partial(HttpProtocol, limits=limits)),
     )
-    _Server(uv_config, on_ready).run()
+    _Server(uv_config, on_ready, app.end_streams).run()

@@ -1,4 +1,5 @@
-"""Management API: model status, start/stop/restart, logs and the live event stream."""
+"""Management API: model status, start/stop/restart, logs (the models' and modelberth's
+own), resources, reload and the live event stream."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from modelberth.api.deps import registry, require_admin_key
+from modelberth.api.deps import registry, require_admin_key, server_log
 from modelberth.config import ConfigError
 from modelberth.errors import APIError
 from modelberth.models.model import Model
 from modelberth.models.tasks import swallow_outcome
-from modelberth.runtimes.logbuffer import LogLine
+from modelberth.runtimes.logbuffer import LogBuffer, LogLine
+
+_HEARTBEAT = 15.0  # seconds between comment lines on a quiet /api/events stream
 
 router = APIRouter(prefix="/api", tags=["management"], dependencies=[Depends(require_admin_key)])
 
@@ -25,12 +28,14 @@ router = APIRouter(prefix="/api", tags=["management"], dependencies=[Depends(req
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """The state of every configured model."""
-    return {"models": [m.status() for m in registry(request).models.values()]}
+    reg = registry(request)
+    return {"models": [reg.model_status(m) for m in reg.models.values()]}
 
 
 @router.get("/models/{name}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
-    return registry(request).require(name).status()
+    reg = registry(request)
+    return reg.model_status(reg.require(name))
 
 
 async def _act(
@@ -83,20 +88,51 @@ async def model_logs(
     format: str = Query("text", pattern="^(text|json)$"),
 ) -> StreamingResponse:
     """The upstream's recent output; follow=true keeps streaming new lines."""
-    model = registry(request).require(name)
-    as_json = format == "json"
+    return _log_stream(registry(request).require(name).logs, follow, tail, format == "json")
+
+
+def _log_stream(logs: LogBuffer, follow: bool, tail: int, as_json: bool) -> StreamingResponse:
     media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
 
     async def lines() -> AsyncIterator[str]:
         if not follow:
-            for line in model.logs.tail(tail):
+            for line in logs.tail(tail):
                 yield _render(line, as_json)
             return
-        async for line in model.logs.follow(tail):
+        async for line in logs.follow(tail):
             yield _render(line, as_json)
 
     return StreamingResponse(lines(), media_type=media,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/stop-all")
+async def stop_all(request: Request, wait: bool = True) -> JSONResponse:
+    """Stop every model, each after its in-flight requests (bounded by drain_timeout)."""
+    models = list(registry(request).models.values())
+
+    async def stop_each() -> None:
+        await asyncio.gather(*(model.stop() for model in models))
+
+    if not wait:
+        task = asyncio.create_task(stop_each())
+        task.add_done_callback(swallow_outcome)
+        await asyncio.sleep(0)  # let the stops take their first step, so the states show it
+        return JSONResponse({"models": [m.status() for m in models]}, status_code=202)
+    await stop_each()
+    return JSONResponse({"models": [m.status() for m in models]})
+
+
+@router.get("/logs")
+async def own_logs(
+    request: Request,
+    follow: bool = False,
+    tail: int = Query(200, ge=0, le=100_000),
+    format: str = Query("text", pattern="^(text|json)$"),
+) -> StreamingResponse:
+    """modelberth's own recent log lines (in json, `stream` is the level); follow=true keeps
+    streaming new lines."""
+    return _log_stream(server_log(request).buffer, follow, tail, format == "json")
 
 
 @router.get("/resources")
@@ -112,20 +148,25 @@ async def reload_config(request: Request) -> dict[str, Any]:
     try:
         result = await reg.reload_from_file()
     except ConfigError as exc:
-        raise APIError(400, exc.render(), code="invalid_config") from None
+        raise APIError(400, exc.render(), code="invalid_config",
+                       extra={"issues": [asdict(issue) for issue in exc.issues]}) from None
     return asdict(result)
 
 
 @router.get("/events")
 async def events(request: Request) -> StreamingResponse:
     """Server-sent events: `state` (every model state change), `eviction` (a model stopped to
-    make room, with the reason) and `start_progress` (each second while a model loads)."""
+    make room, with the reason), `start_progress` (each second while a model loads) and
+    `request` (each finished request, as GET /api/requests shows it)."""
     bus = registry(request).events
 
     async def stream() -> AsyncIterator[str]:
         yield f": connected {time.time():.3f}\n\n"
-        async for event in bus.subscribe():
-            yield f"event: {event.kind}\ndata: {json.dumps(event.as_dict())}\n\n"
+        async for event in bus.subscribe(heartbeat=_HEARTBEAT):
+            if event is None:
+                yield f": alive {time.time():.3f}\n\n"
+            else:
+                yield f"event: {event.kind}\ndata: {json.dumps(event.as_dict())}\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

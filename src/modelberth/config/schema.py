@@ -164,6 +164,19 @@ class ResourcesConfig(_Strict):
     )
 
 
+class ActivityConfig(_Strict):
+    size: int = Field(
+        500, ge=1, le=100_000,
+        description="Finished requests kept in memory for GET /api/requests and the dashboard.")
+    capture_bodies: bool = Field(
+        False, description="Keep each request's and answer's body with its record (they are "
+        "the users' data: off by default).")
+    capture_kb: int = Field(
+        64, ge=1, le=10_240,
+        description="Each captured body is cut at this size; at most size x 2 x capture_kb "
+        "are held.")
+
+
 class DockerConfig(_Strict):
     url: str | None = Field(
         None, description="Docker engine address; default: $DOCKER_HOST or the local socket."
@@ -323,6 +336,9 @@ class Config(_Strict):
                                        description="RAM and GPU budgets for scheduling.")
     docker: DockerConfig = Field(default_factory=DockerConfig,
                                  description="The Docker engine for runtime: docker.")
+    activity: ActivityConfig = Field(
+        default_factory=ActivityConfig,
+        description="The recent requests the API and the dashboard show.")
     models: dict[ModelName, ModelConfig] = Field(
         default_factory=dict, description="The models, by the name clients send in `model`.",
         json_schema_extra={"propertyNames": {"pattern": MODEL_NAME_PATTERN}},

@@ -516,6 +516,14 @@ class Model:
             return self.idle_seconds()
         return None
 
+    def _idle_stop_at(self) -> float | None:
+        """When the idle timer will stop the model (wall clock, for display), if it is
+        idle now."""
+        idle_for, timeout = self._idle_for(), self.spec.idle_timeout
+        if idle_for is None or timeout <= 0:
+            return None
+        return round(time.time() + max(0.0, timeout - idle_for), 3)
+
     # --- state -------------------------------------------------------------------------
 
     def _transition(self, expected: ModelState | frozenset[ModelState], new: ModelState,
@@ -550,8 +558,11 @@ class Model:
             "memory_bytes": self.memory_bytes if upstream else None,
             "vram_bytes": self.vram_bytes if upstream else None,
             "pinned": self.spec.pinned,
+            "preload": self.spec.preload,
+            "gpus": list(gpus) if isinstance(gpus := self.spec.gpus, tuple) else gpus,
             "last_error": self.last_error,
             "idle_timeout": self.spec.idle_timeout,
+            "idle_stop_at": self._idle_stop_at(),
             "starts": self.starts,
             "failures": self.failures,
             "retry_in": round(self.backoff_remaining(), 3) or None,

@@ -9,7 +9,9 @@ name added meanwhile is a new, separate entry.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import aiohttp
 from loguru import logger
 from opentelemetry.trace import Tracer
 
-from modelberth.config import Config, ModelSpec, load_config
+from modelberth.config import Config, ConfigError, ConfigIssue, ModelSpec, load_config
 from modelberth.errors import APIError, model_not_found
 from modelberth.models.events import EventBus
 from modelberth.models.model import Model
@@ -37,6 +39,22 @@ class ReloadResult:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReloadOutcome:
+    """The last reload asked for (API, SIGHUP or --watch), for GET /api/config."""
+
+    at: float
+    ok: bool
+    result: ReloadResult | None = None
+    message: str | None = None
+    issues: list[ConfigIssue] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "ok": self.ok,
+                "result": asdict(self.result) if self.result else None,
+                "message": self.message, "issues": [asdict(i) for i in self.issues]}
 
 
 # Settings the listening socket or the Docker runtime took at start (server.py, __init__).
@@ -66,6 +84,12 @@ class Registry:
         self.scheduler = Scheduler(self.monitor, self._scheduled, self.events)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
+        self.last_reload: ReloadOutcome | None = None
+        self._reload_listeners: list[Callable[[Config], None]] = []
+
+    def add_reload_listener(self, listener: Callable[[Config], None]) -> None:
+        """Told the new config after every reload that took effect."""
+        self._reload_listeners.append(listener)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -120,8 +144,18 @@ class Registry:
         if self.config_path is None:
             raise APIError(409, "This server was not started from a config file.",
                            code="no_config_file")
-        config = await asyncio.to_thread(load_config, self.config_path)
-        return await self.reload(config)
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+            result = await self.reload(config)
+        except ConfigError as exc:
+            self.last_reload = ReloadOutcome(time.time(), False, message=exc.render(),
+                                             issues=exc.issues)
+            raise
+        except APIError as exc:
+            self.last_reload = ReloadOutcome(time.time(), False, message=exc.message)
+            raise
+        self.last_reload = ReloadOutcome(time.time(), True, result)
+        return result
 
     async def reload(self, config: Config) -> ReloadResult:
         """Apply a new config without dropping a request: unchanged models keep running,
@@ -164,6 +198,8 @@ class Registry:
                     result.updated.append(name)
             self.config = config
             self._index()
+            for listener in self._reload_listeners:
+                listener(config)
             logger.info("config reloaded: {}", {k: v for k, v in vars(result).items() if v})
             return result
 
@@ -177,6 +213,12 @@ class Registry:
             del self._retiring[model]
         if not task.cancelled() and task.exception() is not None:
             logger.opt(exception=task.exception()).error("{}: retiring failed", model.name)
+
+    def model_status(self, model: Model) -> dict[str, Any]:
+        """A model's status with what the scheduler estimates it needs."""
+        memory, vram = self.scheduler.estimates(model)
+        return {**model.status(), "estimate_memory_bytes": memory,
+                "estimate_vram_bytes": vram}
 
     def resources(self) -> dict[str, Any]:
         """Host RAM and CPU, every GPU, and each model's RAM/VRAM, measured and estimated."""

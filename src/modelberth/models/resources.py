@@ -133,4 +133,7 @@ class Monitor:
                                     "estimate_memory_bytes": estimates[model.name][0],
                                     "estimate_vram_bytes": estimates[model.name][1]}
                        for model in models},
+            "budgets": {"memory_bytes": self.memory_budget(),
+                        "gpus": [{"index": index, "vram_bytes": budget}
+                                 for index, budget in sorted(self.vram_budgets().items())]},
         }

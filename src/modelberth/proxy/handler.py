@@ -26,6 +26,7 @@ from modelberth.proxy.errors import (
 from modelberth.proxy.forwarding import Forwarding
 from modelberth.proxy.reply import Reply
 from modelberth.proxy.request import model_from_body, read_body, split_upstream_path
+from modelberth.telemetry.activity import Activity
 from modelberth.telemetry.metrics import Metrics
 from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
 from modelberth.telemetry.setup import Telemetry
@@ -44,11 +45,12 @@ _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relaye
 
 class Proxy:
     def __init__(self, registry: Registry, upstream: UpstreamClient, telemetry: Telemetry,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, activity: Activity) -> None:
         self.registry = registry
         self.upstream = upstream
         self.telemetry = telemetry
         self.metrics = metrics
+        self.activity = activity
         self._forwarding: tuple[list[str], Forwarding] | None = None
 
     @staticmethod
@@ -65,11 +67,12 @@ class Proxy:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.registry.config.server  # read per request: a reload may change it
-        obs = RequestObservation(self.telemetry, self.metrics, scope)
+        obs = RequestObservation(self.telemetry, self.metrics, self.activity, scope)
         reply = Reply(scope, send)
         try:
             auth.check(scope["headers"], server.inference_keys)
             body = await read_body(scope, receive, int(server.max_body_mb * 2**20))
+            obs.request_body = self.activity.capture(body)
             target: str = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
             if scope["path"].startswith("/upstream/"):
                 (name, _), streaming = split_upstream_path(scope["path"]), False
@@ -208,10 +211,14 @@ class Proxy:
                 headers.append((b"content-length", b"%d" % length))
             await reply.start(resp.status, headers)
         usage = UsageReader(is_sse)
+        obs.streamed = is_sse
+        captured = obs.answer_body = obs.activity.capture()
         try:
             while chunk := await resp.next_piece(stall):
                 obs.first_chunk()
                 usage.feed(chunk)
+                if captured is not None:
+                    captured.feed(chunk)
                 await reply.chunk(chunk)
         except UpstreamError as exc:
             if isinstance(exc, UpstreamTimeout):
@@ -246,6 +253,7 @@ class Proxy:
                 return
         model.upstream_answered()
         obs.first_chunk()
+        obs.answer_body = obs.activity.capture(answer)
         await reply.respond(resp.status, headers, answer)
         obs.finish(resp.status, usage_of_answer(answer))
 

@@ -30,6 +30,13 @@ class LogBuffer:
             queue.put_nowait(line)
         return line
 
+    def end_followers(self) -> None:
+        """End every follow() (at shutdown, so a followed log does not hold it up)."""
+        for queue in self._followers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+
     def tail(self, n: int | None = None) -> list[LogLine]:
         lines = list(self._lines)
         return lines if n is None else lines[-n:] if n > 0 else []

@@ -4,12 +4,17 @@ stream. Used by the server and by the span export process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
+
+from modelberth.runtimes.logbuffer import LogBuffer
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -77,4 +82,38 @@ def _add_tag(record: Record) -> bool:
     return True
 
 
-# --- OpenTelemetry: traces, metrics and logs over OTLP ------------------------------------
+
+class ServerLog:
+    """modelberth's own recent log lines, for GET /api/logs and the dashboard: a loguru sink
+    into a ring buffer. Lines logged off the event loop's thread (the Docker log threads, the
+    SDK's exporters) reach the buffer through the loop, whose followers it wakes."""
+
+    def __init__(self, max_lines: int = 2000) -> None:
+        self.buffer = LogBuffer(max_lines)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._sink_id: int | None = None
+
+    def attach(self) -> None:
+        """Start collecting (on the event loop, which appends every line)."""
+        if self._sink_id is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._sink_id = logger.add(self._sink, level=CURRENT["level"],
+                                   format="{extra[_tag]}{message}", filter=_add_tag,
+                                   colorize=False)
+
+    def detach(self) -> None:
+        if self._sink_id is not None:
+            logger.remove(self._sink_id)
+            self._sink_id = None
+
+    def _sink(self, message: Message) -> None:
+        level, text = message.record["level"].name, str(message).rstrip("\n")
+        if threading.get_ident() == self._thread:
+            self.buffer.append(level, text)
+        elif self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody follows
+                self._loop.call_soon_threadsafe(self.buffer.append, level, text)
+

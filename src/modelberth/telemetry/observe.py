@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from opentelemetry.trace import Span, SpanKind
 
+from modelberth.telemetry.activity import Activity, Capture, RequestRecord
 from modelberth.telemetry.handover import RequestTrace
 from modelberth.telemetry.tracing import Started, parent_span
 
@@ -200,15 +201,23 @@ class RequestObservation:
     A sampled request gathers plain values while it runs and hands them to `SpanRecorder` as
     one `RequestTrace` when it ends; its spans are built from that off the loop."""
 
-    def __init__(self, telemetry: Telemetry, metrics: Metrics,
+    def __init__(self, telemetry: Telemetry, metrics: Metrics, activity: Activity,
                  scope: MutableMapping[str, Any]) -> None:
         self.metrics = metrics
+        self.activity = activity
         self.began = time.perf_counter()
         self.path: str = scope["path"]
+        self.method: str = scope["method"]
         self.operation = _OPERATIONS.get(self.path) or self.path.removeprefix("/v1/")
         self.model = ""
+        self.requested = ""
         self.queue_seconds = 0.0
+        self.cold = False
+        self.streamed = False
         self.first_byte: float | None = None
+        # Bodies for the activity log, only when capturing is on (else None).
+        self.request_body: Capture | None = None
+        self.answer_body: Capture | None = None
         self._recorder = telemetry.spans
         self._started: Started | None = None
         if self._recorder is not None:
@@ -217,8 +226,6 @@ class RequestObservation:
                                                  scope["headers"], scope["method"], self.path)
             if self._started is not None:
                 self.began_ns = time.time_ns()
-                self._method: str = scope["method"]
-                self._requested = ""
                 self._queue: tuple[int, int, bool] | None = None
                 self._upstream: tuple[int, int, str] | None = None
 
@@ -232,11 +239,11 @@ class RequestObservation:
 
     def named(self, model: str, requested: str) -> None:
         self.model = model
-        if self._started is not None:
-            self._requested = requested
+        self.requested = requested
 
     def queued(self, began: float, cold: bool) -> None:
         self.queue_seconds = time.perf_counter() - began
+        self.cold = cold
         self.metrics.queue_wait.record(self.queue_seconds, self.model)
         if self._started is not None:
             self._queue = (self.began_ns + int((began - self.began) * 1e9),
@@ -258,10 +265,11 @@ class RequestObservation:
             self.metrics.ttft.record(self.first_byte - self.began, self.model)
 
     def finish(self, status: int, usage: Usage | None = None, error: str | None = None) -> None:
+        ended = time.perf_counter()
         self.metrics.count_request(self.model, status)
-        self.metrics.duration.record(time.perf_counter() - self.began, self.model)
-        if usage is not None:
-            self._record_usage(usage)
+        self.metrics.duration.record(ended - self.began, self.model)
+        rate = self._record_usage(usage) if usage is not None else None
+        self._record_activity(ended, status, usage, rate, error)
         started, recorder = self._started, self._recorder
         if started is None or recorder is None:
             return
@@ -270,12 +278,24 @@ class RequestObservation:
         recorder.hand_over(RequestTrace(
             started.trace_id, started.span_id, started.flags, started.parent_id,
             started.trace_state, started.sampler_attributes, self.began_ns, time.time_ns(),
-            self.operation, self._method, self.path, self.model, self._requested, self._queue,
+            self.operation, self.method, self.path, self.model, self.requested, self._queue,
             self._upstream, status,
             None if usage is None else (usage.input_tokens, usage.output_tokens, usage.model),
             error))
 
-    def _record_usage(self, usage: Usage) -> None:
+    def _record_activity(self, ended: float, status: int, usage: Usage | None,
+                         rate: float | None, error: str | None) -> None:
+        first = self.first_byte
+        self.activity.add(RequestRecord(
+            time.time() - (ended - self.began), self.model, self.requested, self.method,
+            self.path, status, error, self.queue_seconds, self.cold,
+            None if first is None else first - self.began,
+            None if usage is None else usage.input_tokens,
+            None if usage is None else usage.output_tokens, rate, ended - self.began,
+            self.streamed, self.request_body, self.answer_body))
+
+    def _record_usage(self, usage: Usage) -> float | None:
+        """Count the tokens; the answer's tokens per second (reported, else measured)."""
         if usage.input_tokens:
             self.metrics.count_tokens(self.model, "input", usage.input_tokens)
         if usage.output_tokens:
@@ -286,3 +306,4 @@ class RequestObservation:
             rate = usage.output_tokens / generating if generating > 0 else None
         if rate:
             self.metrics.tokens_per_second.record(rate, self.model)
+        return rate or None
