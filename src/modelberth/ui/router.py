@@ -45,19 +45,27 @@ def _not_found(path: str) -> APIError:
     return APIError(404, f"No file /ui/{path}.", code="not_found")
 
 
+def _index_files() -> dict[str, tuple[Path, str]]:
+    """Every servable file, by its path under /ui/, listed once at import: a request only
+    looks a name up, so no path it sends can reach outside STATIC, and no file system call
+    runs on the event loop to find out."""
+    found = {}
+    for path in sorted(STATIC.rglob("*")):
+        media = CONTENT_TYPES.get(path.suffix.lower())
+        if media is not None and path.is_file() and path.resolve().is_relative_to(STATIC):
+            found[path.relative_to(STATIC).as_posix()] = (path, media)
+    return found
+
+
+FILES = _index_files()
+
+
 def _file(relative: str) -> FileResponse:
-    """The static file at `relative`, only if it lies inside STATIC (no traversal, no
-    symlink out of it) and has a known type."""
-    try:
-        target = (STATIC / relative).resolve()
-    except (OSError, RuntimeError, ValueError):
-        raise _not_found(relative) from None
-    if not target.is_relative_to(STATIC) or not target.is_file():
+    entry = FILES.get(relative)
+    if entry is None:
         raise _not_found(relative)
-    media = CONTENT_TYPES.get(target.suffix.lower())
-    if media is None:
-        raise _not_found(relative)
-    return FileResponse(target, media_type=media, headers=HEADERS)
+    path, media = entry
+    return FileResponse(path, media_type=media, headers=HEADERS)
 
 
 @router.get("/")
@@ -72,6 +80,4 @@ async def index() -> FileResponse:
 
 @router.get("/ui/{path:path}")
 async def static(path: str) -> FileResponse:
-    if "\x00" in path or path.startswith("/"):
-        raise _not_found(path)
     return _file(path)
