@@ -1,8 +1,11 @@
 """A model's requests: how many are in flight, how many wait, and when it was last used.
 
-Owned by its Model, which alone calls these methods; readers (status, metrics, the
-scheduler) read `in_flight` and `waiting` through the model. The counts change only in
-synchronous code, so an admission cancelled at any await leaves nothing behind."""
+Owned by its Model, which alone counts requests in and out (enter, leave, join_queue,
+leave_queue); readers (status, metrics, the scheduler) read `in_flight` and `waiting`
+through the model. Its Lifecycle is handed it to wait for the requests to drain before a
+stop, to time the idle timer by `idle_seconds`, to `touch` it when the model becomes ready
+and to `wake_waiters` at retirement. The counts change only in synchronous code, so an
+admission cancelled at any await leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -24,6 +27,12 @@ class Admission:
 
     def saturated(self, limit: int | None) -> bool:
         return limit is not None and self.in_flight >= limit
+
+    def join_queue(self) -> None:
+        self.waiting += 1
+
+    def leave_queue(self) -> None:
+        self.waiting -= 1
 
     def enter(self) -> None:
         self.in_flight += 1

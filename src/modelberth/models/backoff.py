@@ -15,7 +15,8 @@ _MAX = 60.0
 
 
 class Backoff:
-    """One model's failures in a row; owned by the Model, which alone calls these methods."""
+    """One model's failures in a row; owned by its Lifecycle, the one caller of these
+    methods."""
 
     __slots__ = ("_failed_at", "_failures")
 

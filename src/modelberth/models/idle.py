@@ -9,6 +9,7 @@ arriving as the stop begins wins."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
@@ -42,6 +43,13 @@ class IdleTimer:
         self._disarmed = True
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
+
+    def stop_at(self) -> float | None:
+        """When the timer will stop the model (wall clock, for display), if it is idle now."""
+        idle_for, timeout = self._idle_for(), self._timeout()
+        if idle_for is None or timeout <= 0:
+            return None
+        return round(time.time() + max(0.0, timeout - idle_for), 3)
 
     async def _watch(self) -> None:
         while (idle_for := self._idle_for()) is not None:

@@ -3,8 +3,8 @@ launch says.
 
 Nothing here changes the model. `until_healthy` raises LaunchFailed, which carries both
 the reason the model records (its FAILED state and last_error) and the error its waiters
-get; the Model makes the change itself. The runtime's start goes through Kills.launch, so
-a stop arriving meanwhile never leaves the upstream behind."""
+get; the Lifecycle makes the change itself. The runtime's start goes through Kills.launch,
+so a stop arriving meanwhile never leaves the upstream behind."""
 
 from __future__ import annotations
 

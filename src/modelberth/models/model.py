@@ -1,124 +1,125 @@
-"""One state machine per model: start on demand, health, in-flight count, idle TTL, stop.
+"""One model, as the rest of modelberth sees it: its requests, and waiting for it to be ready.
 
-Every state change goes through `Model._transition`, which compares the state with the one
-its caller expected, checks `state.TRANSITIONS` and
-publishes a StateEvent. Only the Model's own coroutines change its fields; callers use
-`acquire`/`release`, `start`, `stop`, `retire` and `status`.
+A Model owns two things, and writes neither's fields itself:
 
-Every upstream a model launches is stopped by a task the model owns (through its `Kills`,
-kills.py): a stop never lets a cancellation cut an upstream's kill short, a failed start
-answers its waiters without waiting for the kill, and nothing starts, stops or retires for
-good before those kills have finished. RETIRED is final: a retired model never launches
-again (retirement.py).
+- its requests (admission.py): how many are in flight, how many wait, when it was last
+  used. Only the Model counts them in and out (`try_enter`, `acquire`, `release`); the
+  queue is bounded by max_queue (QueueFull) and the in-flight count by max_concurrency.
+- its `Lifecycle` (lifecycle.py): the state machine, the upstream, the one start, stop or
+  retirement at a time. The state changes only there, in `Lifecycle._transition`.
 
-The rest the Model holds in small pieces, each the one owner of its own state, which change
-only when the Model calls their methods: its requests (admission.py), the crash back-off
-(backoff.py), its memory samples (footprint.py) and the idle timer (idle.py). launch.py
-waits for a launched upstream's health and says why a launch failed; the Model records it.
+What waits for the model to be ready lives here, on top of the lifecycle's one step towards
+it (`Lifecycle.ensure_started`): a request (`acquire`, `await_ready`), a start asked for by
+hand (`start`, `start_soon`) and the restarts (`restart`, after a reconfigure, after too
+many upstream timeouts). The rest is a facade: the lifecycle's fields read through
+properties, its operations called through methods, so callers (registry, scheduler,
+resources, proxy, API, telemetry) see one object. The memory samples (footprint.py) are the
+Model's too, written by resources.Monitor through `record_usage`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.trace import Tracer
 
 from modelberth.config import ModelSpec
-from modelberth.errors import QueueFull, StartFailed
+from modelberth.errors import QueueFull
 from modelberth.models.admission import Admission
-from modelberth.models.backoff import Backoff
 from modelberth.models.events import EventBus
 from modelberth.models.footprint import Footprint
-from modelberth.models.health import probe
-from modelberth.models.idle import IdleTimer
-from modelberth.models.kills import Kills
-from modelberth.models.launch import LaunchFailed, free_port, until_healthy, with_tail
-from modelberth.models.retirement import Retirement
-from modelberth.models.state import (
-    IDLE,
-    ModelRetired,
-    ModelState,
-    RetireReason,
-    StateEvent,
-    check_transition,
-)
+from modelberth.models.lifecycle import Lifecycle
+from modelberth.models.state import ModelState, RetireReason
 from modelberth.models.tasks import swallow_outcome
-from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
+from modelberth.runtimes.base import Runtime, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
-
-_RUNNING = frozenset({ModelState.STARTING, ModelState.READY})
 
 
 class Model:
     def __init__(self, spec: ModelSpec, runtime: Runtime, events: EventBus,
                  http: aiohttp.ClientSession, tracer: Tracer | None = None) -> None:
-        self.spec = spec
-        self._tracer = tracer or trace.NoOpTracer()
-        self.logs = LogBuffer()
-        self._runtime = runtime
-        self._events = events
-        self._http = http
-        self.state = ModelState.STOPPED
-        self.port: int | None = None
-        self.started_at: float | None = None
         self._requests = Admission()
-        self.last_error: str | None = None
-        self.starts = 0
-        self._backoff = Backoff()
+        self._lifecycle = Lifecycle(spec, runtime, events, http, tracer, self._requests)
         self._footprint = Footprint()  # sampled by resources.Monitor
-        self._admit: Callable[[Model], Awaitable[None]] | None = None  # the scheduler's gate
         self._idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
-        # Told after every state change, and when an upstream stopped in the background is
-        # gone (the scheduler counts a model's memory until then).
-        self._state_listeners: list[Callable[[Model], None]] = []
-        self._upstream: Upstream | None = None
-        self._start_task: asyncio.Task[None] | None = None
-        self._stop_task: asyncio.Task[None] | None = None
-        self._stop_only_if_idle = False  # whether _stop_task may give up
-        self._watch_task: asyncio.Task[None] | None = None
-        self._idle = IdleTimer(spec.name, lambda: self.spec.idle_timeout, self._idle_for,
-                               lambda: self.stop("idle", only_if_idle=True))
-        self._kills = Kills(spec.name, self.logs, lambda: self.spec.stop_timeout,
-                            self._tell_state_listeners)  # upstreams being stopped
-        self._retirement = Retirement()  # declared the moment retire() is called
-        self._retire_task: asyncio.Task[None] | None = None
-        self._timeouts = 0  # upstream timeouts in a row
+
+    def connect(self, admit: Callable[[Model], Awaitable[None]],
+                on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
+        """The scheduler's hooks: `admit` gates every start (room in the budgets), `on_idle`
+        hears when the last request in flight finished, `on_state` every state change."""
+        # The lifecycle does not know the Model: it gets the hooks bound to it.
+        self._lifecycle.connect(lambda: admit(self), lambda: on_state(self))
+        self._idle_listeners.append(on_idle)
+
+    # --- the lifecycle's fields, read-only --------------------------------------------
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._lifecycle.spec
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self._lifecycle.spec.name
+
+    @property
+    def logs(self) -> LogBuffer:
+        return self._lifecycle.logs
+
+    @property
+    def state(self) -> ModelState:
+        return self._lifecycle.state
+
+    @property
+    def ready(self) -> bool:
+        return self._lifecycle.state is ModelState.READY
 
     @property
     def upstream(self) -> Upstream | None:
-        return self._upstream
+        return self._lifecycle.upstream
 
     @property
     def holds_upstream(self) -> bool:
         """Whether an upstream of this model may still be alive (running, or being stopped)."""
-        return self._upstream is not None or bool(self._kills)
+        return self._lifecycle.holds_upstream
 
-    def idle_seconds(self) -> float:
-        """Seconds since the model was last used (or became ready), on the monotonic clock."""
-        return self._requests.idle_seconds()
+    @property
+    def port(self) -> int | None:
+        return self._lifecycle.port
+
+    @property
+    def base_url(self) -> str:
+        return self._lifecycle.base_url
+
+    @property
+    def started_at(self) -> float | None:
+        return self._lifecycle.started_at
+
+    @property
+    def last_error(self) -> str | None:
+        return self._lifecycle.last_error
+
+    @property
+    def starts(self) -> int:
+        return self._lifecycle.starts
 
     @property
     def retiring(self) -> bool:
         """retire() was called: the model never starts again."""
-        return self._retirement.declared
+        return self._lifecycle.retiring
 
     @property
     def failures(self) -> int:
         """Failed starts or crashes in a row."""
-        return self._backoff.failures
+        return self._lifecycle.failures
 
     def backoff_remaining(self) -> float:
-        return self._backoff.remaining()
+        return self._lifecycle.backoff_remaining()
+
+    # --- memory ------------------------------------------------------------------------
 
     def record_usage(self, memory: int | None, vram: int | None) -> None:
         self._footprint.record(memory, vram)
@@ -139,63 +140,7 @@ class Model:
     def peak_vram_bytes(self) -> int | None:
         return self._footprint.peak_vram_bytes
 
-    def connect(self, admit: Callable[[Model], Awaitable[None]],
-                on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
-        """The scheduler's hooks: `admit` gates every start (room in the budgets), `on_idle`
-        hears when the last request in flight finished, `on_state` every state change."""
-        self._admit = admit
-        self._idle_listeners.append(on_idle)
-        self._state_listeners.append(on_state)
-
-    def update_settings(self, spec: ModelSpec) -> None:
-        """Take settings that do not change how the upstream runs (aliases, timeouts, queue
-        size...): same config hash, no restart."""
-        if spec.config_hash() != self.spec.config_hash():
-            raise ValueError(f"{self.name}: a new config hash needs reconfigure()")
-        self.spec = spec
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ModelState.READY
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     # --- requests ----------------------------------------------------------------------
-
-    def try_enter(self) -> bool:
-        """Count one request in flight if the model is ready and has a free slot now."""
-        if self.state is ModelState.READY and not self._requests.saturated(
-                self.spec.max_concurrency):
-            self._requests.enter()
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        """Make the model ready (starting it if needed) and count one request in flight.
-        Beyond max_concurrency, requests wait here too (within max_queue)."""
-        if self.try_enter():
-            return
-        self._retirement.check()
-        requests = self._requests
-        if requests.waiting >= self.spec.max_queue:
-            raise QueueFull(self.name, self.spec.max_queue, self._retry_after())
-        # Cancelled at any await below, it leaves nothing behind: in_flight only changes in
-        # the synchronous enter() after the last await, and `waiting` is restored.
-        requests.waiting += 1
-        try:
-            while True:
-                self._retirement.check()
-                if not self.ready:
-                    await self._ensure_started()
-                elif requests.saturated(self.spec.max_concurrency):
-                    await requests.slot()
-                else:
-                    break
-            requests.enter()
-        finally:
-            requests.waiting -= 1
 
     @property
     def in_flight(self) -> int:
@@ -209,48 +154,53 @@ class Model:
     def last_used_at(self) -> float | None:
         return self._requests.last_used_at
 
+    def idle_seconds(self) -> float:
+        """Seconds since the model was last used (or became ready), on the monotonic clock."""
+        return self._requests.idle_seconds()
+
+    def try_enter(self) -> bool:
+        """Count one request in flight if the model is ready and has a free slot now."""
+        lifecycle = self._lifecycle
+        if lifecycle.state is ModelState.READY and not self._requests.saturated(
+                lifecycle.spec.max_concurrency):
+            self._requests.enter()
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Make the model ready (starting it if needed) and count one request in flight.
+        Beyond max_concurrency, requests wait here too (within max_queue)."""
+        if self.try_enter():
+            return
+        lifecycle, requests = self._lifecycle, self._requests
+        lifecycle.check_retired()
+        if requests.waiting >= lifecycle.spec.max_queue:
+            raise QueueFull(self.name, lifecycle.spec.max_queue, self._retry_after())
+        # Cancelled at any await below, it leaves nothing behind: in_flight only changes in
+        # the synchronous enter() after the last await, and `waiting` is restored.
+        requests.join_queue()
+        try:
+            while True:
+                lifecycle.check_retired()
+                if not self.ready:
+                    await lifecycle.ensure_started()
+                elif requests.saturated(lifecycle.spec.max_concurrency):
+                    await requests.slot()
+                else:
+                    break
+            requests.enter()
+        finally:
+            requests.leave_queue()
+
     async def await_ready(self) -> None:
         """For a request already counted in flight: wait until the model is ready again."""
         while not self.ready:
-            self._retirement.check()
-            await self._ensure_started()
-
-    async def confirm_exit(self, timeout: float) -> bool:
-        """After a refused connection: True once the upstream is known to have exited (at
-        once if it already has, or if the model is no longer ready, e.g. starting a new
-        upstream after the crash); False if it is still alive after `timeout`."""
-        upstream = self._upstream
-        if self.state not in (ModelState.READY, ModelState.STOPPING) or upstream is None:
-            return True
-        status = upstream.exited()
-        if status is None:
-            try:
-                status = await asyncio.wait_for(upstream.wait(), timeout)
-            except TimeoutError:
-                return upstream is not self._upstream  # replaced meanwhile
-        self._note_exit(upstream, status)  # now, not when the exit watcher gets to it
-        return True
-
-    def upstream_answered(self) -> None:
-        """The upstream answered a request in time (called on every success: keep trivial)."""
-        self._timeouts = 0
-
-    def upstream_timed_out(self, reason: str) -> None:
-        """A request to the upstream timed out (no first byte, a stalled stream). After
-        `max_timeouts` in a row the upstream is taken as hung: the model is marked failed,
-        the upstream killed in the background and a fresh one started."""
-        self._timeouts += 1
-        if self._timeouts < self.spec.max_timeouts or self.state is not ModelState.READY:
-            return
-        count, self._timeouts = self._timeouts, 0
-        self._drop_upstream()  # counted by the scheduler until it is gone
-        self._fail(f"{count} upstream timeouts in a row (last: {reason})")
-        if not self.retiring and self._stop_task is None:
-            self.start_soon()
+            self._lifecycle.check_retired()
+            await self._lifecycle.ensure_started()
 
     def release(self) -> None:
         if self._requests.leave():
-            self._idle.arm()
+            self._lifecycle.arm_idle_timer()
             for listener in self._idle_listeners:
                 listener(self)
 
@@ -263,7 +213,35 @@ class Model:
             self.release()
 
     def _retry_after(self) -> int:
-        return max(1, int(self.spec.start_timeout / 4))
+        return max(1, int(self._lifecycle.spec.start_timeout / 4))
+
+    # --- what requests tell of the upstream --------------------------------------------
+
+    async def confirm_exit(self, timeout: float) -> bool:
+        """After a refused connection: True once the upstream is known to have exited (at
+        once if it already has, or if the model is no longer ready, e.g. starting a new
+        upstream after the crash); False if it is still alive after `timeout`."""
+        upstream = self._lifecycle.upstream
+        if self.state not in (ModelState.READY, ModelState.STOPPING) or upstream is None:
+            return True
+        status = upstream.exited()
+        if status is None:
+            try:
+                status = await asyncio.wait_for(upstream.wait(), timeout)
+            except TimeoutError:
+                return upstream is not self._lifecycle.upstream  # replaced meanwhile
+        self._lifecycle.note_exit(upstream, status)  # now, not when the exit watcher does
+        return True
+
+    def upstream_answered(self) -> None:
+        """The upstream answered a request in time (called on every success: keep trivial)."""
+        self._lifecycle.upstream_answered()
+
+    def upstream_timed_out(self, reason: str) -> None:
+        """A request to the upstream timed out; after max_timeouts in a row the model fails
+        and a fresh upstream starts (Lifecycle.upstream_timed_out)."""
+        if self._lifecycle.upstream_timed_out(reason):
+            self.start_soon()
 
     # --- management --------------------------------------------------------------------
 
@@ -271,81 +249,39 @@ class Model:
         """Start (or join a start in progress) and wait until ready; raise if it fails.
         A start asked for by hand does not wait for the crash back-off."""
         while not self.ready:
-            self._retirement.check()
-            await self._ensure_started(force=True)
+            self._lifecycle.check_retired()
+            await self._lifecycle.ensure_started(force=True)
         self._requests.touch()
-        self._idle.arm()
+        self._lifecycle.arm_idle_timer()
 
     def start_soon(self) -> asyncio.Task[None]:
         """Begin starting now (the state shows `starting` at once); finish in the background.
         On a retired model the task fails with ModelRetired and nothing starts."""
-        if not self.retiring and self._stop_task is None \
-                and self.state in (ModelState.STOPPED, ModelState.FAILED):
-            self._begin_start()
+        self._lifecycle.begin_start_soon()
         task = asyncio.create_task(self.start())
         task.add_done_callback(swallow_outcome)
         return task
 
     async def stop(self, reason: str = "requested", *, only_if_idle: bool = False) -> None:
-        """Stop after in-flight requests finish (bounded by drain_timeout); idempotent. Once
-        it returns (unless it gave up, see only_if_idle) no upstream of the model is left.
-
-        With only_if_idle, give up if a request arrived before the stop could begin. A stop
-        without it that finds such a stop in progress waits for it, then stops for real.
-        """
-        while True:
-            task = self._stop_task
-            if task is None:
-                task = self._stop_task = asyncio.create_task(self._stop(reason, only_if_idle))
-                self._stop_only_if_idle = only_if_idle
-                await asyncio.shield(task)
-                return
-            joined_only_if_idle = self._stop_only_if_idle
-            await asyncio.shield(task)
-            if only_if_idle or not joined_only_if_idle:
-                return
+        """See Lifecycle.stop: after the requests in flight; only_if_idle may give up."""
+        await self._lifecycle.stop(reason, only_if_idle=only_if_idle)
 
     async def retire(self, reason: RetireReason) -> None:
-        """Stop for good (the model was removed from the config, or modelberth shuts down).
-
-        At once: nothing can start the model any more, and every waiter (queued requests,
-        starts, await_ready) gets ModelRetired. Then the upstream stops (after in-flight
-        requests, bounded by drain_timeout), every background kill is awaited, and the model
-        ends RETIRED. Idempotent; the first reason is the one kept.
-        """
-        if self._retire_task is None:
-            self._retirement.declare(ModelRetired(self.name, reason))
-            self._requests.wake_waiters()
-            self._idle.disarm()
-            self._retire_task = asyncio.create_task(self._retire(reason.value))
-            self._retire_task.add_done_callback(swallow_outcome)
-        await asyncio.shield(self._retire_task)
-
-    async def _retire(self, reason: str) -> None:
-        with self._tracer.start_as_current_span(
-                "modelberth.model.retire",
-                attributes={"modelberth.model": self.name, "modelberth.reason": reason}):
-            while self.state is not ModelState.RETIRED:
-                idle = self._start_task is None and self._stop_task is None
-                if idle and self.state in (ModelState.STOPPED, ModelState.FAILED):
-                    if not self._kills:
-                        self._transition(IDLE, ModelState.RETIRED, reason)
-                        continue
-                    await self._kills.settle()
-                else:
-                    await self.stop(reason)
+        """Stop for good; every waiter gets ModelRetired at once (see Lifecycle.retire)."""
+        await self._lifecycle.retire(reason)
 
     async def restart(self) -> None:
         await self.stop("restart")
         await self.start()
 
+    def update_settings(self, spec: ModelSpec) -> None:
+        """Take settings that do not change how the upstream runs (same config hash)."""
+        self._lifecycle.update_settings(spec)
+
     def reconfigure(self, spec: ModelSpec, runtime: Runtime) -> bool:
         """Take new settings that change how the upstream runs. A running model restarts
         (in the background, after its in-flight requests); returns whether it will."""
-        running = self.state in (ModelState.STARTING, ModelState.READY)
-        self.spec = spec
-        self._runtime = runtime
-        self._backoff.reset()  # a new config deserves a fresh try
+        running = self._lifecycle.reconfigure(spec, runtime)
         if running:
             task = asyncio.create_task(self._restart_for_config())
             task.add_done_callback(swallow_outcome)
@@ -357,213 +293,32 @@ class Model:
 
     async def adopt(self, upstream: Upstream, port: int) -> bool:
         """Take over an upstream an earlier run started, if it still answers health."""
-        self.port = port
-        healthy = await probe(self._http, f"{self.base_url}{self.spec.health_path}", 5.0)
-        if not healthy or self.retiring or self.state is not ModelState.STOPPED:
-            self._kills.stop_in_background(upstream)
-            await self._kills.settle()
-            return False
-        self._transition(ModelState.STOPPED, ModelState.STARTING, "adopt")
-        self._serve(upstream, "adopted", runtime_id=upstream.runtime_id)
-        return True
-
-    # --- starting ----------------------------------------------------------------------
-
-    async def _ensure_started(self, force: bool = False) -> None:
-        """One step towards ready: wait for a stop in progress, or for the (one) start. The
-        caller loops; a retired model raises ModelRetired at once."""
-        self._retirement.check()
-        if self._stop_task is not None:
-            await self._retirement.wait(self._stop_task)
-            return
-        if self.state is ModelState.READY:
-            return
-        if not force and self.state is ModelState.FAILED and self._start_task is None:
-            self._backoff.check(self.name, self.last_error)
-        task = self._begin_start()
-        await self._retirement.wait(task)
-        if task.cancelled():
-            return  # the start was called off by a stop: the caller loops and tries again
-        task.result()  # the start's error, if it failed
-
-    def _begin_start(self) -> asyncio.Task[None]:
-        """The one start in progress, created (and STARTING entered) synchronously."""
-        self._retirement.check()
-        if self._start_task is None:
-            self._transition(IDLE, ModelState.STARTING, "start")
-            self._start_task = asyncio.create_task(self._start())
-            self._start_task.add_done_callback(swallow_outcome)
-        return self._start_task
-
-    async def _start(self) -> None:
-        with self._tracer.start_as_current_span(
-                "modelberth.model.start", attributes={"modelberth.model": self.name}) as span:
-            try:
-                await self._start_upstream()
-            except BaseException as exc:
-                span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
-                if isinstance(exc, Exception) and self.state is ModelState.STARTING:
-                    # Not a failure the start knew (those are FAILED already): never leave
-                    # the model starting with nobody starting it.
-                    self._drop_upstream()
-                    self._fail(f"start failed: {exc!r}")
-                raise
-            finally:
-                self._start_task = None
-
-    async def _start_upstream(self) -> None:
-        await self._kills.settle()  # an earlier upstream still being killed goes first
-        if self._admit is not None:
-            try:
-                await self._admit(self)
-            except StartFailed as exc:
-                self._fail(exc.reason)
-                raise
-        self.port = self.spec.fixed_port or free_port()
-        began = time.monotonic()
-        try:
-            upstream = self._upstream = await self._kills.launch(
-                self._runtime.start(self.spec, self.port, self.logs))
-        except RuntimeStartError as exc:
-            self._fail(str(exc))
-            raise StartFailed(self.name, str(exc)) from None
-        self.starts += 1
-        try:
-            await until_healthy(upstream, self.spec, self.base_url, self._http, self._events,
-                                self.logs)
-        except (LaunchFailed, asyncio.CancelledError) as exc:  # failed, or a stop called it off
-            # Killed in the background: stop_timeout may be long, and the waiters are owed
-            # an answer at start_timeout.
-            if self._upstream is upstream:
-                self._upstream = None
-            self._kills.stop_in_background(upstream)
-            if isinstance(exc, LaunchFailed):
-                self._fail(exc.reason)
-                raise exc.error from None
-            raise
-        self.last_error = None
-        self._backoff.reset()
-        self._serve(upstream, "healthy", start_seconds=round(time.monotonic() - began, 3))
-
-    def _serve(self, upstream: Upstream, reason: str, **detail: Any) -> None:
-        """STARTING -> READY, serving with `upstream` (launched, or adopted)."""
-        self._upstream = upstream
-        self.started_at = time.time()
-        self._timeouts = 0
-        self._requests.touch()
-        self._transition(ModelState.STARTING, ModelState.READY, reason, **detail)
-        self._watch_task = asyncio.create_task(self._watch(upstream))
-        self._idle.arm()  # even if every request that asked for it has gone
-
-    def _fail(self, reason: str) -> None:
-        self._backoff.failed()
-        self.started_at = None
-        self.last_error = with_tail(self.logs, reason)
-        self._transition(_RUNNING, ModelState.FAILED, reason)
-
-    async def _watch(self, upstream: Upstream) -> None:
-        self._note_exit(upstream, await upstream.wait())
-
-    def _note_exit(self, upstream: Upstream, status: ExitStatus) -> None:
-        """The upstream has exited: if it was serving, the model has failed (idempotent)."""
-        if self._upstream is upstream and self.state is ModelState.READY:
-            self._drop_upstream()  # reaps it, and whatever it left in its group
-            self._fail(f"upstream exited unexpectedly ({status.describe()})")
-
-    def _drop_upstream(self) -> None:
-        """Let go of the upstream, if any: it is stopped in the background (by _kills)."""
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            self._kills.stop_in_background(upstream)
-
-    # --- stopping ----------------------------------------------------------------------
-
-    async def _stop(self, reason: str, only_if_idle: bool = False) -> None:
-        name = "modelberth.model.evict" if reason.startswith("evicted") else \
-            "modelberth.model.stop"
-        with self._tracer.start_as_current_span(
-                name, attributes={"modelberth.model": self.name, "modelberth.reason": reason}):
-            await self._stop_upstream(reason, only_if_idle)
-
-    async def _stop_upstream(self, reason: str, only_if_idle: bool) -> None:
-        try:
-            if only_if_idle and (self.in_flight or self.waiting):
-                return
-            if self._start_task is not None:
-                self._start_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._start_task
-            if self.state is ModelState.FAILED:
-                await self._kills.settle()
-                self._transition(ModelState.FAILED, ModelState.STOPPED, reason)
-                return
-            if self.state not in (ModelState.STARTING, ModelState.READY):
-                await self._kills.settle()
-                return
-            self._transition(_RUNNING, ModelState.STOPPING, reason)
-            if self.in_flight:
-                await self._requests.drained(self.spec.drain_timeout)
-            self._drop_upstream()
-            await self._kills.settle()
-            self.started_at = None
-            self._transition(ModelState.STOPPING, ModelState.STOPPED, reason)
-        finally:
-            self._stop_task = None
-
-    def _idle_for(self) -> float | None:
-        """For the idle timer: seconds idle, or None unless the model is ready and unused."""
-        if self.state is ModelState.READY and self.in_flight == 0 and not self.retiring:
-            return self.idle_seconds()
-        return None
-
-    def _idle_stop_at(self) -> float | None:
-        """When the idle timer will stop the model (wall clock, for display), if it is
-        idle now."""
-        idle_for, timeout = self._idle_for(), self.spec.idle_timeout
-        if idle_for is None or timeout <= 0:
-            return None
-        return round(time.time() + max(0.0, timeout - idle_for), 3)
-
-    # --- state -------------------------------------------------------------------------
-
-    def _transition(self, expected: ModelState | frozenset[ModelState], new: ModelState,
-                    reason: str, **detail: Any) -> None:
-        """The one place the state changes: compare (`expected`, and the table), then set,
-        then tell everyone (an event for logs, metrics and /api/events; the listeners)."""
-        old = self.state
-        check_transition(self.name, old, expected, new, reason)
-        self.state = new
-        if new is ModelState.FAILED and self.last_error:
-            detail.setdefault("error", self.last_error)
-        self._events.publish(StateEvent(self.name, old, new, reason, detail=detail))
-        self._tell_state_listeners()
-
-    def _tell_state_listeners(self) -> None:
-        for listener in self._state_listeners:
-            listener(self)
+        return await self._lifecycle.adopt(upstream, port)
 
     def status(self) -> dict[str, Any]:
-        upstream = self._upstream
+        lifecycle = self._lifecycle
+        upstream = lifecycle.upstream
+        spec = lifecycle.spec
         return {
             "name": self.name,
-            "state": self.state.value,
-            "runtime": self.spec.runtime,
+            "state": lifecycle.state.value,
+            "runtime": spec.runtime,
             "runtime_id": upstream.runtime_id if upstream else None,
-            "port": self.port if upstream else None,
-            "aliases": list(self.spec.aliases),
-            "started_at": self.started_at,
+            "port": lifecycle.port if upstream else None,
+            "aliases": list(spec.aliases),
+            "started_at": lifecycle.started_at,
             "last_used_at": self.last_used_at,
             "in_flight": self.in_flight,
             "queue": self.waiting,
             "memory_bytes": self.memory_bytes if upstream else None,
             "vram_bytes": self.vram_bytes if upstream else None,
-            "pinned": self.spec.pinned,
-            "preload": self.spec.preload,
-            "gpus": list(gpus) if isinstance(gpus := self.spec.gpus, tuple) else gpus,
-            "last_error": self.last_error,
-            "idle_timeout": self.spec.idle_timeout,
-            "idle_stop_at": self._idle_stop_at(),
-            "starts": self.starts,
-            "failures": self.failures,
-            "retry_in": round(self.backoff_remaining(), 3) or None,
+            "pinned": spec.pinned,
+            "preload": spec.preload,
+            "gpus": list(gpus) if isinstance(gpus := spec.gpus, tuple) else gpus,
+            "last_error": lifecycle.last_error,
+            "idle_timeout": spec.idle_timeout,
+            "idle_stop_at": lifecycle.idle_stop_at(),
+            "starts": lifecycle.starts,
+            "failures": lifecycle.failures,
+            "retry_in": round(lifecycle.backoff_remaining(), 3) or None,
         }

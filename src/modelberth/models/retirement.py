@@ -1,9 +1,9 @@
 """Whether a model was retired, and how its waiters find out at once.
 
-Retiring is decided in one synchronous step (Model.retire) and never undone. Everything
-that waits on the model (a queued request, a start, a stop in progress) waits through
-`wait`, so it gets ModelRetired the moment the model is retired, not when the stop that
-follows has drained the requests in flight."""
+Retiring is decided in one synchronous step (Lifecycle.retire) and never undone.
+Everything that waits on the model (a queued request, a start, a stop in progress) waits
+through `wait`, so it gets ModelRetired the moment the model is retired, not when the stop
+that follows has drained the requests in flight."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Retirement:
         return self._error is not None
 
     def declare(self, error: ModelRetired) -> None:
-        """Retire (once: the Model keeps the first reason); wakes every `wait` at once."""
+        """Retire (once: Lifecycle.retire keeps the first reason); wakes every `wait` at once."""
         self._error = error
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
