@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,33 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+class EventReader:
+    """Reads /api/events in a thread until `until(kind, data)` says so: `events` holds
+    (kind, data) for every event seen. `wait()` joins the thread."""
+
+    def __init__(self, url: str, until: Callable[[str, dict[str, Any]], bool]) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._until = until
+        self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
+        self._thread.start()
+        time.sleep(0.3)  # let the stream subscribe before the test acts
+
+    def _read(self, url: str) -> None:
+        with httpx.stream("GET", url + "/api/events", timeout=30) as resp:
+            kind = ""
+            for line in resp.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append((kind, json.loads(line[6:])))
+                    if self._until(kind, self.events[-1][1]):
+                        return
+
+    def wait(self, timeout: float = 20) -> list[tuple[str, dict[str, Any]]]:
+        self._thread.join(timeout)
+        return self.events
 
 
 class Modelberth:

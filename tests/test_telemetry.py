@@ -6,7 +6,6 @@ import inspect
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Modelberth, fake_model, wait_for
+from conftest import EventReader, Modelberth, fake_model, wait_for
 from modelberth.telemetry.histograms import ModelHistogram
 from modelberth.telemetry.logs import setup_logging
 from modelberth.telemetry.setup import setup_telemetry
@@ -191,26 +190,11 @@ def test_events_stream_evictions_and_start_progress(modelberth: Any, tmp_path: P
         "resources": {"memory_budget_mb": 100},
         "models": {"a": fake_model(None, "--start-delay", "1.3", memory_mb=60),
                    "b": fake_model(None, memory_mb=60)}})
-    seen: list[dict[str, Any]] = []
-
-    def listen() -> None:
-        with httpx.stream("GET", mb.url + "/api/events", timeout=30) as events:
-            kind = ""
-            for line in events.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    seen.append({"event": kind, **json.loads(line[6:])})
-                if any(e["event"] == "eviction" for e in seen):
-                    return
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    wait_for(lambda: httpx.get(mb.url + "/health").status_code == 200, timeout=5)
+    reader = EventReader(mb.url, lambda kind, _: kind == "eviction")
     with mb.client() as client:
         assert client.post(CHAT, json={"model": "a", "messages": []}).status_code == 200
         assert client.post(CHAT, json={"model": "b", "messages": []}).status_code == 200
-    listener.join(15)
+    seen = [{"event": kind, **data} for kind, data in reader.wait(15)]
     progress = [e for e in seen if e["event"] == "start_progress"]
     assert progress and progress[0]["model"] == "a"
     assert progress[0]["elapsed_seconds"] >= 1.0

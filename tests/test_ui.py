@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -407,3 +409,47 @@ def test_narrow_and_dark(browser: Browser, mb: Modelberth, shots: Path) -> None:
         dark.assert_clean()
     finally:
         close(dark)
+
+
+def test_resources_show_gpus_stacked_by_model_and_evictions_on_the_charts(
+        servers: Servers, browser: Browser, tmp_path: Path, shots: Path) -> None:
+    """GPUs from the fake NVML (tests/fake_nvml.py: no GPU can exist here; it reports like
+    the real driver, per process from FAKE_VRAM_MB): two models that cannot share the GPU,
+    so the second evicts the first."""
+    state = tmp_path / "gpus.json"
+    state.write_text(json.dumps({"gpus": [{"name": "Fake A100", "total_mb": 8000,
+                                            "base_used_mb": 300, "utilization": 7}]}))
+
+    def gpu_model(vram: int) -> dict[str, Any]:
+        return fake_model(None, gpus=[0], vram_mb=vram, env={"FAKE_VRAM_MB": str(vram)})
+
+    directory = servers.base / f"mb{len(servers.started)}"
+    directory.mkdir()
+    gpu_mb = Modelberth(directory, {"resources": {"vram_margin_mb": 500, "sample_interval": 0.5},
+                                    "models": {"g1": gpu_model(4000), "g2": gpu_model(4000)}})
+    servers.started.append(gpu_mb)
+    gpu_mb.start(env={"MODELBERTH_NVML_MODULE": "fake_nvml", "FAKE_NVML_STATE": str(state),
+                      "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                     os.environ.get("PYTHONPATH", "")])})
+    assert chat(gpu_mb, "g1").status_code == 200
+    wait_for(lambda: httpx.get(gpu_mb.url + "/api/resources", timeout=5).json()["models"]
+             ["g1"]["vram_bytes"], timeout=10)
+    assert chat(gpu_mb, "g2").status_code == 200  # 4000 + 4000 > 8000 - 500: g1 is evicted
+
+    watched = open_page(browser, gpu_mb.url)
+    try:
+        goto(watched, "resources")
+        gpu_bar = watched.page.locator(".stack-box", has_text="GPU 0 · Fake A100")
+        expect(gpu_bar).to_contain_text("budget 7.3 GiB")
+        wait_for(lambda: httpx.get(gpu_mb.url + "/api/resources", timeout=5).json()["models"]
+                 ["g2"]["vram_bytes"], timeout=10)
+        watched.page.locator("#panel-resources button", has_text="Refresh").click()
+        expect(gpu_bar.locator(".legend")).to_contain_text("g2 3.9 GiB")
+        expect(watched.page.locator(".eviction-list li").first).to_contain_text(
+            "g1 evicted for g2")
+        expect(watched.page.locator("figure.chart-box", has_text="VRAM per GPU")
+               .locator(".marker").first).to_be_attached()
+        watched.page.screenshot(path=str(shots / "resources-gpu.png"), full_page=True)
+        watched.assert_clean()
+    finally:
+        close(watched)

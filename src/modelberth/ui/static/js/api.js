@@ -37,13 +37,15 @@ function messageOf(status, body) {
   return `HTTP ${status}`;
 }
 
-/** GET/POST a JSON endpoint; resolves to the parsed body, rejects with ApiError. */
-export async function call(path, { method = "GET", body, signal } = {}) {
-  let response;
+/** fetch with the key, no cookies and no cache; a network failure is an ApiError(0). */
+async function send(path, { method = "GET", body, signal, accept } = {}) {
   try {
-    response = await fetch(path, {
+    return await fetch(path, {
       method,
-      headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }),
+      headers: headers({
+        ...(accept ? { Accept: accept } : {}),
+        ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+      }),
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
       credentials: "omit",
@@ -53,6 +55,11 @@ export async function call(path, { method = "GET", body, signal } = {}) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, `network error: ${err.message}`, null);
   }
+}
+
+/** GET/POST a JSON endpoint; resolves to the parsed body, rejects with ApiError. */
+export async function call(path, { method = "GET", body, signal } = {}) {
+  const response = await send(path, { method, body, signal });
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
@@ -68,23 +75,7 @@ export function whenUnauthorized(fn) { onUnauthorized = fn; }
 
 /** Open a streaming GET/POST; returns the Response (ok) or throws ApiError. */
 export async function open(path, { method = "GET", body, signal, accept } = {}) {
-  let response;
-  try {
-    response = await fetch(path, {
-      method,
-      headers: headers({
-        Accept: accept || "*/*",
-        ...(body === undefined ? {} : { "Content-Type": "application/json" }),
-      }),
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
-      credentials: "omit",
-      cache: "no-store",
-    });
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError(0, `network error: ${err.message}`, null);
-  }
+  const response = await send(path, { method, body, signal, accept: accept || "*/*" });
   if (!response.ok) {
     let data = null;
     try { data = JSON.parse(await response.text()); } catch { data = null; }
