@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
-from conftest import Modelberth, fake_model, wait_for
+from conftest import EventReader, Modelberth, fake_model, wait_for
 from modelberth.models.events import EventBus
 
 CHAT = "/v1/chat/completions"
@@ -118,6 +118,15 @@ def test_model_status_carries_estimates_and_the_idle_deadline(modelberth: Any) -
     assert status["preload"] is True and status["gpus"] is None
     assert status["idle_stop_at"] is not None
     assert 55 < status["idle_stop_at"] - status["last_used_at"] <= 60.5
+    # /v1/models tells chat UIs the same (issue #18): seconds left, null when not running.
+    listed = {m["id"]: m["modelberth"] for m in httpx.get(mb.url + "/v1/models",
+                                                           timeout=10).json()["data"]}
+    assert 55 < listed["m"]["idle_seconds_left"] <= 60
+    assert httpx.post(mb.url + "/api/models/m/stop", timeout=30).json()["state"] == "stopped"
+    listed = {m["id"]: m["modelberth"] for m in httpx.get(mb.url + "/v1/models",
+                                                           timeout=10).json()["data"]}
+    assert listed["m"]["idle_seconds_left"] is None
+    assert mb.status("m")["idle_stop_at"] is None
 
 
 def test_own_log_lists_and_follows_modelberths_lines(modelberth: Any) -> None:
@@ -194,24 +203,9 @@ def test_stop_all_stops_every_model(modelberth: Any) -> None:
 
 def test_finished_requests_stream_as_events(modelberth: Any) -> None:
     mb = modelberth({"models": {"m": fake_model()}})
-    events: list[tuple[str, dict[str, Any]]] = []
-
-    def listen() -> None:
-        with httpx.stream("GET", mb.url + "/api/events", timeout=30) as resp:
-            kind = ""
-            for line in resp.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    events.append((kind, json.loads(line[6:])))
-                    if kind == "request":
-                        return
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    time.sleep(0.3)  # let the stream subscribe
+    reader = EventReader(mb.url, lambda kind, _: kind == "request")
     assert chat(mb, "m").status_code == 200
-    listener.join(20)
+    events = reader.wait()
     kind, request = events[-1]
     assert kind == "request" and request["type"] == "request"
     assert request["model"] == "m" and request["status"] == 200 and request["cold"] is True

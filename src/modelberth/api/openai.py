@@ -14,13 +14,15 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_
 
 
 def _entry(model: Model, model_id: str) -> dict[str, Any]:
+    left = model.idle_seconds_left()
     return {
         "id": model_id,
         "object": "model",
         "created": int(model.started_at or 0),
         "owned_by": "modelberth",
         "modelberth": {"state": model.state.value, "alias_of": None if model_id == model.name
-                       else model.name, "in_flight": model.in_flight},
+                       else model.name, "in_flight": model.in_flight,
+                       "idle_seconds_left": None if left is None else round(left, 1)},
     }
 
 

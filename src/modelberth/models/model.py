@@ -158,6 +158,17 @@ class Model:
         """Seconds since the model was last used (or became ready), on the monotonic clock."""
         return self._requests.idle_seconds()
 
+    def idle_seconds_left(self) -> float | None:
+        """Seconds before the idle timer stops the model: counting down while it is ready
+        and unused, the whole idle_timeout while requests are in flight (the count starts
+        when the last one ends); None when it is not ready or never stops when idle."""
+        timeout = self.spec.idle_timeout
+        if self.state is not ModelState.READY or timeout <= 0:
+            return None
+        if self.in_flight:
+            return timeout
+        return max(0.0, timeout - self.idle_seconds())
+
     def try_enter(self) -> bool:
         """Count one request in flight if the model is ready and has a free slot now."""
         lifecycle = self._lifecycle
