@@ -33,6 +33,39 @@ def chunk(index: int, model: str) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
+async def tool_call(request: web.Request, data: dict[str, object], model: str
+                    ) -> web.StreamResponse:
+    """Asked with tools: call the first one with {"city": "Oslo"} (streamed in two argument
+    fragments when a stream was asked for)."""
+    tools = data["tools"]
+    assert isinstance(tools, list)
+    name = tools[0]["function"]["name"]
+    usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    if not data.get("stream"):
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": name, "arguments": '{"city": "Oslo"}'}}
+        return web.json_response({
+            "id": "c2", "object": "chat.completion", "model": model, "usage": usage,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None, "tool_calls": [call]}}]})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    deltas = [{"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                               "function": {"name": name, "arguments": '{"city": '}}]},
+              {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]}]
+    for delta in deltas:
+        body = {"id": "c2", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": delta}]}
+        await resp.write(f"data: {json.dumps(body)}\n\n".encode())
+    end = {"id": "c2", "object": "chat.completion.chunk", "model": model,
+           "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    await resp.write(f"data: {json.dumps(end)}\n\n".encode())
+    final = {"id": "c2", "object": "chat.completion.chunk", "model": model, "choices": [],
+             "usage": usage}
+    await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+    return resp
+
+
 def make_app(args: argparse.Namespace) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -53,11 +86,17 @@ def make_app(args: argparse.Namespace) -> web.Application:
             os._exit(5)
         if data.get("sleep"):
             await asyncio.sleep(float(data["sleep"]))
+        messages = data.get("messages") or [{}]
+        if data.get("tools") and messages[-1].get("role") != "tool":
+            return await tool_call(request, data, model)
+        if messages[-1].get("role") == "tool":  # the answer after a tool ran
+            data = {**data, "reply": f"the tool said: {messages[-1].get('content')}"}
         if not data.get("stream"):
             return web.json_response({
                 "id": "c1", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "hello"}}],
+                             "message": {"role": "assistant",
+                                         "content": data.get("reply", "hello")}}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
                 "echo": {"headers": dict(request.headers), "query": request.query_string,
                          "body_bytes": len(await request.read())},

@@ -223,6 +223,11 @@ class ModelConfig(_Strict):
     )
     preload: bool = Field(False, description="Start at boot instead of on first request.")
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
+    anthropic: Literal["native", "translate"] | None = Field(
+        None, description="How POST /v1/messages reaches the model: `native` passes it "
+        "through (the upstream speaks Anthropic's Messages API, as llama-server does), "
+        "`translate` turns it into chat completions and the answer back; default: the "
+        "template's (native for llama-cpp), else translate.")
     memory_mb: int | None = Field(
         None, gt=0, description="RAM the model needs, for scheduling (else measured/estimated)."
     )

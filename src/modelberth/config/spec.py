@@ -81,6 +81,7 @@ class ModelSpec:
     first_byte_timeout: float = 600.0
     stream_stall_timeout: float = 120.0
     max_timeouts: int = 3
+    anthropic: str = "translate"  # how /v1/messages reaches it: "native" or "translate"
 
     @classmethod
     def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
@@ -112,6 +113,8 @@ class ModelSpec:
             preload=model.preload,
             docker=docker,
             pinned=model.pinned,
+            anthropic=model.anthropic or (
+                "native" if template and template.speaks_anthropic else "translate"),
             memory_mb=model.memory_mb,
             vram_mb=model.vram_mb,
             gpus=_gpus(model.gpus),

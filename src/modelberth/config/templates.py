@@ -20,6 +20,7 @@ class Template:
     gpu_image: str | None = None  # used instead of `image` when the model has `gpus`
     docker_command: tuple[str, ...] = ()  # arguments after the image's entrypoint
     container_port: int | None = None  # where the image listens when network: bridge
+    speaks_anthropic: bool = False  # serves POST /v1/messages itself
 
 
 _LISTEN = ("--host", "${HOST}", "--port", "${PORT}")
@@ -34,6 +35,7 @@ TEMPLATES: dict[str, Template] = {
         gpu_image="ghcr.io/ggml-org/llama.cpp:server-cuda",
         docker_command=(*_LISTEN, "-m", "${MODEL_PATH}"),
         container_port=8080,
+        speaks_anthropic=True,
     ),
     "vllm": Template(
         name="vllm",

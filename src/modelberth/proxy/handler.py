@@ -16,16 +16,12 @@ from modelberth.errors import APIError
 from modelberth.models.model import Model
 from modelberth.models.registry import Registry
 from modelberth.proxy.asgi import Headers, Receive, Scope, Send
-from modelberth.proxy.errors import (
-    error_body,
-    error_headers,
-    sse_error_event,
-    timeout_error,
-    upstream_error,
-)
+from modelberth.proxy.errors import timeout_error, upstream_error
 from modelberth.proxy.forwarding import Forwarding
-from modelberth.proxy.reply import Reply
+from modelberth.proxy.relay_translated import relay_translated
+from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.request import model_from_body, read_body, split_upstream_path
+from modelberth.proxy.translation import Translation, dialect_for
 from modelberth.telemetry.activity import Activity
 from modelberth.telemetry.metrics import Metrics
 from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
@@ -69,6 +65,7 @@ class Proxy:
         server = self.registry.config.server  # read per request: a reload may change it
         obs = RequestObservation(self.telemetry, self.metrics, self.activity, scope)
         reply = Reply(scope, send)
+        reply.dialect = dialect = dialect_for(scope["path"])
         try:
             auth.check(scope["headers"], server.inference_keys)
             body = await read_body(scope, receive, int(server.max_body_mb * 2**20))
@@ -81,9 +78,13 @@ class Proxy:
                 name, streaming = model_from_body(scope, body)
             model = self.registry.require(name)
             obs.named(model.name, name)
+            translation = dialect.translate(model.spec, scope["path"], body, name)
         except APIError as error:
-            await _answer_error(obs, reply, error)
+            await answer_error(obs, reply, error)
             return
+        if translation is not None:
+            body, target, streaming = translation.body, translation.target, \
+                translation.streaming
         headers = self.forwarding(server.trusted_proxies).request_headers(
             scope["headers"], _peer(scope), scope.get("scheme", "http"))
         # The client going away cancels the work done for it (the wait for the model, the
@@ -91,7 +92,7 @@ class Proxy:
         reply.watch_disconnect()
         try:
             await self._admit_and_forward(model, reply, target, headers, body, obs,
-                                          streaming, server.stream_keepalive)
+                                          streaming, server.stream_keepalive, translation)
         except asyncio.CancelledError:
             if not reply.disconnected:
                 raise
@@ -103,18 +104,20 @@ class Proxy:
 
     async def _admit_and_forward(self, model: Model, reply: Reply, target: str,
                                  headers: Headers, body: bytes, obs: RequestObservation,
-                                 streaming: bool, keepalive: float) -> None:
+                                 streaming: bool, keepalive: float,
+                                 translation: Translation | None) -> None:
         try:
             if model.try_enter():  # ready and free: the common case, without a wait
                 obs.queued(time.perf_counter(), cold=False)
             else:
                 await self._admit(model, obs, reply, keepalive if streaming else 0.0)
         except APIError as error:
-            await _answer_error(obs, reply, error, reply.early)
+            await answer_error(obs, reply, error, reply.early)
             return
         try:
             try:
-                await self._relay(model, reply, target, headers, body, obs, retry=True)
+                await self._relay(model, reply, target, headers, body, obs, translation,
+                                  retry=True)
             except _Refused as refused:
                 # The upstream died a moment ago and its exit was not processed yet: the
                 # request never reached a live upstream. It waits for the restart, as a cold
@@ -122,9 +125,9 @@ class Proxy:
                 if not await model.confirm_exit(2.0):
                     raise refused.error from None
                 await model.await_ready()
-                await self._relay(model, reply, target, headers, body, obs)
+                await self._relay(model, reply, target, headers, body, obs, translation)
         except APIError as error:
-            await _answer_error(obs, reply, error, reply.early)
+            await answer_error(obs, reply, error, reply.early)
         finally:
             model.release()
 
@@ -165,7 +168,8 @@ class Proxy:
         waiting.result()
 
     async def _relay(self, model: Model, reply: Reply, target: str, headers: Headers,
-                     body: bytes, obs: RequestObservation, retry: bool = False) -> None:
+                     body: bytes, obs: RequestObservation, translation: Translation | None,
+                     retry: bool = False) -> None:
         scope = reply.scope
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
@@ -179,16 +183,19 @@ class Proxy:
                 first_byte_timeout=spec.first_byte_timeout or None)
         except UpstreamTimeout as exc:
             model.upstream_timed_out(str(exc))
-            await _answer_error(obs, reply, timeout_error(model, exc), reply.early)
+            await answer_error(obs, reply, timeout_error(model, exc), reply.early)
             return
         except UpstreamError as exc:
             error = upstream_error(model, exc)
             if retry and not exc.answered:
                 raise _Refused(error) from exc
-            await _answer_error(obs, reply, error, reply.early)
+            await answer_error(obs, reply, error, reply.early)
             return
         try:
-            await self._relay_answer(model, reply, resp, obs)
+            if translation is None:
+                await self._relay_answer(model, reply, resp, obs)
+            else:
+                await relay_translated(model, reply, resp, obs, translation)
         finally:
             resp.release()
 
@@ -200,7 +207,7 @@ class Proxy:
             text = (await _read_or_empty(resp, stall)).decode("utf-8", "replace")
             error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
                              type="server_error", code="upstream_error")
-            await _answer_error(obs, reply, error, early=True)
+            await answer_error(obs, reply, error, early=True)
             return
         if not reply.early:  # else the SSE head went out while the model loaded
             if not is_sse and length is not None and length <= _WHOLE \
@@ -246,10 +253,10 @@ class Proxy:
                 answer = await resp.read(stall)
             except UpstreamTimeout as exc:
                 model.upstream_timed_out(str(exc))
-                await _answer_error(obs, reply, timeout_error(model, exc, mid_stream=True))
+                await answer_error(obs, reply, timeout_error(model, exc, mid_stream=True))
                 return
             except UpstreamError as exc:
-                await _answer_error(obs, reply, upstream_error(model, exc))
+                await answer_error(obs, reply, upstream_error(model, exc))
                 return
         model.upstream_answered()
         obs.first_chunk()
@@ -264,18 +271,7 @@ class Proxy:
         if not is_sse:
             reply.cut()
             return
-        await reply.finish(sse_error_event(error))
-
-
-async def _answer_error(obs: RequestObservation, reply: Reply, error: APIError,
-                        early: bool = False) -> None:
-    """Record the request as failed and answer it with the error: an OpenAI error body, or,
-    once SSE headers went out (`early`), an SSE error event."""
-    obs.finish(error.status, error=error.message)
-    if early:
-        await reply.finish(sse_error_event(error))
-    else:
-        await reply.respond(error.status, error_headers(error), error_body(error))
+        await reply.finish(reply.dialect.error_event(error))
 
 
 async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:

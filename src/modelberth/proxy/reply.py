@@ -4,20 +4,27 @@ the disconnect watch and cutting an answer short."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelberth import protocol
+from modelberth.errors import APIError
 from modelberth.proxy.asgi import Headers, Scope, Send
+from modelberth.proxy.errors import error_headers
+from modelberth.proxy.translation import OPENAI, Dialect
+
+if TYPE_CHECKING:
+    from modelberth.telemetry.observe import RequestObservation
 
 
 class Reply:
-    __slots__ = ("disconnected", "early", "scope", "send", "task")
+    __slots__ = ("dialect", "disconnected", "early", "scope", "send", "task")
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope, self.send = scope, send
         self.early = False  # True once SSE headers went out while the model was loading
         self.disconnected = False
         self.task: asyncio.Task[Any] | None = None
+        self.dialect: Dialect = OPENAI  # the shape of the errors this answer may carry
 
     def watch_disconnect(self) -> None:
         self.task = asyncio.current_task()
@@ -47,3 +54,15 @@ class Reply:
 
     def cut(self) -> None:
         protocol.cut(self.scope)
+
+
+async def answer_error(obs: RequestObservation, reply: Reply, error: APIError,
+                        early: bool = False) -> None:
+    """Record the request as failed and answer it with the error in its route's shape (an
+    OpenAI error body on most routes), or, once SSE headers went out (`early`), as an SSE
+    error event."""
+    obs.finish(error.status, error=error.message)
+    if early:
+        await reply.finish(reply.dialect.error_event(error))
+    else:
+        await reply.respond(error.status, error_headers(error), reply.dialect.error_body(error))

@@ -1,0 +1,88 @@
+"""Relaying an answer that must be translated for the client (translation.py): a stream
+fed through the route's stream translator piece by piece as it arrives, anything else
+read whole and translated at once. The upstream's own OpenAI usage is read on the way, so
+tokens are counted whatever the client's API."""
+
+from __future__ import annotations
+
+from modelberth.errors import APIError
+from modelberth.models.model import Model
+from modelberth.proxy.errors import timeout_error, upstream_error
+from modelberth.proxy.forwarding import Forwarding
+from modelberth.proxy.reply import Reply, answer_error
+from modelberth.proxy.translation import Translation
+from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
+from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeout
+
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no")]
+
+
+async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
+                           obs: RequestObservation, translation: Translation) -> None:
+    _, is_sse, _ = Forwarding.answer_head(resp.status, resp.headers)
+    stall = model.spec.stream_stall_timeout or None
+    if is_sse and resp.status < 400:
+        await _relay_stream(model, reply, resp, obs, translation, stall)
+        return
+    try:
+        answer = resp.arrived_whole()
+        if answer is None:
+            answer = await resp.read(stall)
+    except UpstreamError as exc:
+        await answer_error(obs, reply, _failure(model, exc), reply.early)
+        return
+    model.upstream_answered()
+    obs.first_chunk()
+    try:
+        status, out = translation.whole(resp.status, answer)
+    except APIError as error:
+        await answer_error(obs, reply, error, reply.early)
+        return
+    if reply.early:  # the client's SSE head went out while the model loaded
+        if status >= 400:
+            failed = APIError(status, f"Upstream answered {status}: "
+                              f"{answer.decode('utf-8', 'replace')[:500]}", type="server_error",
+                              code="upstream_error")
+            await answer_error(obs, reply, failed, early=True)
+            return
+        await reply.finish(out)
+    else:
+        await reply.respond(status, _JSON, out)
+    obs.answer_body = obs.activity.capture(out)
+    obs.finish(status, usage_of_answer(answer))
+
+
+async def _relay_stream(model: Model, reply: Reply, resp: UpstreamResponse,
+                        obs: RequestObservation, translation: Translation,
+                        stall: float | None) -> None:
+    if not reply.early:
+        await reply.start(resp.status, _SSE)
+    stream = translation.stream()
+    usage = UsageReader(True)
+    captured = obs.answer_body = obs.activity.capture()
+    try:
+        while chunk := await resp.next_piece(stall):
+            obs.first_chunk()
+            usage.feed(chunk)
+            out = stream.feed(chunk)
+            if out:
+                if captured is not None:
+                    captured.feed(out)
+                await reply.chunk(out)
+    except UpstreamError as exc:
+        error = _failure(model, exc, mid_stream=True)
+        obs.finish(error.status, usage.result(), error=error.message)
+        await reply.finish(stream.error(error.status, error.message))
+        return
+    model.upstream_answered()
+    await reply.finish(stream.finish())
+    obs.finish(resp.status, usage.result())
+
+
+def _failure(model: Model, exc: UpstreamError, mid_stream: bool = False) -> APIError:
+    if isinstance(exc, UpstreamTimeout):
+        model.upstream_timed_out(str(exc))
+        return timeout_error(model, exc, mid_stream=mid_stream)
+    return upstream_error(model, exc, mid_stream=mid_stream)
