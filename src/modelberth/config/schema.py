@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -20,6 +18,13 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from modelberth.config.sections import (
+    ActivityConfig,
+    DockerConfig,
+    GpuBudget,
+    ResourcesConfig,
+    Strict,
+)
 from modelberth.config.spec import ModelSpec
 from modelberth.config.templates import TEMPLATES
 from modelberth.config.types import (
@@ -38,6 +43,7 @@ from modelberth.config.types import (
 # import them from here (scripts/gen_config_docs.py, proxy/forwarding.py).
 __all__ = [
     "DURATION_PATTERN",
+    "ActivityConfig",
     "Config",
     "Defaults",
     "DockerConfig",
@@ -53,13 +59,12 @@ _DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "contai
                 "pull")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    ollama_port: int | None = Field(
+        None, ge=0, le=65535, description="Also listen here (e.g. 11434, Ollama's port) for "
+        "clients that assume Ollama's address; the same API is served on both ports.")
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /v1/*.")
     admin_keys: list[str] = Field(
         default_factory=list, description="Bearer keys for /api/*; empty = same as api_keys."
@@ -117,7 +122,7 @@ class ServerConfig(_Strict):
         return [*self.api_keys, *self.admin_keys] if self.api_keys else []
 
 
-class Defaults(_Strict):
+class Defaults(Strict):
     idle_timeout: Seconds = Field(300, description="Seconds idle before stopping; 0 = never.")
     start_timeout: PositiveSeconds = Field(120, description="Seconds to become healthy.")
     stop_timeout: Seconds = Field(10, description="Seconds between SIGTERM and SIGKILL.")
@@ -139,51 +144,7 @@ class Defaults(_Strict):
     )
 
 
-class GpuBudget(_Strict):
-    index: int = Field(ge=0, description="NVML device index.")
-    vram_budget_mb: int = Field(gt=0, description="VRAM models may use on this GPU.")
-
-
-class ResourcesConfig(_Strict):
-    memory_budget_mb: int | None = Field(
-        None, gt=0, description="Cap on RAM used by models; null = the host's total RAM."
-    )
-    gpus: Literal["auto"] | list[GpuBudget] = Field(
-        "auto",
-        description="'auto': every GPU NVML finds, budget = its memory minus vram_margin_mb; "
-        "or a list of {index, vram_budget_mb}.",
-    )
-    vram_margin_mb: int = Field(
-        512, ge=0, description="With gpus: auto, VRAM left free on each GPU."
-    )
-    estimate_overhead_mb: int = Field(
-        256, ge=0, description="Added to a GGUF estimate (compute buffers, runtime)."
-    )
-    sample_interval: PositiveSeconds = Field(
-        2.0, description="How often RAM, VRAM and per-model usage are sampled."
-    )
-
-
-class ActivityConfig(_Strict):
-    size: int = Field(
-        500, ge=1, le=100_000,
-        description="Finished requests kept in memory for GET /api/requests and the dashboard.")
-    capture_bodies: bool = Field(
-        False, description="Keep each request's and answer's body with its record (they are "
-        "the users' data: off by default).")
-    capture_kb: int = Field(
-        64, ge=1, le=10_240,
-        description="Each captured body is cut at this size; at most size x 2 x capture_kb "
-        "are held.")
-
-
-class DockerConfig(_Strict):
-    url: str | None = Field(
-        None, description="Docker engine address; default: $DOCKER_HOST or the local socket."
-    )
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     runtime: Literal["process", "docker"] = Field(
         "process", description="How the upstream runs: a local process or a Docker container."
     )
@@ -223,6 +184,9 @@ class ModelConfig(_Strict):
     )
     preload: bool = Field(False, description="Start at boot instead of on first request.")
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
+    use_upstream_model_name: bool = Field(
+        False, description="Answers carry the upstream's `model` instead of the name the "
+        "client sent (an alias stays the alias by default).")
     anthropic: Literal["native", "translate"] | None = Field(
         None, description="How POST /v1/messages reaches the model: `native` passes it "
         "through (the upstream speaks Anthropic's Messages API, as llama-server does), "
@@ -330,7 +294,7 @@ class ModelConfig(_Strict):
             )
 
 
-class Config(_Strict):
+class Config(Strict):
     """The whole modelberth.yaml."""
 
     server: ServerConfig = Field(default_factory=ServerConfig,

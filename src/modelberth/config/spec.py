@@ -82,6 +82,7 @@ class ModelSpec:
     stream_stall_timeout: float = 120.0
     max_timeouts: int = 3
     anthropic: str = "translate"  # how /v1/messages reaches it: "native" or "translate"
+    use_upstream_model_name: bool = False
 
     @classmethod
     def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
@@ -113,6 +114,7 @@ class ModelSpec:
             preload=model.preload,
             docker=docker,
             pinned=model.pinned,
+            use_upstream_model_name=model.use_upstream_model_name,
             anthropic=model.anthropic or (
                 "native" if template and template.speaks_anthropic else "translate"),
             memory_mb=model.memory_mb,

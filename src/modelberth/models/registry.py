@@ -59,7 +59,7 @@ class ReloadOutcome:
 
 # Settings the listening socket or the Docker runtime took at start (server.py, __init__).
 _FIXED_AT_START = ("header_timeout", "body_timeout", "keepalive_timeout", "max_connections",
-                   "instance_id")
+                   "instance_id", "ollama_port")
 
 
 class Registry:

@@ -21,7 +21,7 @@ from modelberth.proxy.forwarding import Forwarding
 from modelberth.proxy.relay_translated import relay_translated
 from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.request import model_from_body, read_body, split_upstream_path
-from modelberth.proxy.translation import Translation, dialect_for
+from modelberth.proxy.translation import INFERENCE_PATHS, Translation, dialect_for
 from modelberth.telemetry.activity import Activity
 from modelberth.telemetry.metrics import Metrics
 from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
@@ -51,8 +51,12 @@ class Proxy:
 
     @staticmethod
     def claims(method: str, path: str) -> bool:
-        """POST /v1/* and /upstream/* come here; the rest goes to the app (FastAPI)."""
-        return path.startswith("/upstream/") or (method == "POST" and path.startswith("/v1/"))
+        """POST /v1/*, /upstream/* and the other APIs' inference routes (translation.py's
+        INFERENCE_PATHS, e.g. Ollama's POST /api/chat) come here; the rest goes to the app
+        (FastAPI)."""
+        if method == "POST":
+            return path.startswith(("/v1/", "/upstream/")) or path in INFERENCE_PATHS
+        return path.startswith("/upstream/")
 
     def forwarding(self, trusted: list[str]) -> Forwarding:
         """The header rules for the config's trusted proxies, rebuilt when a reload brings

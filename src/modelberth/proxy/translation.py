@@ -133,6 +133,8 @@ class _CountTokens(Translation):
 OPENAI = Dialect()
 ANTHROPIC = AnthropicDialect()
 _BY_PATH = {_MESSAGES: ANTHROPIC, _COUNT_TOKENS: ANTHROPIC}
+# POST routes outside /v1/ that are inference, so the proxy (not FastAPI) serves them.
+INFERENCE_PATHS: frozenset[str] = frozenset()
 
 
 def dialect_for(path: str) -> Dialect:
