@@ -73,7 +73,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         data = await request.json()
         record(args, "request")
-        model = data.get("model", "?")
+        model = args.served_name or data.get("model", "?")  # like an upstream's own name
         if data.get("die"):
             record(args, "dying")
             os._exit(4)
@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--exit-code", type=int, default=None)
+    parser.add_argument("--served-name", default=None,
+                        help="the model name answers carry (default: the request's)")
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--die-after-chunks", type=int, default=None)

@@ -18,6 +18,7 @@ from modelberth.models.registry import Registry
 from modelberth.proxy.asgi import Headers, Receive, Scope, Send
 from modelberth.proxy.errors import timeout_error, upstream_error
 from modelberth.proxy.forwarding import Forwarding
+from modelberth.proxy.naming import ModelNamer
 from modelberth.proxy.relay_translated import relay_translated
 from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.request import model_from_body, read_body, split_upstream_path
@@ -213,12 +214,13 @@ class Proxy:
                              type="server_error", code="upstream_error")
             await answer_error(obs, reply, error, early=True)
             return
+        namer = _namer(model, reply, obs, headers, is_sse)
         if not reply.early:  # else the SSE head went out while the model loaded
             if not is_sse and length is not None and length <= _WHOLE \
                     and reply.scope["method"] != "HEAD":
-                await self._relay_whole(model, resp, reply, headers, obs, stall)
+                await self._relay_whole(model, resp, reply, headers, obs, stall, namer)
                 return
-            if length is not None:
+            if length is not None and (namer is None or reply.scope["method"] == "HEAD"):
                 headers.append((b"content-length", b"%d" % length))
             await reply.start(resp.status, headers)
         usage = UsageReader(is_sse)
@@ -228,9 +230,15 @@ class Proxy:
             while chunk := await resp.next_piece(stall):
                 obs.first_chunk()
                 usage.feed(chunk)
+                if namer is not None:
+                    chunk = namer.feed(chunk)
+                    if not chunk:
+                        continue
                 if captured is not None:
                     captured.feed(chunk)
                 await reply.chunk(chunk)
+            if namer is not None and (rest := namer.finish()):
+                await reply.chunk(rest)
         except UpstreamError as exc:
             if isinstance(exc, UpstreamTimeout):
                 model.upstream_timed_out(str(exc))
@@ -247,7 +255,7 @@ class Proxy:
     @staticmethod
     async def _relay_whole(model: Model, resp: UpstreamResponse, reply: Reply,
                            headers: Headers, obs: RequestObservation,
-                           stall: float | None) -> None:
+                           stall: float | None, namer: ModelNamer | None) -> None:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
         error (nothing has been sent yet)."""
@@ -264,9 +272,12 @@ class Proxy:
                 return
         model.upstream_answered()
         obs.first_chunk()
+        usage = usage_of_answer(answer)
+        if namer is not None:
+            answer = namer.whole(answer)
         obs.answer_body = obs.activity.capture(answer)
         await reply.respond(resp.status, headers, answer)
-        obs.finish(resp.status, usage_of_answer(answer))
+        obs.finish(resp.status, usage)
 
     @staticmethod
     async def _broken_stream(model: Model, reply: Reply, is_sse: bool,
@@ -283,6 +294,19 @@ async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:
         return await resp.read(stall)
     except UpstreamError:
         return b""
+
+
+def _namer(model: Model, reply: Reply, obs: RequestObservation, headers: Headers,
+           is_sse: bool) -> ModelNamer | None:
+    """What renames the answer's `model` to the name the client sent: for JSON and SSE
+    answers, unless the model keeps the upstream's name or the route is the raw
+    /upstream/ passthrough."""
+    if model.spec.use_upstream_model_name or reply.scope["path"].startswith("/upstream/"):
+        return None
+    if not is_sse and not any(name == b"content-type" and b"json" in value
+                              for name, value in headers):
+        return None
+    return ModelNamer(obs.requested, is_sse)
 
 
 def _peer(scope: Scope) -> str | None:
