@@ -113,3 +113,41 @@ def test_stream_events_are_counted_however_the_chunks_split_them() -> None:
         feed(reader, stream(300, usage=False), size=size)
         assert reader.content_events == 300, size
         assert reader.result().output_tokens == 300  # no usage reported: one per event
+
+
+def test_usage_of_every_format() -> None:
+    """Responses and Anthropic report input_tokens/output_tokens; Anthropic counts cached
+    prompt tokens apart (cache_read_input_tokens), and they were processed too."""
+    anthropic_answer = json.dumps({"type": "message", "model": "m", "usage": {
+        "input_tokens": 5, "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 2, "output_tokens": 7}}).encode()
+    usage = usage_of_answer(anthropic_answer)
+    assert (usage.input_tokens, usage.output_tokens) == (107, 7)
+    responses = json.dumps({"object": "response", "usage": {
+        "input_tokens": 22, "output_tokens": 8, "total_tokens": 30}}).encode()
+    assert (usage_of_answer(responses).input_tokens, usage_of_answer(responses).output_tokens) \
+        == (22, 8)
+
+    reader = UsageReader(True)
+    events = [{"type": "response.created", "response": {"usage": None}}]
+    events += [{"type": "response.output_text.delta", "delta": "x" * 2000}] * 40
+    events += [{"type": "response.completed", "response": {
+        "usage": {"input_tokens": 22, "output_tokens": 40}}}]
+    for event in events:
+        reader.feed(b"event: e\ndata: " + json.dumps(event).encode() + b"\n\n")
+    assert (reader.result().input_tokens, reader.result().output_tokens) == (22, 40)
+
+    # A long Anthropic stream: input in message_start (its first event), output at the end.
+    reader = UsageReader(True)
+    start = {"type": "message_start", "message": {"model": "m", "usage": {
+        "input_tokens": 9, "cache_read_input_tokens": 3, "output_tokens": 1}}}
+    reader.feed(b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n")
+    delta = {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": "y" * 1000}}
+    for _ in range(60):
+        reader.feed(b"event: content_block_delta\ndata: " + json.dumps(delta).encode()
+                    + b"\n\n")
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+           "usage": {"output_tokens": 60}}
+    reader.feed(b"event: message_delta\ndata: " + json.dumps(end).encode() + b"\n\n")
+    assert (reader.result().input_tokens, reader.result().output_tokens) == (12, 60)

@@ -10,6 +10,7 @@ other body up to a short tail kept back in case a key straddles two pieces."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -18,20 +19,29 @@ _HOLD = 512  # bytes of a non-SSE body kept back for the next piece
 _LONGEST_LINE = 1 << 20  # an SSE line longer than this is passed on unrewritten
 
 
+@functools.lru_cache(maxsize=4096)
+def _template(requested: str) -> bytes:
+    """The replacement, as a re template (its backslashes escaped), made once per name."""
+    return (b'"model":' + json.dumps(requested).encode()).replace(b"\\", b"\\\\")
+
+
+def rename(body: bytes, requested: str) -> bytes:
+    """A whole answer, renamed."""
+    return _MODEL.sub(_template(requested), body) if b'"model"' in body else body
+
+
 class ModelNamer:
-    __slots__ = ("_carry", "_replacement", "_sse")
+    """Renames a stream piece by piece."""
+
+    __slots__ = ("_carry", "_requested", "_sse")
 
     def __init__(self, requested: str, sse: bool) -> None:
-        self._replacement = b'"model":' + json.dumps(requested).encode()
+        self._requested = requested
         self._sse = sse
         self._carry = b""
 
-    def _sub(self, _: re.Match[bytes]) -> bytes:
-        return self._replacement
-
     def whole(self, body: bytes) -> bytes:
-        """A whole answer, renamed."""
-        return _MODEL.sub(self._sub, body) if b'"model"' in body else body
+        return rename(body, self._requested)
 
     def feed(self, chunk: bytes) -> bytes:
         """What of the answer so far can go out, renamed; the rest waits for more."""

@@ -44,8 +44,12 @@ class _AnswerFields(msgspec.Struct):
 
 
 class _TypedUsage(msgspec.Struct):
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # OpenAI chat and completions
     completion_tokens: int | None = None
+    input_tokens: int | None = None  # Responses, Anthropic
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None  # Anthropic: cached tokens, not in input_tokens
+    cache_creation_input_tokens: int | None = None
 
 
 class _TypedTimings(msgspec.Struct):
@@ -86,6 +90,7 @@ class UsageReader:
         self._kept = bytearray()
         self._truncated = False
         self._carry = b""
+        self._head = b""  # a long stream's first bytes (Anthropic's message_start has usage)
 
     def _count_content(self, chunk: bytes) -> None:
         """Count events carrying text, including one whose key is split between chunks: the
@@ -101,6 +106,8 @@ class UsageReader:
         self._kept += chunk
         limit = 2 * _TAIL if self.streaming else _FULL_PARSE
         if len(self._kept) > limit:
+            if self.streaming and not self._truncated:
+                self._head = bytes(self._kept[:_TAIL])
             del self._kept[:-_TAIL]
             self._truncated = True
 
@@ -114,8 +121,14 @@ class UsageReader:
         return usage
 
     def _stream_documents(self) -> list[Any]:
+        """The stream's first two events and its last six (where usage is reported)."""
         docs = []
-        for event in bytes(self._kept).split(b"\n\n")[-6:]:
+        events = bytes(self._kept).split(b"\n\n")
+        if self._head:
+            chosen = self._head.split(b"\n\n")[:2] + events[-6:]
+        else:
+            chosen = events if len(events) <= 8 else events[:2] + events[-6:]
+        for event in chosen:
             for line in event.splitlines():
                 if line.startswith(b"data: {"):
                     try:
@@ -145,15 +158,20 @@ def _usage_from(documents: list[Any]) -> Usage:
     """Usage from answer documents: OpenAI `usage` (a later document's wins) or llama.cpp
     `timings` (filling what `usage` left out)."""
     usage = Usage()
-    for doc in documents:
-        if not isinstance(doc, dict):
+    for document in documents:
+        if not isinstance(document, dict):
             continue
+        # A Responses stream's events carry it in `response`, Anthropic's message_start in
+        # `message`.
+        doc, inner = document, document.get("response") or document.get("message")
+        if isinstance(inner, dict) and "usage" in inner and "usage" not in doc:
+            doc = inner
         usage.model = doc.get("model") or usage.model
         reported = doc.get("usage")
         if isinstance(reported, dict):
-            usage.input_tokens = _int(reported.get("prompt_tokens")) or usage.input_tokens
+            usage.input_tokens = _reported_input(reported) or usage.input_tokens
             usage.output_tokens = _int(reported.get("completion_tokens")) \
-                or usage.output_tokens
+                or _int(reported.get("output_tokens")) or usage.output_tokens
         timings = doc.get("timings")
         if isinstance(timings, dict):
             usage.input_tokens = usage.input_tokens or _int(timings.get("prompt_n"))
@@ -163,11 +181,34 @@ def _usage_from(documents: list[Any]) -> Usage:
     return usage
 
 
+def _reported_input(reported: dict[str, Any]) -> int | None:
+    """`_input_of` for a usage object of any shape."""
+    prompt = _int(reported.get("prompt_tokens"))
+    if prompt:
+        return prompt
+    given = _int(reported.get("input_tokens"))
+    if given is None:
+        return None
+    return given + (_int(reported.get("cache_read_input_tokens")) or 0) \
+        + (_int(reported.get("cache_creation_input_tokens")) or 0)
+
+
+def _input_of(usage: _TypedUsage) -> int | None:
+    """Every prompt token the upstream processed: OpenAI's prompt_tokens, or Anthropic's
+    input_tokens plus the cached ones it reports apart."""
+    if usage.prompt_tokens:
+        return usage.prompt_tokens
+    if usage.input_tokens is None:
+        return None
+    return usage.input_tokens + (usage.cache_read_input_tokens or 0) \
+        + (usage.cache_creation_input_tokens or 0)
+
+
 def _typed_usage(answer: _TypedAnswer) -> Usage:
     """`_usage_from` for an answer of the usual shape."""
     reported, timings = answer.usage, answer.timings
-    given, taken = (reported.prompt_tokens, reported.completion_tokens) if reported \
-        else (None, None)
+    given, taken = (_input_of(reported), reported.completion_tokens or reported.output_tokens) \
+        if reported else (None, None)
     if timings is None:
         return Usage(given or None, taken or None, answer.model or None)
     return Usage(given or timings.prompt_n, taken or timings.predicted_n, answer.model or None,
