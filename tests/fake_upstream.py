@@ -66,6 +66,19 @@ async def tool_call(request: web.Request, data: dict[str, object], model: str
     return resp
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    """One vector per input: [its length, 1.0, 0.5]; a token per word."""
+    data = await request.json()
+    given = data.get("input")
+    inputs = [given] if isinstance(given, str) else list(given or [])
+    words = sum(len(text.split()) for text in inputs)
+    return web.json_response({
+        "object": "list", "model": data.get("model", "?"),
+        "data": [{"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]}
+                 for i, t in enumerate(inputs)],
+        "usage": {"prompt_tokens": words, "total_tokens": words}})
+
+
 def make_app(args: argparse.Namespace) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -134,7 +147,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_post("/v1/completions", chat)
+    app.add_routes([web.post("/v1/completions", chat), web.post("/v1/embeddings", embeddings)])
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get("/status/{code:\\d+}", status)
     app.router.add_post("/v1/{tail:.*}", echo)

@@ -84,3 +84,31 @@ def test_llama_server_answers_under_the_configured_name(modelberth: Any,
     with messages.messages.stream(model="claude-3-haiku", max_tokens=4,
                                   messages=[{"role": "user", "content": "hi"}]) as stream:
         assert stream.get_final_message().model == "claude-3-haiku"
+
+
+def test_loading_shows_as_reasoning_when_asked(modelberth: Any) -> None:
+    """`loading_status: reasoning`: a streamed chat waiting for a cold model gets the
+    progress as reasoning_content deltas (what chat UIs show as thinking), then the answer;
+    the default stays SSE comments, which SDKs skip."""
+    mb = modelberth({"server": {"stream_keepalive": 0.3}, "models": {
+        "slow": fake_model(None, "--start-delay", "1.2", loading_status="reasoning",
+                           aliases=["gpt-slow"]),
+        "plain": fake_model(None, "--start-delay", "1.2")}})
+    client = openai.OpenAI(base_url=mb.url + "/v1", api_key="unused", max_retries=0)
+    reasoning: list[str] = []
+    content: list[str] = []
+    models = set()
+    for event in client.chat.completions.create(model="gpt-slow", messages=[], stream=True):
+        models.add(event.model)
+        delta = event.choices[0].delta
+        thought = getattr(delta, "reasoning_content", None)  # an extra field of the SDK's
+        if thought:
+            reasoning.append(thought)
+        if delta.content:
+            content.append(delta.content)
+    assert len(reasoning) >= 2 and reasoning[0].startswith("Loading slow... 0.")
+    assert "".join(content) == "tok0 tok1 tok2 tok3 tok4 " and models == {"gpt-slow"}
+    plain = client.chat.completions.create(model="plain", messages=[], stream=True)
+    deltas = [event.choices[0].delta for event in plain]
+    assert not any(getattr(d, "reasoning_content", None) for d in deltas)
+    assert "".join(d.content or "" for d in deltas) == "tok0 tok1 tok2 tok3 tok4 "

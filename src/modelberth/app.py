@@ -1,5 +1,5 @@
-"""Assembles the server's one ASGI app: the proxy for inference traffic (POST /v1/* and
-/upstream/*, a raw ASGI handler) and FastAPI for the rest."""
+"""Assembles the server's one ASGI app: the proxy for inference traffic (POST /v1/*,
+/upstream/* and Ollama's POST /api/chat..., a raw ASGI handler) and FastAPI for the rest."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from modelberth import __version__
-from modelberth.api import activity, admin, errors, health, openai, settings
+from modelberth.api import activity, admin, errors, health, ollama, openai, settings
 from modelberth.config import Config
 from modelberth.models.registry import Registry
 from modelberth.proxy.handler import Proxy
@@ -139,6 +139,7 @@ def _build_api(app: ModelberthApp, watch: bool) -> FastAPI:
     errors.install(api)
     api.include_router(health.router)
     api.include_router(openai.router)
+    api.include_router(ollama.router)  # /api/tags...: apart from admin's paths
     api.include_router(admin.router)
     api.include_router(activity.router)
     api.include_router(settings.router)

@@ -1,5 +1,6 @@
-"""Runs the app under uvicorn, on the guarded HTTP protocol (protocol.py): listening,
-graceful shutdown, file descriptor limits, a line once it is ready."""
+"""Runs the app under uvicorn, on the guarded HTTP protocol (protocol.py): listening (on
+server.port, and server.ollama_port too when set), graceful shutdown, file descriptor
+limits, a line once it is ready."""
 
 from __future__ import annotations
 
@@ -47,11 +48,13 @@ class _Server(uvicorn.Server):
         # collector runs hundreds of times a second under load for no garbage.
         gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
         if self.started and self.servers:
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            url = f"http://{host}:{port}"
-            logger.info("modelberth listening on {}", url)
+            urls = []
+            for server in self.servers:  # the main port's first, then server.ollama_port's
+                host, port = server.sockets[0].getsockname()[:2]
+                urls.append(f"http://{host}:{port}")
+            logger.info("modelberth listening on {}", " and ".join(urls))
             if self._on_ready:
-                self._on_ready(url)
+                self._on_ready(urls[0])
 
 
 def _is_loopback(host: str) -> bool:
@@ -119,4 +122,22 @@ def serve(config: Config, *, config_path: Path | None = None, watch: bool = Fals
         # uvicorn calls `http` like a protocol class; the partial hands it the limits.
         http=cast(type[asyncio.Protocol], functools.partial(HttpProtocol, limits=limits)),
     )
-    _Server(uv_config, on_ready, app.end_streams).run()
+    server = _Server(uv_config, on_ready, app.end_streams)
+    if server_cfg.ollama_port is None or server_cfg.ollama_port == server_cfg.port:
+        server.run()
+    else:
+        server.run(sockets=_bind(uv_config, [server_cfg.port, server_cfg.ollama_port]))
+
+
+def _bind(config: uvicorn.Config, ports: list[int]) -> list[socket.socket]:
+    """One listening socket per port (server.ollama_port serves the same app), each bound
+    as uvicorn binds its own (address family, SO_REUSEADDR); uvicorn serves them all with
+    the same protocol, limits and backlog."""
+    main, sockets = config.port, []
+    try:
+        for port in ports:
+            config.port = port
+            sockets.append(config.bind_socket())
+    finally:
+        config.port = main
+    return sockets

@@ -142,6 +142,10 @@ class Defaults(Strict):
         3, ge=1, description="Upstream timeouts in a row after which the model is marked "
         "failed and restarted (it is hung)."
     )
+    loading_status: Literal["comment", "reasoning"] = Field(
+        "comment", description="While a streamed chat waits for a cold model: `comment` "
+        "sends SSE comment lines (`: loading NAME 3.0s`), `reasoning` sends the progress as "
+        "`reasoning_content` deltas, which chat UIs show as thinking.")
 
 
 class ModelConfig(Strict):
@@ -179,6 +183,8 @@ class ModelConfig(Strict):
     stream_stall_timeout: Seconds | None = Field(
         None, description="Overrides `defaults.stream_stall_timeout`."
     )
+    loading_status: Literal["comment", "reasoning"] | None = Field(
+        None, description="Overrides `defaults.loading_status`.")
     max_timeouts: int | None = Field(
         None, ge=1, description="Overrides `defaults.max_timeouts`."
     )

@@ -81,6 +81,7 @@ class ModelSpec:
     first_byte_timeout: float = 600.0
     stream_stall_timeout: float = 120.0
     max_timeouts: int = 3
+    loading_status: str = "comment"  # or "reasoning": how a waiting stream sees the load
     anthropic: str = "translate"  # how /v1/messages reaches it: "native" or "translate"
     use_upstream_model_name: bool = False
 
@@ -127,6 +128,7 @@ class ModelSpec:
                                       defaults.stream_stall_timeout),
             max_timeouts=model.max_timeouts if model.max_timeouts is not None
             else defaults.max_timeouts,
+            loading_status=model.loading_status or defaults.loading_status,
         )
 
     @property

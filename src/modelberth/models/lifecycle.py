@@ -140,6 +140,15 @@ class Lifecycle:
         """The model may have become idle (its last request finished)."""
         self._idle.arm()
 
+    def keep_alive(self, seconds: float | None) -> None:
+        """Override idle_timeout for the upstream running now (IdleTimer.keep_alive)."""
+        self._idle.keep_alive(seconds)
+
+    def idle_limit(self) -> float | None:
+        """Seconds of idleness after which the model stops (keep_alive or idle_timeout);
+        None: never."""
+        return self._idle.limit()
+
     def upstream_answered(self) -> None:
         """The upstream answered a request in time (called on every success: keep trivial)."""
         self._timeouts = 0
@@ -321,6 +330,7 @@ class Lifecycle:
         self._requests.touch()
         self._transition(ModelState.STARTING, ModelState.READY, reason, **detail)
         self._watch_task = asyncio.create_task(self._watch(upstream))
+        self._idle.keep_alive(None)  # a keep_alive was said for the upstream before this one
         self._idle.arm()  # even if every request that asked for it has gone
 
     def _fail(self, reason: str) -> None:

@@ -161,13 +161,22 @@ class Model:
     def idle_seconds_left(self) -> float | None:
         """Seconds before the idle timer stops the model: counting down while it is ready
         and unused, the whole idle_timeout while requests are in flight (the count starts
-        when the last one ends); None when it is not ready or never stops when idle."""
-        timeout = self.spec.idle_timeout
-        if self.state is not ModelState.READY or timeout <= 0:
+        when the last one ends); None when it is not ready or never stops when idle (a
+        request's keep_alive counts: see `keep_alive`)."""
+        timeout = self._lifecycle.idle_limit()
+        if self.state is not ModelState.READY or timeout is None:
             return None
         if self.in_flight:
             return timeout
         return max(0.0, timeout - self.idle_seconds())
+
+    def keep_alive(self, seconds: float | None) -> None:
+        """A request's word on how long the model stays up once idle (Ollama's keep_alive),
+        instead of idle_timeout: 0 stops it as soon as the requests in flight are answered
+        (a stop that gives way to a request arriving meanwhile), math.inf never idle-stops
+        it, N idle-stops it after N seconds; None goes back to idle_timeout. It holds for
+        the upstream running now, until the next keep_alive: a restart clears it."""
+        self._lifecycle.keep_alive(seconds)
 
     def try_enter(self) -> bool:
         """Count one request in flight if the model is ready and has a free slot now."""

@@ -1,11 +1,14 @@
 """The hot path: picks the model, admits the request, forwards it and streams the answer
-back chunk by chunk. It is a raw ASGI handler the app routes POST /v1/* and /upstream/* to;
-FastAPI stays out of this path on purpose."""
+back chunk by chunk, its `model` renamed to the name the client sent (naming.py). It is a
+raw ASGI handler the app routes POST /v1/*, /upstream/* and the other APIs' inference routes
+to (Ollama's POST /api/chat...; translation.py translates those for the upstream, and
+relay_translated.py their answers); FastAPI stays out of this path on purpose."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 from loguru import logger
@@ -18,8 +21,8 @@ from modelberth.models.registry import Registry
 from modelberth.proxy.asgi import Headers, Receive, Scope, Send
 from modelberth.proxy.errors import timeout_error, upstream_error
 from modelberth.proxy.forwarding import Forwarding
-from modelberth.proxy.naming import ModelNamer
-from modelberth.proxy.relay_translated import relay_translated
+from modelberth.proxy.naming import ModelNamer, rename
+from modelberth.proxy.relay_translated import answer_at_once, relay_local, relay_translated
 from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.request import model_from_body, read_body, split_upstream_path
 from modelberth.proxy.translation import INFERENCE_PATHS, Translation, dialect_for
@@ -81,13 +84,18 @@ class Proxy:
                 _, target = split_upstream_path(target)
             else:
                 name, streaming = model_from_body(scope, body)
-            model = self.registry.require(name)
+            model = self.registry.get(name)
+            if model is None:  # e.g. Ollama's `name:latest`; a known name skips this
+                name = dialect.resolve(name, self.registry)
+                model = self.registry.require(name)
             obs.named(model.name, name)
             translation = dialect.translate(model.spec, scope["path"], body, name)
         except APIError as error:
             await answer_error(obs, reply, error)
             return
         if translation is not None:
+            if await answer_at_once(model, reply, obs, translation):
+                return  # nothing for the model to do (Ollama's unload)
             body, target, streaming = translation.body, translation.target, \
                 translation.streaming
         headers = self.forwarding(server.trusted_proxies).request_headers(
@@ -148,20 +156,26 @@ class Proxy:
             if not keepalive or model.ready:
                 await model.acquire()
             else:
-                await self._acquire_with_keepalive(model, reply, keepalive, began)
+                await self._acquire_with_keepalive(model, reply, keepalive, began,
+                                                   obs.requested)
         obs.queued(began, cold)
 
     @staticmethod
     async def _acquire_with_keepalive(model: Model, reply: Reply, keepalive: float,
-                                      began: float) -> None:
+                                      began: float, requested: str) -> None:
         waiting = asyncio.ensure_future(model.acquire())
+        as_reasoning = model.spec.loading_status == "reasoning" \
+            and reply.scope["path"] == "/v1/chat/completions"
         try:
             while not (await asyncio.wait({waiting}, timeout=keepalive))[0]:
                 if not reply.early:
                     await reply.start(200, _SSE_HEADERS)
                     reply.early = True
                 elapsed = time.perf_counter() - began
-                await reply.chunk(f": loading {model.name} {elapsed:.1f}s\n\n".encode())
+                if as_reasoning:
+                    await reply.chunk(_loading_delta(requested, model.name, elapsed))
+                else:
+                    await reply.chunk(f": loading {model.name} {elapsed:.1f}s\n\n".encode())
         except BaseException:
             # Called off (the client left): the acquire must not count itself in later.
             waiting.cancel()
@@ -175,6 +189,9 @@ class Proxy:
     async def _relay(self, model: Model, reply: Reply, target: str, headers: Headers,
                      body: bytes, obs: RequestObservation, translation: Translation | None,
                      retry: bool = False) -> None:
+        if translation is not None and not translation.target:  # nothing for the upstream
+            await relay_local(model, reply, obs, translation)
+            return
         scope = reply.scope
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
@@ -214,17 +231,18 @@ class Proxy:
                              type="server_error", code="upstream_error")
             await answer_error(obs, reply, error, early=True)
             return
-        namer = _namer(model, reply, obs, headers, is_sse)
+        renamed = _renames(model, reply, headers, is_sse)
         if not reply.early:  # else the SSE head went out while the model loaded
             if not is_sse and length is not None and length <= _WHOLE \
                     and reply.scope["method"] != "HEAD":
-                await self._relay_whole(model, resp, reply, headers, obs, stall, namer)
+                await self._relay_whole(model, resp, reply, headers, obs, stall, renamed)
                 return
-            if length is not None and (namer is None or reply.scope["method"] == "HEAD"):
+            if length is not None and (not renamed or reply.scope["method"] == "HEAD"):
                 headers.append((b"content-length", b"%d" % length))
             await reply.start(resp.status, headers)
         usage = UsageReader(is_sse)
         obs.streamed = is_sse
+        namer = ModelNamer(obs.requested, is_sse) if renamed else None
         captured = obs.answer_body = obs.activity.capture()
         try:
             while chunk := await resp.next_piece(stall):
@@ -255,7 +273,7 @@ class Proxy:
     @staticmethod
     async def _relay_whole(model: Model, resp: UpstreamResponse, reply: Reply,
                            headers: Headers, obs: RequestObservation,
-                           stall: float | None, namer: ModelNamer | None) -> None:
+                           stall: float | None, renamed: bool) -> None:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
         error (nothing has been sent yet)."""
@@ -273,8 +291,8 @@ class Proxy:
         model.upstream_answered()
         obs.first_chunk()
         usage = usage_of_answer(answer)
-        if namer is not None:
-            answer = namer.whole(answer)
+        if renamed:
+            answer = rename(answer, obs.requested)
         obs.answer_body = obs.activity.capture(answer)
         await reply.respond(resp.status, headers, answer)
         obs.finish(resp.status, usage)
@@ -296,17 +314,29 @@ async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:
         return b""
 
 
-def _namer(model: Model, reply: Reply, obs: RequestObservation, headers: Headers,
-           is_sse: bool) -> ModelNamer | None:
-    """What renames the answer's `model` to the name the client sent: for JSON and SSE
-    answers, unless the model keeps the upstream's name or the route is the raw
+def _loading_delta(requested: str, name: str, elapsed: float) -> bytes:
+    """A chat completion chunk whose `reasoning_content` says the model is loading, for
+    chat UIs that show reasoning as thinking (`loading_status: reasoning`)."""
+    chunk = {"id": "chatcmpl-modelberth-loading", "object": "chat.completion.chunk",
+             "created": int(time.time()), "model": requested,
+             "choices": [{"index": 0, "finish_reason": None, "delta": {
+                 "role": "assistant",
+                 "reasoning_content": f"Loading {name}... {elapsed:.1f}s\n"}}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def _renames(model: Model, reply: Reply, headers: Headers, is_sse: bool) -> bool:
+    """Whether the answer's `model` becomes the name the client sent (naming.py): JSON and
+    SSE answers, unless the model keeps the upstream's name or the route is the raw
     /upstream/ passthrough."""
     if model.spec.use_upstream_model_name or reply.scope["path"].startswith("/upstream/"):
-        return None
-    if not is_sse and not any(name == b"content-type" and b"json" in value
-                              for name, value in headers):
-        return None
-    return ModelNamer(obs.requested, is_sse)
+        return False
+    if is_sse:
+        return True
+    for name, value in headers:
+        if name == b"content-type":
+            return b"json" in value
+    return False
 
 
 def _peer(scope: Scope) -> str | None:

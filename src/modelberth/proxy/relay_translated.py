@@ -1,7 +1,9 @@
 """Relaying an answer that must be translated for the client (translation.py): a stream
 fed through the route's stream translator piece by piece as it arrives, anything else
 read whole and translated at once. The upstream's own OpenAI usage is read on the way, so
-tokens are counted whatever the client's API."""
+tokens are counted whatever the client's API. Also the answers that need no upstream call:
+`answer_at_once` (before admission: Ollama's unload) and `relay_local` (once the model is
+ready: Ollama's preload)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,41 @@ from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_
 from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 _JSON = [(b"content-type", b"application/json")]
-_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no")]
+_STREAMING = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+async def answer_at_once(model: Model, reply: Reply, obs: RequestObservation,
+                         translation: Translation) -> bool:
+    """Answer now if the translation needs neither the model nor its upstream; whether it
+    did."""
+    out = translation.at_once(model)
+    if out is None:
+        return False
+    await reply.respond(200, _JSON, out)
+    obs.finish(200)
+    return True
+
+
+async def relay_local(model: Model, reply: Reply, obs: RequestObservation,
+                      translation: Translation) -> None:
+    """The answer of a translation with nothing to send upstream, the model being ready."""
+    translation.apply(model)
+    obs.first_chunk()
+    try:
+        status, out = translation.whole(200, b"", obs)
+    except APIError as error:
+        await answer_error(obs, reply, error, reply.early)
+        return
+    if reply.early:  # an SSE head went out while the model loaded
+        await reply.finish(out)
+    else:
+        await reply.respond(status, _JSON, out)
+    obs.finish(status)
 
 
 async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
                            obs: RequestObservation, translation: Translation) -> None:
+    translation.apply(model)
     _, is_sse, _ = Forwarding.answer_head(resp.status, resp.headers)
     stall = model.spec.stream_stall_timeout or None
     if is_sse and resp.status < 400:
@@ -36,7 +67,7 @@ async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
     model.upstream_answered()
     obs.first_chunk()
     try:
-        status, out = translation.whole(resp.status, answer)
+        status, out = translation.whole(resp.status, answer, obs)
     except APIError as error:
         await answer_error(obs, reply, error, reply.early)
         return
@@ -58,8 +89,10 @@ async def _relay_stream(model: Model, reply: Reply, resp: UpstreamResponse,
                         obs: RequestObservation, translation: Translation,
                         stall: float | None) -> None:
     if not reply.early:
-        await reply.start(resp.status, _SSE)
-    stream = translation.stream()
+        await reply.start(resp.status,
+                          [(b"content-type", translation.stream_type), *_STREAMING])
+    stream = translation.stream(obs)
+    obs.streamed = True
     usage = UsageReader(True)
     captured = obs.answer_body = obs.activity.capture()
     try:

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from modelberth.telemetry.setup import Telemetry
 
 _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion",
-               "/v1/embeddings": "embeddings"}
+               "/v1/embeddings": "embeddings", "/v1/messages": "chat",
+               "/api/chat": "chat", "/api/generate": "text_completion",
+               "/api/embed": "embeddings", "/api/embeddings": "embeddings"}
 _TAIL = 16 * 1024  # bytes kept of a stream, or of a large body, to read its usage
 # Bodies up to this size are parsed whole for usage; of larger ones (embeddings run to
 # megabytes) only the tail is read: parsing them whole would hold the event loop.
