@@ -406,6 +406,9 @@ def test_narrow_and_dark(browser: Browser, mb: Modelberth, shots: Path) -> None:
         dark.page.locator("#theme").click()  # auto -> light, remembered
         dark.page.reload()
         expect(dark.page.locator("html")).to_have_attribute("data-theme", "light")
+        background = dark.page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert sum(int(v) for v in background[background.index("(") + 1:-1].split(",")) \
+            > 600, background  # the choice wins over the system's dark
         dark.assert_clean()
     finally:
         close(dark)

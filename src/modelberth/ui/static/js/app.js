@@ -17,11 +17,15 @@ const mounted = new Set();
 let current = null;
 
 // ---- theme: "auto" follows prefers-color-scheme; a choice is remembered. ----
+// data-theme is the choice (absent in auto); data-scheme what the CSS draws.
 const THEME_KEY = "modelberth.theme";
+const systemDark = window.matchMedia("(prefers-color-scheme: dark)");
 function applyTheme(choice) {
   const root = document.documentElement;
   if (choice === "light" || choice === "dark") root.dataset.theme = choice;
   else delete root.dataset.theme;
+  root.dataset.scheme = choice === "light" || choice === "dark" ? choice
+    : systemDark.matches ? "dark" : "light";
   $("theme").textContent = choice === "light" ? "☀ light" : choice === "dark" ? "☾ dark" : "◐ auto";
   $("theme").setAttribute("aria-label", `Colour scheme: ${choice}`);
 }
@@ -29,6 +33,9 @@ function initTheme() {
   let choice = "auto";
   try { choice = localStorage.getItem(THEME_KEY) || "auto"; } catch { /* no storage */ }
   applyTheme(choice);
+  systemDark.addEventListener("change", () => {
+    applyTheme(document.documentElement.dataset.theme || "auto");
+  });
   $("theme").addEventListener("click", () => {
     const order = ["auto", "light", "dark"];
     const now = document.documentElement.dataset.theme || "auto";
