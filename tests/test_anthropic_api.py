@@ -142,6 +142,9 @@ def test_llama_server_speaks_messages_itself_and_counts_tokens(llama: Modelberth
                              messages=[{"role": "user", "content": "Hello"}]) as stream:
         final = stream.get_final_message()
     assert final.usage.output_tokens > 0
+    native = sdk.messages.count_tokens(model="tiny",
+                                       messages=[{"role": "user", "content": "Hello there"}])
+    assert native.input_tokens > 2
 
     # Translated, against the same server: chat completions and /tokenize.
     translated = sdk.messages.create(model="tiny-translated", max_tokens=8,
