@@ -136,18 +136,11 @@ class Lifecycle:
         """Raise ModelRetired if retire() was called."""
         self._retirement.check()
 
-    def arm_idle_timer(self) -> None:
-        """The model may have become idle (its last request finished)."""
-        self._idle.arm()
-
-    def keep_alive(self, seconds: float | None) -> None:
-        """Override idle_timeout for the upstream running now (IdleTimer.keep_alive)."""
-        self._idle.keep_alive(seconds)
-
-    def idle_limit(self) -> float | None:
-        """Seconds of idleness after which the model stops (keep_alive or idle_timeout);
-        None: never."""
-        return self._idle.limit()
+    @property
+    def idle(self) -> IdleTimer:
+        """The idle timer, which owns its own state: the Model arms it when the last request
+        finishes and sets keep_alive through it."""
+        return self._idle
 
     def upstream_answered(self) -> None:
         """The upstream answered a request in time (called on every success: keep trivial)."""
@@ -391,10 +384,6 @@ class Lifecycle:
         if self.state is ModelState.READY and self._requests.in_flight == 0 and not self.retiring:
             return self._requests.idle_seconds()
         return None
-
-    def idle_stop_at(self) -> float | None:
-        """When the idle timer will stop the model (wall clock, for display), if idle now."""
-        return self._idle.stop_at()
 
     # --- state -------------------------------------------------------------------------
 

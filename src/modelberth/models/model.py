@@ -163,7 +163,7 @@ class Model:
         and unused, the whole idle_timeout while requests are in flight (the count starts
         when the last one ends); None when it is not ready or never stops when idle (a
         request's keep_alive counts: see `keep_alive`)."""
-        timeout = self._lifecycle.idle_limit()
+        timeout = self._lifecycle.idle.limit()
         if self.state is not ModelState.READY or timeout is None:
             return None
         if self.in_flight:
@@ -176,7 +176,7 @@ class Model:
         (a stop that gives way to a request arriving meanwhile), math.inf never idle-stops
         it, N idle-stops it after N seconds; None goes back to idle_timeout. It holds for
         the upstream running now, until the next keep_alive: a restart clears it."""
-        self._lifecycle.keep_alive(seconds)
+        self._lifecycle.idle.keep_alive(seconds)
 
     def try_enter(self) -> bool:
         """Count one request in flight if the model is ready and has a free slot now."""
@@ -220,7 +220,7 @@ class Model:
 
     def release(self) -> None:
         if self._requests.leave():
-            self._lifecycle.arm_idle_timer()
+            self._lifecycle.idle.arm()
             for listener in self._idle_listeners:
                 listener(self)
 
@@ -272,7 +272,7 @@ class Model:
             self._lifecycle.check_retired()
             await self._lifecycle.ensure_started(force=True)
         self._requests.touch()
-        self._lifecycle.arm_idle_timer()
+        self._lifecycle.idle.arm()
 
     def start_soon(self) -> asyncio.Task[None]:
         """Begin starting now (the state shows `starting` at once); finish in the background.
@@ -337,7 +337,7 @@ class Model:
             "gpus": list(gpus) if isinstance(gpus := spec.gpus, tuple) else gpus,
             "last_error": lifecycle.last_error,
             "idle_timeout": spec.idle_timeout,
-            "idle_stop_at": lifecycle.idle_stop_at(),
+            "idle_stop_at": lifecycle.idle.stop_at(),
             "starts": lifecycle.starts,
             "failures": lifecycle.failures,
             "retry_in": round(lifecycle.backoff_remaining(), 3) or None,
