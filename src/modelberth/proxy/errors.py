@@ -31,6 +31,15 @@ def timeout_error(model: Model, exc: UpstreamTimeout, mid_stream: bool = False) 
                     type="server_error", code="upstream_timeout")
 
 
+def failure(model: Model, exc: BaseException, mid_stream: bool = False) -> APIError:
+    """The error for an upstream call that failed; a timeout also counts towards the
+    model's `max_timeouts` (upstream_timed_out)."""
+    if isinstance(exc, UpstreamTimeout):
+        model.upstream_timed_out(str(exc))
+        return timeout_error(model, exc, mid_stream)
+    return upstream_error(model, exc, mid_stream)
+
+
 def sse_error_event(error: APIError) -> bytes:
     """The `error` event that ends an SSE answer that has already started."""
     return f"event: error\ndata: {json.dumps(error.body())}\n\n".encode()

@@ -19,7 +19,7 @@ from modelberth.errors import APIError
 from modelberth.models.model import Model
 from modelberth.models.registry import Registry
 from modelberth.proxy.asgi import Headers, Receive, Scope, Send
-from modelberth.proxy.errors import timeout_error, upstream_error
+from modelberth.proxy.errors import failure
 from modelberth.proxy.forwarding import Forwarding
 from modelberth.proxy.naming import ModelNamer, rename
 from modelberth.proxy.relay_translated import answer_at_once, relay_local, relay_translated
@@ -203,13 +203,9 @@ class Proxy:
             resp = await self.upstream.request(
                 scope["method"], "127.0.0.1", model.port, target, headers, body,
                 first_byte_timeout=spec.first_byte_timeout or None)
-        except UpstreamTimeout as exc:
-            model.upstream_timed_out(str(exc))
-            await answer_error(obs, reply, timeout_error(model, exc), reply.early)
-            return
         except UpstreamError as exc:
-            error = upstream_error(model, exc)
-            if retry and not exc.answered:
+            error = failure(model, exc)
+            if retry and not exc.answered and not isinstance(exc, UpstreamTimeout):
                 raise _Refused(error) from exc
             await answer_error(obs, reply, error, reply.early)
             return
@@ -258,11 +254,7 @@ class Proxy:
             if namer is not None and (rest := namer.finish()):
                 await reply.chunk(rest)
         except UpstreamError as exc:
-            if isinstance(exc, UpstreamTimeout):
-                model.upstream_timed_out(str(exc))
-                error = timeout_error(model, exc, mid_stream=True)
-            else:
-                error = upstream_error(model, exc, mid_stream=True)
+            error = failure(model, exc, mid_stream=True)
             obs.finish(error.status, usage.result(), error=error.message)
             await self._broken_stream(model, reply, is_sse or reply.early, error)
             return
@@ -281,12 +273,11 @@ class Proxy:
         if answer is None:
             try:
                 answer = await resp.read(stall)
-            except UpstreamTimeout as exc:
-                model.upstream_timed_out(str(exc))
-                await answer_error(obs, reply, timeout_error(model, exc, mid_stream=True))
-                return
             except UpstreamError as exc:
-                await answer_error(obs, reply, upstream_error(model, exc))
+                # The head had come: a timeout is "during the response"; a failure keeps
+                # the wording of one before the answer, since the client has seen nothing.
+                error = failure(model, exc, mid_stream=isinstance(exc, UpstreamTimeout))
+                await answer_error(obs, reply, error)
                 return
         model.upstream_answered()
         obs.first_chunk()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from modelberth.errors import APIError
 from modelberth.models.model import Model
-from modelberth.proxy.errors import timeout_error, upstream_error
+from modelberth.proxy.errors import failure
 from modelberth.proxy.forwarding import Forwarding
 from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.translation import Translation
 from modelberth.telemetry.observe import RequestObservation, UsageReader, usage_of_answer
-from modelberth.upstream_client import UpstreamError, UpstreamResponse, UpstreamTimeout
+from modelberth.upstream_client import UpstreamError, UpstreamResponse
 
 _JSON = [(b"content-type", b"application/json")]
 _STREAMING = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -62,7 +62,7 @@ async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
         if answer is None:
             answer = await resp.read(stall)
     except UpstreamError as exc:
-        await answer_error(obs, reply, _failure(model, exc), reply.early)
+        await answer_error(obs, reply, failure(model, exc), reply.early)
         return
     model.upstream_answered()
     obs.first_chunk()
@@ -105,7 +105,7 @@ async def _relay_stream(model: Model, reply: Reply, resp: UpstreamResponse,
                     captured.feed(out)
                 await reply.chunk(out)
     except UpstreamError as exc:
-        error = _failure(model, exc, mid_stream=True)
+        error = failure(model, exc, mid_stream=True)
         obs.finish(error.status, usage.result(), error=error.message)
         await reply.finish(stream.error(error.status, error.message))
         return
@@ -113,9 +113,3 @@ async def _relay_stream(model: Model, reply: Reply, resp: UpstreamResponse,
     await reply.finish(stream.finish())
     obs.finish(resp.status, usage.result())
 
-
-def _failure(model: Model, exc: UpstreamError, mid_stream: bool = False) -> APIError:
-    if isinstance(exc, UpstreamTimeout):
-        model.upstream_timed_out(str(exc))
-        return timeout_error(model, exc, mid_stream=mid_stream)
-    return upstream_error(model, exc, mid_stream=mid_stream)
