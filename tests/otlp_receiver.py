@@ -3,13 +3,16 @@ opentelemetry-proto messages and keeping it for assertions."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
@@ -151,4 +154,19 @@ class GrpcReceiver:
 
     def close(self) -> None:
         self.server.stop(0)
+
+
+Receiver = TypeVar("Receiver", HttpReceiver, GrpcReceiver)
+
+
+@contextlib.contextmanager
+def exporting_to(receiver: Receiver, protocol: str,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """Point the OTLP exporters (OTEL_* variables) at `receiver`; close it afterwards."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    try:
+        yield receiver
+    finally:
+        receiver.close()
 

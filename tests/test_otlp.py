@@ -24,7 +24,7 @@ from modelberth.telemetry.export import SpanExportProcess
 from modelberth.telemetry.exporters import span_exporter
 from modelberth.telemetry.handover import RequestTrace, decode_traces, encode_traces
 from modelberth.telemetry.tracing import SpanRecorder
-from otlp_receiver import GrpcReceiver, attributes
+from otlp_receiver import GrpcReceiver, attributes, exporting_to
 
 REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 
@@ -63,11 +63,8 @@ def test_a_group_crosses_the_pipe_as_it_was_handed_over() -> None:
 
 @pytest.fixture
 def grpc_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[GrpcReceiver]:
-    receiver = GrpcReceiver()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    yield receiver
-    receiver.close()
+    with exporting_to(GrpcReceiver(), "grpc", monkeypatch) as receiver:
+        yield receiver
 
 
 async def test_request_spans_reach_a_grpc_receiver_whole(grpc_receiver: GrpcReceiver) -> None:

@@ -44,7 +44,7 @@ from modelberth.telemetry.export import CHILD_NAME, SpanExportProcess
 from modelberth.telemetry.exporters import span_exporter
 from modelberth.telemetry.handover import RequestTrace
 from modelberth.telemetry.tracing import SpanBatcher, SpanRecorder, Started, parent_span, root_bound
-from otlp_receiver import HttpReceiver, attributes
+from otlp_receiver import HttpReceiver, attributes, exporting_to
 
 TRACEPARENT = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
@@ -55,11 +55,8 @@ Recorders = Callable[..., tuple[SpanRecorder, TracerProvider]]
 
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpReceiver]:
-    receiver = HttpReceiver()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    yield receiver
-    receiver.close()
+    with exporting_to(HttpReceiver(), "http/protobuf", monkeypatch) as receiver:
+        yield receiver
 
 
 @pytest.fixture
