@@ -24,6 +24,7 @@ from modelberth.config.schema import (
     DockerConfig,
     GpuBudget,
     ModelConfig,
+    ProbeConfig,
     ResourcesConfig,
     ServerConfig,
 )
@@ -50,8 +51,10 @@ prints the same).
 - **Per-start placeholders.** In `command` and `env`, these are filled each time the model
   starts and never taken from the environment: `${PORT}` (the port modelberth assigned, or the
   model's fixed `port`), `${HOST}` (`127.0.0.1`; `0.0.0.0` inside a bridge-networked container),
-  `${MODEL_PATH}` (the model's `model_path`), `${MODEL_NAME}` (the model's name). The
-  upstream must learn its port: put `${PORT}` in `command` or `env`, or set `port`.
+  `${MODEL_PATH}` (the model's `model_path`), `${MODEL_NAME}` (the model's name), and for a
+  model on GPUs `${GPUS}` (the indexes it was placed on, `0,2`), `${GPU_COUNT}` and
+  `${TENSOR_SPLIT}` (an even split, `1,1`). The upstream must learn its port: put `${PORT}`
+  in `command` or `env`, or set `port`.
 - **Durations** are seconds (`30`, `2.5`) or a number with a unit: `250ms`, `30s`, `5m`, `1h`.
 - **`command`** is an argv list, or a string split like a shell would (quotes and backslashes
   respected); it is never run through a shell, so `;`, `|`, `&&` or `$(...)` are plain
@@ -91,6 +94,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("docker", DockerConfig, "docker."),
     ("activity", ActivityConfig, "activity."),
     ("models.NAME", ModelConfig, ""),
+    ("models.NAME.probe", ProbeConfig, "probe."),
 ]
 
 
@@ -169,6 +173,8 @@ def configuration_md() -> str:
             if title in Config.model_fields else ""
         if model is GpuBudget:
             description = "With `resources.gpus` as a list, each item:"
+        elif model is ProbeConfig:
+            description = " ".join((ProbeConfig.__doc__ or "").split())
         elif model is ModelConfig:
             description = (f"{Config.model_fields['models'].description} Without a `template`, "
                            "`command` is required.")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +23,18 @@ import pytest
 import yaml
 
 from modelberth.demo import llama_server_path
+from modelberth.models.learned import STATE_DIR_ENV
 from modelberth.runtimes.process import OWNER_ENV
 from modelberth.tinymodel import ensure_tiny_model
 
 TESTS = Path(__file__).parent
 FAKE = str(TESTS / "fake_upstream.py")
+
+
+# In-process registries keep their learned footprints here, never in ~/.cache.
+if STATE_DIR_ENV not in os.environ:
+    os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="modelberth-state-")
+    atexit.register(shutil.rmtree, os.environ[STATE_DIR_ENV], ignore_errors=True)
 
 
 def free_port() -> int:
@@ -141,7 +151,10 @@ class Modelberth:
                  "-c", str(self.config_path), "--log-format", "plain",
                  "--log-level", "DEBUG", *(extra or [])],
                 stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_PROXY": "*", **(env or {})},
+                # Its learned footprints stay with this server (kept across its restarts).
+                env={**os.environ, "NO_PROXY": "*",
+                     "MODELBERTH_STATE_DIR": str(self.config_path.parent / "state"),
+                     **(env or {})},
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

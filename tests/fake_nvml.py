@@ -3,7 +3,8 @@
 Selected with MODELBERTH_NVML_MODULE=fake_nvml (tests/ on PYTHONPATH). The GPUs come from the
 JSON file named by FAKE_NVML_STATE: {"gpus": [{"name", "total_mb", "base_used_mb",
 "utilization"}]}. Like the real driver it reports per-process memory: any live process whose
-environment has FAKE_VRAM_MB uses that much on each GPU listed in its CUDA_VISIBLE_DEVICES.
+environment has FAKE_VRAM_MB uses that much on each GPU listed in its CUDA_VISIBLE_DEVICES;
+one with FAKE_VRAM_FILE uses what that file says now (see _vram_mb).
 """
 
 from __future__ import annotations
@@ -87,14 +88,27 @@ def _users(handle: int) -> list[_Process]:
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            if "FAKE_VRAM_MB" not in env or proc.status() == psutil.STATUS_ZOMBIE:
+            used = _vram_mb(env)
+            if used is None or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             devices = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")
             if str(handle) in devices:
-                found.append(_Process(proc.pid, int(float(env["FAKE_VRAM_MB"]) * MB)))
+                found.append(_Process(proc.pid, int(used * MB)))
         except (psutil.Error, OSError, ValueError):
             continue
     return found
+
+
+def _vram_mb(env: dict[str, str]) -> float | None:
+    """The MB a process uses on each of its GPUs; None: it uses none. A process whose usage
+    changes as it runs (fake_vllm.py, asleep and awake) names a file holding its MB in
+    FAKE_VRAM_FILE, read at each call (not there yet: 0); else FAKE_VRAM_MB is fixed."""
+    if "FAKE_VRAM_FILE" in env:
+        try:
+            return float(Path(env["FAKE_VRAM_FILE"]).read_text() or 0)
+        except FileNotFoundError:
+            return 0.0
+    return float(env["FAKE_VRAM_MB"]) if "FAKE_VRAM_MB" in env else None
 
 
 def nvmlDeviceGetMemoryInfo(handle: int) -> _Memory:

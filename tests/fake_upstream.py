@@ -2,9 +2,13 @@
 
     python fake_upstream.py --port P [--start-delay S] [--exit-code N] [--chunks N]
         [--chunk-delay S] [--die-after-chunks N] [--events FILE] [--ignore-sigterm]
+        [--print-load-lines llama|llama-old|vllm] [--print-every S] [--silent] [--loading-503]
 
 Every start, request, finished stream and cancelled stream is appended to --events as a line,
 so tests can count what really happened.
+
+POST /wedge wedges it for good: /health still answers 200, but every completion (chat or
+not) is counted as a request and then never answered.
 """
 
 from __future__ import annotations
@@ -15,16 +19,42 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+
+from load_lines import LOAD_LINES
 
 
 def record(args: argparse.Namespace, what: str) -> None:
     if args.events:
         with Path(args.events).open("a") as fh:
             fh.write(f"{what} {os.getpid()} {time.time():.3f}\n")
+
+
+class Wedge:
+    """POST /wedge: from then on /health still answers, but no completion ever does."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._on = False
+
+    async def set(self, _: web.Request) -> web.Response:
+        self._on = True
+        record(self._args, "wedged")
+        return web.json_response({"wedged": True})
+
+    async def request(self, request: web.Request) -> Any:
+        """A completion request's JSON, recorded; once wedged, like a stuck GPU, it is
+        taken and never answered."""
+        data = await request.json()
+        record(self._args, "request")
+        if self._on:
+            await asyncio.Event().wait()
+        return data
 
 
 def chunk(index: int, model: str) -> bytes:
@@ -80,12 +110,15 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 def make_app(args: argparse.Namespace) -> web.Application:
+    wedge = Wedge(args)
+
     async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        # --loading-503: what llama-server answers while it loads
+        return loading_answer() if time.monotonic() < args.loading_until \
+            else web.json_response({"status": "ok"})
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        data = await request.json()
-        record(args, "request")
+        data = await wedge.request(request)
         model = args.served_name or data.get("model", "?")  # like an upstream's own name
         if data.get("die"):
             record(args, "dying")
@@ -147,11 +180,30 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
-    app.add_routes([web.post("/v1/completions", chat), web.post("/v1/embeddings", embeddings)])
+    app.add_routes([web.post("/v1/completions", chat), web.post("/v1/embeddings", embeddings),
+                    web.post("/wedge", wedge.set)])
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get("/status/{code:\\d+}", status)
     app.router.add_post("/v1/{tail:.*}", echo)
     return app
+
+
+def loading_answer() -> web.Response:
+    return web.json_response({"error": {"message": "Loading model", "code": 503,
+                                        "type": "unavailable_error"}}, status=503)
+
+
+def chatter(args: argparse.Namespace, began: float) -> None:
+    """--print-load-lines spread over the start delay, and --print-every's lines."""
+    lines = LOAD_LINES.get(args.print_load_lines or "", [])
+    for i, line in enumerate(lines):
+        time.sleep(max(0.0, began + args.start_delay * i / len(lines) - time.monotonic()))
+        print(line, file=sys.stderr, flush=True)
+    count = 0
+    while args.print_every and time.monotonic() + args.print_every < began + args.start_delay:
+        time.sleep(args.print_every)
+        count += 1
+        print(f"still loading ({count})", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -170,9 +222,22 @@ def main() -> None:
                         help="hold this much resident memory, like a loaded model")
     parser.add_argument("--spawn-child", action="store_true",
                         help="also start a long-lived child process in the same group")
+    parser.add_argument("--print-load-lines", choices=sorted(LOAD_LINES), default=None,
+                        help="print a real server's load lines on stderr over the delay")
+    parser.add_argument("--print-every", type=float, default=0.0,
+                        help="print a line on stderr this often during the start delay")
+    parser.add_argument("--silent", action="store_true", help="print nothing at start")
+    parser.add_argument("--loading-503", action="store_true",
+                        help="listen at once, answering /health 503 during the delay")
     args = parser.parse_args()
+    args.loading_until = 0.0
     record(args, "start")
-    print(f"fake upstream starting on port {args.port}", flush=True)
+    if not args.silent:
+        print(f"fake upstream starting on port {args.port}", flush=True)
+    if args.print_load_lines or args.print_every:
+        threading.Thread(target=chatter, args=(args, time.monotonic()), daemon=True).start()
+    if args.loading_503:
+        args.loading_until, args.start_delay = time.monotonic() + args.start_delay, 0.0
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.spawn_child:

@@ -565,9 +565,11 @@ def test_per_start_placeholders_are_kept_then_filled() -> None:
 
 def test_gpus_set_cuda_visible_devices_for_a_process() -> None:
     spec = model("    command: [x, '${PORT}']\n    gpus: [1, 3]\n")
-    assert spec.environment(1) == {"CUDA_VISIBLE_DEVICES": "1,3"}
+    # PCI bus order: CUDA then numbers the GPUs as NVML (and so the scheduler) does.
+    assert spec.environment(1) == {"CUDA_VISIBLE_DEVICES": "1,3",
+                                   "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     own = model("    command: [x, '${PORT}']\n    gpus: [1]\n    env: {CUDA_VISIBLE_DEVICES: 0}\n")
-    assert own.environment(1) == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert own.environment(1) == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
 def test_env_vars_expand_from_the_given_mapping() -> None:

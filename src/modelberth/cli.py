@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Annotated, Any
 
@@ -133,15 +136,115 @@ def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
                    f"{m['runtime_id'] or '-':>9} {m['in_flight']:>9} {memory:>9}")
 
 
-def _action(action: str, name: str, url: str, key: str | None) -> None:
-    status = _call(url, key, "POST", f"/api/models/{name}/{action}")
+class _StartWatch:
+    """While a start is awaited, its progress on stderr, from /api/events (the model's
+    `start_progress` and `state` events), read in a thread of its own. Best effort: with an
+    old server, a broken stream or no events it prints nothing, and the command's answer
+    and exit code are the POST's alone."""
+
+    _SUBSCRIBE_WAIT = 2.0  # for the stream to open, so a start's first events are seen
+    _LAST_WAIT = 1.0  # after the answer, for the start's last event (it races the answer)
+    _READ_TIMEOUT = 60.0  # the stream says something every 15 s
+
+    def __init__(self, url: str, key: str | None, name: str) -> None:
+        self._url, self._key, self._names = url.rstrip("/"), key, {name}
+        self._tty = sys.stderr.isatty()
+        self._lock = threading.Lock()  # the watcher's lines never cross the final answer
+        self._done = False
+        self._drawn = False  # a line drawn in place on a terminal, to be cleared
+        self._opened = threading.Event()
+        self._seen = False  # an event of this model came
+        self._ended = threading.Event()  # and then the state its start ended in
+        threading.Thread(target=self._read, daemon=True).start()  # ends with the command
+        self._opened.wait(self._SUBSCRIBE_WAIT)
+
+    def _get(self, path: str, accept: str = "application/json") -> Any:
+        request = urllib.request.Request(self._url + path, headers={"Accept": accept})
+        if self._key:
+            request.add_header("Authorization", f"Bearer {self._key}")
+        return urllib.request.urlopen(request, timeout=self._READ_TIMEOUT)
+
+    def _read(self) -> None:
+        try:
+            with self._get(f"/api/models/{urllib.parse.quote(next(iter(self._names)))}") \
+                    as resp:
+                self._names.add(json.loads(resp.read())["name"])  # an alias's model
+            with self._get("/api/events", "text/event-stream") as stream:
+                kind = ""
+                for raw in stream:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if line.startswith(": connected"):
+                        self._opened.set()
+                    elif line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        self._show(kind, json.loads(line[6:]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no progress to show; the POST still answers
+        finally:
+            self._opened.set()
+
+    def _show(self, kind: str, event: dict[str, Any]) -> None:
+        if event.get("model") not in self._names:
+            return
+        self._seen = True
+        if kind == "state":
+            text, in_place = f"{event['model']}: {event.get('from')} -> {event.get('to')}", False
+        elif kind == "start_progress" and event.get("phase") == "ready":
+            elapsed = float(event.get("elapsed_seconds") or 0)
+            text, in_place = f"{event['model']}: ready after {elapsed:.1f}s", False
+        elif kind == "start_progress":
+            text, in_place = f"{event['model']}: starting {_progress_text(event)}", True
+        else:
+            return
+        with self._lock:
+            if self._done:
+                return
+            if self._tty and (in_place or self._drawn):
+                sys.stderr.write("\r\x1b[K")  # over the last progress line
+            sys.stderr.write(text if self._tty and in_place else text + "\n")
+            sys.stderr.flush()
+            self._drawn = self._tty and in_place
+        if event.get("phase") == "ready" or event.get("to") in ("failed", "retired"):
+            self._ended.set()  # once shown: the start's last event
+
+    def close(self) -> None:
+        if self._seen:
+            self._ended.wait(self._LAST_WAIT)
+        with self._lock:
+            self._done = True
+            if self._drawn:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+
+
+def _progress_text(event: dict[str, Any]) -> str:
+    """"3.2s 45% eta 4s (loading tensors)": what a start_progress event knows."""
+    parts = [f"{float(event.get('elapsed_seconds') or 0):.1f}s"]
+    if event.get("percent") is not None:
+        parts.append(f"{event['percent']}%")
+    if event.get("eta_seconds") is not None and event.get("percent") != 100:
+        parts.append(f"eta {math.ceil(float(event['eta_seconds']))}s")
+    if event.get("phase") and event["phase"] != "starting":
+        parts.append(f"({event['phase']})")
+    return " ".join(parts)
+
+
+def _action(action: str, name: str, url: str, key: str | None,
+            watch: bool = False) -> None:
+    watcher = _StartWatch(url, key, name) if watch else None
+    try:
+        status = _call(url, key, "POST", f"/api/models/{name}/{action}")
+    finally:
+        if watcher is not None:
+            watcher.close()
     typer.echo(f"{status['name']}: {status['state']}")
 
 
 @app.command()
 def start(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
-    """Start a model and wait until it is ready."""
-    _action("start", name, url, key)
+    """Start a model and wait until it is ready, showing its progress on stderr."""
+    _action("start", name, url, key, watch=True)
 
 
 @app.command()
@@ -152,8 +255,8 @@ def stop(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
 
 @app.command()
 def restart(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
-    """Stop and start a model."""
-    _action("restart", name, url, key)
+    """Stop and start a model, showing the start's progress on stderr."""
+    _action("restart", name, url, key, watch=True)
 
 
 @app.command()

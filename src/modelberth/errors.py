@@ -57,14 +57,21 @@ class StartFailed(APIError):
 
 
 class StartTimeout(APIError):
-    def __init__(self, model: str, seconds: float, reason: str = "") -> None:
+    """A start gave up: `limit` names the timeout that fired, start_timeout (the hard cap)
+    or stall_timeout (nothing moved for that long)."""
+
+    def __init__(self, model: str, seconds: float, reason: str = "",
+                 limit: str = "start_timeout") -> None:
         tail = f": {reason}" if reason else ""
+        head = f"stalled while starting: nothing moved for {seconds:g}s" \
+            if limit == "stall_timeout" else f"did not become healthy within {seconds:g}s"
         super().__init__(
             504,
-            f"Model '{model}' did not become healthy within {seconds:g}s{tail}",
+            f"Model '{model}' {head} ({limit}){tail}",
             type="server_error",
             code="model_start_timeout",
         )
+        self.limit = limit
 
 
 class QueueFull(APIError):

@@ -156,7 +156,8 @@ async def reload_config(request: Request) -> dict[str, Any]:
 @router.get("/events")
 async def events(request: Request) -> StreamingResponse:
     """Server-sent events: `state` (every model state change), `eviction` (a model stopped to
-    make room, with the reason), `start_progress` (each second while a model loads) and
+    make room, with the reason), `start_progress` (while a model loads: each second and at
+    each new phase, with percent, eta_seconds and phase; a last one at 100 once ready) and
     `request` (each finished request, as GET /api/requests shows it)."""
     bus = registry(request).events
 

@@ -22,6 +22,8 @@ from modelberth.config.sections import (
     ActivityConfig,
     DockerConfig,
     GpuBudget,
+    GpuCount,
+    ProbeConfig,
     ResourcesConfig,
     Strict,
 )
@@ -48,7 +50,9 @@ __all__ = [
     "Defaults",
     "DockerConfig",
     "GpuBudget",
+    "GpuCount",
     "ModelConfig",
+    "ProbeConfig",
     "ResourcesConfig",
     "ServerConfig",
     "parse_network",
@@ -124,7 +128,12 @@ class ServerConfig(Strict):
 
 class Defaults(Strict):
     idle_timeout: Seconds = Field(300, description="Seconds idle before stopping; 0 = never.")
-    start_timeout: PositiveSeconds = Field(120, description="Seconds to become healthy.")
+    start_timeout: PositiveSeconds = Field(
+        120, description="Hard cap on the seconds a start may take to become healthy.")
+    stall_timeout: Seconds = Field(
+        120, description="A start fails when nothing moves (no output line, no progress, no "
+        "change in the health answer) for this many seconds; an upstream that keeps printing "
+        "is never stalled; 0 = only start_timeout.")
     stop_timeout: Seconds = Field(10, description="Seconds between SIGTERM and SIGKILL.")
     drain_timeout: Seconds = Field(
         30, description="On stop, seconds to let in-flight requests finish before terminating."
@@ -172,6 +181,8 @@ class ModelConfig(Strict):
     start_timeout: PositiveSeconds | None = Field(
         None, description="Overrides `defaults.start_timeout`."
     )
+    stall_timeout: Seconds | None = Field(
+        None, description="Overrides `defaults.stall_timeout`.")
     stop_timeout: Seconds | None = Field(None, description="Overrides `defaults.stop_timeout`.")
     drain_timeout: Seconds | None = Field(
         None, description="Overrides `defaults.drain_timeout`."
@@ -204,11 +215,22 @@ class ModelConfig(Strict):
     vram_mb: int | None = Field(
         None, gt=0, description="VRAM the model needs over all its `gpus`, for scheduling."
     )
-    gpus: Literal["all"] | list[int] | None = Field(
+    gpus: Literal["all", "auto"] | list[int] | GpuCount | None = Field(
         None,
-        description="GPUs the model uses: 'all' or device indices. Docker: device requests, "
-        "like --gpus; process: CUDA_VISIBLE_DEVICES. VRAM is budgeted on these.",
+        description="GPUs the model uses: `auto` (the scheduler picks one with room at each "
+        "start), `{count: N}` (it picks N), `all`, or device indices. Docker: device "
+        "requests, like --gpus; process: CUDA_VISIBLE_DEVICES. VRAM is budgeted on these.",
     )
+    sleep: Literal[1, 2] | None = Field(
+        None, description="vLLM sleep mode: when idle or evicted, put the model to sleep "
+        "(`POST /sleep?level=N`) instead of stopping it, and wake it for the next request. "
+        "Level 1 keeps the weights in host RAM (counted against the RAM budget), level 2 "
+        "drops them. The server must run with --enable-sleep-mode and "
+        "VLLM_SERVER_DEV_MODE=1 (the vllm template adds both).")
+    probe: ProbeConfig | None = Field(
+        None, description="Send a small generation now and then; restart the model after "
+        "`failures` failed probes in a row (health can answer while it no longer "
+        "generates).")
     max_concurrency: int | None = Field(
         None, gt=0, description="Requests forwarded at once; more wait in the queue."
     )
@@ -233,6 +255,16 @@ class ModelConfig(Strict):
     pull: Literal["never", "missing", "always"] = Field(
         "missing", description="When to pull the image."
     )
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_indices(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of GPUs: leave `gpus` out for none")
+            if any(i < 0 for i in value) or len(set(value)) != len(value):
+                raise ValueError("GPU indices must be distinct and not negative")
+        return value
 
     @field_validator("health_path")
     @classmethod

@@ -38,6 +38,33 @@ class ResourcesConfig(Strict):
     sample_interval: PositiveSeconds = Field(
         2.0, description="How often RAM, VRAM and per-model usage are sampled."
     )
+    placement: Literal["binpack", "spread"] = Field(
+        "binpack", description="Where `gpus: auto` / `gpus: {count: N}` models go: `binpack` "
+        "fills the GPU with the least room that fits (keeps big GPUs free for big models), "
+        "`spread` the one with the most room.")
+    state_file: str | None = Field(
+        None, description="Where the learned footprints (measured RAM/VRAM peaks and start "
+        "times per model and config hash) are kept across restarts; default: "
+        "footprints-<instance_id>.json in $MODELBERTH_STATE_DIR, else ~/.cache/modelberth.")
+
+
+class GpuCount(Strict):
+    count: int = Field(ge=1, le=64, description="How many GPUs the scheduler picks.")
+
+
+class ProbeConfig(Strict):
+    """A request that proves the model still generates (health can answer while it is
+    wedged)."""
+
+    interval: PositiveSeconds = Field(
+        60, description="Seconds between probes while the model is ready; skipped when a "
+        "request was answered within the interval.")
+    timeout: PositiveSeconds = Field(30, description="A probe not answered in time failed.")
+    failures: int = Field(3, ge=1, description="Failed probes in a row before a restart.")
+    path: str = Field("/v1/completions", pattern=r"^/", description="POST path of the probe.")
+    body: dict[str, object] = Field(
+        default_factory=lambda: {"prompt": "ping", "max_tokens": 1},
+        description="JSON body of the probe; `model` is set to the model's name if absent.")
 
 
 class ActivityConfig(Strict):

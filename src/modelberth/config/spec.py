@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from modelberth.config.sections import GpuCount, ProbeConfig
 from modelberth.config.templates import TEMPLATES
 
 if TYPE_CHECKING:
@@ -19,8 +20,15 @@ if TYPE_CHECKING:
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
 
-def _gpus(gpus: str | list[int] | None) -> str | tuple[int, ...] | None:
-    return tuple(gpus) if isinstance(gpus, list) else gpus
+def _gpus(gpus: str | list[int] | GpuCount | None) -> tuple[str | tuple[int, ...] | None, int]:
+    """(fixed GPUs: "all", indexes or None; how many the scheduler picks, 0 if it does not)."""
+    if isinstance(gpus, list):
+        return tuple(gpus), 0
+    if isinstance(gpus, GpuCount):
+        return None, gpus.count
+    if gpus == "auto":
+        return None, 1
+    return gpus, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +83,13 @@ class ModelSpec:
     pinned: bool = False
     memory_mb: int | None = None
     vram_mb: int | None = None
-    gpus: str | tuple[int, ...] | None = None
+    gpus: str | tuple[int, ...] | None = None  # fixed by the config: "all" or indexes
+    gpu_count: int = 0  # GPUs the scheduler picks at each start (gpus: auto / {count: N})
+    placed: tuple[int, ...] | None = None  # the GPUs given for this start (see placed_on)
+    multi_gpu_args: tuple[str, ...] = ()  # appended to argv when placed on 2+ GPUs
+    sleep_level: int | None = None  # vLLM sleep mode instead of stopping
+    stall_timeout: float = 120.0
+    probe: ProbeConfig | None = None
     max_concurrency: int | None = None
     priority: int = 0
     first_byte_timeout: float = 600.0
@@ -92,6 +106,11 @@ class ModelSpec:
         default_command = (template.docker_command if docker else template.command) \
             if template else ()
         command = model.command or list(default_command)
+        env = dict(model.env)
+        if model.command is None and template is not None and model.sleep is not None:
+            command += template.sleep_args
+            env = {**dict(template.sleep_env), **env}
+        gpus, gpu_count = _gpus(model.gpus)
         health = model.health_path or (template.health_path if template else "/health")
 
         def pick(value: float | None, default: float) -> float:
@@ -101,7 +120,7 @@ class ModelSpec:
             name=name,
             runtime=model.runtime,
             command=tuple(command),
-            env=dict(model.env),
+            env=env,
             cwd=model.cwd,
             health_path=health,
             aliases=tuple(model.aliases),
@@ -120,7 +139,12 @@ class ModelSpec:
                 "native" if template and template.speaks_anthropic else "translate"),
             memory_mb=model.memory_mb,
             vram_mb=model.vram_mb,
-            gpus=_gpus(model.gpus),
+            gpus=gpus,
+            gpu_count=gpu_count,
+            multi_gpu_args=template.multi_gpu if template and model.command is None else (),
+            sleep_level=model.sleep,
+            stall_timeout=pick(model.stall_timeout, defaults.stall_timeout),
+            probe=model.probe,
             max_concurrency=model.max_concurrency,
             priority=model.priority,
             first_byte_timeout=pick(model.first_byte_timeout, defaults.first_byte_timeout),
@@ -132,31 +156,58 @@ class ModelSpec:
         )
 
     @property
+    def uses_gpu(self) -> bool:
+        return bool(self.gpus) or self.gpu_count > 0
+
+    @property
+    def devices(self) -> tuple[int, ...] | None:
+        """The GPU indexes this start runs on: the placement, else the fixed list; None for
+        no GPU or `all`."""
+        if self.placed is not None:
+            return self.placed
+        return self.gpus if isinstance(self.gpus, tuple) else None
+
+    def placed_on(self, gpus: tuple[int, ...] | None) -> ModelSpec:
+        """This spec for one start on `gpus` (same config hash: the placement is not config)."""
+        return dataclasses.replace(self, placed=gpus)
+
+    @property
     def listen_host(self) -> str:
         bridged = self.docker is not None and self.docker.network == "bridge"
         return "0.0.0.0" if bridged else "127.0.0.1"  # 0.0.0.0 only inside its own netns
 
     def fill(self, text: str, port: int) -> str:
         """Fill the per-start placeholders ${PORT}, ${HOST}, ${MODEL_PATH}, ${MODEL_NAME}."""
+        devices = self.devices or ()
         values = {"PORT": str(port), "HOST": self.listen_host,
-                  "MODEL_PATH": self.model_path or "", "MODEL_NAME": self.name}
+                  "MODEL_PATH": self.model_path or "", "MODEL_NAME": self.name,
+                  "GPUS": ",".join(map(str, devices)), "GPU_COUNT": str(len(devices)),
+                  "TENSOR_SPLIT": ",".join("1" for _ in devices)}
         return _VAR.sub(lambda m: "$" if m.group(1) == "$" else values.get(m.group(2), m.group(0)),
                         text)
 
     def argv(self, port: int) -> list[str]:
-        return [self.fill(part, port) for part in self.command]
+        command = self.command
+        if self.devices is not None and len(self.devices) > 1:
+            command += self.multi_gpu_args
+        return [self.fill(part, port) for part in command]
 
     def environment(self, port: int) -> dict[str, str]:
         env = {key: self.fill(value, port) for key, value in self.env.items()}
-        if isinstance(self.gpus, tuple) and self.docker is None:
-            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in self.gpus))
+        devices = self.devices
+        if devices is not None and self.docker is None:
+            # NVML's indexes are in PCI bus order; CUDA's default order is fastest first.
+            # The same order makes CUDA_VISIBLE_DEVICES name the GPUs the scheduler chose.
+            env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, devices)))
         return env
 
     def config_hash(self) -> str:
         blob = json.dumps(
             [self.runtime, self.command, dict(self.env), self.cwd, self.health_path,
              self.fixed_port, self.model_path, self.gpus,
-             dataclasses.asdict(self.docker) if self.docker else None],
+             dataclasses.asdict(self.docker) if self.docker else None,
+             *([self.gpu_count] if self.gpu_count else [])],  # absent: earlier hashes hold
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -16,8 +16,10 @@ class Footprint:
     peak_memory_bytes: int | None = None
     peak_vram_bytes: int | None = None
 
-    def record(self, memory: int | None, vram: int | None) -> None:
+    def record(self, memory: int | None, vram: int | None, peak: bool = True) -> None:
         self.memory_bytes, self.vram_bytes = memory, vram
+        if not peak:
+            return
         if memory and memory > (self.peak_memory_bytes or 0):
             self.peak_memory_bytes = memory
         if vram and vram > (self.peak_vram_bytes or 0):

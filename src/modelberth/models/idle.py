@@ -1,4 +1,5 @@
-"""The idle timer: stops a ready model that nothing has used for idle_timeout seconds.
+"""The idle timer: stops a ready model that nothing has used for idle_timeout seconds (or
+puts it to sleep, for a model with `sleep`: the lifecycle's `stop` hook decides which).
 
 One watcher task at a time, armed whenever the model may have become idle (it became
 ready, its last request finished, a start by hand). The watcher sleeps until the idle time
@@ -27,7 +28,7 @@ class IdleTimer:
 
     def __init__(self, name: str, timeout: Callable[[], float],
                  idle_for: Callable[[], float | None],
-                 stop: Callable[[], Awaitable[None]]) -> None:
+                 stop: Callable[[], Awaitable[object]]) -> None:
         """`timeout` is read anew each time (update_settings may change idle_timeout);
         `idle_for` is how long the model has been idle, None when it is not idle and ready
         (then the watcher ends); `stop` stops the model if it is still idle."""
@@ -86,7 +87,7 @@ class IdleTimer:
             if limit is None:
                 return
             if idle_for >= limit:
-                logger.info("{}: idle for {:.1f}s, stopping", self._name, idle_for)
+                logger.info("{}: idle for {:.1f}s", self._name, idle_for)
                 await self._stop()
                 return
             await asyncio.sleep(limit - idle_for)

@@ -5,7 +5,8 @@ expected and `state.TRANSITIONS`, set, publish a StateEvent. Only this class wri
 fields (state, upstream, port, started_at, last_error, starts, spec); the Model reads them,
 takes one step towards ready at a time (`ensure_started`) and calls `stop`, `retire`...
 It alone changes its pieces: the crash back-off (backoff.py), the idle timer (idle.py), the
-retirement (retirement.py: RETIRED is final) and `Kills` (kills.py), which stops each
+retirement (retirement.py: RETIRED is final), the sleep mode (sleep.py: vLLM's sleep and
+wake, the lifecycle's own procedure kept apart) and `Kills` (kills.py), which stops each
 upstream let go of in a task of its own: no cancellation cuts a kill short, a failed start
 answers its waiters without waiting for it, and nothing starts, stops or retires for good
 before the kills are done. launch.py brings an upstream up, or says why not.
@@ -34,10 +35,20 @@ from modelberth.models.events import EventBus
 from modelberth.models.health import probe
 from modelberth.models.idle import IdleTimer
 from modelberth.models.kills import Kills
-from modelberth.models.launch import LaunchFailed, free_port, until_healthy, with_tail
+from modelberth.models.launch import (
+    LaunchFailed,
+    announce_ready,
+    free_port,
+    until_healthy,
+    with_tail,
+)
+from modelberth.models.probe import GenerationProbe
+from modelberth.models.progress import StartProgress
 from modelberth.models.retirement import Retirement
+from modelberth.models.sleep import SleepMode
 from modelberth.models.state import (
     IDLE,
+    WARM,
     ModelRetired,
     ModelState,
     RetireReason,
@@ -51,7 +62,7 @@ from modelberth.runtimes.logbuffer import LogBuffer
 if TYPE_CHECKING:
     from modelberth.models.admission import Admission
 
-_RUNNING = frozenset({ModelState.STARTING, ModelState.READY})
+_RUNNING = frozenset({ModelState.STARTING, ModelState.READY, *WARM})
 
 
 class Lifecycle:
@@ -70,8 +81,14 @@ class Lifecycle:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self.starts = 0
+        # The GPUs the upstream runs on (the scheduler's placement, or the fixed list), for
+        # as long as it holds an upstream.
+        self.gpus: tuple[int, ...] | None = None
+        self.start_seconds: list[float] = []  # the last few starts' durations, oldest first
+        self.progress: StartProgress | None = None  # the start under way's, while it runs
         self._backoff = Backoff()
-        self._admit: Callable[[], Awaitable[None]] | None = None  # the scheduler's gate
+        # The scheduler's gate: room in the budgets, and the GPUs it placed the start on.
+        self._admit: Callable[[], Awaitable[tuple[int, ...] | None]] | None = None
         # Told after every state change, and when an upstream stopped in the background is
         # gone (the scheduler counts a model's memory until then).
         self._state_listeners: list[Callable[[], None]] = []
@@ -81,12 +98,17 @@ class Lifecycle:
         self._stop_only_if_idle = False  # whether _stop_task may give up
         self._watch_task: asyncio.Task[None] | None = None
         self._idle = IdleTimer(spec.name, lambda: self.spec.idle_timeout, self._idle_for,
-                               lambda: self.stop("idle", only_if_idle=True))
+                               lambda: self.sleep_mode.sleep("idle") if self.spec.sleep_level
+                               else self.stop("idle", only_if_idle=True))
         self._kills = Kills(spec.name, self.logs, lambda: self.spec.stop_timeout,
                             self._tell_state_listeners)  # upstreams being stopped
         self._retirement = Retirement()  # declared the moment retire() is called
         self._retire_task: asyncio.Task[None] | None = None
+        self.sleep_mode = SleepMode(self, http, requests, self._tracer)  # the one sleep/wake
         self._timeouts = 0  # upstream timeouts in a row
+        # Runs while READY (begun in _serve, cancelled in _transition on leaving READY).
+        self._probe = GenerationProbe(spec.name, events, http,
+                                      lambda: requests.in_flight > 0, self._probe_failed)
 
     @property
     def name(self) -> str:
@@ -118,7 +140,7 @@ class Lifecycle:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def connect(self, admit: Callable[[], Awaitable[None]],
+    def connect(self, admit: Callable[[], Awaitable[tuple[int, ...] | None]],
                 on_state: Callable[[], None]) -> None:
         """The scheduler's hooks, bound to the Model: `admit` gates every start (room in the
         budgets), `on_state` hears every state change."""
@@ -130,6 +152,8 @@ class Lifecycle:
         size...): same config hash, no restart."""
         if spec.config_hash() != self.spec.config_hash():
             raise ValueError(f"{self.name}: a new config hash needs reconfigure()")
+        if spec.probe != self.spec.probe and self.state is ModelState.READY:
+            self._probe.begin(spec.probe, self.base_url)  # a reload added, changed or removed it
         self.spec = spec
 
     def check_retired(self) -> None:
@@ -145,6 +169,7 @@ class Lifecycle:
     def upstream_answered(self) -> None:
         """The upstream answered a request in time (called on every success: keep trivial)."""
         self._timeouts = 0
+        self._probe.answered = True  # it generates: the next probe can be skipped
 
     def upstream_timed_out(self, reason: str) -> bool:
         """A request to the upstream timed out (no first byte, a stalled stream). After
@@ -157,6 +182,15 @@ class Lifecycle:
         self._drop_upstream()  # counted by the scheduler until it is gone
         self._fail(f"{count} upstream timeouts in a row (last: {reason})")
         return not self.retiring and self._stop_task is None
+
+    def _probe_failed(self, reason: str) -> None:
+        """`probe.failures` probes in a row failed: the upstream answers health but does
+        not generate. As after too many timeouts: fail, kill it in the background, and
+        start a fresh one (unless retiring or being stopped: begin_start_soon)."""
+        if self.state is ModelState.READY:
+            self._drop_upstream()  # counted by the scheduler until it is gone
+            self._fail(reason)
+            self.begin_start_soon()
 
     # --- management --------------------------------------------------------------------
 
@@ -185,6 +219,10 @@ class Lifecycle:
             await asyncio.shield(task)
             if only_if_idle or not joined_only_if_idle:
                 return
+
+    async def sleep(self, reason: str) -> bool:
+        """Put a ready, idle model with `sleep` to sleep (sleep.py); whether it is asleep."""
+        return await self.sleep_mode.sleep(reason)
 
     async def retire(self, reason: RetireReason) -> None:
         """Stop for good (the model was removed from the config, or modelberth shuts down).
@@ -215,11 +253,12 @@ class Lifecycle:
                     await self._kills.settle()
                 else:
                     await self.stop(reason)
+            await self._probe.stop()  # cancelled on leaving READY: ended before retire returns
 
     def reconfigure(self, spec: ModelSpec, runtime: Runtime) -> bool:
         """Take new settings that change how the upstream runs; whether the model was
         running (then Model.reconfigure restarts it)."""
-        running = self.state in (ModelState.STARTING, ModelState.READY)
+        running = self.state in _RUNNING  # asleep too: it would wake with the old settings
         self.spec = spec
         self._runtime = runtime
         self._backoff.reset()  # a new config deserves a fresh try
@@ -234,7 +273,9 @@ class Lifecycle:
             await self._kills.settle()
             return False
         self._transition(ModelState.STOPPED, ModelState.STARTING, "adopt")
+        self.gpus = upstream.gpus
         self._serve(upstream, "adopted", runtime_id=upstream.runtime_id)
+        await self.sleep_mode.adopted()  # an earlier run may have put it to sleep
         return True
 
     # --- starting ----------------------------------------------------------------------
@@ -247,6 +288,12 @@ class Lifecycle:
             await self._retirement.wait(self._stop_task)
             return
         if self.state is ModelState.READY:
+            return
+        if self.state in WARM:  # the sleep under way, then the one wake
+            warm = self.sleep_mode.step()
+            await self._retirement.wait(warm)
+            if not warm.cancelled():
+                warm.result()  # the wake's error, if it failed
             return
         if not force and self.state is ModelState.FAILED and self._start_task is None:
             self._backoff.check(self.name, self.last_error)
@@ -282,26 +329,33 @@ class Lifecycle:
                 self._start_task = None
 
     async def _start_upstream(self) -> None:
+        self.progress = None  # an earlier start's, if it was called off
         await self._kills.settle()  # an earlier upstream still being killed goes first
+        placement = self.spec.devices
         if self._admit is not None:
             try:
-                await self._admit()
+                placement = await self._admit()
             except StartFailed as exc:
                 self._fail(exc.reason)
                 raise
+        self.gpus = placement
         self.port = self.spec.fixed_port or free_port()
         began = time.monotonic()
+        # Made before the launch, so the upstream's first lines count too.
+        self.progress = progress = StartProgress(self.logs, self.start_seconds)
         try:
             upstream = self._upstream = await self._kills.launch(
-                self._runtime.start(self.spec, self.port, self.logs))
+                self._runtime.start(self.spec.placed_on(placement), self.port, self.logs))
         except RuntimeStartError as exc:
+            self.progress = None
             self._fail(str(exc))
             raise StartFailed(self.name, str(exc)) from None
         self.starts += 1
         try:
             await until_healthy(upstream, self.spec, self.base_url, self._http, self._events,
-                                self.logs)
+                                self.logs, progress)
         except (LaunchFailed, asyncio.CancelledError) as exc:  # failed, or a stop called it off
+            self.progress = None
             # Killed in the background: stop_timeout may be long, and the waiters are owed
             # an answer at start_timeout.
             if self._upstream is upstream:
@@ -311,9 +365,13 @@ class Lifecycle:
                 self._fail(exc.reason)
                 raise exc.error from None
             raise
+        self.progress = None
         self.last_error = None
         self._backoff.reset()
-        self._serve(upstream, "healthy", start_seconds=round(time.monotonic() - began, 3))
+        took = round(time.monotonic() - began, 3)
+        self.start_seconds = [*self.start_seconds[-4:], took]
+        self._serve(upstream, "healthy", start_seconds=took)
+        announce_ready(self._events, self.name, progress)
 
     def _serve(self, upstream: Upstream, reason: str, **detail: Any) -> None:
         """STARTING -> READY, serving with `upstream` (launched, or adopted)."""
@@ -323,8 +381,17 @@ class Lifecycle:
         self._requests.touch()
         self._transition(ModelState.STARTING, ModelState.READY, reason, **detail)
         self._watch_task = asyncio.create_task(self._watch(upstream))
+        self._probe.begin(self.spec.probe, self.base_url)  # a fresh count for this upstream
         self._idle.keep_alive(None)  # a keep_alive was said for the upstream before this one
         self._idle.arm()  # even if every request that asked for it has gone
+
+    def _awake(self, reason: str, **detail: Any) -> None:
+        """WAKING -> READY (sleep.py's wake): serving again, with the same upstream."""
+        self._timeouts = 0
+        self._requests.touch()  # the idle clock starts again, as at a start
+        self._transition(ModelState.WAKING, ModelState.READY, reason, **detail)
+        self._probe.begin(self.spec.probe, self.base_url)  # cancelled when it fell asleep
+        self._idle.arm()
 
     def _fail(self, reason: str) -> None:
         self._backoff.failed()
@@ -337,7 +404,7 @@ class Lifecycle:
 
     def note_exit(self, upstream: Upstream, status: ExitStatus) -> None:
         """The upstream has exited: if it was serving, the model has failed (idempotent)."""
-        if self._upstream is upstream and self.state is ModelState.READY:
+        if self._upstream is upstream and self.state in (ModelState.READY, *WARM):
             self._drop_upstream()  # reaps it, and whatever it left in its group
             self._fail(f"upstream exited unexpectedly ({status.describe()})")
 
@@ -358,15 +425,17 @@ class Lifecycle:
             try:
                 if only_if_idle and (requests.in_flight or requests.waiting):
                     return
+                await self._probe.stop()  # no probe during the drain, none left once stopped
                 if self._start_task is not None:
                     self._start_task.cancel()
                     with contextlib.suppress(BaseException):
                         await self._start_task
+                await self.sleep_mode.cancel()  # a sleep or wake: the upstream goes anyway
                 if self.state is ModelState.FAILED:
                     await self._kills.settle()
                     self._transition(ModelState.FAILED, ModelState.STOPPED, reason)
                     return
-                if self.state not in (ModelState.STARTING, ModelState.READY):
+                if self.state not in _RUNNING:
                     await self._kills.settle()
                     return
                 self._transition(_RUNNING, ModelState.STOPPING, reason)
@@ -394,6 +463,8 @@ class Lifecycle:
         old = self.state
         check_transition(self.name, old, expected, new, reason)
         self.state = new
+        if old is ModelState.READY:
+            self._probe.cancel()  # at once: not one probe more once a stop or failure began
         if new is ModelState.FAILED and self.last_error:
             detail.setdefault("error", self.last_error)
         self._events.publish(StateEvent(self.name, old, new, reason, detail=detail))

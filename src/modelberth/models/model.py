@@ -33,6 +33,7 @@ from modelberth.models.admission import Admission
 from modelberth.models.events import EventBus
 from modelberth.models.footprint import Footprint
 from modelberth.models.lifecycle import Lifecycle
+from modelberth.models.progress import Progress
 from modelberth.models.state import ModelState, RetireReason
 from modelberth.models.tasks import swallow_outcome
 from modelberth.runtimes.base import Runtime, Upstream
@@ -47,9 +48,10 @@ class Model:
         self._footprint = Footprint()  # sampled by resources.Monitor
         self._idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
 
-    def connect(self, admit: Callable[[Model], Awaitable[None]],
+    def connect(self, admit: Callable[[Model], Awaitable[tuple[int, ...] | None]],
                 on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
-        """The scheduler's hooks: `admit` gates every start (room in the budgets), `on_idle`
+        """The scheduler's hooks: `admit` gates every start (room in the budgets) and says
+        which GPUs it runs on, `on_idle`
         hears when the last request in flight finished, `on_state` every state change."""
         # The lifecycle does not know the Model: it gets the hooks bound to it.
         self._lifecycle.connect(lambda: admit(self), lambda: on_state(self))
@@ -107,6 +109,14 @@ class Model:
         return self._lifecycle.starts
 
     @property
+    def progress(self) -> Progress | None:
+        """How far the start under way has come (progress.py); None unless starting."""
+        progress = self._lifecycle.progress
+        if progress is None or self._lifecycle.state is not ModelState.STARTING:
+            return None
+        return progress.snapshot()
+
+    @property
     def retiring(self) -> bool:
         """retire() was called: the model never starts again."""
         return self._lifecycle.retiring
@@ -121,8 +131,26 @@ class Model:
 
     # --- memory ------------------------------------------------------------------------
 
-    def record_usage(self, memory: int | None, vram: int | None) -> None:
-        self._footprint.record(memory, vram)
+    def record_usage(self, memory: int | None, vram: int | None, peak: bool = True) -> None:
+        self._footprint.record(memory, vram, peak)
+
+    def learn(self, memory: int | None, vram: int | None,
+              start_seconds: tuple[float, ...]) -> None:
+        """What an earlier run of modelberth measured (learned.py), before any start."""
+        self._footprint.record(None, None)
+        self._footprint.peak_memory_bytes = memory
+        self._footprint.peak_vram_bytes = vram
+        self._lifecycle.start_seconds = list(start_seconds)
+
+    @property
+    def gpus(self) -> tuple[int, ...] | None:
+        """The GPUs its upstream runs on (None: no GPU, `all`, or not running)."""
+        return self._lifecycle.gpus
+
+    @property
+    def start_seconds(self) -> list[float]:
+        """How long its last few successful starts took, oldest first."""
+        return self._lifecycle.start_seconds
 
     @property
     def memory_bytes(self) -> int | None:
@@ -286,6 +314,15 @@ class Model:
         """See Lifecycle.stop: after the requests in flight; only_if_idle may give up."""
         await self._lifecycle.stop(reason, only_if_idle=only_if_idle)
 
+    async def sleep(self, reason: str = "requested") -> bool:
+        """Put the model to sleep (vLLM's sleep mode, models with `sleep`), if it is ready and
+        idle (nothing in flight or queued), or join the sleep in progress. Whether it is
+        asleep now: False if it cannot sleep, is not ready, a request came first, it is
+        waking, or the sleep call failed (then it is FAILED, its upstream being killed).
+        Asleep it keeps its upstream (holds_upstream) but not its VRAM; at level 1 its
+        weights are in host RAM. The next request wakes it (WAKING: admitted again)."""
+        return await self._lifecycle.sleep(reason)
+
     async def retire(self, reason: RetireReason) -> None:
         """Stop for good; every waiter gets ModelRetired at once (see Lifecycle.retire)."""
         await self._lifecycle.retire(reason)
@@ -334,11 +371,20 @@ class Model:
             "vram_bytes": self.vram_bytes if upstream else None,
             "pinned": spec.pinned,
             "preload": spec.preload,
-            "gpus": list(gpus) if isinstance(gpus := spec.gpus, tuple) else gpus,
+            "sleep_level": spec.sleep_level,
+            "sleeps": lifecycle.sleep_mode.sleeps,
+            "wakes": lifecycle.sleep_mode.wakes,
+            # The indexes it was given, while it runs; else the config's fixed list, if any.
+            "gpus": list(lifecycle.gpus) if upstream and lifecycle.gpus is not None
+            else list(spec.gpus) if isinstance(spec.gpus, tuple) else None,
+            "gpu_request": list(spec.gpus) if isinstance(spec.gpus, tuple) else spec.gpus
+            or ("auto" if spec.gpu_count == 1 else
+                {"count": spec.gpu_count} if spec.gpu_count else None),
             "last_error": lifecycle.last_error,
             "idle_timeout": spec.idle_timeout,
             "idle_stop_at": lifecycle.idle.stop_at(),
             "starts": lifecycle.starts,
+            "progress": progress.as_dict() if (progress := self.progress) else None,
             "failures": lifecycle.failures,
             "retry_in": round(lifecycle.backoff_remaining(), 3) or None,
         }

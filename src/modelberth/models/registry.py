@@ -22,6 +22,7 @@ from opentelemetry.trace import Tracer
 from modelberth.config import Config, ConfigError, ConfigIssue, ModelSpec, load_config
 from modelberth.errors import APIError, model_not_found
 from modelberth.models.events import EventBus
+from modelberth.models.learned import LearnedFootprints, default_path
 from modelberth.models.model import Model
 from modelberth.models.resources import Monitor
 from modelberth.models.scheduler import Scheduler
@@ -80,7 +81,9 @@ class Registry:
                                     instance=DockerRuntime.instance_for(config.server)),
         }
         self.models: dict[str, Model] = {}
-        self.monitor = Monitor(config.resources)
+        learned = Path(config.resources.state_file) if config.resources.state_file \
+            else default_path(DockerRuntime.instance_for(config.server))
+        self.monitor = Monitor(config.resources, learned=LearnedFootprints(learned))
         self.scheduler = Scheduler(self.monitor, self._scheduled, self.events)
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -114,6 +117,7 @@ class Registry:
         self._http = aiohttp.ClientSession(  # health probes
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         specs = self.config.specs()
+        await asyncio.to_thread(self.monitor.learned.load)
         for name, spec in specs.items():
             self.models[name] = self._new_model(spec)
         self._index()
@@ -132,6 +136,10 @@ class Registry:
     def _new_model(self, spec: ModelSpec) -> Model:
         model = Model(spec, self.runtimes[spec.runtime], self.events, self.http,
                       self._tracer)
+        learned = self.monitor.learned.recall(spec.name, spec.config_hash())
+        if learned is not None:
+            model.learn(learned.peak_memory_bytes, learned.peak_vram_bytes,
+                        learned.start_seconds)
         self.scheduler.attach(model)
         return model
 
@@ -215,10 +223,14 @@ class Registry:
             logger.opt(exception=task.exception()).error("{}: retiring failed", model.name)
 
     def model_status(self, model: Model) -> dict[str, Any]:
-        """A model's status with what the scheduler estimates it needs."""
+        """A model's status with what the scheduler estimates it needs, and what it plans
+        its next start with (measured or learned peaks first, then config, then estimate)."""
         memory, vram = self.scheduler.estimates(model)
+        plan = self.scheduler.need(model)
         return {**model.status(), "estimate_memory_bytes": memory,
-                "estimate_vram_bytes": vram}
+                "estimate_vram_bytes": vram, "plan_memory_bytes": plan.memory,
+                "plan_vram_bytes": plan.vram if plan.on_gpu else None,
+                "start_seconds": list(model.start_seconds)}
 
     def resources(self) -> dict[str, Any]:
         """Host RAM and CPU, every GPU, and each model's RAM/VRAM, measured and estimated."""
@@ -253,7 +265,7 @@ class Registry:
         if self._closed:
             return
         self._closed = True
-        await self.monitor.stop()
+        await self.monitor.stop(self.models.values())
         for runtime in self.runtimes.values():
             await runtime.close()
         if self._http is not None:

@@ -13,8 +13,10 @@ import psutil
 from loguru import logger
 
 from modelberth.config import ResourcesConfig
+from modelberth.models.learned import LearnedFootprints
 from modelberth.models.model import Model
 from modelberth.models.nvml import GpuReading, Nvml
+from modelberth.models.state import ModelState
 from modelberth.runtimes.base import Upstream
 
 MB = 1024 * 1024
@@ -31,6 +33,8 @@ class HostReading:
 class Snapshot:
     host: HostReading
     gpus: list[GpuReading] = field(default_factory=list)
+    # Per GPU, what NVML counts as used by processes other than modelberth's upstreams.
+    foreign_vram: dict[int, int] = field(default_factory=dict)
 
 
 def read_host() -> HostReading:
@@ -50,11 +54,19 @@ def process_tree(pids: Iterable[int]) -> set[int]:
     return found
 
 
-class Monitor:
-    """Owns the latest readings; writes each model's usage through Model.record_usage."""
+# Asleep or waking, a model's RAM holds its offloaded weights and its VRAM is released: not
+# what it costs awake, so those samples do not raise its peaks.
+_NOT_PEAK = frozenset({ModelState.SLEEPING, ModelState.WAKING})
 
-    def __init__(self, config: ResourcesConfig, nvml: Nvml | None = None) -> None:
+
+class Monitor:
+    """Owns the latest readings; writes each model's usage through Model.record_usage and
+    remembers its peaks in the learned footprints, saved after each sample."""
+
+    def __init__(self, config: ResourcesConfig, nvml: Nvml | None = None,
+                 learned: LearnedFootprints | None = None) -> None:
         self.config = config
+        self.learned = learned or LearnedFootprints(None)
         self.nvml = nvml or Nvml()
         self.snapshot = Snapshot(read_host(), [])
         self._task: asyncio.Task[None] | None = None
@@ -63,11 +75,13 @@ class Monitor:
         self.snapshot = self._read_machine()
         self._task = asyncio.create_task(self._run(models))
 
-    async def stop(self) -> None:
+    async def stop(self, models: Iterable[Model] = ()) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._remember(models)
+        await self.learned.save()
         await asyncio.to_thread(self.nvml.close)
 
     async def _run(self, models: Callable[[], Iterable[Model]]) -> None:
@@ -84,7 +98,14 @@ class Monitor:
         self.snapshot = snapshot
         for model, upstream in running:
             if model.upstream is upstream:  # still the same upstream
-                model.record_usage(*usage[model.name])
+                model.record_usage(*usage[model.name], peak=model.state not in _NOT_PEAK)
+        self._remember(models)
+        await self.learned.save()
+
+    def _remember(self, models: Iterable[Model]) -> None:
+        for model in models:
+            self.learned.remember(model.name, model.spec.config_hash(), model.peak_memory_bytes,
+                                  model.peak_vram_bytes, tuple(model.start_seconds))
 
     def _read_machine(self) -> Snapshot:
         return Snapshot(read_host(), self.nvml.read())
@@ -93,12 +114,18 @@ class Monitor:
             Snapshot, dict[str, tuple[int | None, int | None]]]:
         snapshot = self._read_machine()
         usage: dict[str, tuple[int | None, int | None]] = {}
+        ours = {gpu.index: 0 for gpu in snapshot.gpus}
         for model, upstream in running:
             pids = process_tree(upstream.pids)
             memory = upstream.memory_bytes  # processes: RSS of the tree; docker: stats
-            vram = sum(gpu.process_memory.get(pid, 0) for gpu in snapshot.gpus
-                       for pid in pids)
+            vram = 0
+            for gpu in snapshot.gpus:
+                used = sum(gpu.process_memory.get(pid, 0) for pid in pids)
+                ours[gpu.index] += used
+                vram += used
             usage[model.name] = (memory, vram or None)
+        snapshot.foreign_vram = {gpu.index: max(gpu.memory_used_bytes - ours[gpu.index], 0)
+                                 for gpu in snapshot.gpus}
         return snapshot, usage
 
     # --- budgets -----------------------------------------------------------------------
@@ -114,6 +141,19 @@ class Monitor:
         margin = self.config.vram_margin_mb * MB
         return {gpu.index: max(gpu.memory_total_bytes - margin, 0)
                 for gpu in self.snapshot.gpus}
+
+    def vram_caps(self) -> dict[int, int]:
+        """What models may use on each GPU: its budget, but never more than NVML says is
+        free of anyone else's use (another program on the GPU shrinks the room)."""
+        caps = self.vram_budgets()
+        readings = {gpu.index: gpu for gpu in self.snapshot.gpus}
+        for index, budget in caps.items():
+            gpu = readings.get(index)
+            if gpu is not None:
+                free = gpu.memory_total_bytes - self.snapshot.foreign_vram.get(
+                    index, gpu.memory_used_bytes)
+                caps[index] = max(min(budget, free), 0)
+        return caps
 
     def report(self, models: Iterable[Model], estimates: dict[str, tuple[int | None, int | None]]
                ) -> dict[str, Any]:

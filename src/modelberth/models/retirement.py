@@ -8,6 +8,7 @@ that follows has drained the requests in flight."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from modelberth.models.state import ModelRetired
 
@@ -35,7 +36,7 @@ class Retirement:
         if self._error is not None:
             raise self._error
 
-    async def wait(self, future: asyncio.Future[None]) -> None:
+    async def wait(self, future: asyncio.Future[Any]) -> None:
         """Wait for `future` without ever cancelling it; ModelRetired as soon as the model
         is retired, whichever comes first."""
         await asyncio.wait((future, self._declared()), return_when=asyncio.FIRST_COMPLETED)

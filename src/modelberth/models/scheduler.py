@@ -1,10 +1,18 @@
-"""Admission: before a model starts, make room for it in the RAM and VRAM budgets.
+"""Admission: before a model starts (or wakes), find it a place in the RAM and VRAM budgets.
 
 One owner decides (a lock around every plan), so two starts can never both "fit" into the same
-free space. A start that does not fit evicts idle, unpinned models, lowest priority and least
-recently used first; if only busy models stand in the way it waits (in priority, then arrival
-order) until they finish, for at most start_timeout; a model that cannot fit even alone fails
-at once.
+free space. placement.py chooses the GPUs and the victims; this module owns who holds room,
+what each model costs, the order victims go in, and the waiting. A start that does not fit
+evicts idle, unpinned models (a model with vLLM's sleep mode is put to sleep instead, which
+frees its VRAM, unless RAM is what is short); if only busy models stand in the way it waits
+(in priority, then arrival order) until they finish, for at most start_timeout; a model that
+cannot fit anywhere even alone fails at once.
+
+Eviction order: lowest `priority` first; then the lowest score, where
+    score = reload_seconds / (1 + idle_seconds / 60)
+reload_seconds is the median of the model's last measured starts (10 s if never measured):
+a model quick to bring back, or long unused, goes first; one slow to load that was used a
+moment ago goes last. Each eviction's log line gives its score.
 
 Models are tracked by identity, not by name: a model removed from the config keeps its room
 until its upstream has stopped, even when a new model of the same name is added meanwhile.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,25 +33,28 @@ from modelberth.errors import StartFailed
 from modelberth.models.estimate import estimate_spec
 from modelberth.models.events import EventBus
 from modelberth.models.model import Model
+from modelberth.models.placement import (
+    NOTHING,
+    Budgets,
+    Cost,
+    Need,
+    Plan,
+    Victim,
+    candidates,
+    choose,
+    lacking,
+    mib,
+)
 from modelberth.models.resources import MB, Monitor
 from modelberth.models.state import ModelState
 
 _GONE = (ModelState.STOPPED, ModelState.FAILED, ModelState.RETIRED)
+UNMEASURED_START_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Cost:
-    memory: int | None  # None: unknown, so it needs the whole budget
-    vram: dict[int, int | None]  # per GPU index
-
-    def describe(self) -> str:
-        parts = [f"RAM {_mib(self.memory)}"]
-        parts += [f"GPU{i} {_mib(v)}" for i, v in sorted(self.vram.items())]
-        return ", ".join(parts)
-
-
-def _mib(value: int | None) -> str:
-    return "unknown" if value is None else f"{value / MB:.0f} MiB"
+class _Admitted:
+    gpus: tuple[int, ...]  # where its VRAM is counted
 
 
 class Scheduler:
@@ -54,9 +66,9 @@ class Scheduler:
         self._lock = asyncio.Lock()
         # Replaced at every change, so a waiter can never miss the wake-up meant for it.
         self._changed = asyncio.Event()
-        # Models that hold (or were given) room: from admission, or from READY for an adopted
-        # one, until they are gone and no upstream of theirs is left.
-        self._admitted: set[Model] = set()
+        # Models that hold (or were given) room, and on which GPUs: from admission, or from
+        # READY for an adopted one, until they are gone and no upstream of theirs is left.
+        self._admitted: dict[Model, _Admitted] = {}
         self._waiting: dict[Model, tuple[int, int]] = {}  # model -> (-priority, arrival)
         self._arrivals = itertools.count()
         self.evictions = 0
@@ -67,11 +79,14 @@ class Scheduler:
         model.connect(self.admit, lambda _: self._notify(), self._on_change)
 
     def _on_change(self, model: Model) -> None:
-        if model.state is ModelState.READY:
-            self._admitted.add(model)  # adopted models never pass through admit()
+        if model.state is ModelState.READY and model not in self._admitted:
+            # Adopted models never pass through admit(): count them where they run.
+            self._admitted[model] = _Admitted(model.gpus or self._all_gpus(model))
         elif model.state in _GONE and not model.holds_upstream and model in self._admitted:
-            self._admitted.discard(model)
+            del self._admitted[model]
             self._notify()
+        elif model.state is ModelState.SLEEPING:
+            self._notify()  # its VRAM is free now
 
     def admitted(self) -> list[Model]:
         """The models counted in the budgets now."""
@@ -83,49 +98,84 @@ class Scheduler:
 
     # --- costs ---------------------------------------------------------------------------
 
-    def cost(self, model: Model) -> Cost:
-        spec = self.monitor.config
-        estimate = estimate_spec(model.spec, spec.estimate_overhead_mb)
-        on_gpu = bool(model.spec.gpus)
-        memory = _larger(model.peak_memory_bytes, _mb(model.spec.memory_mb)) or (
-            estimate.total_bytes if estimate and not on_gpu else None)
-        if not on_gpu:
-            return Cost(memory, {})
+    def need(self, model: Model) -> Need:
+        """What the model needs awake: measured, else configured, else estimated."""
+        spec = model.spec
+        estimate = estimate_spec(spec, self.monitor.config.estimate_overhead_mb)
+        measured_memory = _larger(model.peak_memory_bytes, _mb(spec.memory_mb))
+        if not spec.uses_gpu:
+            return Need(measured_memory or (estimate.total_bytes if estimate else None),
+                        None, on_gpu=False)
         # On a GPU, RAM is what was measured or configured; the estimate goes to VRAM.
-        memory = _larger(model.peak_memory_bytes, _mb(model.spec.memory_mb)) or 0
-        vram = _larger(model.peak_vram_bytes, _mb(model.spec.vram_mb)) or (
+        vram = _larger(model.peak_vram_bytes, _mb(spec.vram_mb)) or (
             estimate.total_bytes if estimate else None)
-        gpus = self._gpu_indices(model)
-        share = None if vram is None or not gpus else vram // len(gpus)
-        return Cost(memory, dict.fromkeys(gpus, share))
+        return Need(measured_memory or 0, vram, on_gpu=True)
+
+    def cost(self, model: Model) -> Cost:
+        """What a model that holds room is counted for now."""
+        gpus = self._placed_gpus(model)
+        if model.state is ModelState.SLEEPING:
+            return self._asleep(model, gpus)
+        need = self.need(model)
+        return need.cost_on(gpus) if need.on_gpu else Cost(need.memory)
+
+    def _asleep(self, model: Model, gpus: tuple[int, ...]) -> Cost:
+        """Asleep, its VRAM is free; at level 1 its weights wait in host RAM (counted as its
+        VRAM need, or as measured if more)."""
+        awake = self.need(model)
+        memory = awake.memory or 0
+        if model.spec.sleep_level == 1:
+            memory = max(model.memory_bytes or 0, memory + (awake.vram or 0))
+        # Its VRAM counts as free: what a sleeping vLLM keeps (a CUDA context) is small, and
+        # the last sample may be from before it slept.
+        return Cost(memory, dict.fromkeys(gpus, 0))
+
+    def _placed_gpus(self, model: Model) -> tuple[int, ...]:
+        admitted = self._admitted.get(model)
+        if admitted is not None:
+            return admitted.gpus
+        return model.gpus or self._all_gpus(model)
+
+    def _all_gpus(self, model: Model) -> tuple[int, ...]:
+        gpus = model.spec.gpus
+        if gpus == "all":
+            return tuple(sorted(self.monitor.vram_budgets()))
+        return gpus if isinstance(gpus, tuple) else ()
 
     def estimates(self, model: Model) -> tuple[int | None, int | None]:
         """(RAM, VRAM) the scheduler would plan with before measuring; for /api/resources."""
         estimate = estimate_spec(model.spec, self.monitor.config.estimate_overhead_mb)
         total = estimate.total_bytes if estimate else None
-        if model.spec.gpus:
+        if model.spec.uses_gpu:
             return _mb(model.spec.memory_mb), _mb(model.spec.vram_mb) or total
         return _mb(model.spec.memory_mb) or total, None
 
-    def _gpu_indices(self, model: Model) -> list[int]:
-        gpus = model.spec.gpus
-        if gpus == "all":
-            return sorted(self.monitor.vram_budgets())
-        return list(gpus) if isinstance(gpus, tuple) else []
+    def eviction_score(self, model: Model) -> float:
+        """Lower is evicted first (within a priority); see the module docstring."""
+        starts = model.start_seconds
+        reload = statistics.median(starts) if starts else UNMEASURED_START_SECONDS
+        return reload / (1 + model.idle_seconds() / 60)
 
     # --- admission -----------------------------------------------------------------------
 
-    async def admit(self, model: Model) -> None:
+    async def admit(self, model: Model) -> tuple[int, ...] | None:
+        """Wait for room, evicting what must go; the GPUs the start runs on (None: no GPU,
+        or `gpus: all`, which the runtime passes on as is)."""
         deadline = time.monotonic() + model.spec.start_timeout
-        # A start is admitted only once nothing of the model's is left running.
-        self._admitted.discard(model)
+        waking = model.state is ModelState.WAKING and model in self._admitted
+        if not waking:  # a start is admitted only once nothing of the model's is left
+            self._admitted.pop(model, None)
         self._waiting[model] = (-model.spec.priority, next(self._arrivals))
         try:
             while True:
                 async with self._lock:
                     changed = self._changed
-                    if await self._try_admit(model):
-                        return
+                    plan = await self._try_admit(model, waking)
+                    if plan is not None:
+                        self._admitted[model] = _Admitted(plan.gpus)
+                if plan is not None:
+                    exact = model.spec.gpu_count or isinstance(model.spec.gpus, tuple)
+                    return plan.gpus if exact and plan.gpus else None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StartFailed(model.name, "no room within start_timeout: "
@@ -138,95 +188,133 @@ class Scheduler:
             self._waiting.pop(model, None)
             self._notify()  # the next start in line may go now
 
-    async def _try_admit(self, model: Model) -> bool:
-        need = self.cost(model)
-        self._check_fits_alone(model, need)
-        if min(self._waiting.values()) != self._waiting[model]:
-            return False  # an earlier or higher-priority start waits for room first
-        victims = self._plan(model, need)
-        logger.bind(model=model.name).debug(
-            "admission: needs {}; running {}; victims {}", need.describe(),
-            {m.name: self.cost(m).describe() for m in self._others(model)},
-            None if victims is None else [v.name for v in victims])
-        if victims is None:
-            logger.bind(model=model.name).info("waiting for room ({}); busy: {}",
-                                               need.describe(), self._blockers(model))
-            return False
-        for victim in victims:
-            self.evictions += 1
-            self.events.notify("eviction", victim.name, for_model=model.name,
-                               freed=self.cost(victim).describe(), needed=need.describe())
-            logger.bind(model=victim.name).warning(
-                "evicting {} (idle since {:.0f}s, {}) to make room for {} ({})", victim.name,
-                victim.idle_seconds(), self.cost(victim).describe(),
-                model.name, need.describe())
-        await asyncio.gather(*(v.stop(f"evicted for {model.name}", only_if_idle=True)
-                               for v in victims))
-        if any(v in self._admitted for v in victims):
-            return False  # a request reached a victim before it stopped: plan again
-        self._admitted.add(model)
-        return True
+    def _placements(self, model: Model, waking: bool) -> list[tuple[int, ...]]:
+        if waking:
+            return [self._admitted[model].gpus]  # a sleeping upstream cannot move
+        spec = model.spec
+        fixed = self._all_gpus(model) if spec.gpus else None
+        return candidates(fixed, spec.gpu_count, self.monitor.vram_budgets())
 
-    def _check_fits_alone(self, model: Model, need: Cost) -> None:
-        """Fail at once if the model cannot fit even with every evictable model gone."""
-        pinned = [m for m in self._others(model) if m.spec.pinned]
-        beside = f" beside pinned {', '.join(m.name for m in pinned)}" if pinned else ""
-        costs = [self.cost(m) for m in pinned]
-        budget = self.monitor.memory_budget()
-        if need.memory is not None and self.monitor.config.memory_budget_mb is not None:
-            room = budget - sum(c.memory or 0 for c in costs)
-            if need.memory > room:
-                raise StartFailed(model.name, f"needs {_mib(need.memory)} of RAM but the memory "
-                                  f"budget leaves {_mib(room)}{beside}: it can never fit")
+    async def _try_admit(self, model: Model, waking: bool) -> Plan[Model] | None:
+        need = self.need(model)
+        placements = self._placements(model, waking)
+        self._check_fits_somewhere(model, need, placements)
+        if min(self._waiting.values()) != self._waiting[model]:
+            return None  # an earlier or higher-priority start waits for room first
+        others = self._others(model)
+        held = {m: self.cost(m) for m in others}
+        budgets = Budgets(self._memory_budget(), self.monitor.vram_caps())
+        plan = choose(need, placements, held, self._victims(others, held), budgets,
+                      self.monitor.config.placement)
+        log = logger.bind(model=model.name)
+        log.debug("admission: needs {}; running {}; plan {}", _describe(need),
+                  {m.name: c.describe() for m, c in held.items()},
+                  None if plan is None else plan.why)
+        if plan is None:
+            log.info("waiting for room ({}); busy: {}", _describe(need), self._blockers(model))
+            return None
+        if plan.victims:
+            await self._evict(model, need, plan)
+            held = {m: self.cost(m) for m in self._others(model)}
+            if lacking(need.cost_on(plan.gpus), held.values(), budgets):
+                return None  # a request reached a victim before it went: plan again
+        elif need.on_gpu:
+            log.info("placing {} on {}", model.name, plan.why)
+        return plan
+
+    def _victims(self, others: list[Model], held: dict[Model, Cost]) -> list[Victim[Model]]:
+        """Every way to make room, in the order they are taken."""
+        idle = [m for m in others if m.in_flight == 0 and m.waiting == 0 and not m.spec.pinned
+                and m.state in (ModelState.READY, ModelState.SLEEPING)]
+        floor = min((m.spec.priority for m in idle), default=0)
+        options: list[tuple[tuple[int, float, int], Victim[Model]]] = []
+        for m in idle:
+            score = self.eviction_score(m)
+            # Priority first: a placement evicting one model of a higher priority costs
+            # more than any number of lower ones (1000 per step, scores stay far below).
+            weight = (m.spec.priority - floor + 1) * 1000 + score
+            if m.state is ModelState.READY and m.spec.sleep_level:
+                gpus = self._placed_gpus(m)
+                options.append(((m.spec.priority, score, 0), Victim(
+                    m, m.name, held[m], self._asleep(m, gpus), score, weight, "sleep")))
+            options.append(((m.spec.priority, score, 1),
+                            Victim(m, m.name, held[m], NOTHING, score, weight)))
+        return [victim for _, victim in sorted(options, key=lambda o: o[0])]
+
+    async def _evict(self, model: Model, need: Need, plan: Plan[Model]) -> None:
+        for victim in plan.victims:
+            self.evictions += 1
+            m = victim.key
+            self.events.notify("eviction", victim.name, for_model=model.name,
+                               freed=victim.holds.describe(), needed=_describe(need),
+                               action=victim.action, score=round(victim.score, 3),
+                               gpus=list(plan.gpus))
+            logger.bind(model=victim.name).warning(
+                "evicting {} ({}; priority {}, score {:.2f} = reload {:.1f}s / (1 + idle {:.0f}s"
+                " / 60); {}) to make room for {} ({}) on {}", victim.name,
+                "to sleep" if victim.action == "sleep" else "stop", m.spec.priority,
+                victim.score, statistics.median(m.start_seconds) if m.start_seconds
+                else UNMEASURED_START_SECONDS, m.idle_seconds(), victim.holds.describe(),
+                model.name, _describe(need), plan.why)
+        reason = f"evicted for {model.name}"
+        await asyncio.gather(*(
+            _sleep_or_stop(v.key, v.action, reason) for v in plan.victims))
+
+    def _check_fits_somewhere(self, model: Model, need: Need,
+                              placements: list[tuple[int, ...]]) -> None:
+        """Fail at once if no placement can fit even with every evictable model gone."""
         budgets = self.monitor.vram_budgets()
-        for gpu, vram in need.vram.items():
+        spec = model.spec
+        if spec.gpu_count > len(budgets):
+            raise StartFailed(model.name, f"needs {spec.gpu_count} GPUs but found "
+                              f"{len(budgets) or 'no GPUs'}")
+        for gpu in (gpu for gpus in placements for gpu in gpus):
             if gpu not in budgets:
                 raise StartFailed(model.name, f"GPU {gpu} does not exist (found: "
                                   f"{sorted(budgets) or 'no GPUs'})")
-            room = budgets[gpu] - sum(c.vram.get(gpu) or 0 for c in costs)
-            if vram is not None and vram > room:
-                raise StartFailed(model.name, f"needs {_mib(vram)} on GPU {gpu} but its budget "
-                                  f"leaves {_mib(room)}{beside}: it can never fit")
+        pinned = [m for m in self._others(model) if m.spec.pinned]
+        beside = f" beside pinned {', '.join(m.name for m in pinned)}" if pinned else ""
+        held = [self.cost(m) for m in pinned]
+        room = Budgets(self._memory_budget(), budgets)
+        fits = [gpus for gpus in placements if not lacking(need.cost_on(gpus), held, room)]
+        if fits:
+            return
+        short = lacking(need.cost_on(placements[0]), held, room)
+        if "RAM" in short:
+            left = room.memory or 0
+            left -= sum(c.memory or 0 for c in held)
+            raise StartFailed(model.name, f"needs {mib(need.memory)} of RAM but the memory "
+                              f"budget leaves {mib(left)}{beside}: it can never fit")
+        share = need.cost_on(placements[0]).vram
+        gpu = min(g for g in short if isinstance(g, int))
+        left = budgets[gpu] - sum(c.vram.get(gpu) or 0 for c in held)
+        where = f"GPU {gpu}" if len(placements) == 1 else f"any GPU (e.g. GPU {gpu})"
+        raise StartFailed(model.name, f"needs {mib(share[gpu])} on {where} but its budget "
+                          f"leaves {mib(left)}{beside}: it can never fit")
+
+    def _memory_budget(self) -> int | None:
+        # RAM is budgeted only if asked: the host's own total is not a plan.
+        return self.monitor.memory_budget() \
+            if self.monitor.config.memory_budget_mb is not None else None
 
     def _others(self, model: Model) -> list[Model]:
         return [m for m in self._models() if m is not model and m in self._admitted]
-
-    def _plan(self, model: Model, need: Cost) -> list[Model] | None:
-        """Idle models to stop so `need` fits; [] if it fits now; None if it cannot yet."""
-        others = self._others(model)
-        candidates = sorted(
-            (m for m in others if m.state is ModelState.READY and m.in_flight == 0
-             and m.waiting == 0 and not m.spec.pinned),
-            key=lambda m: (m.spec.priority, -m.idle_seconds()))
-        victims: list[Model] = []
-        while not self._fits(need, [m for m in others if m not in victims]):
-            if not candidates:
-                return None
-            victims.append(candidates.pop(0))
-        return victims
-
-    def _fits(self, need: Cost, running: list[Model]) -> bool:
-        costs = [self.cost(m) for m in running]
-        if self.monitor.config.memory_budget_mb is not None:  # RAM is budgeted only if asked
-            budget = self.monitor.memory_budget()
-            if need.memory is None:
-                if any(c.memory != 0 for c in costs):  # unknown: it may only run alone
-                    return False
-            elif need.memory + sum(c.memory or budget for c in costs) > budget:
-                return False
-        budgets = self.monitor.vram_budgets()
-        for gpu, vram in need.vram.items():
-            used = [c.vram[gpu] for c in costs if gpu in c.vram]
-            if vram is None and used:
-                return False
-            if vram is not None and vram + sum(u or budgets[gpu] for u in used) > budgets[gpu]:
-                return False
-        return True
 
     def _blockers(self, model: Model) -> str:
         busy = [f"{m.name} ({m.in_flight} in flight{', pinned' if m.spec.pinned else ''})"
                 for m in self._others(model)]
         return ", ".join(busy) or "nothing"
+
+
+async def _sleep_or_stop(model: Model, action: str, reason: str) -> None:
+    if action == "sleep" and await model.sleep(reason):
+        return
+    await model.stop(reason, only_if_idle=True)
+
+
+def _describe(need: Need) -> str:
+    text = f"RAM {mib(need.memory)}"
+    return text + f", VRAM {mib(need.vram)}" if need.on_gpu else text
 
 
 def _larger(measured: int | None, configured: int | None) -> int | None:

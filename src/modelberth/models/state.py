@@ -14,6 +14,9 @@ class ModelState(enum.StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     READY = "ready"
+    # vLLM's sleep mode (models with `sleep`): the upstream lives on, its VRAM given back.
+    SLEEPING = "sleeping"
+    WAKING = "waking"  # taking its VRAM again: requests wait, as for a start
     STOPPING = "stopping"
     FAILED = "failed"
     RETIRED = "retired"  # removed from the config or stopped by shutdown: never starts again
@@ -30,13 +33,18 @@ S = ModelState
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     S.STOPPED: frozenset({S.STARTING, S.RETIRED}),
     S.STARTING: frozenset({S.READY, S.FAILED, S.STOPPING}),
-    S.READY: frozenset({S.STOPPING, S.FAILED}),
+    S.READY: frozenset({S.STOPPING, S.FAILED, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.WAKING, S.STOPPING, S.FAILED}),
+    # Back to SLEEPING only when the scheduler found no room: nothing was woken yet.
+    S.WAKING: frozenset({S.READY, S.SLEEPING, S.STOPPING, S.FAILED}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED, S.RETIRED}),
     S.RETIRED: frozenset(),
 }
 # The states a model holds no upstream in.
 IDLE = frozenset({S.STOPPED, S.FAILED})
+# Asleep, or waking: the upstream is kept, requests wait for the wake.
+WARM = frozenset({S.SLEEPING, S.WAKING})
 
 
 class InvalidTransition(RuntimeError):

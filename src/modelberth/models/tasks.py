@@ -7,9 +7,10 @@ has gone), whose exception would otherwise be logged as never retrieved."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
-def swallow_outcome(task: asyncio.Task[None]) -> None:
+def swallow_outcome(task: asyncio.Task[Any]) -> None:
     """Mark a background task's outcome as seen; its waiters (if any) get the error."""
     if not task.cancelled():
         task.exception()

@@ -172,10 +172,14 @@ class Proxy:
                     await reply.start(200, _SSE_HEADERS)
                     reply.early = True
                 elapsed = time.perf_counter() - began
+                # The start's percent, ETA and phase, when known (models/progress.py).
+                progress = model.progress
+                known = f" {brief}" if progress and (brief := progress.brief()) else ""
                 if as_reasoning:
-                    await reply.chunk(_loading_delta(requested, model.name, elapsed))
+                    await reply.chunk(_loading_delta(requested, model.name, elapsed, known))
                 else:
-                    await reply.chunk(f": loading {model.name} {elapsed:.1f}s\n\n".encode())
+                    await reply.chunk(
+                        f": loading {model.name} {elapsed:.1f}s{known}\n\n".encode())
         except BaseException:
             # Called off (the client left): the acquire must not count itself in later.
             waiting.cancel()
@@ -305,14 +309,14 @@ async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:
         return b""
 
 
-def _loading_delta(requested: str, name: str, elapsed: float) -> bytes:
+def _loading_delta(requested: str, name: str, elapsed: float, known: str) -> bytes:
     """A chat completion chunk whose `reasoning_content` says the model is loading, for
     chat UIs that show reasoning as thinking (`loading_status: reasoning`)."""
     chunk = {"id": "chatcmpl-modelberth-loading", "object": "chat.completion.chunk",
              "created": int(time.time()), "model": requested,
              "choices": [{"index": 0, "finish_reason": None, "delta": {
                  "role": "assistant",
-                 "reasoning_content": f"Loading {name}... {elapsed:.1f}s\n"}}]}
+                 "reasoning_content": f"Loading {name}... {elapsed:.1f}s{known}\n"}}]}
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 

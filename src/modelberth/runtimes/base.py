@@ -35,6 +35,11 @@ class Upstream(Protocol):
     def pids(self) -> list[int]: ...
 
     @property
+    def gpus(self) -> tuple[int, ...] | None:
+        """The GPU indexes it was started on (None: no GPU, or all of them)."""
+        ...
+
+    @property
     def memory_bytes(self) -> int | None:
         """Memory in use now (processes) or at the last background sample (containers)."""
         ...

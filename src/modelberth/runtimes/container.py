@@ -20,6 +20,7 @@ from loguru import logger
 from modelberth.runtimes import container_logs
 from modelberth.runtimes.base import ExitStatus
 from modelberth.runtimes.logbuffer import LogBuffer
+from modelberth.runtimes.ownership import LABEL_GPUS
 
 if TYPE_CHECKING:
     # Only for annotations: the runtime builds these upstreams, so it imports this module.
@@ -82,6 +83,11 @@ class DockerUpstream:
     @property
     def container(self) -> Container:
         return self._container
+
+    @property
+    def gpus(self) -> tuple[int, ...] | None:
+        label = str((self._container.labels or {}).get(LABEL_GPUS, ""))
+        return tuple(int(i) for i in label.split(",")) if label else None
 
     @property
     def pids(self) -> list[int]:

@@ -33,6 +33,7 @@ from modelberth.runtimes.container import DockerUpstream
 from modelberth.runtimes.logbuffer import LogBuffer
 from modelberth.runtimes.ownership import (
     LABEL_CONFIG,
+    LABEL_GPUS,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_MODEL,
@@ -214,7 +215,9 @@ class DockerRuntime:
             "name": container_name(self.instance, spec.name),
             "labels": {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance,
                        LABEL_MODEL: spec.name, LABEL_CONFIG: spec.config_hash(),
-                       LABEL_PORT: str(port)},
+                       LABEL_PORT: str(port),
+                       **({LABEL_GPUS: ",".join(map(str, spec.devices))}
+                          if spec.devices is not None else {})},
             "environment": spec.environment(inner_port),
             "volumes": list(docker_spec.volumes),
             "init": True,
@@ -231,7 +234,7 @@ class DockerRuntime:
             args["ports"] = {f"{inner_port}/tcp": ("127.0.0.1", port)}
         if docker_spec.shm_size:
             args["shm_size"] = docker_spec.shm_size
-        requests_ = device_requests(spec.gpus)
+        requests_ = device_requests(spec.devices if spec.devices is not None else spec.gpus)
         if requests_:
             args["device_requests"] = requests_
         return args

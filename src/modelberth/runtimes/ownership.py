@@ -14,6 +14,7 @@ LABEL_MODEL = "modelberth.model"
 LABEL_CONFIG = "modelberth.config"
 LABEL_PORT = "modelberth.port"
 LABEL_INSTANCE = "modelberth.instance"
+LABEL_GPUS = "modelberth.gpus"  # the indexes the scheduler placed the container on
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")  # what Docker does not allow in names
 
 

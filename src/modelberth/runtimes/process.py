@@ -40,8 +40,10 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 
 
 class ProcessUpstream:
-    def __init__(self, proc: asyncio.subprocess.Process, model: str, logs: LogBuffer) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, model: str, logs: LogBuffer,
+                 gpus: tuple[int, ...] | None = None) -> None:
         self._proc = proc
+        self.gpus = gpus
         self._model = model
         self._logs = logs
         self._exit: ExitStatus | None = None
@@ -155,7 +157,7 @@ class ProcessRuntime:
         except OSError as exc:
             raise RuntimeStartError(f"cannot run {argv[0]}: {exc.strerror}") from None
         logs.append("modelberth", f"started pid {proc.pid}: {' '.join(argv)}")
-        return ProcessUpstream(proc, spec.name, logs)
+        return ProcessUpstream(proc, spec.name, logs, spec.devices)
 
     async def recover(self, specs: Mapping[str, ModelSpec],
                       logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:

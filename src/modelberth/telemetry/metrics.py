@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
 )
 
+from modelberth.models.probe import WEDGED
 from modelberth.models.state import ModelState, StateEvent
 from modelberth.telemetry.histograms import ModelHistogram
 
@@ -58,6 +59,17 @@ class Metrics:
             description="From start to healthy.", explicit_bucket_boundaries_advisory=_SECONDS)
         self.evictions = meter.create_counter(
             "modelberth_evictions", description="Models stopped to make room.")
+        self.sleeps = meter.create_counter(
+            "modelberth_model_sleeps", description="Models put to sleep (vLLM's sleep mode).")
+        self.wakes = meter.create_counter(
+            "modelberth_model_wakes", description="Sleeping models woken and ready again.")
+        self.wake_duration = meter.create_histogram(
+            "modelberth_model_wake_duration", unit="s",
+            description="From waking (room found) to ready.",
+            explicit_bucket_boundaries_advisory=_SECONDS)
+        self.probe_restarts = meter.create_counter(
+            "modelberth_probe_restarts", description="Models restarted because their "
+            "generation probe failed `failures` times in a row (wedged).")
         meter.create_observable_counter(
             "modelberth_spans_dropped", callbacks=[self._read_spans_dropped],
             description="Traced requests whose spans were dropped: span export was behind.")
@@ -115,12 +127,20 @@ class Metrics:
         return [Observation(dropped)] if dropped is not None else []
 
     def on_state_event(self, event: StateEvent) -> None:
-        """Start durations and evictions, from the models' state changes."""
+        """Start durations, evictions, probe restarts, sleeps and wakes, from the models'
+        state changes."""
         labels = {"model": event.model}
         if event.new is ModelState.READY and "start_seconds" in event.detail:
             self.start_duration.record(event.detail["start_seconds"], labels)
         if event.new is ModelState.STOPPING and event.reason.startswith("evicted"):
             self.evictions.add(1, labels)
+        if event.new is ModelState.SLEEPING and "level" in event.detail:  # not adopted asleep
+            self.sleeps.add(1, labels)
+        if event.new is ModelState.READY and "wake_seconds" in event.detail:
+            self.wakes.add(1, labels)
+            self.wake_duration.record(event.detail["wake_seconds"], labels)
+        if event.new is ModelState.FAILED and WEDGED in event.reason:  # the probe's reason
+            self.probe_restarts.add(1, labels)
 
     @staticmethod
     def _gauge(meter: Meter, name: str, description: str,

@@ -150,6 +150,22 @@ function runtimeDetail(status) {
   return parts.length ? h("div", { class: "muted mono runtime-detail" }, parts.join(" · ")) : null;
 }
 
+/** A start's progress under its state: "45% · eta 4s · loading tensors" and a bar. */
+function progressView(status) {
+  const progress = status.progress;
+  if (!progress || (status.state !== "starting" && status.state !== "waking")) return null;
+  const known = progress.percent !== null && progress.percent !== undefined;
+  const parts = [known ? `${progress.percent}%` : duration(progress.elapsed_seconds)];
+  if (progress.eta_seconds !== null && progress.eta_seconds !== undefined && progress.percent !== 100) {
+    parts.push(`eta ${duration(Math.ceil(progress.eta_seconds))}`);
+  }
+  if (progress.phase && progress.phase !== "starting") parts.push(progress.phase);
+  const bar = known ? h("span", { class: "mini-bar", title: `${progress.percent}%` }, h("span")) : null;
+  if (bar) bar.firstChild.style.width = `${Math.min(100, progress.percent)}%`;
+  return h("div", { class: "start-progress muted", title: known ? "estimated from the upstream's output and earlier starts" : "no estimate yet" },
+    parts.join(" · "), bar);
+}
+
 function idleText(status) {
   if (status.state !== "ready") return "–";
   if (status.idle_timeout === 0) return "never";
@@ -164,7 +180,7 @@ function idleText(status) {
 }
 
 function actions(status) {
-  const busy = status.state === "starting" || status.state === "stopping";
+  const busy = ["starting", "stopping", "waking"].includes(status.state);
   const retired = status.state === "retired";
   const button = (action, label, disabled) => h("button", {
     type: "button", class: `small action-${action}`, disabled: disabled || retired,
@@ -193,7 +209,7 @@ function updateRow(name) {
   }
   row.main.append(
     first,
-    cell(statePill(status.state), "state-cell"),
+    cell([statePill(status.state), progressView(status)], "state-cell"),
     cell([h("span", {}, status.runtime, status.port ? h("span", { class: "mono port" }, ` :${status.port}`) : null),
       runtimeDetail(status)]),
     cell(usage(status.memory_bytes, status.estimate_memory_bytes)),

@@ -72,6 +72,7 @@ export function wireEvents() {
     const current = models.get(event.model);
     if (current) {
       current.state = event.to;
+      if (event.to !== "starting" && event.to !== "waking") current.progress = null;
       if (event.error) current.last_error = event.error;
       changed(event.model);
     } else {
@@ -79,6 +80,13 @@ export function wireEvents() {
       loadModels().catch(() => {});
     }
     refresh(event.model);
+  });
+  events.on("start_progress", (event) => {
+    const current = models.get(event.model);
+    if (!current || current.reduced) return;
+    const { elapsed_seconds, percent = null, eta_seconds = null, phase = "starting" } = event;
+    current.progress = { elapsed_seconds, percent, eta_seconds, phase };  // as status.progress
+    changed(event.model);
   });
   events.on("request", (event) => refresh(event.model));
   events.on("eviction", (event) => refresh(event.model));
