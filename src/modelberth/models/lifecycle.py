@@ -42,7 +42,6 @@ from modelberth.models.launch import (
     until_healthy,
     with_tail,
 )
-from modelberth.models.probe import GenerationProbe
 from modelberth.models.progress import StartProgress
 from modelberth.models.retirement import Retirement
 from modelberth.models.sleep import SleepMode
@@ -55,6 +54,7 @@ from modelberth.models.state import (
     StateEvent,
     check_transition,
 )
+from modelberth.models.supervision import Supervision
 from modelberth.models.tasks import swallow_outcome
 from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
@@ -96,7 +96,6 @@ class Lifecycle:
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._stop_only_if_idle = False  # whether _stop_task may give up
-        self._watch_task: asyncio.Task[None] | None = None
         self._idle = IdleTimer(spec.name, lambda: self.spec.idle_timeout, self._idle_for,
                                lambda: self.sleep_mode.sleep("idle") if self.spec.sleep_level
                                else self.stop("idle", only_if_idle=True))
@@ -105,10 +104,11 @@ class Lifecycle:
         self._retirement = Retirement()  # declared the moment retire() is called
         self._retire_task: asyncio.Task[None] | None = None
         self.sleep_mode = SleepMode(self, http, requests, self._tracer)  # the one sleep/wake
-        self._timeouts = 0  # upstream timeouts in a row
-        # Runs while READY (begun in _serve, cancelled in _transition on leaving READY).
-        self._probe = GenerationProbe(spec.name, events, http,
-                                      lambda: requests.in_flight > 0, self._probe_failed)
+        # Exits, timeouts in a row, the probe: begun in _serve and _awake, paused in
+        # _transition on leaving READY.
+        self._supervision = Supervision(spec.name, events, http,
+                                        lambda: requests.in_flight > 0, self.note_exit,
+                                        self._probe_failed)
 
     @property
     def name(self) -> str:
@@ -153,7 +153,7 @@ class Lifecycle:
         if spec.config_hash() != self.spec.config_hash():
             raise ValueError(f"{self.name}: a new config hash needs reconfigure()")
         if spec.probe != self.spec.probe and self.state is ModelState.READY:
-            self._probe.begin(spec.probe, self.base_url)  # a reload added, changed or removed it
+            self._supervision.reconfigured(spec, self.base_url)
         self.spec = spec
 
     def check_retired(self) -> None:
@@ -168,17 +168,15 @@ class Lifecycle:
 
     def upstream_answered(self) -> None:
         """The upstream answered a request in time (called on every success: keep trivial)."""
-        self._timeouts = 0
-        self._probe.answered = True  # it generates: the next probe can be skipped
+        self._supervision.answered()
 
     def upstream_timed_out(self, reason: str) -> bool:
         """A request to the upstream timed out (no first byte, a stalled stream). After
         `max_timeouts` in a row the upstream is taken as hung: the model is marked failed
         and the upstream killed in the background. True if a fresh one should start."""
-        self._timeouts += 1
-        if self._timeouts < self.spec.max_timeouts or self.state is not ModelState.READY:
+        count = self._supervision.timed_out(self.spec.max_timeouts)
+        if count is None or self.state is not ModelState.READY:
             return False
-        count, self._timeouts = self._timeouts, 0
         self._drop_upstream()  # counted by the scheduler until it is gone
         self._fail(f"{count} upstream timeouts in a row (last: {reason})")
         return not self.retiring and self._stop_task is None
@@ -253,7 +251,7 @@ class Lifecycle:
                     await self._kills.settle()
                 else:
                     await self.stop(reason)
-            await self._probe.stop()  # cancelled on leaving READY: ended before retire returns
+            await self._supervision.stop()  # paused on leaving READY: ended before this returns
 
     def reconfigure(self, spec: ModelSpec, runtime: Runtime) -> bool:
         """Take new settings that change how the upstream runs; whether the model was
@@ -329,7 +327,6 @@ class Lifecycle:
                 self._start_task = None
 
     async def _start_upstream(self) -> None:
-        self.progress = None  # an earlier start's, if it was called off
         await self._kills.settle()  # an earlier upstream still being killed goes first
         placement = self.spec.devices
         if self._admit is not None:
@@ -341,7 +338,8 @@ class Lifecycle:
         self.gpus = placement
         self.port = self.spec.fixed_port or free_port()
         began = time.monotonic()
-        # Made before the launch, so the upstream's first lines count too.
+        # Made before the launch, so the upstream's first lines count too; dropped once the
+        # start is over, however it ends.
         self.progress = progress = StartProgress(self.logs, self.start_seconds)
         try:
             upstream = self._upstream = await self._kills.launch(
@@ -355,7 +353,6 @@ class Lifecycle:
             await until_healthy(upstream, self.spec, self.base_url, self._http, self._events,
                                 self.logs, progress)
         except (LaunchFailed, asyncio.CancelledError) as exc:  # failed, or a stop called it off
-            self.progress = None
             # Killed in the background: stop_timeout may be long, and the waiters are owed
             # an answer at start_timeout.
             if self._upstream is upstream:
@@ -365,7 +362,8 @@ class Lifecycle:
                 self._fail(exc.reason)
                 raise exc.error from None
             raise
-        self.progress = None
+        finally:
+            self.progress = None
         self.last_error = None
         self._backoff.reset()
         took = round(time.monotonic() - began, 3)
@@ -377,20 +375,17 @@ class Lifecycle:
         """STARTING -> READY, serving with `upstream` (launched, or adopted)."""
         self._upstream = upstream
         self.started_at = time.time()
-        self._timeouts = 0
         self._requests.touch()
         self._transition(ModelState.STARTING, ModelState.READY, reason, **detail)
-        self._watch_task = asyncio.create_task(self._watch(upstream))
-        self._probe.begin(self.spec.probe, self.base_url)  # a fresh count for this upstream
+        self._supervision.serving(self.spec, self.base_url, upstream)
         self._idle.keep_alive(None)  # a keep_alive was said for the upstream before this one
         self._idle.arm()  # even if every request that asked for it has gone
 
     def _awake(self, reason: str, **detail: Any) -> None:
         """WAKING -> READY (sleep.py's wake): serving again, with the same upstream."""
-        self._timeouts = 0
         self._requests.touch()  # the idle clock starts again, as at a start
         self._transition(ModelState.WAKING, ModelState.READY, reason, **detail)
-        self._probe.begin(self.spec.probe, self.base_url)  # cancelled when it fell asleep
+        self._supervision.serving(self.spec, self.base_url)
         self._idle.arm()
 
     def _fail(self, reason: str) -> None:
@@ -398,9 +393,6 @@ class Lifecycle:
         self.started_at = None
         self.last_error = with_tail(self.logs, reason)
         self._transition(_RUNNING, ModelState.FAILED, reason)
-
-    async def _watch(self, upstream: Upstream) -> None:
-        self.note_exit(upstream, await upstream.wait())
 
     def note_exit(self, upstream: Upstream, status: ExitStatus) -> None:
         """The upstream has exited: if it was serving, the model has failed (idempotent)."""
@@ -425,7 +417,7 @@ class Lifecycle:
             try:
                 if only_if_idle and (requests.in_flight or requests.waiting):
                     return
-                await self._probe.stop()  # no probe during the drain, none left once stopped
+                await self._supervision.stop()  # no probe in the drain, none left once stopped
                 if self._start_task is not None:
                     self._start_task.cancel()
                     with contextlib.suppress(BaseException):
@@ -464,7 +456,7 @@ class Lifecycle:
         check_transition(self.name, old, expected, new, reason)
         self.state = new
         if old is ModelState.READY:
-            self._probe.cancel()  # at once: not one probe more once a stop or failure began
+            self._supervision.pause()  # at once: no probe more once a stop or failure began
         if new is ModelState.FAILED and self.last_error:
             detail.setdefault("error", self.last_error)
         self._events.publish(StateEvent(self.name, old, new, reason, detail=detail))
