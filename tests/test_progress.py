@@ -3,6 +3,7 @@ real modelberth whose fake (and real llama-server) upstreams print them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import pytest
 
 from conftest import EventReader, Modelberth, fake_model, llama_command
 from load_lines import LLAMA_LINES, LLAMA_OLD_LINES, VLLM_LINES
+from modelberth.config import Config
 from modelberth.models.progress import Progress, StartProgress
 from modelberth.runtimes.logbuffer import LogBuffer
+from modelberth.runtimes.process import ProcessRuntime
 
 CHAT = "/v1/chat/completions"
 
@@ -132,6 +135,36 @@ def test_logbuffer_since_counts_past_the_ring() -> None:
     assert logs.count == 5
     assert [line.text for line in logs.since(1)] == ["2", "3", "4"]  # "1" has gone
     assert [line.text for line in logs.since(4)] == ["4"] and logs.since(5) == []
+
+
+async def test_a_bar_redrawn_with_carriage_returns_arrives_redraw_by_redraw() -> None:
+    """tqdm (vLLM's loading bars) redraws with a bare \r and ends the line only when done:
+    each redraw must reach the buffer, and the progress, while the bar is still going."""
+    script = ("import sys, time\n"
+              "for i in (1, 2):\n"
+              "    sys.stderr.write(f'\\rLoading safetensors checkpoint shards: {i * 50}% "
+              "Completed | {i}/2'); sys.stderr.flush(); time.sleep(0.4)\n"
+              "time.sleep(30)\n")
+    spec = Config.model_validate({"models": {"m": {
+        "command": [sys.executable, "-c", script, "${PORT}"]}}}).specs()["m"]
+    logs = LogBuffer()
+    progress = StartProgress(logs, [])
+    upstream = await ProcessRuntime().start(spec, 1, logs)
+    try:
+        async def seen() -> list[str]:
+            while len(logs.tail()) < 2:
+                await asyncio.sleep(0.05)
+            return [line.text for line in logs.tail()]
+
+        # The second redraw is still unterminated (it waits for the next byte): the first
+        # arrived alone, before the bar was done.
+        first = await asyncio.wait_for(seen(), 10)
+        assert first[-1] == "Loading safetensors checkpoint shards: 50% Completed | 1/2"
+        progress.read_logs()
+        percent = progress.snapshot().percent
+        assert percent is not None and 10 <= percent < 60  # half the shards: not yet 60
+    finally:
+        await upstream.stop(2)
 
 
 def test_brief() -> None:

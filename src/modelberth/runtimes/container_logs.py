@@ -1,4 +1,5 @@
-"""A container's output as lines: Docker's timestamped log frames split into lines, so that
+"""A container's output as lines: Docker's timestamped log frames split into lines (at a
+newline or a bare carriage return, see logbuffer.split_output), so that
 an adopted container's earlier output is copied once and following resumes after it."""
 
 from __future__ import annotations
@@ -6,6 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+
+from modelberth.runtimes.logbuffer import split_output
 
 BACKFILL_LINES = 200  # output of an adopted container copied into its model's log buffer
 _TIMESTAMP = re.compile(
@@ -33,8 +36,8 @@ def lines(frames: Iterable[bytes], after: int | None = None) -> Iterator[tuple[i
             if after is not None and when <= after:
                 continue
             stamp = when
-        *done, pending = (pending + payload).split(b"\n")
+        done, pending = split_output(pending, payload)
         for line in done:
-            yield stamp, line.decode("utf-8", "replace").rstrip("\r")
-    if pending:
-        yield stamp, pending.decode("utf-8", "replace").rstrip("\r")
+            yield stamp, line
+    if pending.rstrip(b"\r"):
+        yield stamp, pending.rstrip(b"\r").decode("utf-8", "replace")

@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def split_output(pending: bytes, data: bytes) -> tuple[list[str], bytes]:
+    r"""The complete lines in `pending + data`, and what is left for the next read. A line
+    ends at a newline or at a bare carriage return: a progress bar that redraws itself
+    (tqdm's, as vLLM prints its loading) gives one line per redraw, so each counts as the
+    upstream moving on, not only the last when the bar is done. A final \r waits for the
+    next byte (it may be half of a \r\n). Empty lines are dropped.
+
+    >>> split_output(b"", b"shards: 50%\rshards: 100%\r\nready\nhalf")
+    (['shards: 50%', 'shards: 100%', 'ready'], b'half')
+    >>> split_output(b"half", b" a line\r")
+    ([], b'half a line\r')
+    """
+    text = pending + data
+    held = b""
+    if text.endswith(b"\r"):
+        text, held = text[:-1], b"\r"
+    *done, rest = _BREAK.split(text)
+    return [line.decode("utf-8", "replace") for line in done if line], rest + held
 
 
 @dataclass(frozen=True, slots=True)

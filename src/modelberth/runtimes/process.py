@@ -14,7 +14,7 @@ from loguru import logger
 
 from modelberth.config import ModelSpec
 from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
-from modelberth.runtimes.logbuffer import LogBuffer
+from modelberth.runtimes.logbuffer import LogBuffer, split_output
 
 # Every upstream carries this variable; its value names the modelberth process that owns it,
 # so a later run can find (and end) what a crashed or killed run left behind.
@@ -22,6 +22,7 @@ OWNER_ENV = "MODELBERTH_OWNER"
 MODEL_ENV = "MODELBERTH_MODEL"
 _PR_SET_PDEATHSIG = 1
 _LINE_LIMIT = 1 << 20
+_READ_SIZE = 1 << 16
 
 
 def _owner_tag(pid: int) -> str:
@@ -114,16 +115,21 @@ class ProcessUpstream:
         if stream is None:
             return
         log = logger.bind(model=self._model, stream=name, upstream=True)
+        pending = b""
         while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line longer than the limit: take it in pieces
-                raw = await stream.read(_LINE_LIMIT)
-            if not raw:
+            data = await stream.read(_READ_SIZE)
+            if not data:  # the end: what is left is a last line without its newline
+                lines, pending = split_output(pending, b"\n" if pending else b"")
+            else:
+                lines, pending = split_output(pending, data)
+                if len(pending) > _LINE_LIMIT:  # a line longer than the limit: in pieces
+                    lines.append(pending.decode("utf-8", "replace"))
+                    pending = b""
+            for text in lines:
+                self._logs.append(name, text)
+                log.info("{}", text)
+            if not data:
                 return
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
-            self._logs.append(name, text)
-            log.info("{}", text)
 
 
 class ProcessRuntime:
