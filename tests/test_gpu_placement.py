@@ -227,12 +227,17 @@ def vllm(tmp_path: Path, name: str, vram: int) -> dict[str, Any]:
             "env": {"FAKE_VRAM_MB": str(vram), "FAKE_VRAM_FILE": str(tmp_path / f"{name}.vram")}}
 
 
+def two_vllms_on_8g(modelberth: Any, tmp_path: Path, **resources: Any) -> Modelberth:
+    """v1 and v2, 5 GB each, on one 8 GB GPU: they never fit together."""
+    mb: Modelberth = modelberth({"resources": {"vram_margin_mb": 0, **resources},
+                                 "models": {"v1": vllm(tmp_path, "v1", 5000),
+                                            "v2": vllm(tmp_path, "v2", 5000)}}, start=False)
+    return mb.start(env=gpus_env(tmp_path, {"name": "Fake 8G", "total_mb": 8000}))
+
+
 def test_eviction_puts_a_sleep_capable_model_to_sleep_and_wakes_it_back(
         modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"resources": {"vram_margin_mb": 0, "sample_interval": 0.3},
-                     "models": {"v1": vllm(tmp_path, "v1", 5000),
-                                "v2": vllm(tmp_path, "v2", 5000)}}, start=False)
-    mb.start(env=gpus_env(tmp_path, {"name": "Fake 8G", "total_mb": 8000}))
+    mb = two_vllms_on_8g(modelberth, tmp_path, sample_interval=0.3)
     assert chat(mb, "v1").status_code == 200
     pid = mb.status("v1")["runtime_id"]
     assert chat(mb, "v2").status_code == 200  # 5 + 5 > 8: v1 sleeps instead of stopping
@@ -250,10 +255,7 @@ def test_eviction_puts_a_sleep_capable_model_to_sleep_and_wakes_it_back(
 def test_a_sleeping_model_is_stopped_when_ram_is_what_is_short(
         modelberth: Any, tmp_path: Path) -> None:
     # Level 1 keeps the weights in host RAM: 5 GB asleep do not fit a 4 GB RAM budget.
-    mb = modelberth({"resources": {"vram_margin_mb": 0, "memory_budget_mb": 4000},
-                     "models": {"v1": vllm(tmp_path, "v1", 5000),
-                                "v2": vllm(tmp_path, "v2", 5000)}}, start=False)
-    mb.start(env=gpus_env(tmp_path, {"name": "Fake 8G", "total_mb": 8000}))
+    mb = two_vllms_on_8g(modelberth, tmp_path, memory_budget_mb=4000)
     assert chat(mb, "v1").status_code == 200
     assert chat(mb, "v2").status_code == 200
     assert mb.status("v1")["state"] == "stopped"

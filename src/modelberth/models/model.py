@@ -51,8 +51,8 @@ class Model:
     def connect(self, admit: Callable[[Model], Awaitable[tuple[int, ...] | None]],
                 on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
         """The scheduler's hooks: `admit` gates every start (room in the budgets) and says
-        which GPUs it runs on, `on_idle`
-        hears when the last request in flight finished, `on_state` every state change."""
+        which GPUs it runs on, `on_idle` hears when the last request in flight finished,
+        `on_state` every state change."""
         # The lifecycle does not know the Model: it gets the hooks bound to it.
         self._lifecycle.connect(lambda: admit(self), lambda: on_state(self))
         self._idle_listeners.append(on_idle)
