@@ -64,6 +64,11 @@ prints the same).
   `aliases` are more names for the same model, and no name or alias may be used twice.
 - **Templates** (`template:`) fill in the command, health path and Docker image of a known
   server; see [Templates](#templates). `defaults` apply to every model that doesn't set the key.
+- **Remote endpoints** (`runtime: remote` with `base_url`, optionally `api_key` and
+  `upstream_model`) are models that run elsewhere: always ready, never started, stopped,
+  evicted or budgeted; the process, Docker, timing-of-starts and placement keys are errors on
+  them. **Fallbacks** (`fallbacks: [other, ...]`, on any model) must name configured models or
+  aliases and may not loop (`a -> b -> a`); a fallback's own fallbacks are tried after it.
 - YAML anchors and merge keys (`<<: *base`) work; a model's own keys win over merged ones.
 - `POST /api/reload`, SIGHUP or `serve --watch` re-read the file while serving.
 """
@@ -177,7 +182,8 @@ def configuration_md() -> str:
             description = " ".join((ProbeConfig.__doc__ or "").split())
         elif model is ModelConfig:
             description = (f"{Config.model_fields['models'].description} Without a `template`, "
-                           "`command` is required.")
+                           "`command` is required, except with `runtime: remote`, which "
+                           "needs `base_url` instead.")
         parts += [f"## `{title}`", "", *([description, ""] if description else []),
                   *_table(model, prefix, defs), ""]
     parts += [

@@ -3,6 +3,10 @@
     python fake_upstream.py --port P [--start-delay S] [--exit-code N] [--chunks N]
         [--chunk-delay S] [--die-after-chunks N] [--events FILE] [--ignore-sigterm]
         [--print-load-lines llama|llama-old|vllm] [--print-every S] [--silent] [--loading-503]
+        [--fail-status N] [--tls-cert FILE --tls-key FILE]
+
+Started by a test itself (not by modelberth), it plays a remote endpoint (runtime: remote):
+--fail-status makes every POST /v1/* answer that status, --tls-* serve HTTPS.
 
 Every start, request, finished stream and cancelled stream is appended to --events as a line,
 so tests can count what really happened.
@@ -18,9 +22,11 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,23 @@ async def tool_call(request: web.Request, data: dict[str, object], model: str
     return resp
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def failing(args: argparse.Namespace, handler: Handler) -> Handler:
+    """--fail-status: the route answers that status, in OpenAI's error shape, as a server in
+    trouble does (each such request is recorded as a request)."""
+    if not args.fail_status:
+        return handler
+
+    async def fail(_: web.Request) -> web.StreamResponse:
+        record(args, "request")
+        return web.json_response({"error": {"message": f"simulated failure {args.fail_status}",
+                                            "type": "server_error", "code": args.fail_status}},
+                                 status=args.fail_status)
+    return fail
+
+
 async def embeddings(request: web.Request) -> web.Response:
     """One vector per input: [its length, 1.0, 0.5]; a token per word."""
     data = await request.json()
@@ -145,7 +168,9 @@ def make_app(args: argparse.Namespace) -> web.Application:
                                          "content": data.get("reply", "hello")}}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
                 "echo": {"headers": dict(request.headers), "query": request.query_string,
-                         "body_bytes": len(await request.read())},
+                         "body_bytes": len(await request.read()),
+                         # Not under a "model" key: modelberth renames every one in answers.
+                         "sent_model": data.get("model"), "path": request.path},
             })
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -179,12 +204,13 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/health", health)
-    app.router.add_post("/v1/chat/completions", chat)
-    app.add_routes([web.post("/v1/completions", chat), web.post("/v1/embeddings", embeddings),
+    app.router.add_post("/v1/chat/completions", failing(args, chat))
+    app.add_routes([web.post("/v1/completions", failing(args, chat)),
+                    web.post("/v1/embeddings", failing(args, embeddings)),
                     web.post("/wedge", wedge.set)])
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get("/status/{code:\\d+}", status)
-    app.router.add_post("/v1/{tail:.*}", echo)
+    app.router.add_post("/v1/{tail:.*}", failing(args, echo))
     return app
 
 
@@ -229,6 +255,10 @@ def main() -> None:
     parser.add_argument("--silent", action="store_true", help="print nothing at start")
     parser.add_argument("--loading-503", action="store_true",
                         help="listen at once, answering /health 503 during the delay")
+    parser.add_argument("--fail-status", type=int, default=0,
+                        help="answer every POST /v1/* with this status")
+    parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", default=None, help="... and this key")
     args = parser.parse_args()
     args.loading_until = 0.0
     record(args, "start")
@@ -251,8 +281,12 @@ def main() -> None:
         sys.exit(args.exit_code)
     weights = bytearray(args.alloc_mb * 1024 * 1024)
     weights[::4096] = b"\x01" * len(range(0, len(weights), 4096))  # make every page resident
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None,
-                handle_signals=not args.ignore_sigterm)
+                handle_signals=not args.ignore_sigterm, ssl_context=tls)
 
 
 if __name__ == "__main__":

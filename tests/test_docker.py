@@ -37,7 +37,11 @@ IMAGE = "modelberth-test/host:1"
 REPO = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
 # The image holds almost nothing: host binaries and Python come in read-only.
-HOST_MOUNTS = ["/usr:/usr:ro", f"{sys.base_prefix}:{sys.base_prefix}:ro", f"{REPO}:{REPO}:ro"]
+HOST_MOUNTS = ["/usr:/usr:ro", f"{sys.base_prefix}:{sys.base_prefix}:ro", f"{REPO}:{REPO}:ro",
+               # The venv too when it lives outside the repository (a git worktree run with
+               # another checkout's venv): the fake upstream runs on its Python.
+               *([] if Path(sys.prefix).is_relative_to(REPO) else
+                 [f"{sys.prefix}:{sys.prefix}:ro"])]
 
 
 @pytest.fixture(scope="session")

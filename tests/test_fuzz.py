@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from modelberth.config import Config, ConfigError, parse_config
 from modelberth.errors import APIError
 from modelberth.proxy.request import model_from_body
 
-SCHEMATHESIS = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "schemathesis"
+# Beside the Python running the tests: the repository's .venv, or another checkout's when a
+# git worktree is tested with it.
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
 def test_schemathesis_finds_no_server_errors(modelberth: Any, tmp_path: Path) -> None:

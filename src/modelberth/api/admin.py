@@ -50,10 +50,22 @@ async def _act(
     return JSONResponse(model.status())
 
 
+def _managed(request: Request, name: str, action: str) -> Model:
+    """The model, if modelberth runs it: a remote endpoint (runtime: remote) is always ready
+    and has nothing to start, stop or restart, which is a conflict with its kind (409)."""
+    model = registry(request).require(name)
+    if model.spec.remote is not None:
+        raise APIError(409, f"Model '{name}' is a remote endpoint ({model.spec.remote.base_url})"
+                       f": it is always ready and modelberth cannot {action} it.",
+                       code="remote_model")
+    return model
+
+
 @router.post("/models/{name}/start")
 async def start_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
-    """Start the model (no-op if ready); with wait=true, answer once it is healthy."""
-    model = registry(request).require(name)
+    """Start the model (no-op if ready); with wait=true, answer once it is healthy. 409 for
+    a remote endpoint."""
+    model = _managed(request, name, "start")
     if not wait:
         model.start_soon()
         return JSONResponse(model.status(), status_code=202)
@@ -62,14 +74,16 @@ async def start_model(name: str, request: Request, wait: bool = True) -> JSONRes
 
 @router.post("/models/{name}/stop")
 async def stop_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
-    """Stop the model after its in-flight requests finish (bounded by drain_timeout)."""
-    model = registry(request).require(name)
+    """Stop the model after its in-flight requests finish (bounded by drain_timeout); 409
+    for a remote endpoint."""
+    model = _managed(request, name, "stop")
     return await _act(model, model.stop, wait)
 
 
 @router.post("/models/{name}/restart")
 async def restart_model(name: str, request: Request, wait: bool = True) -> JSONResponse:
-    model = registry(request).require(name)
+    """Stop, then start the model; 409 for a remote endpoint."""
+    model = _managed(request, name, "restart")
     return await _act(model, model.restart, wait)
 
 
@@ -108,8 +122,9 @@ def _log_stream(logs: LogBuffer, follow: bool, tail: int, as_json: bool) -> Stre
 
 @router.post("/stop-all")
 async def stop_all(request: Request, wait: bool = True) -> JSONResponse:
-    """Stop every model, each after its in-flight requests (bounded by drain_timeout)."""
-    models = list(registry(request).models.values())
+    """Stop every model, each after its in-flight requests (bounded by drain_timeout); remote
+    endpoints stay ready (nothing of theirs runs here)."""
+    models = [m for m in registry(request).models.values() if m.spec.remote is None]
 
     async def stop_each() -> None:
         await asyncio.gather(*(model.stop() for model in models))

@@ -1,6 +1,7 @@
-"""The running config as it may be shown (GET /api/config, the dashboard): keys, secret
-environment values, credentials in URLs and the values of secret command-line flags are
-replaced by `***`. The shape stays, so a reader still sees *that* a key is set."""
+"""The running config as it may be shown (GET /api/config, the dashboard): keys (the
+server's and remote endpoints'), secret environment values, credentials in URLs and the
+values of secret command-line flags are replaced by `***`. The shape stays, so a reader
+still sees *that* a key is set."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def redacted(config: Config) -> dict[str, Any]:
 
 
 def _redact_model(model: dict[str, Any]) -> None:
+    if model.get("api_key"):  # a remote endpoint's key
+        model["api_key"] = HIDDEN
+    if isinstance(model.get("base_url"), str):
+        model["base_url"] = hide_url_credentials(model["base_url"])
     env = model.get("env")
     if isinstance(env, dict):
         model["env"] = {name: HIDDEN if _SECRET_NAME.search(name) else value

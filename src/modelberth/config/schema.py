@@ -18,8 +18,11 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from modelberth.config.references import alias_errors, fallback_errors, fallback_order
+from modelberth.config.remote import check_api_key, check_base_url
 from modelberth.config.sections import (
     ActivityConfig,
+    Defaults,
     DockerConfig,
     GpuBudget,
     GpuCount,
@@ -61,6 +64,13 @@ __all__ = [
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
 _DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "container_port",
                 "pull")
+_REMOTE_ONLY = ("base_url", "api_key", "upstream_model")
+# What a remote endpoint has no use for: it runs nowhere here, so nothing starts, stops,
+# sleeps, is probed, placed or budgeted.
+_NOT_REMOTE = ("template", "command", "model_path", "port", "env", "cwd", "health_path",
+               "idle_timeout", "start_timeout", "stall_timeout", "stop_timeout",
+               "loading_status", "max_timeouts", "preload", "pinned", "memory_mb", "vram_mb",
+               "gpus", "sleep", "probe", "priority", *_DOCKER_ONLY)
 
 
 class ServerConfig(Strict):
@@ -126,41 +136,33 @@ class ServerConfig(Strict):
         return [*self.api_keys, *self.admin_keys] if self.api_keys else []
 
 
-class Defaults(Strict):
-    idle_timeout: Seconds = Field(300, description="Seconds idle before stopping; 0 = never.")
-    start_timeout: PositiveSeconds = Field(
-        120, description="Hard cap on the seconds a start may take to become healthy.")
-    stall_timeout: Seconds = Field(
-        120, description="A start fails when nothing moves (no output line, no progress, no "
-        "change in the health answer) for this many seconds; an upstream that keeps printing "
-        "is never stalled; 0 = only start_timeout.")
-    stop_timeout: Seconds = Field(10, description="Seconds between SIGTERM and SIGKILL.")
-    drain_timeout: Seconds = Field(
-        30, description="On stop, seconds to let in-flight requests finish before terminating."
-    )
-    max_queue: int = Field(64, ge=0, description="Requests waiting for one model before 429.")
-    first_byte_timeout: Seconds = Field(
-        600, description="Seconds to wait for the head of an upstream's answer (a long prompt "
-        "is processed before the first byte); 504 after it; 0 = no limit."
-    )
-    stream_stall_timeout: Seconds = Field(
-        120, description="Seconds an answer under way may send nothing before it is cut off "
-        "(504, or an SSE error event); 0 = no limit."
-    )
-    max_timeouts: int = Field(
-        3, ge=1, description="Upstream timeouts in a row after which the model is marked "
-        "failed and restarted (it is hung)."
-    )
-    loading_status: Literal["comment", "reasoning"] = Field(
-        "comment", description="While a streamed chat waits for a cold model: `comment` "
-        "sends SSE comment lines (`: loading NAME 3.0s`), `reasoning` sends the progress as "
-        "`reasoning_content` deltas, which chat UIs show as thinking.")
-
-
 class ModelConfig(Strict):
-    runtime: Literal["process", "docker"] = Field(
-        "process", description="How the upstream runs: a local process or a Docker container."
+    runtime: Literal["process", "docker", "remote"] = Field(
+        "process", description="How the upstream runs: a local process, a Docker container, "
+        "or `remote`: an endpoint that runs elsewhere (another modelberth, a vLLM cluster, a "
+        "hosted API), always ready, never started, stopped or budgeted by modelberth."
     )
+    base_url: str | None = Field(
+        None, description="runtime: remote: the endpoint's base URL as the OpenAI SDKs take "
+        "it (`http://host:8000/v1`, `https://api.example.com/v1`): modelberth's path after "
+        "/v1 is appended to it (POST /v1/chat/completions goes to "
+        "{base_url}/chat/completions); a base URL without a path gets the path as "
+        "modelberth received it. http or https (the system's CA certificates, or "
+        "$SSL_CERT_FILE).")
+    api_key: str | None = Field(
+        None, description="runtime: remote: sent as `Authorization: Bearer KEY` (the client's "
+        "key is never forwarded); write `${ENV_VAR}` rather than the key itself. Hidden in "
+        "GET /api/config.")
+    upstream_model: str | None = Field(
+        None, min_length=1, description="runtime: remote: the `model` sent to the remote, if "
+        "it serves the model under another name; default: this model's name (an alias the "
+        "client used is never sent on). Answers still carry the name the client sent.")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Models (or aliases) tried in order when this one "
+        "fails before any byte of the answer reached the client: a connection error, a "
+        "timeout before the answer, a 5xx answer, a failed start. Each gets the request "
+        "again, as the client sent it; a fallback's own fallbacks are tried after it, no "
+        "model twice; loops are refused. Never after the answer has begun.")
     template: TemplateName | None = Field(
         None, description="Built-in service type that fills command and health_path."
     )
@@ -266,6 +268,16 @@ class ModelConfig(Strict):
                 raise ValueError("GPU indices must be distinct and not negative")
         return value
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_base_url(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        return None if value is None else check_api_key(value)
+
     @field_validator("health_path")
     @classmethod
     def _health_path_absolute(cls, value: str | None) -> str | None:
@@ -291,6 +303,11 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _has_command(self) -> ModelConfig:
         template = TEMPLATES[self.template] if self.template else None
+        if self.runtime == "remote":
+            return self._check_remote()
+        misplaced = [key for key in _REMOTE_ONLY if key in self.model_fields_set]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: only for runtime: remote")
         if self.runtime == "docker":
             return self._check_docker()
         misplaced = [key for key in _DOCKER_ONLY if key in self.model_fields_set]
@@ -303,6 +320,15 @@ class ModelConfig(Strict):
                 raise ValueError(f"template '{self.template}' needs `model_path`")
         argv = self.command or list(template.command if template else ())
         self._check_port(argv)
+        return self
+
+    def _check_remote(self) -> ModelConfig:
+        misplaced = [key for key in _NOT_REMOTE if key in self.model_fields_set]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: not for runtime: remote (it runs "
+                             "elsewhere: nothing to start, stop or budget)")
+        if self.base_url is None:
+            raise ValueError("runtime: remote needs `base_url` (e.g. http://host:8000/v1)")
         return self
 
     def _check_docker(self) -> ModelConfig:
@@ -353,16 +379,18 @@ class Config(Strict):
 
     @field_validator("models", mode="wrap")
     @classmethod
-    def _aliases(cls, value: Any, handler: ValidatorFunctionWrapHandler
-                 ) -> dict[str, ModelConfig]:
-        """No alias may repeat a model's name or alias; checked even when a model is invalid."""
-        taken = _alias_errors(value) if isinstance(value, Mapping) else []
+    def _references(cls, value: Any, handler: ValidatorFunctionWrapHandler
+                    ) -> dict[str, ModelConfig]:
+        """No alias may repeat a model's name or alias, every fallback must name a model and
+        none may loop (references.py); checked even when a model is invalid."""
+        taken = [*alias_errors(value), *fallback_errors(value)] \
+            if isinstance(value, Mapping) else []
         try:
             models: dict[str, ModelConfig] = handler(value)
         except ValidationError as exc:
             if not taken:
                 raise
-            # Each error keeps its type, message and location, with the alias errors added.
+            # Each error keeps its type, message and location, with these errors added.
             taken = [InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]),
                                       loc=error["loc"], input=error["input"])
                      for error in exc.errors(include_url=False)] + taken
@@ -371,27 +399,6 @@ class Config(Strict):
         return models
 
     def specs(self) -> dict[str, ModelSpec]:
-        return {name: ModelSpec.build(name, m, self.defaults) for name, m in self.models.items()}
-
-
-def _alias_errors(models: Mapping[Any, Any]) -> list[InitErrorDetails]:
-    """An error at each alias that is a model's name or an earlier alias, at its own place."""
-    seen: dict[str, str] = {name: name for name in models if isinstance(name, str)}
-    errors: list[InitErrorDetails] = []
-    for name, model in models.items():
-        aliases = model.aliases if isinstance(model, ModelConfig) else \
-            model.get("aliases") if isinstance(model, Mapping) else None
-        if not isinstance(name, str) or not isinstance(aliases, list):
-            continue
-        for index, alias in enumerate(aliases):
-            if not isinstance(alias, str):
-                continue
-            if alias in seen:
-                errors.append(InitErrorDetails(
-                    type=PydanticCustomError(
-                        "alias_taken", "alias '{alias}' of '{name}' is already used by "
-                        "'{other}'", {"alias": alias, "name": name, "other": seen[alias]}),
-                    loc=(name, "aliases", index), input=alias))
-            else:
-                seen[alias] = name
-    return errors
+        fallbacks = fallback_order(self.models)
+        return {name: ModelSpec.build(name, m, self.defaults, fallbacks[name])
+                for name, m in self.models.items()}

@@ -1,6 +1,7 @@
-"""The config's small sections: `resources` (budgets), `activity` (the recent requests
-kept) and `docker` (the engine), and the strict base every config model shares (unknown
-keys are errors; a loaded config is frozen)."""
+"""The config's small sections: `defaults` (what every model has unless it sets its own),
+`resources` (budgets), `activity` (the recent requests kept) and `docker` (the engine), and
+the strict base every config model shares (unknown keys are errors; a loaded config is
+frozen)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,42 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelberth.config.types import PositiveSeconds
+from modelberth.config.types import PositiveSeconds, Seconds
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(Strict):
+    idle_timeout: Seconds = Field(300, description="Seconds idle before stopping; 0 = never.")
+    start_timeout: PositiveSeconds = Field(
+        120, description="Hard cap on the seconds a start may take to become healthy.")
+    stall_timeout: Seconds = Field(
+        120, description="A start fails when nothing moves (no output line, no progress, no "
+        "change in the health answer) for this many seconds; an upstream that keeps printing "
+        "is never stalled; 0 = only start_timeout.")
+    stop_timeout: Seconds = Field(10, description="Seconds between SIGTERM and SIGKILL.")
+    drain_timeout: Seconds = Field(
+        30, description="On stop, seconds to let in-flight requests finish before terminating."
+    )
+    max_queue: int = Field(64, ge=0, description="Requests waiting for one model before 429.")
+    first_byte_timeout: Seconds = Field(
+        600, description="Seconds to wait for the head of an upstream's answer (a long prompt "
+        "is processed before the first byte); 504 after it; 0 = no limit."
+    )
+    stream_stall_timeout: Seconds = Field(
+        120, description="Seconds an answer under way may send nothing before it is cut off "
+        "(504, or an SSE error event); 0 = no limit."
+    )
+    max_timeouts: int = Field(
+        3, ge=1, description="Upstream timeouts in a row after which the model is marked "
+        "failed and restarted (it is hung)."
+    )
+    loading_status: Literal["comment", "reasoning"] = Field(
+        "comment", description="While a streamed chat waits for a cold model: `comment` "
+        "sends SSE comment lines (`: loading NAME 3.0s`), `reasoning` sends the progress as "
+        "`reasoning_content` deltas, which chat UIs show as thinking.")
 
 
 class GpuBudget(Strict):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from modelberth.config.remote import RemoteSpec
 from modelberth.config.sections import GpuCount, ProbeConfig
 from modelberth.config.templates import TEMPLATES
 
@@ -98,10 +99,17 @@ class ModelSpec:
     loading_status: str = "comment"  # or "reasoning": how a waiting stream sees the load
     anthropic: str = "translate"  # how /v1/messages reaches it: "native" or "translate"
     use_upstream_model_name: bool = False
+    remote: RemoteSpec | None = None  # runtime: remote: where its requests go
+    # The models tried, in this order, when this one fails before the answer began
+    # (references.py); names, looked up when needed.
+    fallbacks: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, name: str, model: ModelConfig, defaults: Defaults) -> ModelSpec:
+    def build(cls, name: str, model: ModelConfig, defaults: Defaults,
+              fallbacks: tuple[str, ...] = ()) -> ModelSpec:
         template = TEMPLATES[model.template] if model.template else None
+        remote = RemoteSpec.build(name, model.base_url, model.api_key, model.upstream_model) \
+            if model.runtime == "remote" and model.base_url is not None else None
         docker = DockerSpec.build(model) if model.runtime == "docker" else None
         default_command = (template.docker_command if docker else template.command) \
             if template else ()
@@ -126,7 +134,8 @@ class ModelSpec:
             aliases=tuple(model.aliases),
             fixed_port=model.port,
             model_path=model.model_path,
-            idle_timeout=pick(model.idle_timeout, defaults.idle_timeout),
+            # A remote endpoint is never stopped: the idle timer never arms.
+            idle_timeout=0.0 if remote else pick(model.idle_timeout, defaults.idle_timeout),
             start_timeout=pick(model.start_timeout, defaults.start_timeout),
             stop_timeout=pick(model.stop_timeout, defaults.stop_timeout),
             drain_timeout=pick(model.drain_timeout, defaults.drain_timeout),
@@ -153,6 +162,8 @@ class ModelSpec:
             max_timeouts=model.max_timeouts if model.max_timeouts is not None
             else defaults.max_timeouts,
             loading_status=model.loading_status or defaults.loading_status,
+            remote=remote,
+            fallbacks=fallbacks,
         )
 
     @property
@@ -207,7 +218,16 @@ class ModelSpec:
             [self.runtime, self.command, dict(self.env), self.cwd, self.health_path,
              self.fixed_port, self.model_path, self.gpus,
              dataclasses.asdict(self.docker) if self.docker else None,
-             *([self.gpu_count] if self.gpu_count else [])],  # absent: earlier hashes hold
+             # Absent: earlier hashes hold.
+             *([self.gpu_count] if self.gpu_count else []),
+             *([self.remote.base_url] if self.remote else [])],
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def runs_like(self, other: ModelSpec) -> bool:
+        """Whether `other` can be taken in place, without a restart: it runs the same way
+        (same config hash), or both are remote (nothing runs here: a new base_url or key
+        holds from the next request on)."""
+        return self.config_hash() == other.config_hash() or (
+            self.remote is not None and other.remote is not None)

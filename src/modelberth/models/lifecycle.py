@@ -138,7 +138,8 @@ class Lifecycle:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        remote = self.spec.remote
+        return remote.origin if remote is not None else f"http://127.0.0.1:{self.port}"
 
     def connect(self, admit: Callable[[], Awaitable[tuple[int, ...] | None]],
                 on_state: Callable[[], None]) -> None:
@@ -150,7 +151,7 @@ class Lifecycle:
     def update_settings(self, spec: ModelSpec) -> None:
         """Take settings that do not change how the upstream runs (aliases, timeouts, queue
         size...): same config hash, no restart."""
-        if spec.config_hash() != self.spec.config_hash():
+        if not spec.runs_like(self.spec):
             raise ValueError(f"{self.name}: a new config hash needs reconfigure()")
         if spec.probe != self.spec.probe and self.state is ModelState.READY:
             self._supervision.reconfigured(spec, self.base_url)
@@ -173,7 +174,10 @@ class Lifecycle:
     def upstream_timed_out(self, reason: str) -> bool:
         """A request to the upstream timed out (no first byte, a stalled stream). After
         `max_timeouts` in a row the upstream is taken as hung: the model is marked failed
-        and the upstream killed in the background. True if a fresh one should start."""
+        and the upstream killed in the background. True if a fresh one should start. A
+        remote endpoint has nothing to restart: its timeouts are only the clients' errors."""
+        if self.spec.remote is not None:
+            return False
         count = self._supervision.timed_out(self.spec.max_timeouts)
         if count is None or self.state is not ModelState.READY:
             return False
@@ -327,6 +331,9 @@ class Lifecycle:
                 self._start_task = None
 
     async def _start_upstream(self) -> None:
+        if self.spec.remote is not None:
+            self._serve_remote()
+            return
         await self._kills.settle()  # an earlier upstream still being killed goes first
         placement = self.spec.devices
         if self._admit is not None:
@@ -380,6 +387,16 @@ class Lifecycle:
         self._supervision.serving(self.spec, self.base_url, upstream)
         self._idle.keep_alive(None)  # a keep_alive was said for the upstream before this one
         self._idle.arm()  # even if every request that asked for it has gone
+
+    def _serve_remote(self) -> None:
+        """STARTING -> READY for a remote endpoint (runtime: remote): nothing is launched,
+        admitted, supervised or idle-stopped; it stays ready until it is reconfigured or
+        retired."""
+        self.started_at = time.time()
+        self.last_error = None
+        self._backoff.reset()
+        self._requests.touch()
+        self._transition(ModelState.STARTING, ModelState.READY, "remote endpoint")
 
     def _awake(self, reason: str, **detail: Any) -> None:
         """WAKING -> READY (sleep.py's wake): serving again, with the same upstream."""

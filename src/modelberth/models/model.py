@@ -203,8 +203,10 @@ class Model:
         instead of idle_timeout: 0 stops it as soon as the requests in flight are answered
         (a stop that gives way to a request arriving meanwhile), math.inf never idle-stops
         it, N idle-stops it after N seconds; None goes back to idle_timeout. It holds for
-        the upstream running now, until the next keep_alive: a restart clears it."""
-        self._lifecycle.idle.keep_alive(seconds)
+        the upstream running now, until the next keep_alive: a restart clears it. A remote
+        endpoint, which is never stopped, ignores it."""
+        if self._lifecycle.spec.remote is None:
+            self._lifecycle.idle.keep_alive(seconds)
 
     def try_enter(self) -> bool:
         """Count one request in flight if the model is ready and has a free slot now."""
@@ -268,7 +270,10 @@ class Model:
     async def confirm_exit(self, timeout: float) -> bool:
         """After a refused connection: True once the upstream is known to have exited (at
         once if it already has, or if the model is no longer ready, e.g. starting a new
-        upstream after the crash); False if it is still alive after `timeout`."""
+        upstream after the crash); False if it is still alive after `timeout`, and at once
+        for a remote endpoint: no restart of ours will bring it back."""
+        if self._lifecycle.spec.remote is not None:
+            return False
         upstream = self._lifecycle.upstream
         if self.state not in (ModelState.READY, ModelState.STOPPING) or upstream is None:
             return True
@@ -360,9 +365,11 @@ class Model:
             "name": self.name,
             "state": lifecycle.state.value,
             "runtime": spec.runtime,
+            "base_url": spec.remote.base_url if spec.remote else None,
             "runtime_id": upstream.runtime_id if upstream else None,
             "port": lifecycle.port if upstream else None,
             "aliases": list(spec.aliases),
+            "fallbacks": list(spec.fallbacks),
             "started_at": lifecycle.started_at,
             "last_used_at": self.last_used_at,
             "in_flight": self.in_flight,

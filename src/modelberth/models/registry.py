@@ -30,6 +30,7 @@ from modelberth.models.state import ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
 from modelberth.runtimes.process import ProcessRuntime
+from modelberth.runtimes.remote import RemoteRuntime
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Registry:
             "process": ProcessRuntime(),
             "docker": DockerRuntime(config.docker.url,
                                     instance=DockerRuntime.instance_for(config.server)),
+            "remote": RemoteRuntime(),
         }
         self.models: dict[str, Model] = {}
         learned = Path(config.resources.state_file) if config.resources.state_file \
@@ -130,7 +132,8 @@ class Registry:
                     logger.info("{}: adopted running upstream {} on port {}", name,
                                 upstream.runtime_id, port)
         for model in self.models.values():
-            if model.spec.preload and not model.ready:
+            # A remote endpoint is ready from the start: nothing runs here to wait for.
+            if (model.spec.preload or model.spec.remote) and not model.ready:
                 model.start_soon()
 
     def _new_model(self, spec: ModelSpec) -> Model:
@@ -193,17 +196,21 @@ class Registry:
             for name, spec in new_specs.items():
                 model = self.models.get(name)
                 if model is None:
-                    self.models[name] = self._new_model(spec)
+                    model = self.models[name] = self._new_model(spec)
+                    if spec.remote:
+                        model.start_soon()  # ready at once, as at boot
                     result.added.append(name)
                 elif model.spec == spec:
                     result.unchanged.append(name)
-                elif model.spec.config_hash() == spec.config_hash():
+                elif model.spec.runs_like(spec):
                     model.update_settings(spec)
                     result.updated.append(name)
                 elif model.reconfigure(spec, self.runtimes[spec.runtime]):
                     result.restarted.append(name)
                 else:
                     result.updated.append(name)
+                    if spec.remote:
+                        model.start_soon()  # a stopped local model that became remote
             self.config = config
             self._index()
             for listener in self._reload_listeners:

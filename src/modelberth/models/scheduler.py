@@ -80,8 +80,10 @@ class Scheduler:
 
     def _on_change(self, model: Model) -> None:
         if model.state is ModelState.READY and model not in self._admitted:
-            # Adopted models never pass through admit(): count them where they run.
-            self._admitted[model] = _Admitted(model.gpus or self._all_gpus(model))
+            # Adopted models never pass through admit(): count them where they run. A
+            # remote endpoint holds no room here: never budgeted, so never evicted.
+            if model.spec.remote is None:
+                self._admitted[model] = _Admitted(model.gpus or self._all_gpus(model))
         elif model.state in _GONE and not model.holds_upstream and model in self._admitted:
             del self._admitted[model]
             self._notify()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable
 
 from loguru import logger
 from opentelemetry import trace
@@ -20,9 +21,11 @@ from modelberth.models.model import Model
 from modelberth.models.registry import Registry
 from modelberth.proxy.asgi import Headers, Receive, Scope, Send
 from modelberth.proxy.errors import failure
+from modelberth.proxy.fallback import FallBack, Prepared, Sent, with_fallbacks
 from modelberth.proxy.forwarding import Forwarding
 from modelberth.proxy.naming import ModelNamer, rename
 from modelberth.proxy.relay_translated import answer_at_once, relay_local, relay_translated
+from modelberth.proxy.remote import remote_body, remote_headers
 from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.request import model_from_body, read_body, split_upstream_path
 from modelberth.proxy.translation import INFERENCE_PATHS, Translation, dialect_for
@@ -93,19 +96,38 @@ class Proxy:
         except APIError as error:
             await answer_error(obs, reply, error)
             return
+        untranslated = None  # the request as the client sent it, for fallbacks
         if translation is not None:
+            untranslated = (target, body, streaming)
             if await answer_at_once(model, reply, obs, translation):
                 return  # nothing for the model to do (Ollama's unload)
             body, target, streaming = translation.body, translation.target, \
                 translation.streaming
-        headers = self.forwarding(server.trusted_proxies).request_headers(
-            scope["headers"], _peer(scope), scope.get("scheme", "http"))
+        forwarding = self.forwarding(server.trusted_proxies)
+        headers = forwarding.request_headers(scope["headers"], _peer(scope),
+                                             scope.get("scheme", "http"))
+        keepalive = server.stream_keepalive
         # The client going away cancels the work done for it (the wait for the model, the
         # upstream call), which closes the upstream's connection.
         reply.watch_disconnect()
         try:
-            await self._admit_and_forward(model, reply, target, headers, body, obs,
-                                          streaming, server.stream_keepalive, translation)
+            if not model.spec.fallbacks:
+                await self._admit_and_forward(model, reply, target, headers, body, obs,
+                                              streaming, keepalive, translation)
+            else:
+                def attempt(candidate: Model, ready: Prepared) -> Awaitable[None]:
+                    return self._admit_and_forward(
+                        candidate, reply, ready.target, ready.headers, ready.body, obs,
+                        ready.streaming, keepalive, ready.translation)
+
+                def fresh_headers() -> Headers:
+                    return forwarding.request_headers(scope["headers"], _peer(scope),
+                                                      scope.get("scheme", "http"))
+
+                await with_fallbacks(
+                    model, Prepared(target, headers, body, streaming, translation),
+                    Sent(scope["path"], *(untranslated or (target, body, streaming)), name,
+                         fresh_headers), self.registry, reply, obs, attempt)
         except asyncio.CancelledError:
             if not reply.disconnected:
                 raise
@@ -125,6 +147,8 @@ class Proxy:
             else:
                 await self._admit(model, obs, reply, keepalive if streaming else 0.0)
         except APIError as error:
+            if reply.fallback and error.status >= 500 and not reply.early:
+                raise FallBack(error) from None  # a failed start: the next model's turn
             await answer_error(obs, reply, error, reply.early)
             return
         try:
@@ -132,6 +156,8 @@ class Proxy:
                 await self._relay(model, reply, target, headers, body, obs, translation,
                                   retry=True)
             except _Refused as refused:
+                if reply.fallback and not reply.early:  # now, rather than after a restart
+                    raise FallBack(refused.error) from None
                 # The upstream died a moment ago and its exit was not processed yet: the
                 # request never reached a live upstream. It waits for the restart, as a cold
                 # request does, and is sent once to the new upstream.
@@ -199,21 +225,40 @@ class Proxy:
         scope = reply.scope
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        obs.upstream_headers(headers, model, target)
         spec = model.spec
+        remote = spec.remote
         try:
-            if model.port is None:  # admitted models have a port; a stop in between has not
-                raise UpstreamUnreachable("the upstream is not running")
-            resp = await self.upstream.request(
-                scope["method"], "127.0.0.1", model.port, target, headers, body,
-                first_byte_timeout=spec.first_byte_timeout or None)
+            if remote is None:
+                obs.upstream_headers(headers, model, target)
+                if model.port is None:  # admitted models have a port; a stop since has not
+                    raise UpstreamUnreachable("the upstream is not running")
+                resp = await self.upstream.request(
+                    scope["method"], "127.0.0.1", model.port, target, headers, body,
+                    first_byte_timeout=spec.first_byte_timeout or None)
+            else:  # runtime: remote (remote.py)
+                target = remote.target(target)
+                obs.upstream_headers(headers, model, target)
+                resp = await self.upstream.request(
+                    scope["method"], remote.host, remote.port, target,
+                    remote_headers(remote, headers),
+                    remote_body(remote, body, obs.requested, scope["path"]),
+                    spec.first_byte_timeout or None, tls=remote.tls,
+                    authority=remote.authority)
         except UpstreamError as exc:
             error = failure(model, exc)
             if retry and not exc.answered and not isinstance(exc, UpstreamTimeout):
                 raise _Refused(error) from exc
+            if reply.fallback and not reply.early:
+                raise FallBack(error) from exc
             await answer_error(obs, reply, error, reply.early)
             return
         try:
+            if reply.fallback and resp.status >= 500 and not reply.early:
+                text = await _read_or_empty(resp, spec.stream_stall_timeout or None)
+                raise FallBack(APIError(
+                    resp.status, f"Upstream for model '{model.name}' answered {resp.status}: "
+                    f"{text.decode('utf-8', 'replace')[:500]}", type="server_error",
+                    code="upstream_error"))
             if translation is None:
                 await self._relay_answer(model, reply, resp, obs)
             else:
@@ -281,6 +326,8 @@ class Proxy:
                 # The head had come: a timeout is "during the response"; a failure keeps
                 # the wording of one before the answer, since the client has seen nothing.
                 error = failure(model, exc, mid_stream=isinstance(exc, UpstreamTimeout))
+                if reply.fallback:  # nothing was sent: the next model's turn
+                    raise FallBack(error) from exc
                 await answer_error(obs, reply, error)
                 return
         model.upstream_answered()

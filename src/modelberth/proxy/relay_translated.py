@@ -10,6 +10,7 @@ from __future__ import annotations
 from modelberth.errors import APIError
 from modelberth.models.model import Model
 from modelberth.proxy.errors import failure
+from modelberth.proxy.fallback import FallBack
 from modelberth.proxy.forwarding import Forwarding
 from modelberth.proxy.reply import Reply, answer_error
 from modelberth.proxy.translation import Translation
@@ -62,6 +63,8 @@ async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
         if answer is None:
             answer = await resp.read(stall)
     except UpstreamError as exc:
+        if reply.fallback and not reply.early:  # nothing was sent: the next model's turn
+            raise FallBack(failure(model, exc)) from exc
         await answer_error(obs, reply, failure(model, exc), reply.early)
         return
     model.upstream_answered()
@@ -69,6 +72,8 @@ async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
     try:
         status, out = translation.whole(resp.status, answer, obs)
     except APIError as error:
+        if reply.fallback and error.status >= 500 and not reply.early:
+            raise FallBack(error) from None  # e.g. an answer that is no JSON
         await answer_error(obs, reply, error, reply.early)
         return
     if reply.early:  # the client's SSE head went out while the model loaded

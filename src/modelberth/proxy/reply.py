@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class Reply:
-    __slots__ = ("dialect", "disconnected", "early", "scope", "send", "task")
+    __slots__ = ("dialect", "disconnected", "early", "fallback", "scope", "send", "task")
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope, self.send = scope, send
@@ -25,6 +25,9 @@ class Reply:
         self.disconnected = False
         self.task: asyncio.Task[Any] | None = None
         self.dialect: Dialect = OPENAI  # the shape of the errors this answer may carry
+        # A next model would take over a failure before the answer began (fallback.py):
+        # failure points raise FallBack instead of answering.
+        self.fallback = False
 
     def watch_disconnect(self) -> None:
         self.task = asyncio.current_task()

@@ -34,12 +34,16 @@ class Metrics:
         # an SDK Counter.add (locks, attribute hashing) would cost more than the request.
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
         self._tokens: dict[tuple[str, str], int] = defaultdict(int)
+        self._fallbacks: dict[tuple[str, str], int] = defaultdict(int)
         meter.create_observable_counter(
             "modelberth_requests", callbacks=[self._read_requests],
             description="Proxied requests by model and status.")
         meter.create_observable_counter(
             "modelberth_tokens", callbacks=[self._read_tokens],
             description="Tokens by model and type (input/output).")
+        meter.create_observable_counter(
+            "modelberth_fallbacks", callbacks=[self._read_fallbacks],
+            description="Requests a model failed before answering, handed to a fallback.")
         # The per-request histograms are aggregated here, not by the SDK, for the same reason;
         # the readers take them in at collection (see setup.py).
         self.duration = ModelHistogram(
@@ -107,6 +111,13 @@ class Metrics:
 
     def count_tokens(self, model: str, kind: str, count: int) -> None:
         self._tokens[(model, kind)] += count
+
+    def count_fallback(self, model: str, fallback: str) -> None:
+        self._fallbacks[(model, fallback)] += 1
+
+    def _read_fallbacks(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"model": m, "fallback": f})
+                for (m, f), n in list(self._fallbacks.items())]
 
     def _read_requests(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"model": m, "status": str(s)})

@@ -307,6 +307,18 @@ class RequestObservation:
             self.first_byte = time.perf_counter()
             self.metrics.ttft.record(self.first_byte - self.began, self.model)
 
+    def attempt_failed(self, status: int, error: str, fallback: str) -> None:
+        """The model failed before anything reached the client and `fallback` takes the
+        request over (proxy/fallback.py): the failure is counted as this model's, with the
+        fallback taken, and kept as a record of its own in the activity ring; the request
+        goes on as `fallback`'s (its span too: one span per request, of the model that
+        answered)."""
+        self.metrics.count_request(self.model, status)
+        self.metrics.count_fallback(self.model, fallback)
+        self._record_activity(time.perf_counter(), status, None, None, error)
+        self.model = fallback
+        self.first_byte = None
+
     def finish(self, status: int, usage: Usage | None = None, error: str | None = None) -> None:
         ended = time.perf_counter()
         self.metrics.count_request(self.model, status)

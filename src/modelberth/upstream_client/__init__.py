@@ -22,7 +22,13 @@ Limits, and why (the numbers are in limits.py):
   `read()`'s `stall_timeout` between its bytes (none by default); past them the connection is
   aborted and UpstreamTimeout raised. One timer per connection, re-armed lazily, serves both.
 
-It does only what forwarding to a local model server needs, at a quarter of the CPU time of
+Hosts and TLS: an upstream is an address or a host name (resolved by the event loop when a
+connection is made, so pooled connections cost no lookup), over plain HTTP or, for remote
+endpoints, TLS through the stdlib's ssl (one default context, made on first use: the
+system's CAs or $SSL_CERT_FILE, the host name checked); plain and TLS connections are
+pooled apart. The handshake counts towards the connect timeout.
+
+It does only what forwarding to a model server needs, at a quarter of the CPU time of
 aiohttp's ClientSession per request (decision 12 in docs/decisions.md). Health probes and
 everything off the hot path keep using aiohttp.
 

@@ -4,6 +4,7 @@ new one only when that is safe), and the answers read from them."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from modelberth.upstream_client.connection import Connection, Headers, Pool
 from modelberth.upstream_client.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
@@ -15,7 +16,7 @@ from modelberth.upstream_client.limits import (
     MAX_IDLE,
 )
 
-Address = tuple[str, int]
+Address = tuple[str, int, bool]  # host, port, TLS
 
 
 class UpstreamResponse:
@@ -71,20 +72,27 @@ class UpstreamClient:
     def __init__(self, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self._idle_timeout = idle_timeout
         self._pools: dict[Address, Pool] = {}
+        self._tls: ssl.SSLContext | None = None  # made when the first TLS connection is
 
     async def request(self, method: str, host: str, port: int, target: str,
                       headers: Headers, body: bytes,
-                      first_byte_timeout: float | None = None) -> UpstreamResponse:
+                      first_byte_timeout: float | None = None, *, tls: bool = False,
+                      authority: str | None = None) -> UpstreamResponse:
         """Send a request and wait for the answer's head. Raises UpstreamUnreachable when
         no connection could be made, UpstreamTimeout when the head has not arrived
         `first_byte_timeout` seconds after the request went out (0 or None: no limit),
         UpstreamError when the upstream failed before its head.
 
+        `host` is an address or a name (resolved by the event loop); `tls` connects with
+        TLS, the certificate checked against the system's CAs (or $SSL_CERT_FILE) and the
+        host's name; `authority` is the Host header (default `host:port`). Plain and TLS
+        connections to the same host and port are pooled apart.
+
         Only an idempotent request whose pooled connection failed before a single byte of
         the answer (the stale keep-alive race: the upstream closed it as we reused it) is
         sent once more, on a new connection; see the module's docstring."""
-        address = (host, port)
-        head = _request_head(method, host, port, target, headers, len(body))
+        address = (host, port, tls)
+        head = _request_head(method, host, port, target, headers, len(body), authority)
         verb = method.encode("ascii")
         conn = self._pooled(address)
         if conn is not None:
@@ -152,16 +160,26 @@ class UpstreamClient:
         pool = self._pools.get(address)
         if pool is None:
             pool = self._pools[address] = Pool()
+        host, port, tls = address
+        context = self._context() if tls else None
         try:
+            # The TLS handshake, if any, is part of connecting: within the same timeout.
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                _, conn = await loop.create_connection(lambda: Connection(pool), *address)
+                _, conn = await loop.create_connection(
+                    lambda: Connection(pool), host, port, ssl=context,
+                    server_hostname=host if tls else None)
         except TimeoutError:
+            raise UpstreamUnreachable(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:  # ssl.SSLError too: a certificate that does not verify
             raise UpstreamUnreachable(
-                f"connecting to {address[0]}:{address[1]} timed out") from None
-        except OSError as exc:
-            raise UpstreamUnreachable(
-                f"cannot connect to {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         return conn
+
+    def _context(self) -> ssl.SSLContext:
+        """One TLS context for every connection: making one reads the CA store (~ms)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
 
 async def _exchange(conn: Connection, verb: bytes, head: bytes, body: bytes,
@@ -177,9 +195,14 @@ async def _exchange(conn: Connection, verb: bytes, head: bytes, body: bytes,
 
 
 def _request_head(method: str, host: str, port: int, target: str, headers: Headers,
-                  length: int) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n"
-             f"content-length: {length}\r\n".encode("latin-1")]
+                  length: int, authority: str | None) -> bytes:
+    if authority is None:
+        start = f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n" \
+            f"content-length: {length}\r\n"
+    else:
+        start = f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n" \
+            f"content-length: {length}\r\n"
+    lines = [start.encode("latin-1")]
     for name, value in headers:
         lines.append(b"%s: %s\r\n" % (name, value))
     lines.append(b"\r\n")

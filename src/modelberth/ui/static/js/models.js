@@ -145,6 +145,7 @@ function labelCells(tr, columns) {
 
 function runtimeDetail(status) {
   const parts = [];
+  if (status.base_url) parts.push(status.base_url);  // a remote endpoint
   if (status.runtime_id) parts.push(`id ${String(status.runtime_id).slice(0, 12)}`);
   if (status.gpus !== null && status.gpus !== undefined) parts.push(`GPU ${gpus(status.gpus)}`);
   return parts.length ? h("div", { class: "muted mono runtime-detail" }, parts.join(" · ")) : null;
@@ -181,9 +182,10 @@ function idleText(status) {
 
 function actions(status) {
   const busy = ["starting", "stopping", "waking"].includes(status.state);
-  const retired = status.state === "retired";
+  // A remote endpoint is always ready: modelberth does not start or stop it (409).
+  const fixed = status.state === "retired" || status.runtime === "remote";
   const button = (action, label, disabled) => h("button", {
-    type: "button", class: `small action-${action}`, disabled: disabled || retired,
+    type: "button", class: `small action-${action}`, disabled: disabled || fixed,
     "aria-label": `${label} ${status.name}`, onclick: () => act(status.name, action),
   }, label);
   return h("div", { class: "actions" },
