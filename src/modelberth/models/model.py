@@ -137,7 +137,6 @@ class Model:
     def learn(self, memory: int | None, vram: int | None,
               start_seconds: tuple[float, ...]) -> None:
         """What an earlier run of modelberth measured (learned.py), before any start."""
-        self._footprint.record(None, None)
         self._footprint.peak_memory_bytes = memory
         self._footprint.peak_vram_bytes = vram
         self._lifecycle.start_seconds = list(start_seconds)
