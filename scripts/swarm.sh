@@ -15,6 +15,10 @@ SOCKET=$STATE/docker.sock
 SECOND=(docker -H "unix://$SOCKET")
 
 second_running() { "${SECOND[@]}" info >/dev/null 2>&1; }
+clear_second() {
+  left=$("${SECOND[@]}" ps -aq)
+  [ -z "$left" ] || "${SECOND[@]}" rm -f $left >/dev/null
+}
 
 up() {
   bash "$(dirname "$0")/ensure-docker-engine.sh"
@@ -35,7 +39,9 @@ up() {
     fi
   fi
   if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
-    docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null
+    # A short heartbeat: a stopped node is known to be down in seconds, not half a minute.
+    docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 \
+      --dispatcher-heartbeat 1s >/dev/null
     touch "$STATE/initialised"  # ours to leave again
   elif [ ! -e "$STATE/initialised" ]; then
     echo "swarm: the local engine is already in a swarm this script did not make; not" \
@@ -43,6 +49,11 @@ up() {
     exit 1
   fi
   if [ "$("${SECOND[@]}" info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+    # A second engine that stopped without leaving still holds its old swarm's state, and
+    # the containers of that swarm's tasks, which no manager will remove now: the engine is
+    # this script's own, so all of its containers go.
+    "${SECOND[@]}" swarm leave --force >/dev/null 2>&1 || true
+    clear_second
     token=$(docker swarm join-token -q worker)
     "${SECOND[@]}" swarm join --token "$token" --advertise-addr 127.0.0.2 \
       --listen-addr 127.0.0.2:2377 --data-path-addr 127.0.0.2 127.0.0.1:2377 >/dev/null
@@ -65,6 +76,7 @@ down() {
   fi
   if second_running; then
     "${SECOND[@]}" swarm leave --force >/dev/null 2>&1 || true
+    clear_second
     "${SECOND[@]}" network rm docker_gwbridge >/dev/null 2>&1 || true
     kill "$(cat "$STATE/docker.pid")" 2>/dev/null || true
     for _ in $(seq 1 100); do

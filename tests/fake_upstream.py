@@ -235,6 +235,7 @@ def chatter(args: argparse.Namespace, began: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--exit-code", type=int, default=None)
     parser.add_argument("--served-name", default=None,
@@ -285,7 +286,7 @@ def main() -> None:
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)
-    web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None,
+    web.run_app(make_app(args), host=args.host, port=args.port, print=None,
                 handle_signals=not args.ignore_sigterm, ssl_context=tls)
 
 

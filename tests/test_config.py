@@ -100,7 +100,7 @@ def model(body: str, env: dict[str, str] | None = None) -> ModelSpec:
         ("models:\n  m:\n    command: [srv, '${PORT}']\n    env: [A]\n", "models.m.env", 4,
          "valid dictionary"),
         ("models:\n  m:\n    command: [srv, '${PORT}']\n    runtime: podman\n",
-         "models.m.runtime", 4, "'docker' or 'remote' (got 'podman')"),
+         "models.m.runtime", 4, "'swarm' or 'remote' (got 'podman')"),
         # a union's members are not keys; a list is checked as the list member only
         ("resources:\n  gpus:\n    - index: 0\n", "resources.gpus.0.vram_budget_mb", 3,
          "Field required"),

@@ -3,19 +3,22 @@ upstream's command line and environment (ModelSpec.placed_on)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from modelberth.config import Config, ModelSpec
+from modelberth.models import placement
 from modelberth.models.placement import (
     NOTHING,
     Budgets,
     Cost,
     Need,
+    Plan,
+    Spot,
     Victim,
     candidates,
-    choose,
-    lacking,
 )
+from modelberth.runtimes.base import LOCAL
 
 MB = 1024 * 1024
 GIB = 1024 * MB
@@ -23,6 +26,17 @@ GIB = 1024 * MB
 TWO = Budgets(None, {0: 24 * GIB, 1: 8 * GIB})
 NONE: dict[str, Cost] = {}  # nothing running
 NO_VICTIMS: list[Victim[str]] = []
+
+
+def choose(need: Need, gpus: Sequence[tuple[int, ...]], held: Mapping[str, Cost],
+           order: Sequence[Victim[str]], budgets: Budgets, strategy: str) -> Plan[str] | None:
+    """placement.choose on this machine alone (the one node, `local`)."""
+    return placement.choose(need, [Spot(LOCAL, g) for g in gpus], held, order,
+                            {LOCAL: budgets}, strategy)
+
+
+def lacking(cost: Cost, held: list[Cost], budgets: Budgets) -> set[int | str]:
+    return placement.lacking(cost, held, {LOCAL: budgets})
 
 
 def on(gpus: dict[int, int]) -> Cost:
@@ -122,6 +136,59 @@ def test_sleep_frees_vram_and_a_stop_follows_when_ram_is_short() -> None:
     # With a 12 GiB RAM budget, 7 asleep + 6 for the newcomer do not fit: it must stop.
     plan = choose(Need(6 * GIB, 6 * GIB, on_gpu=True), [(0,)], held, order, budgets, "binpack")
     assert plan is not None and [(v.key, v.action) for v in plan.victims] == [("v", "stop")]
+
+
+# --- several nodes (a multi-node runtime: Swarm, docker.hosts) -----------------------------
+
+NODES = {"a": Budgets(1 * GIB, {}), "b": Budgets(3 * GIB, {})}
+ON_NODES = [Spot("a", ()), Spot("b", ())]
+
+
+def test_a_start_goes_to_a_node_with_room_and_counts_only_what_runs_there() -> None:
+    need = Need(2 * GIB, None, on_gpu=False)
+    plan = placement.choose(need, ON_NODES, NONE, NO_VICTIMS, NODES, "binpack")
+    assert plan is not None and plan.spot == Spot("b", ()) and not plan.victims
+    # What runs on node a is no burden on node b, and what runs on b fills b.
+    on_a = {"x": Cost(1 * GIB, node="a")}
+    assert placement.lacking(Cost(2 * GIB, node="b"), on_a.values(), NODES) == set()
+    on_b = {"y": Cost(2 * GIB, node="b")}
+    assert placement.lacking(Cost(2 * GIB, node="b"), on_b.values(), NODES) == {"RAM"}
+    assert placement.choose(need, ON_NODES, on_b, NO_VICTIMS, NODES, "binpack") is None
+
+
+def test_a_node_with_room_beats_an_eviction_elsewhere_and_victims_stay_on_their_node() -> None:
+    held = {"x": Cost(3 * GIB, node="b"), "y": Cost(1 * GIB, node="a")}
+    order = [victim("y", held["y"], 0.1), victim("x", held["x"], 0.2)]
+    # 1 GiB fits on neither node as they are; only evicting the model on the chosen node
+    # helps, and y (on a) is first in order but frees nothing on b.
+    plan = placement.choose(Need(1 * GIB, None, on_gpu=False), [Spot("b", ())], held, order,
+                            NODES, "binpack")
+    assert plan is not None and [v.key for v in plan.victims] == ["x"]
+    plan = placement.choose(Need(1 * GIB, None, on_gpu=False), ON_NODES,
+                            {"x": held["x"]}, order, NODES, "binpack")
+    assert plan is not None and plan.spot.node == "a" and not plan.victims
+
+
+def test_binpack_fills_the_fuller_node_spread_the_emptier() -> None:
+    room = {"a": Budgets(4 * GIB, {}), "b": Budgets(8 * GIB, {})}
+    need = Need(1 * GIB, None, on_gpu=False)
+    binpack = placement.choose(need, ON_NODES, NONE, NO_VICTIMS, room, "binpack")
+    spread = placement.choose(need, ON_NODES, NONE, NO_VICTIMS, room, "spread")
+    assert binpack is not None and binpack.spot.node == "a"
+    assert spread is not None and spread.spot.node == "b"
+    assert "node b RAM (spread: 7168 MiB left there, no eviction)" in spread.why
+
+
+def test_the_same_gpu_index_on_two_nodes_is_two_gpus() -> None:
+    room = {"a": Budgets(None, {0: 8 * GIB}), "b": Budgets(None, {0: 8 * GIB})}
+    held = {"x": Cost(0, {0: 6 * GIB}, "a")}
+    plan = placement.choose(Need(0, 6 * GIB, on_gpu=True), [Spot("a", (0,)), Spot("b", (0,))],
+                            held, NO_VICTIMS, room, "binpack")
+    assert plan is not None and plan.spot == Spot("b", (0,))
+
+
+def test_a_node_that_is_gone_has_no_room() -> None:
+    assert placement.lacking(Cost(1, node="gone"), [], NODES) == {"RAM"}
 
 
 def _spec(model: dict[str, object], name: str = "m") -> ModelSpec:

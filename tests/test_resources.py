@@ -60,7 +60,8 @@ def test_resources_report_host_gpus_and_model_usage(modelberth: Any) -> None:
     # be from while it loaded: let three sample intervals pass, so the report holds a later one.
     time.sleep(3 * 0.5 + 0.2)
     report = resources(mb)
-    assert set(report) == {"host", "gpus", "models", "budgets"}
+    assert set(report) == {"host", "gpus", "models", "budgets", "nodes"}
+    assert report["nodes"] == []  # only this machine: no multi-node runtime in use
     assert report["budgets"] == {"memory_bytes": report["host"]["memory_total_bytes"],
                                  "gpus": []}
     assert set(report["host"]) == {"memory_total_bytes", "memory_available_bytes", "cpu_percent"}

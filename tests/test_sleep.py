@@ -147,8 +147,9 @@ def test_an_idle_model_sleeps_in_its_process_and_the_next_request_wakes_it(
     # ... and at level 1 its weights went to host RAM: 20 MB more resident.
     wait_for(lambda: mb.status("m")["memory_bytes"] >= awake_memory + 15 * MB, timeout=5)
     samples = scrape(mb)
-    assert samples[("modelberth_model_state", (("model", "m"), ("state", "sleeping")))] == 1
-    assert samples[("modelberth_model_state", (("model", "m"), ("state", "ready")))] == 0
+    here = (("model", "m"), ("node", "local"))
+    assert samples[("modelberth_model_state", (*here, ("state", "sleeping")))] == 1
+    assert samples[("modelberth_model_state", (*here, ("state", "ready")))] == 0
     assert samples[("modelberth_model_sleeps_total", (("model", "m"),))] == 1
 
     response = chat(mb)

@@ -47,7 +47,7 @@ def test_a_service_lands_on_the_second_node_and_nothing_is_left(
     assert swarm.info()["Swarm"]["NodeAddr"] == "127.0.0.2"
     worker = nodes["worker"].id
     # Images cannot be pulled here: the test image is loaded into the second engine.
-    swarm.images.load(b"".join(engine.images.get(image).save()))
+    swarm.images.load(b"".join(engine.images.get(image).save(named=True)))
     port = free_port()
     service = engine.services.create(  # type: ignore[no-untyped-call]
         image, ["/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.2"],

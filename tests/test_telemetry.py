@@ -176,11 +176,13 @@ def test_prometheus_metrics(modelberth: Any, tmp_path: Path) -> None:
     assert samples[("modelberth_tokens_total", (("model", "m"), ("type", "output")))] == 10
     assert samples[("modelberth_tokens_total", (("model", "m"), ("type", "input")))] == 9
     assert samples[("modelberth_output_tokens_per_second_count", m)] == 4
-    assert samples[("modelberth_model_state", (("model", "m"), ("state", "ready")))] == 1
-    assert samples[("modelberth_model_state", (("model", "m"), ("state", "stopped")))] == 0
-    assert samples[("modelberth_queue_length", m)] == 0
-    assert samples[("modelberth_in_flight", m)] == 0
-    wait_for(lambda: scrape(mb).get(("modelberth_model_memory_bytes", m), 0) > 10 * 2**20,
+    # The per-model gauges say which node it runs on: this machine.
+    here = (*m, ("node", "local"))
+    assert samples[("modelberth_model_state", (*here, ("state", "ready")))] == 1
+    assert samples[("modelberth_model_state", (*here, ("state", "stopped")))] == 0
+    assert samples[("modelberth_queue_length", here)] == 0
+    assert samples[("modelberth_in_flight", here)] == 0
+    wait_for(lambda: scrape(mb).get(("modelberth_model_memory_bytes", here), 0) > 10 * 2**20,
              timeout=10)
     assert ("modelberth_host_memory_available_bytes", ()) in samples
 
@@ -230,8 +232,8 @@ def test_dashboard_queries_only_name_metrics_that_exist(modelberth: Any) -> None
     with mb.client() as client:
         for name in ("m", "n"):  # the second evicts the first
             assert client.post(CHAT, json={"model": name, "messages": []}).status_code == 200
-    wait_for(lambda: ("modelberth_model_memory_bytes", (("model", "n"),)) in scrape(mb),
-             timeout=10)
+    n = ("modelberth_model_memory_bytes", (("model", "n"), ("node", "local")))
+    wait_for(lambda: n in scrape(mb), timeout=10)
     exposed = {name for name, _ in scrape(mb)}
     dashboard = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "signoz"
                             / "dashboard.json").read_text())

@@ -153,7 +153,7 @@ async def own_logs(
 @router.get("/resources")
 async def resources(request: Request) -> dict[str, Any]:
     """Host RAM and CPU, every GPU (NVML), and each model's RAM/VRAM: measured and estimated."""
-    return registry(request).resources()
+    return await registry(request).resources()
 
 
 @router.post("/reload")

@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from modelberth.config.constraints import parse as parse_constraint
 from modelberth.config.references import alias_errors, fallback_errors, fallback_order
 from modelberth.config.remote import check_api_key, check_base_url
 from modelberth.config.sections import (
@@ -29,6 +30,7 @@ from modelberth.config.sections import (
     ProbeConfig,
     ResourcesConfig,
     Strict,
+    SwarmConfig,
 )
 from modelberth.config.spec import ModelSpec
 from modelberth.config.templates import TEMPLATES
@@ -63,7 +65,7 @@ __all__ = [
 
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
 _DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "container_port",
-                "pull")
+                "pull", "constraints")
 _REMOTE_ONLY = ("base_url", "api_key", "upstream_model")
 # What a remote endpoint has no use for: it runs nowhere here, so nothing starts, stops,
 # sleeps, is probed, placed or budgeted.
@@ -137,11 +139,17 @@ class ServerConfig(Strict):
 
 
 class ModelConfig(Strict):
-    runtime: Literal["process", "docker", "remote"] = Field(
-        "process", description="How the upstream runs: a local process, a Docker container, "
-        "or `remote`: an endpoint that runs elsewhere (another modelberth, a vLLM cluster, a "
-        "hosted API), always ready, never started, stopped or budgeted by modelberth."
+    runtime: Literal["process", "docker", "swarm", "remote"] = Field(
+        "process", description="How the upstream runs: a local process, a Docker container "
+        "(on one engine, or on one of docker.hosts), a Docker Swarm service on a node the "
+        "scheduler picks, or `remote`: an endpoint that runs elsewhere (another modelberth, "
+        "a vLLM cluster, a hosted API), always ready, never started, stopped or budgeted by "
+        "modelberth."
     )
+    constraints: list[str] = Field(
+        default_factory=list, description="swarm, or docker with docker.hosts: the nodes it "
+        "may run on, as Swarm placement constraints (`node.labels.zone==a`, "
+        "`node.hostname!=gpu-3`, `node.role==worker`); all must hold.")
     base_url: str | None = Field(
         None, description="runtime: remote: the endpoint's base URL as the OpenAI SDKs take "
         "it (`http://host:8000/v1`, `https://api.example.com/v1`): modelberth's path after "
@@ -268,6 +276,13 @@ class ModelConfig(Strict):
                 raise ValueError("GPU indices must be distinct and not negative")
         return value
 
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for expression in value:
+            parse_constraint(expression)  # a ValueError says what is wrong
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
@@ -308,11 +323,11 @@ class ModelConfig(Strict):
         misplaced = [key for key in _REMOTE_ONLY if key in self.model_fields_set]
         if misplaced:
             raise ValueError(f"{', '.join(misplaced)}: only for runtime: remote")
-        if self.runtime == "docker":
+        if self.runtime in ("docker", "swarm"):
             return self._check_docker()
         misplaced = [key for key in _DOCKER_ONLY if key in self.model_fields_set]
         if misplaced:
-            raise ValueError(f"{', '.join(misplaced)}: only for runtime: docker")
+            raise ValueError(f"{', '.join(misplaced)}: only for runtime: docker or swarm")
         if self.command is None:
             if template is None or not template.command:
                 raise ValueError("no command: give `command`, or a `template` that has one")
@@ -336,7 +351,8 @@ class ModelConfig(Strict):
         if self.cwd is not None:
             raise ValueError("cwd: only for runtime: process")
         if self.image is None and (template is None or template.image is None):
-            raise ValueError("runtime: docker needs `image` (or a `template` that has one)")
+            raise ValueError(f"runtime: {self.runtime} needs `image` (or a `template` that "
+                             "has one)")
         if self.command is None and template is not None and template.docker_command \
                 and self.model_path is None:
             raise ValueError(f"template '{self.template}' needs `model_path`")
@@ -368,7 +384,9 @@ class Config(Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
                                        description="RAM and GPU budgets for scheduling.")
     docker: DockerConfig = Field(default_factory=DockerConfig,
-                                 description="The Docker engine for runtime: docker.")
+                                 description="The Docker engine(s) for runtime: docker.")
+    swarm: SwarmConfig = Field(default_factory=SwarmConfig,
+                               description="The Swarm manager for runtime: swarm.")
     activity: ActivityConfig = Field(
         default_factory=ActivityConfig,
         description="The recent requests the API and the dashboard show.")

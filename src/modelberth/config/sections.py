@@ -1,5 +1,6 @@
 """The config's small sections: `defaults` (what every model has unless it sets its own),
-`resources` (budgets), `activity` (the recent requests kept) and `docker` (the engine), and
+`resources` (budgets), `activity` (the recent requests kept), `docker` (the engine or
+engines) and `swarm` (a Swarm manager), and
 the strict base every config model shares (unknown keys are errors; a loaded config is
 frozen)."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelberth.config.types import PositiveSeconds, Seconds
 
@@ -112,7 +113,45 @@ class ActivityConfig(Strict):
         "are held.")
 
 
+class DockerHost(Strict):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="The host's name: in logs, the API, metrics and "
+                      "constraints (`node.hostname==NAME`).")
+    url: str = Field(min_length=1, description="Its Docker engine: unix:///path, "
+                     "tcp://host:2376 (TLS with the `tls` settings), ssh://user@host.")
+    address: str = Field("127.0.0.1", min_length=1, description="Where upstreams started "
+                         "there are reached (and listen: ${HOST}); its LAN address.")
+    memory_mb: int | None = Field(None, gt=0, description="RAM models may use there; null: "
+                                  "not budgeted.")
+    gpus: list[GpuBudget] = Field(default_factory=list,
+                                  description="Its GPUs and the VRAM models may use on each.")
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="Matched by constraints as node.labels.<key>.")
+    tls: bool = Field(False, description="tcp:// only: verify the engine with TLS, from "
+                      "$DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem) as the docker CLI does.")
+
+
 class DockerConfig(Strict):
     url: str | None = Field(
         None, description="Docker engine address; default: $DOCKER_HOST or the local socket."
     )
+    hosts: list[DockerHost] = Field(
+        default_factory=list, description="Several Docker engines, for runtime: docker "
+        "without Swarm: the scheduler places each start on one of them (with room, allowed "
+        "by the model's constraints). Empty: the one engine at `url`.")
+
+    @field_validator("hosts")
+    @classmethod
+    def _distinct(cls, hosts: list[DockerHost]) -> list[DockerHost]:
+        names = [host.name for host in hosts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"host names must be distinct: {names}")
+        return hosts
+
+
+class SwarmConfig(Strict):
+    url: str | None = Field(
+        None, description="A Swarm manager's engine address; default: docker.url.")
+    refresh_seconds: PositiveSeconds = Field(
+        5, description="How often the nodes' state and labels are read again (and before "
+        "each start).")

@@ -87,6 +87,9 @@ class ModelSpec:
     gpus: str | tuple[int, ...] | None = None  # fixed by the config: "all" or indexes
     gpu_count: int = 0  # GPUs the scheduler picks at each start (gpus: auto / {count: N})
     placed: tuple[int, ...] | None = None  # the GPUs given for this start (see placed_on)
+    node: str | None = None  # the node given for this start, on a multi-node runtime
+    address: str | None = None  # that node's address: where the upstream listens
+    constraints: tuple[str, ...] = ()  # the nodes it may run on (Swarm's expressions)
     multi_gpu_args: tuple[str, ...] = ()  # appended to argv when placed on 2+ GPUs
     sleep_level: int | None = None  # vLLM sleep mode instead of stopping
     stall_timeout: float = 120.0
@@ -110,7 +113,7 @@ class ModelSpec:
         template = TEMPLATES[model.template] if model.template else None
         remote = RemoteSpec.build(name, model.base_url, model.api_key, model.upstream_model) \
             if model.runtime == "remote" and model.base_url is not None else None
-        docker = DockerSpec.build(model) if model.runtime == "docker" else None
+        docker = DockerSpec.build(model) if model.runtime in ("docker", "swarm") else None
         default_command = (template.docker_command if docker else template.command) \
             if template else ()
         command = model.command or list(default_command)
@@ -164,6 +167,7 @@ class ModelSpec:
             loading_status=model.loading_status or defaults.loading_status,
             remote=remote,
             fallbacks=fallbacks,
+            constraints=tuple(model.constraints),
         )
 
     @property
@@ -178,14 +182,20 @@ class ModelSpec:
             return self.placed
         return self.gpus if isinstance(self.gpus, tuple) else None
 
-    def placed_on(self, gpus: tuple[int, ...] | None) -> ModelSpec:
-        """This spec for one start on `gpus` (same config hash: the placement is not config)."""
-        return dataclasses.replace(self, placed=gpus)
+    def placed_on(self, gpus: tuple[int, ...] | None, node: str | None = None,
+                  address: str | None = None) -> ModelSpec:
+        """This spec for one start on `gpus` of `node` (None: this machine), reached at
+        `address` (same config hash: the placement is not config)."""
+        return dataclasses.replace(self, placed=gpus, node=node, address=address)
 
     @property
     def listen_host(self) -> str:
         bridged = self.docker is not None and self.docker.network == "bridge"
-        return "0.0.0.0" if bridged else "127.0.0.1"  # 0.0.0.0 only inside its own netns
+        if bridged:
+            return "0.0.0.0"  # only inside its own network namespace
+        # On a node's host network, its own address: reachable from modelberth, and no
+        # wider than that.
+        return self.address or "127.0.0.1"
 
     def fill(self, text: str, port: int) -> str:
         """Fill the per-start placeholders ${PORT}, ${HOST}, ${MODEL_PATH}, ${MODEL_NAME}."""
@@ -220,7 +230,8 @@ class ModelSpec:
              dataclasses.asdict(self.docker) if self.docker else None,
              # Absent: earlier hashes hold.
              *([self.gpu_count] if self.gpu_count else []),
-             *([self.remote.base_url] if self.remote else [])],
+             *([self.remote.base_url] if self.remote else []),
+             *([list(self.constraints)] if self.constraints else [])],
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

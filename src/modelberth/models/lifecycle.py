@@ -42,6 +42,7 @@ from modelberth.models.launch import (
     until_healthy,
     with_tail,
 )
+from modelberth.models.placement import Placement
 from modelberth.models.progress import StartProgress
 from modelberth.models.retirement import Retirement
 from modelberth.models.sleep import SleepMode
@@ -56,7 +57,7 @@ from modelberth.models.state import (
 )
 from modelberth.models.supervision import Supervision
 from modelberth.models.tasks import swallow_outcome
-from modelberth.runtimes.base import ExitStatus, Runtime, RuntimeStartError, Upstream
+from modelberth.runtimes.base import ExitStatus, Node, Runtime, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
 
 if TYPE_CHECKING:
@@ -84,11 +85,12 @@ class Lifecycle:
         # The GPUs the upstream runs on (the scheduler's placement, or the fixed list), for
         # as long as it holds an upstream.
         self.gpus: tuple[int, ...] | None = None
+        self.node: Node | None = None  # the node it runs on, on a multi-node runtime
         self.start_seconds: list[float] = []  # the last few starts' durations, oldest first
         self.progress: StartProgress | None = None  # the start under way's, while it runs
         self._backoff = Backoff()
         # The scheduler's gate: room in the budgets, and the GPUs it placed the start on.
-        self._admit: Callable[[], Awaitable[tuple[int, ...] | None]] | None = None
+        self._admit: Callable[[], Awaitable[Placement]] | None = None
         # Told after every state change, and when an upstream stopped in the background is
         # gone (the scheduler counts a model's memory until then).
         self._state_listeners: list[Callable[[], None]] = []
@@ -139,9 +141,14 @@ class Lifecycle:
     @property
     def base_url(self) -> str:
         remote = self.spec.remote
-        return remote.origin if remote is not None else f"http://127.0.0.1:{self.port}"
+        return remote.origin if remote is not None else f"http://{self.host}:{self.port}"
 
-    def connect(self, admit: Callable[[], Awaitable[tuple[int, ...] | None]],
+    @property
+    def host(self) -> str:
+        """Where its upstream is reached: its node's address, or this machine."""
+        return self.node.address if self.node is not None else "127.0.0.1"
+
+    def connect(self, admit: Callable[[], Awaitable[Placement]],
                 on_state: Callable[[], None]) -> None:
         """The scheduler's hooks, bound to the Model: `admit` gates every start (room in the
         budgets), `on_state` hears every state change."""
@@ -269,6 +276,7 @@ class Lifecycle:
     async def adopt(self, upstream: Upstream, port: int) -> bool:
         """Take over an upstream an earlier run started, if it still answers health."""
         self.port = port
+        self.node = upstream.node
         healthy = await probe(self._http, f"{self.base_url}{self.spec.health_path}", 5.0)
         if not healthy or self.retiring or self.state is not ModelState.STOPPED:
             self._kills.stop_in_background(upstream)
@@ -335,14 +343,17 @@ class Lifecycle:
             self._serve_remote()
             return
         await self._kills.settle()  # an earlier upstream still being killed goes first
-        placement = self.spec.devices
+        placement = Placement(self.spec.devices)
         if self._admit is not None:
             try:
                 placement = await self._admit()
             except StartFailed as exc:
                 self._fail(exc.reason)
                 raise
-        self.gpus = placement
+        self.gpus, self.node = placement.gpus, placement.node
+        node = placement.node
+        spec = self.spec.placed_on(placement.gpus, node.id if node else None,
+                                   node.address if node else None)
         self.port = self.spec.fixed_port or free_port()
         began = time.monotonic()
         # Made before the launch, so the upstream's first lines count too; dropped once the
@@ -350,7 +361,7 @@ class Lifecycle:
         self.progress = progress = StartProgress(self.logs, self.start_seconds)
         try:
             upstream = self._upstream = await self._kills.launch(
-                self._runtime.start(self.spec.placed_on(placement), self.port, self.logs))
+                self._runtime.start(spec, self.port, self.logs))
         except RuntimeStartError as exc:
             self.progress = None
             self._fail(str(exc))

@@ -33,10 +33,11 @@ from modelberth.models.admission import Admission
 from modelberth.models.events import EventBus
 from modelberth.models.footprint import Footprint
 from modelberth.models.lifecycle import Lifecycle
+from modelberth.models.placement import Placement
 from modelberth.models.progress import Progress
 from modelberth.models.state import ModelState, RetireReason
 from modelberth.models.tasks import swallow_outcome
-from modelberth.runtimes.base import Runtime, Upstream
+from modelberth.runtimes.base import Node, Runtime, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
 
 
@@ -48,10 +49,10 @@ class Model:
         self._footprint = Footprint()  # sampled by resources.Monitor
         self._idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
 
-    def connect(self, admit: Callable[[Model], Awaitable[tuple[int, ...] | None]],
+    def connect(self, admit: Callable[[Model], Awaitable[Placement]],
                 on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
         """The scheduler's hooks: `admit` gates every start (room in the budgets) and says
-        which GPUs it runs on, `on_idle` hears when the last request in flight finished,
+        where it runs, `on_idle` hears when the last request in flight finished,
         `on_state` every state change."""
         # The lifecycle does not know the Model: it gets the hooks bound to it.
         self._lifecycle.connect(lambda: admit(self), lambda: on_state(self))
@@ -145,6 +146,16 @@ class Model:
     def gpus(self) -> tuple[int, ...] | None:
         """The GPUs its upstream runs on (None: no GPU, `all`, or not running)."""
         return self._lifecycle.gpus
+
+    @property
+    def node(self) -> Node | None:
+        """The node its upstream runs on (None: this machine, or not running)."""
+        return self._lifecycle.node
+
+    @property
+    def host(self) -> str:
+        """Where its upstream is reached."""
+        return self._lifecycle.host
 
     @property
     def start_seconds(self) -> list[float]:
@@ -367,6 +378,11 @@ class Model:
             "base_url": spec.remote.base_url if spec.remote else None,
             "runtime_id": upstream.runtime_id if upstream else None,
             "port": lifecycle.port if upstream else None,
+            # Where it runs, on a multi-node runtime (None: this machine, or not running).
+            "node": {"id": lifecycle.node.id, "name": lifecycle.node.name,
+                     "address": lifecycle.node.address}
+            if upstream and lifecycle.node is not None else None,
+            "constraints": list(spec.constraints),
             "aliases": list(spec.aliases),
             "fallbacks": list(spec.fallbacks),
             "started_at": lifecycle.started_at,

@@ -29,8 +29,10 @@ from modelberth.models.scheduler import Scheduler
 from modelberth.models.state import ModelState, RetireReason, StateEvent
 from modelberth.runtimes.base import Runtime
 from modelberth.runtimes.docker import DockerRuntime
+from modelberth.runtimes.hosts import DockerHostsRuntime
 from modelberth.runtimes.process import ProcessRuntime
 from modelberth.runtimes.remote import RemoteRuntime
+from modelberth.runtimes.swarm import SwarmRuntime
 
 
 @dataclass
@@ -76,17 +78,21 @@ class Registry:
         self._reload_lock = asyncio.Lock()
         self.events = events or EventBus()
         self.events.add_listener(_log_event)
+        instance = DockerRuntime.instance_for(config.server)
         self.runtimes: dict[str, Runtime] = {
             "process": ProcessRuntime(),
-            "docker": DockerRuntime(config.docker.url,
-                                    instance=DockerRuntime.instance_for(config.server)),
+            "docker": DockerHostsRuntime(config.docker.hosts, instance=instance)
+            if config.docker.hosts else DockerRuntime(config.docker.url, instance=instance),
+            "swarm": SwarmRuntime(config.swarm.url or config.docker.url, instance=instance,
+                                  refresh_seconds=config.swarm.refresh_seconds),
             "remote": RemoteRuntime(),
         }
         self.models: dict[str, Model] = {}
         learned = Path(config.resources.state_file) if config.resources.state_file \
             else default_path(DockerRuntime.instance_for(config.server))
         self.monitor = Monitor(config.resources, learned=LearnedFootprints(learned))
-        self.scheduler = Scheduler(self.monitor, self._scheduled, self.events)
+        self.scheduler = Scheduler(self.monitor, self._scheduled, self.events,
+                                   lambda spec: self.runtimes[spec.runtime].nodes())
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
         self.last_reload: ReloadOutcome | None = None
@@ -184,9 +190,10 @@ class Registry:
             if fixed:
                 result.warnings.append(
                     f"server.{', server.'.join(fixed)} changes need a restart")
-            if config.docker != self.config.docker:
-                result.warnings.append("docker.url changes need a restart")
-                config = config.model_copy(update={"docker": self.config.docker})
+            for section in ("docker", "swarm"):  # the runtimes took them at start
+                if getattr(config, section) != getattr(self.config, section):
+                    result.warnings.append(f"{section} changes need a restart")
+                    config = config.model_copy(update={section: getattr(self.config, section)})
             self.monitor.config = config.resources
             new_specs = config.specs()
             for name in list(self.models):
@@ -239,11 +246,31 @@ class Registry:
                 "plan_vram_bytes": plan.vram if plan.on_gpu else None,
                 "start_seconds": list(model.start_seconds)}
 
-    def resources(self) -> dict[str, Any]:
-        """Host RAM and CPU, every GPU, and each model's RAM/VRAM, measured and estimated."""
+    async def resources(self) -> dict[str, Any]:
+        """Host RAM and CPU, every GPU, each model's RAM/VRAM, measured and estimated, and
+        the nodes of the multi-node runtimes in use."""
         models = list(self.models.values())
         estimates = {m.name: self.scheduler.estimates(m) for m in models}
-        return self.monitor.report(models, estimates)
+        report = self.monitor.report(models, estimates)
+        report["nodes"] = await self._nodes_report()
+        return report
+
+    async def _nodes_report(self) -> list[dict[str, Any]]:
+        """Every node with its budgets and what the scheduler counts there now."""
+        report = []
+        counted = {m: self.scheduler.cost(m) for m in self.scheduler.admitted()}
+        for name in sorted(self.runtimes_in_use()):
+            for node in await self.runtimes[name].nodes() or ():
+                here = {m: c for m, c in counted.items()
+                        if c.node == node.id and m.spec.runtime == name}
+                report.append({
+                    **node.as_dict(),
+                    "models": sorted(m.name for m in here),
+                    "counted_memory_bytes": sum(c.memory or 0 for c in here.values()),
+                    "counted_vram_bytes": {str(gpu): sum(c.vram.get(gpu) or 0
+                                                         for c in here.values())
+                                           for gpu in sorted(node.vram)}})
+        return report
 
     def runtimes_in_use(self) -> set[str]:
         return {model.spec.runtime for model in self.models.values()}

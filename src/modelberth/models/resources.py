@@ -116,7 +116,8 @@ class Monitor:
         usage: dict[str, tuple[int | None, int | None]] = {}
         ours = {gpu.index: 0 for gpu in snapshot.gpus}
         for model, upstream in running:
-            pids = process_tree(upstream.pids)
+            # Pids on another machine mean nothing here.
+            pids = process_tree(upstream.pids) if upstream.node is None else set()
             memory = upstream.memory_bytes  # processes: RSS of the tree; docker: stats
             vram = 0
             for gpu in snapshot.gpus:

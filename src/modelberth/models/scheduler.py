@@ -16,6 +16,10 @@ moment ago goes last. Each eviction's log line gives its score.
 
 Models are tracked by identity, not by name: a model removed from the config keeps its room
 until its upstream has stopped, even when a new model of the same name is added meanwhile.
+
+A model of a multi-node runtime (Swarm, several Docker engines) is placed on one of the
+runtime's ready nodes that its `constraints` allow, each with the budgets the runtime reads
+for it; the room on this machine (the Monitor's) is one more node, `local`.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from loguru import logger
 
+from modelberth.config import ModelSpec
+from modelberth.config.constraints import matches_all, parse
 from modelberth.errors import StartFailed
 from modelberth.models.estimate import estimate_spec
 from modelberth.models.events import EventBus
@@ -38,7 +44,10 @@ from modelberth.models.placement import (
     Budgets,
     Cost,
     Need,
+    Placement,
     Plan,
+    Room,
+    Spot,
     Victim,
     candidates,
     choose,
@@ -47,22 +56,33 @@ from modelberth.models.placement import (
 )
 from modelberth.models.resources import MB, Monitor
 from modelberth.models.state import ModelState
+from modelberth.runtimes.base import LOCAL, Node
 
 _GONE = (ModelState.STOPPED, ModelState.FAILED, ModelState.RETIRED)
 UNMEASURED_START_SECONDS = 10.0
 
 
+# The nodes a spec's runtime offers (None: it runs on this machine).
+NodesOf = Callable[[ModelSpec], Awaitable[list[Node] | None]]
+
+
+async def _this_machine(_: ModelSpec) -> list[Node] | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Admitted:
     gpus: tuple[int, ...]  # where its VRAM is counted
+    node: str = LOCAL  # and on which node
 
 
 class Scheduler:
     def __init__(self, monitor: Monitor, models: Callable[[], Iterable[Model]],
-                 events: EventBus) -> None:
+                 events: EventBus, nodes_of: NodesOf = _this_machine) -> None:
         self.monitor = monitor
         self.events = events
         self._models = models
+        self._nodes_of = nodes_of
         self._lock = asyncio.Lock()
         # Replaced at every change, so a waiter can never miss the wake-up meant for it.
         self._changed = asyncio.Event()
@@ -83,7 +103,10 @@ class Scheduler:
             # Adopted models never pass through admit(): count them where they run. A
             # remote endpoint holds no room here: never budgeted, so never evicted.
             if model.spec.remote is None:
-                self._admitted[model] = _Admitted(model.gpus or self._all_gpus(model))
+                node = model.node
+                gpus = model.gpus or (self._all_gpus(model) if node is None
+                                      else _all_on(model.spec, node))
+                self._admitted[model] = _Admitted(gpus, node.id if node else LOCAL)
         elif model.state in _GONE and not model.holds_upstream and model in self._admitted:
             del self._admitted[model]
             self._notify()
@@ -115,13 +138,13 @@ class Scheduler:
 
     def cost(self, model: Model) -> Cost:
         """What a model that holds room is counted for now."""
-        gpus = self._placed_gpus(model)
+        gpus, node = self._placed(model)
         if model.state is ModelState.SLEEPING:
-            return self._asleep(model, gpus)
+            return self._asleep(model, gpus, node)
         need = self.need(model)
-        return need.cost_on(gpus) if need.on_gpu else Cost(need.memory)
+        return need.cost_on(gpus, node) if need.on_gpu else Cost(need.memory, node=node)
 
-    def _asleep(self, model: Model, gpus: tuple[int, ...]) -> Cost:
+    def _asleep(self, model: Model, gpus: tuple[int, ...], node: str = LOCAL) -> Cost:
         """Asleep, its VRAM is free; at level 1 its weights wait in host RAM (counted as its
         VRAM need, or as measured if more)."""
         awake = self.need(model)
@@ -130,13 +153,17 @@ class Scheduler:
             memory = max(model.memory_bytes or 0, memory + (awake.vram or 0))
         # Its VRAM counts as free: what a sleeping vLLM keeps (a CUDA context) is small, and
         # the last sample may be from before it slept.
-        return Cost(memory, dict.fromkeys(gpus, 0))
+        return Cost(memory, dict.fromkeys(gpus, 0), node)
 
-    def _placed_gpus(self, model: Model) -> tuple[int, ...]:
+    def _placed(self, model: Model) -> tuple[tuple[int, ...], str]:
+        """Where a model's room is counted: its GPUs and node."""
         admitted = self._admitted.get(model)
         if admitted is not None:
-            return admitted.gpus
-        return model.gpus or self._all_gpus(model)
+            return admitted.gpus, admitted.node
+        node = model.node
+        if node is not None:
+            return model.gpus or _all_on(model.spec, node), node.id
+        return model.gpus or self._all_gpus(model), LOCAL
 
     def _all_gpus(self, model: Model) -> tuple[int, ...]:
         gpus = model.spec.gpus
@@ -160,9 +187,8 @@ class Scheduler:
 
     # --- admission -----------------------------------------------------------------------
 
-    async def admit(self, model: Model) -> tuple[int, ...] | None:
-        """Wait for room, evicting what must go; the GPUs the start runs on (None: no GPU,
-        or `gpus: all`, which the runtime passes on as is)."""
+    async def admit(self, model: Model) -> Placement:
+        """Wait for room, evicting what must go; where the start runs."""
         deadline = time.monotonic() + model.spec.start_timeout
         waking = model.state is ModelState.WAKING and model in self._admitted
         if not waking:  # a start is admitted only once nothing of the model's is left
@@ -170,14 +196,17 @@ class Scheduler:
         self._waiting[model] = (-model.spec.priority, next(self._arrivals))
         try:
             while True:
+                nodes = await self._nodes_of(model.spec)
                 async with self._lock:
                     changed = self._changed
-                    plan = await self._try_admit(model, waking)
+                    plan = await self._try_admit(model, waking, nodes)
                     if plan is not None:
-                        self._admitted[model] = _Admitted(plan.gpus)
+                        self._admitted[model] = _Admitted(plan.gpus, plan.spot.node)
                 if plan is not None:
-                    exact = model.spec.gpu_count or isinstance(model.spec.gpus, tuple)
-                    return plan.gpus if exact and plan.gpus else None
+                    exact = model.spec.gpu_count or isinstance(model.spec.gpus, tuple) or (
+                        nodes is not None and model.spec.gpus == "all")
+                    node = next((n for n in nodes or () if n.id == plan.spot.node), None)
+                    return Placement(plan.gpus if exact and plan.gpus else None, node)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StartFailed(model.name, "no room within start_timeout: "
@@ -190,23 +219,39 @@ class Scheduler:
             self._waiting.pop(model, None)
             self._notify()  # the next start in line may go now
 
-    def _placements(self, model: Model, waking: bool) -> list[tuple[int, ...]]:
-        if waking:
-            return [self._admitted[model].gpus]  # a sleeping upstream cannot move
+    def _placements(self, model: Model, waking: bool,
+                    nodes: list[Node] | None) -> list[Spot]:
+        if waking:  # a sleeping upstream cannot move
+            admitted = self._admitted[model]
+            return [Spot(admitted.node, admitted.gpus)]
         spec = model.spec
-        fixed = self._all_gpus(model) if spec.gpus else None
-        return candidates(fixed, spec.gpu_count, self.monitor.vram_budgets())
+        if nodes is None:
+            fixed = self._all_gpus(model) if spec.gpus else None
+            return [Spot(LOCAL, gpus) for gpus in
+                    candidates(fixed, spec.gpu_count, self.monitor.vram_budgets())]
+        spots: list[Spot] = []
+        for node in _eligible(spec, nodes):
+            fixed = _all_on(spec, node) if spec.gpus else None
+            spots += [Spot(node.id, gpus, node.name)
+                      for gpus in candidates(fixed, spec.gpu_count, node.vram)]
+        return spots
 
-    async def _try_admit(self, model: Model, waking: bool) -> Plan[Model] | None:
+    def _room(self, nodes: list[Node] | None) -> Room:
+        if nodes is None:
+            return {LOCAL: Budgets(self._memory_budget(), self.monitor.vram_caps())}
+        return {node.id: Budgets(node.memory, node.vram) for node in nodes if node.ready}
+
+    async def _try_admit(self, model: Model, waking: bool,
+                         nodes: list[Node] | None) -> Plan[Model] | None:
         need = self.need(model)
-        placements = self._placements(model, waking)
-        self._check_fits_somewhere(model, need, placements)
+        placements = self._placements(model, waking, nodes)
+        room = self._room(nodes)
+        self._check_fits_somewhere(model, need, placements, nodes)
         if min(self._waiting.values()) != self._waiting[model]:
             return None  # an earlier or higher-priority start waits for room first
         others = self._others(model)
         held = {m: self.cost(m) for m in others}
-        budgets = Budgets(self._memory_budget(), self.monitor.vram_caps())
-        plan = choose(need, placements, held, self._victims(others, held), budgets,
+        plan = choose(need, placements, held, self._victims(others, held), room,
                       self.monitor.config.placement)
         log = logger.bind(model=model.name)
         log.debug("admission: needs {}; running {}; plan {}", _describe(need),
@@ -218,7 +263,7 @@ class Scheduler:
         if plan.victims:
             await self._evict(model, need, plan)
             held = {m: self.cost(m) for m in self._others(model)}
-            if lacking(need.cost_on(plan.gpus), held.values(), budgets):
+            if lacking(need.cost_at(plan.spot), held.values(), room):
                 return None  # a request reached a victim before it went: plan again
         elif need.on_gpu:
             log.info("placing {} on {}", model.name, plan.why)
@@ -236,9 +281,9 @@ class Scheduler:
             # more than any number of lower ones (1000 per step, scores stay far below).
             weight = (m.spec.priority - floor + 1) * 1000 + score
             if m.state is ModelState.READY and m.spec.sleep_level:
-                gpus = self._placed_gpus(m)
+                gpus, node = self._placed(m)
                 options.append(((m.spec.priority, score, 0), Victim(
-                    m, m.name, held[m], self._asleep(m, gpus), score, weight, "sleep")))
+                    m, m.name, held[m], self._asleep(m, gpus, node), score, weight, "sleep")))
             options.append(((m.spec.priority, score, 1),
                             Victim(m, m.name, held[m], NOTHING, score, weight)))
         return [victim for _, victim in sorted(options, key=lambda o: o[0])]
@@ -262,37 +307,45 @@ class Scheduler:
         await asyncio.gather(*(
             _sleep_or_stop(v.key, v.action, reason) for v in plan.victims))
 
-    def _check_fits_somewhere(self, model: Model, need: Need,
-                              placements: list[tuple[int, ...]]) -> None:
+    def _check_fits_somewhere(self, model: Model, need: Need, placements: list[Spot],
+                              nodes: list[Node] | None) -> None:
         """Fail at once if no placement can fit even with every evictable model gone."""
-        budgets = self.monitor.vram_budgets()
         spec = model.spec
-        if spec.gpu_count > len(budgets):
+        if nodes is not None and not placements:
+            raise StartFailed(model.name, _no_node(spec, nodes), retry_after=5)
+        budgets = self.monitor.vram_budgets() if nodes is None else {}
+        if nodes is None and spec.gpu_count > len(budgets):
             raise StartFailed(model.name, f"needs {spec.gpu_count} GPUs but found "
                               f"{len(budgets) or 'no GPUs'}")
-        for gpu in (gpu for gpus in placements for gpu in gpus):
+        for gpu in (gpu for spot in placements if nodes is None for gpu in spot.gpus):
             if gpu not in budgets:
                 raise StartFailed(model.name, f"GPU {gpu} does not exist (found: "
                                   f"{sorted(budgets) or 'no GPUs'})")
         pinned = [m for m in self._others(model) if m.spec.pinned]
         beside = f" beside pinned {', '.join(m.name for m in pinned)}" if pinned else ""
         held = [self.cost(m) for m in pinned]
-        room = Budgets(self._memory_budget(), budgets)
-        fits = [gpus for gpus in placements if not lacking(need.cost_on(gpus), held, room)]
-        if fits:
+        room = self._room(nodes) if nodes is not None else {
+            LOCAL: Budgets(self._memory_budget(), budgets)}
+        if any(not lacking(need.cost_at(spot), held, room) for spot in placements):
             return
-        short = lacking(need.cost_on(placements[0]), held, room)
+        spot = placements[0]
+        short = lacking(need.cost_at(spot), held, room)
+        budget = room[spot.node]
+        on = "" if spot.node == LOCAL else f" of node {spot.name or spot.node}"
+        anywhere = "" if len({s.node for s in placements}) == 1 else " (nor on any other node)"
         if "RAM" in short:
-            left = room.memory or 0
-            left -= sum(c.memory or 0 for c in held)
+            left = budget.memory or 0
+            left -= sum(c.memory or 0 for c in held if c.node == spot.node)
             raise StartFailed(model.name, f"needs {mib(need.memory)} of RAM but the memory "
-                              f"budget leaves {mib(left)}{beside}: it can never fit")
-        share = need.cost_on(placements[0]).vram
+                              f"budget{on} leaves {mib(left)}{beside}{anywhere}: it can never "
+                              "fit")
+        share = need.cost_at(spot).vram
         gpu = min(g for g in short if isinstance(g, int))
-        left = budgets[gpu] - sum(c.vram.get(gpu) or 0 for c in held)
+        left = budget.vram.get(gpu, 0) - sum(c.vram.get(gpu) or 0 for c in held
+                                             if c.node == spot.node)
         where = f"GPU {gpu}" if len(placements) == 1 else f"any GPU (e.g. GPU {gpu})"
-        raise StartFailed(model.name, f"needs {mib(share[gpu])} on {where} but its budget "
-                          f"leaves {mib(left)}{beside}: it can never fit")
+        raise StartFailed(model.name, f"needs {mib(share[gpu])} on {where}{on} but its budget "
+                          f"leaves {mib(left)}{beside}{anywhere}: it can never fit")
 
     def _memory_budget(self) -> int | None:
         # RAM is budgeted only if asked: the host's own total is not a plan.
@@ -306,6 +359,46 @@ class Scheduler:
         busy = [f"{m.name} ({m.in_flight} in flight{', pinned' if m.spec.pinned else ''})"
                 for m in self._others(model)]
         return ", ".join(busy) or "nothing"
+
+
+def _eligible(spec: ModelSpec, nodes: list[Node]) -> list[Node]:
+    """The ready nodes the spec's constraints allow and that have the GPUs it asks for."""
+    constraints = [parse(expression) for expression in spec.constraints]
+    return [node for node in nodes if node.ready and matches_all(constraints, node.attributes)
+            and _has_gpus(spec, node)]
+
+
+def _has_gpus(spec: ModelSpec, node: Node) -> bool:
+    if isinstance(spec.gpus, tuple):
+        return set(spec.gpus) <= set(node.vram)
+    if spec.gpus == "all":
+        return bool(node.vram)
+    return spec.gpu_count <= len(node.vram)
+
+
+def _all_on(spec: ModelSpec, node: Node) -> tuple[int, ...]:
+    """The GPUs a spec with fixed `gpus` takes on `node`."""
+    gpus = spec.gpus
+    if gpus == "all":
+        return tuple(sorted(node.vram))
+    return gpus if isinstance(gpus, tuple) else ()
+
+
+def _no_node(spec: ModelSpec, nodes: list[Node]) -> str:
+    """Why no node can take a start: each node's reason."""
+    if not nodes:
+        return "no node to run on: the runtime reports none"
+    constraints = [parse(expression) for expression in spec.constraints]
+    reasons = []
+    for node in nodes:
+        if not node.ready:
+            why = node.why or "not ready"
+        elif not matches_all(constraints, node.attributes):
+            why = f"constraints {', '.join(spec.constraints)} exclude it"
+        else:
+            why = f"has {len(node.vram)} GPUs"
+        reasons.append(f"{node.name}: {why}")
+    return "no node can run it (" + "; ".join(reasons) + ")"
 
 
 async def _sleep_or_stop(model: Model, action: str, reason: str) -> None:

@@ -233,7 +233,7 @@ class Proxy:
                 if model.port is None:  # admitted models have a port; a stop since has not
                     raise UpstreamUnreachable("the upstream is not running")
                 resp = await self.upstream.request(
-                    scope["method"], "127.0.0.1", model.port, target, headers, body,
+                    scope["method"], model.host, model.port, target, headers, body,
                     first_byte_timeout=spec.first_byte_timeout or None)
             else:  # runtime: remote (remote.py)
                 target = remote.target(target)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from modelberth.config import ModelSpec
@@ -14,11 +14,42 @@ from modelberth.runtimes.logbuffer import LogBuffer
 class ExitStatus:
     code: int | None  # None when only a signal is known
     signal: int | None = None
+    reason: str | None = None  # what ended it, when no process exit says (a lost node...)
 
     def describe(self) -> str:
+        if self.reason is not None:
+            return self.reason
         if self.signal is not None:
             return f"killed by signal {self.signal}"
         return f"exit code {self.code}"
+
+
+LOCAL = "local"  # the node id of this machine, whose budgets the resource Monitor keeps
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A machine a multi-node runtime (Swarm, several Docker engines) can start upstreams
+    on, with the room the scheduler may plan there."""
+
+    id: str  # unique within its runtime: the placement names it
+    name: str  # for people: its host name or configured name
+    address: str  # where an upstream started there is reached (and listens)
+    memory: int | None  # RAM budget in bytes; None: not budgeted
+    vram: Mapping[int, int] = field(default_factory=dict)  # per GPU index: budget in bytes
+    ready: bool = True
+    why: str | None = None  # why it is not ready
+    # What constraints match against: node.id, node.hostname, node.role,
+    # node.platform.os, node.platform.arch, node.labels.<k>, engine.labels.<k>.
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    runtime: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "address": self.address,
+                "runtime": self.runtime, "ready": self.ready, "why": self.why,
+                "memory_budget_bytes": self.memory,
+                "gpus": [{"index": i, "vram_budget_bytes": v}
+                         for i, v in sorted(self.vram.items())]}
 
 
 class RuntimeStartError(Exception):
@@ -37,6 +68,11 @@ class Upstream(Protocol):
     @property
     def gpus(self) -> tuple[int, ...] | None:
         """The GPU indexes it was started on (None: no GPU, or all of them)."""
+        ...
+
+    @property
+    def node(self) -> Node | None:
+        """The node it runs on (None: this machine)."""
         ...
 
     @property
@@ -62,7 +98,10 @@ class Runtime(Protocol):
         """Launch the upstream; output goes to `logs`. Raise RuntimeStartError if it can't."""
         ...
 
-    error: str | None  # why the runtime cannot work right now (daemon down...), if so
+    @property
+    def error(self) -> str | None:
+        """Why the runtime cannot work right now (daemon down...), if so."""
+        ...
 
     async def recover(self, specs: Mapping[str, ModelSpec],
                       logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
@@ -73,5 +112,10 @@ class Runtime(Protocol):
         ...
 
     async def healthy(self) -> bool: ...
+
+    async def nodes(self) -> list[Node] | None:
+        """The nodes it can start upstreams on, as of now (None: only this machine, whose
+        room the resource Monitor knows). A start is given one in `spec.node`."""
+        ...
 
     async def close(self) -> None: ...

@@ -18,7 +18,7 @@ from docker.models.containers import Container
 from loguru import logger
 
 from modelberth.runtimes import container_logs
-from modelberth.runtimes.base import ExitStatus
+from modelberth.runtimes.base import ExitStatus, Node
 from modelberth.runtimes.logbuffer import LogBuffer
 from modelberth.runtimes.ownership import LABEL_GPUS
 
@@ -88,6 +88,10 @@ class DockerUpstream:
     def gpus(self) -> tuple[int, ...] | None:
         label = str((self._container.labels or {}).get(LABEL_GPUS, ""))
         return tuple(int(i) for i in label.split(",")) if label else None
+
+    @property
+    def node(self) -> Node | None:
+        return self._runtime.node
 
     @property
     def pids(self) -> list[int]:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest
@@ -28,7 +31,7 @@ from loguru import logger
 
 from modelberth.config import ModelSpec, ServerConfig
 from modelberth.runtimes import container_logs
-from modelberth.runtimes.base import RuntimeStartError, Upstream
+from modelberth.runtimes.base import Node, RuntimeStartError, Upstream
 from modelberth.runtimes.container import DockerUpstream
 from modelberth.runtimes.logbuffer import LogBuffer
 from modelberth.runtimes.ownership import (
@@ -53,10 +56,14 @@ class DaemonUnavailable(RuntimeStartError):
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, url: str | None = None, *, instance: str) -> None:
+    def __init__(self, url: str | None = None, *, instance: str, node: Node | None = None,
+                 tls: bool = False) -> None:
         """`instance` (see `instance_id`) names and labels the containers this runtime
-        owns; it never adopts, removes or replaces a container of another instance."""
+        owns; it never adopts, removes or replaces a container of another instance. `node`:
+        the host it is, as one of several engines (docker.hosts); None: this machine."""
         self._url = url
+        self._tls = tls
+        self.node = node
         self.instance = instance
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
@@ -74,11 +81,19 @@ class DockerRuntime:
     def _connect(self) -> docker.DockerClient:
         if self._client is None:
             kwargs: dict[str, Any] = {"timeout": 30}
+            if self._tls:  # as the docker CLI does with --tlsverify: from $DOCKER_CERT_PATH
+                kwargs["tls"] = docker.tls.TLSConfig(**_tls_files())
+            if self._url and self._url.startswith("ssh://"):
+                kwargs["use_ssh_client"] = True  # the ssh binary: its config, keys and agent
             client = (docker.DockerClient(base_url=self._url, **kwargs) if self._url
                       else docker.from_env(**kwargs))
             client.ping()
             self._client = client
         return self._client
+
+    def connected(self) -> docker.DockerClient:
+        """Blocking: the client, connecting first if needed (for a thread of its own)."""
+        return self._connect()
 
     async def call(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -95,6 +110,9 @@ class DockerRuntime:
         client = await self.call(self._connect)
         self.error = None
         return client
+
+    async def nodes(self) -> list[Node] | None:
+        return None
 
     async def healthy(self) -> bool:
         try:
@@ -151,13 +169,13 @@ class DockerRuntime:
         try:
             container = await self.call(lambda: client.containers.create(**kwargs))
         except docker.errors.APIError as exc:
-            raise RuntimeStartError(f"cannot create container: {_explain(exc)}") from None
+            raise RuntimeStartError(f"cannot create container: {explain(exc)}") from None
         try:
             await self.call(container.start)
             await self.call(container.reload)
         except docker.errors.APIError as exc:
             await self.remove(container)
-            raise RuntimeStartError(f"container did not start: {_explain(exc)}") from None
+            raise RuntimeStartError(f"container did not start: {explain(exc)}") from None
         logs.append("modelberth", f"started container {container.short_id} ({image})")
         upstream = DockerUpstream(self, container, spec.name, logs)
         self._track(upstream)
@@ -231,7 +249,7 @@ class DockerRuntime:
             args["network_mode"] = "host"
         else:
             args["network_mode"] = "bridge"
-            args["ports"] = {f"{inner_port}/tcp": ("127.0.0.1", port)}
+            args["ports"] = {f"{inner_port}/tcp": (spec.address or "127.0.0.1", port)}
         if docker_spec.shm_size:
             args["shm_size"] = docker_spec.shm_size
         requests_ = device_requests(spec.devices if spec.devices is not None else spec.gpus)
@@ -257,7 +275,7 @@ class DockerRuntime:
                     logs.append("modelberth", f"pull failed, using the local image: {exc}")
                     return image
                 raise RuntimeStartError(
-                    f"image '{image}' is missing and could not be pulled: {_explain(exc)}"
+                    f"image '{image}' is missing and could not be pulled: {explain(exc)}"
                 ) from None
             logs.append("modelberth", f"pulled {image} in {time.monotonic() - began:.1f}s")
         return image
@@ -348,6 +366,12 @@ def device_requests(gpus: str | tuple[int, ...] | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=[str(i) for i in gpus], capabilities=[["gpu"]])]
 
 
+def _tls_files() -> dict[str, Any]:
+    where = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+    return {"ca_cert": str(where / "ca.pem"), "verify": True,
+            "client_cert": (str(where / "cert.pem"), str(where / "key.pem"))}
+
+
 def _is_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return True
@@ -357,7 +381,7 @@ def _is_unreachable(exc: BaseException) -> bool:
         or "No such file or directory" in text)
 
 
-def _explain(exc: docker.errors.APIError) -> str:
+def explain(exc: docker.errors.APIError) -> str:
     explanation = exc.explanation
     if isinstance(explanation, bytes):
         explanation = explanation.decode("utf-8", "replace")

@@ -1,5 +1,6 @@
-"""Which containers are whose: the labels modelberth puts on its containers, the instance id
-that scopes them when several modelberths share one Docker engine, and container names."""
+"""Which containers are whose: the labels modelberth puts on its containers and Swarm
+services, the instance id that scopes them when several modelberths share one Docker engine
+or swarm, and their names."""
 
 from __future__ import annotations
 
@@ -47,3 +48,15 @@ def container_name(instance: str, model: str) -> str:
     if safe != model:
         safe += "-" + hashlib.sha256(model.encode()).hexdigest()[:8]
     return f"modelberth-{instance}-{safe}"
+
+
+def service_name(instance: str, model: str) -> str:
+    """A Swarm service's name: `modelberth-<model>-<hash>`. Swarm allows only letters,
+    digits, `-` and `_` there, and at most 63 characters: the model name is cut and cleaned
+    to fit, and a short hash of the instance and the real model name keeps it unique."""
+    slug = _NOT_IN_SERVICES.sub("-", model).strip("-_")[:30].rstrip("-_") or "model"
+    digest = hashlib.sha256(f"{instance}\0{model}".encode()).hexdigest()[:10]
+    return f"modelberth-{slug}-{digest}"
+
+
+_NOT_IN_SERVICES = re.compile(r"[^A-Za-z0-9_-]+")

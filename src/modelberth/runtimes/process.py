@@ -13,7 +13,7 @@ import psutil
 from loguru import logger
 
 from modelberth.config import ModelSpec
-from modelberth.runtimes.base import ExitStatus, RuntimeStartError, Upstream
+from modelberth.runtimes.base import ExitStatus, Node, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer, split_output
 
 # Every upstream carries this variable; its value names the modelberth process that owns it,
@@ -41,6 +41,8 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 
 
 class ProcessUpstream:
+    node: Node | None = None  # always this machine
+
     def __init__(self, proc: asyncio.subprocess.Process, model: str, logs: LogBuffer,
                  gpus: tuple[int, ...] | None = None) -> None:
         self._proc = proc
@@ -170,6 +172,9 @@ class ProcessRuntime:
         """Processes are never adopted: whatever a dead modelberth left is ended."""
         await asyncio.to_thread(_kill_orphans, self._owner)
         return {}
+
+    async def nodes(self) -> list[Node] | None:
+        return None
 
     async def healthy(self) -> bool:
         return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from modelberth.config import ModelSpec
-from modelberth.runtimes.base import RuntimeStartError, Upstream
+from modelberth.runtimes.base import Node, RuntimeStartError, Upstream
 from modelberth.runtimes.logbuffer import LogBuffer
 
 
@@ -22,6 +22,9 @@ class RemoteRuntime:
     async def recover(self, specs: Mapping[str, ModelSpec],
                       logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
         return {}
+
+    async def nodes(self) -> list[Node] | None:
+        return None
 
     async def healthy(self) -> bool:
         return True

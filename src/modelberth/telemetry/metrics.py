@@ -165,8 +165,8 @@ class Metrics:
     def _states(self) -> Iterable[Observation]:
         for model in list(self._registry.models.values()):
             for state in ModelState:
-                yield Observation(int(model.state is state),
-                                  {"model": model.name, "state": state.value})
+                yield Observation(int(model.state is state), {
+                    "model": model.name, "node": node_of(model), "state": state.value})
 
     def _per_model(self, value: Callable[[Model], int | float | None]
                    ) -> Callable[[], Iterable[Observation]]:
@@ -174,7 +174,7 @@ class Metrics:
             for model in list(self._registry.models.values()):
                 number = value(model)
                 if number is not None:
-                    yield Observation(number, {"model": model.name})
+                    yield Observation(number, {"model": model.name, "node": node_of(model)})
         return read
 
     def _per_gpu(self, field: str) -> Callable[[], Iterable[Observation]]:
@@ -187,3 +187,10 @@ class Metrics:
 
     def _host(self) -> Iterable[Observation]:
         yield Observation(self._registry.monitor.snapshot.host.memory_available_bytes)
+
+
+def node_of(model: Model) -> str:
+    """The `node` label: the name of the node its upstream runs on; `local` for this
+    machine (and while it runs nowhere)."""
+    node = model.node
+    return node.name if node is not None else "local"
