@@ -70,6 +70,7 @@ class DockerRuntime:
         self.error: str | None = None  # why the daemon is unreachable, if it is
         self._sampled: dict[str, DockerUpstream] = {}
         self._sampler: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @staticmethod
     def instance_for(server: ServerConfig) -> str:
@@ -108,8 +109,26 @@ class DockerRuntime:
 
     async def client(self) -> docker.DockerClient:
         client = await self.call(self._connect)
+        if self.error is not None and (self._sweeper is None or self._sweeper.done()):
+            # Back after being unreachable: stops made meanwhile could not remove their
+            # containers.
+            self._sweeper = asyncio.create_task(self._sweep(client))
         self.error = None
         return client
+
+    async def _sweep(self, client: docker.DockerClient) -> None:
+        """Remove this instance's exited containers that no upstream of this run holds."""
+        own: dict[str, str | list[str] | bool] = {
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"],
+            "status": ["exited", "dead"]}
+        with contextlib.suppress(docker.errors.DockerException, RuntimeStartError):
+            held = {u.container.id for u in self._sampled.values() if u.exited() is None}
+            for container in await self.call(lambda: client.containers.list(all=True,
+                                                                            filters=own)):
+                if container.id not in held:
+                    logger.warning("docker: removing container {} ({}), left while the "
+                                   "engine was unreachable", container.name, container.status)
+                    await self.remove(container)
 
     async def nodes(self) -> list[Node] | None:
         return None
@@ -352,8 +371,11 @@ class DockerRuntime:
             await asyncio.sleep(_STATS_INTERVAL)
 
     async def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
+        for task in (self._sampler, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
