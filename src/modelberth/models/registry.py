@@ -266,6 +266,7 @@ class Registry:
                 report.append({
                     **node.as_dict(),
                     "models": sorted(m.name for m in here),
+                    "model_memory_bytes": {m.name: c.memory or 0 for m, c in here.items()},
                     "counted_memory_bytes": sum(c.memory or 0 for c in here.values()),
                     "counted_vram_bytes": {str(gpu): sum(c.vram.get(gpu) or 0
                                                          for c in here.values())

@@ -13,7 +13,7 @@ const expanded = new Set();
 
 const ADMIN_COLUMNS = ["Model", "State", "Runtime", "RAM", "VRAM", "In flight", "Queued",
   "Last used", "Idle stop", "Actions"];
-const TITLES = { Runtime: "runtime, port, runtime id (pid or container) and GPUs",
+const TITLES = { Runtime: "runtime, port, node, runtime id (pid, container or service) and GPUs",
   RAM: "measured / estimated", VRAM: "measured / estimated",
   "Idle stop": "time left before the idle timer stops it" };
 const NUMERIC = new Set(["In flight", "Queued"]);
@@ -146,6 +146,7 @@ function labelCells(tr, columns) {
 function runtimeDetail(status) {
   const parts = [];
   if (status.base_url) parts.push(status.base_url);  // a remote endpoint
+  if (status.node) parts.push(`on ${status.node.name} (${status.node.address})`);  // swarm, docker.hosts
   if (status.runtime_id) parts.push(`id ${String(status.runtime_id).slice(0, 12)}`);
   if (status.gpus !== null && status.gpus !== undefined) parts.push(`GPU ${gpus(status.gpus)}`);
   return parts.length ? h("div", { class: "muted mono runtime-detail" }, parts.join(" · ")) : null;

@@ -1,4 +1,5 @@
-// Resources tab: host RAM and each GPU as bars stacked by model against the budgets, and the
+// Resources tab: host RAM and each GPU as bars stacked by model against the budgets, each node
+// of a multi-node runtime (Swarm, docker.hosts) with what the scheduler counts there, and the
 // last 15 minutes (RAM, VRAM per GPU, requests/s, queue) from /api/history, evictions marked.
 
 import { call } from "./api.js";
@@ -102,6 +103,24 @@ function drawBars(data) {
       extra: gpu.utilization_percent !== undefined ? `util ${num(gpu.utilization_percent, 0)}%` : "",
     }));
   }
+  for (const node of data.nodes || []) barsBox.append(nodeBar(node));
+}
+
+/** One node: the RAM the scheduler counts there, by model, against the node's budget. */
+function nodeBar(node) {
+  const counted = node.model_memory_bytes || {};
+  const parts = Object.entries(counted).map(([name, value]) => ({ name, value }));
+  const gpus = (node.gpus || []).map((g) => `GPU ${g.index} ${bytes(g.vram_budget_bytes)}`);
+  const box = stackedBar({
+    title: `Node ${node.name} · ${node.address} (${node.runtime})`,
+    total: node.memory_budget_bytes || node.counted_memory_bytes || 0,
+    used: node.counted_memory_bytes || 0, parts, budget: node.memory_budget_bytes,
+    extra: node.ready ? gpus.join(" · ") : `not ready: ${node.why || "unknown"}`,
+  });
+  box.classList.add("node-box");
+  box.dataset.node = node.name;
+  if (!node.ready) box.classList.add("node-down");
+  return box;
 }
 
 function stackedBar({ title, total, used, parts, budget, extra }) {
