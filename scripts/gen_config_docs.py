@@ -28,6 +28,7 @@ from modelberth.config.schema import (
     ResourcesConfig,
     ServerConfig,
 )
+from modelberth.config.sections import DockerHost, SwarmConfig
 from modelberth.config.templates import TEMPLATES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -97,6 +98,8 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("resources", ResourcesConfig, "resources."),
     ("resources.gpus[]", GpuBudget, "resources.gpus[]."),
     ("docker", DockerConfig, "docker."),
+    ("docker.hosts[]", DockerHost, "docker.hosts[]."),
+    ("swarm", SwarmConfig, "swarm."),
     ("activity", ActivityConfig, "activity."),
     ("models.NAME", ModelConfig, ""),
     ("models.NAME.probe", ProbeConfig, "probe."),
