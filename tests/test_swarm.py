@@ -51,7 +51,7 @@ class Swarm:
     def containers(self) -> list[Any]:
         found = []
         for client in (self.manager, self.worker):
-            with_label = {"label": f"{LABEL_MANAGED}=true"}
+            with_label: dict[str, str | list[str] | bool] = {"label": f"{LABEL_MANAGED}=true"}
             found += client.containers.list(all=True, filters=with_label)
         return found
 
