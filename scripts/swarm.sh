@@ -23,11 +23,15 @@ clear_second() {
 up() {
   bash "$(dirname "$0")/ensure-docker-engine.sh"
   mkdir -p "$STATE"
+  # Its TLS endpoint, for the docker.hosts tests (tcp:// with TLS): certificates made once.
+  bash "$(dirname "$0")/docker-tls.sh" "$STATE/tls" 127.0.0.2
   if ! second_running; then
     HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
       nohup dockerd --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
         --storage-driver=overlay2 --data-root "$STATE/data" --exec-root "$STATE/exec" \
-        --pidfile "$STATE/docker.pid" -H "unix://$SOCKET" >"$STATE/dockerd.log" 2>&1 &
+        --pidfile "$STATE/docker.pid" -H "unix://$SOCKET" -H tcp://127.0.0.2:2376 \
+        --tlsverify --tlscacert "$STATE/tls/ca.pem" --tlscert "$STATE/tls/server-cert.pem" \
+        --tlskey "$STATE/tls/server-key.pem" >"$STATE/dockerd.log" 2>&1 &
     for _ in $(seq 1 100); do
       second_running && break
       sleep 0.1

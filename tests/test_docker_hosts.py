@@ -142,3 +142,30 @@ def test_a_host_whose_engine_stops_fails_its_models_and_they_come_back_elsewhere
         mb.client().get("/api/resources")
         return not ours(engines["b"])
     wait_for(swept, timeout=20, interval=0.5)
+
+
+TLS_URL = "tcp://127.0.0.2:2376"  # the second engine's TLS endpoint (scripts/swarm.sh)
+CERTS = Path("/tmp/modelberth-swarm/tls")  # its CA and a client's certificate
+
+
+def test_an_engine_over_tcp_with_tls(
+        engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path) -> None:
+    tls_host = {"name": "b", "url": TLS_URL, "tls": True, "address": "127.0.0.2",
+                "memory_mb": 300}
+    config = {"docker": {"hosts": [tls_host]}, "models": {"m": fake(tmp_path, 10)}}
+    mb = modelberth(config, start=False).start(env={"DOCKER_CERT_PATH": str(CERTS)})
+    assert chat(mb, "m").status_code == 200
+    assert mb.status("m")["node"]["name"] == "b"
+    assert [c.labels["modelberth.model"] for c in ours(engines["b"])] == ["m"]
+    # Without the client certificate the engine refuses: the node is not ready, and says why.
+    elsewhere = tmp_path / "other-certs"
+    elsewhere.mkdir()
+    (elsewhere / "ca.pem").write_bytes((CERTS / "ca.pem").read_bytes())
+    refused = modelberth({"docker": {"hosts": [tls_host]},
+                          "models": {"n": fake(tmp_path, 10)}}, start=False).start(
+        env={"DOCKER_CERT_PATH": str(elsewhere)})
+    with refused.client() as client:
+        (node,) = client.get("/api/resources").json()["nodes"]
+    assert not node["ready"]
+    assert "engine unreachable: TLS settings for tcp://127.0.0.2:2376" in node["why"]
+    assert chat(refused, "n").status_code == 503

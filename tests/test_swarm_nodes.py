@@ -144,3 +144,32 @@ def test_bad_label_values_are_ignored_with_a_warning() -> None:
 def test_nodes_that_cannot_take_a_start(state: str, availability: str, why: str) -> None:
     node, _ = node_from_swarm(swarm_node(state=state, availability=availability))
     assert not node.ready and node.why == why
+
+
+def test_a_gpu_placement_reaches_the_service_spec() -> None:
+    """No GPU can exist here: what a start on GPUs 1 and 2 of a node sends Swarm is the
+    service spec, checked as built (the NVIDIA container runtime reads the variable; Swarm
+    reserves the generic resources where the node advertises them)."""
+    from modelberth.runtimes.swarm import SwarmRuntime
+
+    spec = parse_config("models:\n  m:\n    runtime: swarm\n    image: img\n"
+                        "    command: [srv, --port, '${PORT}', --host, '${HOST}']\n"
+                        "    gpus: {count: 2}\n    constraints: ['node.labels.zone==a']\n"
+                        ).specs()["m"]
+    attrs = swarm_node(labels={"modelberth.gpu.vram_mb": "8000"}, generic=[
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 4}}])
+    node, _ = node_from_swarm(attrs)
+    runtime = SwarmRuntime(None, instance="i")
+    runtime._attrs[node.id] = attrs  # as the last node listing left it
+    placed = spec.placed_on((1, 2), node.id, node.address)
+    args = runtime._create_args(placed, 8123, node, "modelberth-m-x")
+    assert "NVIDIA_VISIBLE_DEVICES=1,2" in args["env"]
+    assert args["args"] == ["srv", "--port", "8123", "--host", "10.0.0.9"]
+    assert args["constraints"] == ["node.id==n1", "node.labels.zone==a"]
+    assert args["labels"]["modelberth.gpus"] == "1,2"
+    assert args["resources"]["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]
+    assert args["networks"] == ["host"]
+    # A node that advertises no GPUs as generic resources gets no reservation.
+    runtime._attrs[node.id] = swarm_node()
+    assert "resources" not in runtime._create_args(placed, 8123, node, "modelberth-m-x")

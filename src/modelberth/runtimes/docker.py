@@ -47,6 +47,7 @@ from modelberth.runtimes.ownership import (
 
 T = TypeVar("T")
 _STATS_INTERVAL = 5.0
+TLS_API_VERSION = "1.41"
 
 
 class DaemonUnavailable(RuntimeStartError):
@@ -83,11 +84,22 @@ class DockerRuntime:
         if self._client is None:
             kwargs: dict[str, Any] = {"timeout": 30}
             if self._tls:  # as the docker CLI does with --tlsverify: from $DOCKER_CERT_PATH
-                kwargs["tls"] = docker.tls.TLSConfig(**_tls_files())
+                # requests would verify with $REQUESTS_CA_BUNDLE in place of the engine's CA
+                # (it overrides a session's CA), even for the API version query the
+                # client's constructor makes: so the version is given (1.41: Docker 20.10
+                # and later) and the environment is not trusted.
+                kwargs["version"] = TLS_API_VERSION
+                try:
+                    kwargs["tls"] = docker.tls.TLSConfig(**_tls_files())
+                except docker.errors.TLSParameterError as exc:
+                    self.error = f"TLS settings for {self._url}: {exc}"
+                    raise DaemonUnavailable(self.error) from None
             if self._url and self._url.startswith("ssh://"):
                 kwargs["use_ssh_client"] = True  # the ssh binary: its config, keys and agent
             client = (docker.DockerClient(base_url=self._url, **kwargs) if self._url
                       else docker.from_env(**kwargs))
+            if self._tls:
+                client.api.trust_env = False
             client.ping()
             self._client = client
         return self._client
