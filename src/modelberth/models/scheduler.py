@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from loguru import logger
 
 from modelberth.config import ModelSpec
-from modelberth.config.constraints import matches_all, parse
 from modelberth.errors import StartFailed
 from modelberth.models.estimate import estimate_spec
 from modelberth.models.events import EventBus
 from modelberth.models.model import Model
+from modelberth.models.nodes import eligible, gpus_on, why_no_node
 from modelberth.models.placement import (
     NOTHING,
     Budgets,
@@ -105,7 +105,7 @@ class Scheduler:
             if model.spec.remote is None:
                 node = model.node
                 gpus = model.gpus or (self._all_gpus(model) if node is None
-                                      else _all_on(model.spec, node))
+                                      else gpus_on(model.spec, node))
                 self._admitted[model] = _Admitted(gpus, node.id if node else LOCAL)
         elif model.state in _GONE and not model.holds_upstream and model in self._admitted:
             del self._admitted[model]
@@ -162,7 +162,7 @@ class Scheduler:
             return admitted.gpus, admitted.node
         node = model.node
         if node is not None:
-            return model.gpus or _all_on(model.spec, node), node.id
+            return model.gpus or gpus_on(model.spec, node), node.id
         return model.gpus or self._all_gpus(model), LOCAL
 
     def _all_gpus(self, model: Model) -> tuple[int, ...]:
@@ -230,8 +230,8 @@ class Scheduler:
             return [Spot(LOCAL, gpus) for gpus in
                     candidates(fixed, spec.gpu_count, self.monitor.vram_budgets())]
         spots: list[Spot] = []
-        for node in _eligible(spec, nodes):
-            fixed = _all_on(spec, node) if spec.gpus else None
+        for node in eligible(spec, nodes):
+            fixed = gpus_on(spec, node) if spec.gpus else None
             spots += [Spot(node.id, gpus, node.name)
                       for gpus in candidates(fixed, spec.gpu_count, node.vram)]
         return spots
@@ -312,7 +312,7 @@ class Scheduler:
         """Fail at once if no placement can fit even with every evictable model gone."""
         spec = model.spec
         if nodes is not None and not placements:
-            raise StartFailed(model.name, _no_node(spec, nodes), retry_after=5)
+            raise StartFailed(model.name, why_no_node(spec, nodes), retry_after=5)
         budgets = self.monitor.vram_budgets() if nodes is None else {}
         if nodes is None and spec.gpu_count > len(budgets):
             raise StartFailed(model.name, f"needs {spec.gpu_count} GPUs but found "
@@ -359,46 +359,6 @@ class Scheduler:
         busy = [f"{m.name} ({m.in_flight} in flight{', pinned' if m.spec.pinned else ''})"
                 for m in self._others(model)]
         return ", ".join(busy) or "nothing"
-
-
-def _eligible(spec: ModelSpec, nodes: list[Node]) -> list[Node]:
-    """The ready nodes the spec's constraints allow and that have the GPUs it asks for."""
-    constraints = [parse(expression) for expression in spec.constraints]
-    return [node for node in nodes if node.ready and matches_all(constraints, node.attributes)
-            and _has_gpus(spec, node)]
-
-
-def _has_gpus(spec: ModelSpec, node: Node) -> bool:
-    if isinstance(spec.gpus, tuple):
-        return set(spec.gpus) <= set(node.vram)
-    if spec.gpus == "all":
-        return bool(node.vram)
-    return spec.gpu_count <= len(node.vram)
-
-
-def _all_on(spec: ModelSpec, node: Node) -> tuple[int, ...]:
-    """The GPUs a spec with fixed `gpus` takes on `node`."""
-    gpus = spec.gpus
-    if gpus == "all":
-        return tuple(sorted(node.vram))
-    return gpus if isinstance(gpus, tuple) else ()
-
-
-def _no_node(spec: ModelSpec, nodes: list[Node]) -> str:
-    """Why no node can take a start: each node's reason."""
-    if not nodes:
-        return "no node to run on: the runtime reports none"
-    constraints = [parse(expression) for expression in spec.constraints]
-    reasons = []
-    for node in nodes:
-        if not node.ready:
-            why = node.why or "not ready"
-        elif not matches_all(constraints, node.attributes):
-            why = f"constraints {', '.join(spec.constraints)} exclude it"
-        else:
-            why = f"has {len(node.vram)} GPUs"
-        reasons.append(f"{node.name}: {why}")
-    return "no node can run it (" + "; ".join(reasons) + ")"
 
 
 async def _sleep_or_stop(model: Model, action: str, reason: str) -> None:
