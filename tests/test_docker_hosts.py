@@ -23,23 +23,17 @@ import test_docker
 from conftest import FAKE, Modelberth, events_of, wait_for
 from modelberth.runtimes.ownership import LABEL_MANAGED
 from test_docker import HOST_MOUNTS
-from test_swarm_setup import SCRIPT
+from test_swarm_setup import SCRIPT, swarm_up
 
 engine, image = test_docker.engine, test_docker.image  # fixtures
 CHAT = "/v1/chat/completions"
 PIDFILE = Path("/tmp/modelberth-swarm/docker.pid")
 
 
-def _up() -> str:
-    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
-                        timeout=180, check=True)
-    return up.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="module")
 def second_url(engine: docker.DockerClient, image: str) -> Iterator[str]:
     try:
-        url = _up()
+        url = swarm_up()
         second = docker.DockerClient(base_url=url)
         second.images.load(b"".join(engine.images.get(image).save(named=True)))
         second.close()
@@ -132,7 +126,7 @@ def test_a_host_whose_engine_stops_fails_its_models_and_they_come_back_elsewhere
         assert mb.status("m")["node"]["name"] == "a"
         assert len(events_of(tmp_path / "events", "start")) == 2
     finally:
-        engines["b"] = docker.DockerClient(base_url=_up())  # back, for the next tests
+        engines["b"] = docker.DockerClient(base_url=swarm_up())  # back, for the next tests
     # The container its engine stopped could not be removed then; once modelberth reaches
     # the engine again (here: listing the nodes), it is.
     (left,) = ours(engines["b"])

@@ -24,7 +24,7 @@ import test_docker
 from conftest import FAKE, Modelberth, events_of, wait_for
 from modelberth.runtimes.ownership import LABEL_INSTANCE, LABEL_MANAGED, service_name
 from test_docker import HOST_MOUNTS
-from test_swarm_setup import SCRIPT
+from test_swarm_setup import SCRIPT, swarm_up
 
 engine, image = test_docker.engine, test_docker.image  # fixtures
 CHAT = "/v1/chat/completions"
@@ -56,17 +56,11 @@ class Swarm:
         return found
 
 
-def _up() -> str:
-    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
-                        timeout=180, check=True)
-    return up.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="module")
 def swarm_engines(engine: docker.DockerClient, image: str) -> Iterator[Swarm]:
     """The swarm for the whole module, taken down after it even on failure."""
     try:
-        worker = docker.DockerClient(base_url=_up())
+        worker = docker.DockerClient(base_url=swarm_up())
         worker.images.load(b"".join(engine.images.get(image).save(named=True)))
         yield Swarm(engine, worker)
         worker.close()
@@ -186,7 +180,7 @@ def test_a_node_that_goes_down_fails_its_models_and_they_come_back_elsewhere(
     finally:
         # The worker comes back for the next tests: a fresh second engine joins again.
         subprocess.run(["bash", str(SCRIPT), "down"], timeout=120, check=True)
-        swarm.worker = docker.DockerClient(base_url=_up())
+        swarm.worker = docker.DockerClient(base_url=swarm_up())
         nodes = {n.attrs["Spec"]["Role"]: n for n in swarm.manager.nodes.list()
                  if n.attrs["Status"]["State"] == "ready"}
         swarm.manager_node, swarm.worker_node = nodes["manager"], nodes["worker"]

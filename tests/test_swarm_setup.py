@@ -24,13 +24,18 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "swarm.sh"
 engine, image = test_docker.engine, test_docker.image  # fixtures
 
 
+def swarm_up() -> str:
+    """`scripts/swarm.sh up` (idempotent): the second engine's socket."""
+    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
+                        timeout=180, check=True)
+    return up.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def swarm(engine: docker.DockerClient) -> Iterator[docker.DockerClient]:
     """The second node's engine; the swarm is taken down after the test, even on failure."""
     try:
-        up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
-                            timeout=120, check=True)
-        second = docker.DockerClient(base_url=up.stdout.strip().splitlines()[-1])
+        second = docker.DockerClient(base_url=swarm_up())
         yield second
         second.close()
     finally:
