@@ -10,7 +10,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXA
   -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 export LLAMA_CPP_BUILD_JOBS ?= 2
 
-.PHONY: setup demo test lint unit docker-engine browser bench clean
+.PHONY: setup demo test lint unit docker-engine browser ssh-server bench clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,11 @@ docker-engine:
 browser:
 	bash scripts/ensure-chromium.sh
 
-unit: $(STAMP) docker-engine browser
+# The docker.hosts test over ssh:// runs its own sshd: Debian's openssh-server, if needed.
+ssh-server:
+	bash scripts/ensure-sshd.sh
+
+unit: $(STAMP) docker-engine browser ssh-server
 	$(VENV)/bin/pytest
 
 test: lint unit

@@ -163,3 +163,54 @@ def test_an_engine_over_tcp_with_tls(
     assert not node["ready"]
     assert "engine unreachable: TLS settings for tcp://127.0.0.2:2376" in node["why"]
     assert chat(refused, "n").status_code == 503
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, second_url: str) -> Iterator[dict[str, str]]:
+    """An OpenSSH server of this test's own on 127.0.0.2:2222 (Debian's openssh-server,
+    installed by scripts/ensure-sshd.sh), whose sessions reach the second engine, and an
+    `ssh` on PATH that uses this test's key and known hosts. Stopped after, by its pid."""
+    home = tmp_path / "ssh"
+    (home / "bin").mkdir(parents=True)
+    for key in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(home / key)], check=True)
+    (home / "authorized_keys").write_text((home / "client.pub").read_text())
+    (home / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.2:2222\nHostKey {home}/host\nPidFile {home}/sshd.pid\n"
+        f"AuthorizedKeysFile {home}/authorized_keys\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+        f"StrictModes no\nSetEnv DOCKER_HOST={second_url}\n")
+    (home / "ssh_config").write_text(
+        f"Host 127.0.0.2\n  IdentityFile {home}/client\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {home}/known_hosts\n  StrictHostKeyChecking accept-new\n"
+        "  BatchMode yes\n")
+    wrapper = home / "bin" / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {home}/ssh_config "$@"\n')
+    wrapper.chmod(0o755)
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd_config")],
+                              stderr=(home / "sshd.log").open("wb"))
+    try:
+        wait_for(lambda: subprocess.run(
+            [str(wrapper), "-p", "2222", "root@127.0.0.2", "true"],
+            check=False, capture_output=True).returncode == 0, timeout=20, interval=0.3)
+        yield {"PATH": f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_an_engine_over_ssh(engines: dict[str, Any], sshd: dict[str, str], modelberth: Any,
+                            tmp_path: Path) -> None:
+    config = {"docker": {"hosts": [{"name": "b", "url": "ssh://root@127.0.0.2:2222",
+                                    "address": "127.0.0.2", "memory_mb": 300}]},
+              "models": {"m": fake(tmp_path, 10)}}
+    mb = modelberth(config, start=False).start(env=sshd)
+    assert chat(mb, "m").status_code == 200
+    assert mb.status("m")["node"]["name"] == "b"
+    # Through ssh, on the second engine (the one the ssh session's DOCKER_HOST names).
+    assert [c.labels["modelberth.model"] for c in ours(engines["b"])] == ["m"]
+    assert not ours(engines["a"])
+    assert mb.stop() in (0, -signal.SIGTERM)
+    assert not ours(engines["b"])

@@ -120,7 +120,11 @@ class DockerRuntime:
             raise
 
     async def client(self) -> docker.DockerClient:
-        client = await self.call(self._connect)
+        try:
+            client = await self.call(self._connect)
+        except docker.errors.DockerException as exc:  # it cannot even be set up
+            self.error = f"Docker engine {self._url or 'DOCKER_HOST'}: {exc}"
+            raise DaemonUnavailable(self.error) from None
         if self.error is not None and (self._sweeper is None or self._sweeper.done()):
             # Back after being unreachable: stops made meanwhile could not remove their
             # containers.
