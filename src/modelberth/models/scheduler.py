@@ -103,10 +103,7 @@ class Scheduler:
             # Adopted models never pass through admit(): count them where they run. A
             # remote endpoint holds no room here: never budgeted, so never evicted.
             if model.spec.remote is None:
-                node = model.node
-                gpus = model.gpus or (self._all_gpus(model) if node is None
-                                      else gpus_on(model.spec, node))
-                self._admitted[model] = _Admitted(gpus, node.id if node else LOCAL)
+                self._admitted[model] = _Admitted(*self._placed(model))
         elif model.state in _GONE and not model.holds_upstream and model in self._admitted:
             del self._admitted[model]
             self._notify()
