@@ -8,6 +8,7 @@ engine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ from typing import Any
 import docker
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 import test_docker
+from browser import close, launch, open_page
 from conftest import FAKE, Modelberth, events_of, wait_for
 from modelberth.runtimes.ownership import LABEL_INSTANCE, LABEL_MANAGED, service_name
 from test_docker import HOST_MOUNTS
@@ -32,9 +35,11 @@ MB = 1024 * 1024
 
 
 class Swarm:
-    def __init__(self, manager: docker.DockerClient, worker: docker.DockerClient) -> None:
+    def __init__(self, manager: docker.DockerClient, worker: docker.DockerClient,
+                 worker_url: str) -> None:
         self.manager = manager
         self.worker = worker
+        self.worker_url = worker_url
         nodes = {node.attrs["Spec"]["Role"]: node for node in manager.nodes.list()}
         self.manager_node, self.worker_node = nodes["manager"], nodes["worker"]
 
@@ -43,6 +48,13 @@ class Swarm:
         spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
         node.reload()
         node.update({**spec, "Labels": spec["Labels"]})
+        node.reload()
+
+    def unlabel(self, node: Any, *keys: str) -> None:
+        node.reload()
+        spec = dict(node.attrs["Spec"])
+        spec["Labels"] = {k: v for k, v in (spec.get("Labels") or {}).items() if k not in keys}
+        node.update(spec)
         node.reload()
 
     def services(self) -> list[Any]:
@@ -60,9 +72,10 @@ class Swarm:
 def swarm_engines(engine: docker.DockerClient, image: str) -> Iterator[Swarm]:
     """The swarm for the whole module, taken down after it even on failure."""
     try:
-        worker = docker.DockerClient(base_url=swarm_up())
+        worker_url = swarm_up()
+        worker = docker.DockerClient(base_url=worker_url)
         worker.images.load(b"".join(engine.images.get(image).save(named=True)))
-        yield Swarm(engine, worker)
+        yield Swarm(engine, worker, worker_url)
         worker.close()
     finally:
         subprocess.run(["bash", str(SCRIPT), "down"], timeout=120, check=True)
@@ -76,6 +89,7 @@ def swarm(swarm_engines: Swarm) -> Iterator[Swarm]:
     s.label(s.manager_node, **{"modelberth.address": "127.0.0.1", "modelberth.memory_mb": "250"})
     s.label(s.worker_node, **{"modelberth.address": "127.0.0.2", "modelberth.memory_mb": "300"})
     yield s
+    s.unlabel(s.worker_node, "modelberth.engine")
     services = s.services()
     for service in services:
         service.remove()
@@ -83,14 +97,15 @@ def swarm(swarm_engines: Swarm) -> Iterator[Swarm]:
     assert not services, f"services outlived modelberth: {[x.name for x in services]}"
 
 
-def fake_service(tmp: Path, memory_mb: int, **settings: Any) -> dict[str, Any]:
+def fake_service(tmp: Path, memory_mb: int | None, **settings: Any) -> dict[str, Any]:
+    """A fake upstream as a service (planned at `memory_mb`; None: by what it uses)."""
     return {
         "runtime": "swarm",
         "image": test_docker.IMAGE,
         "command": [sys.executable, FAKE, "--port", "${PORT}", "--host", "${HOST}",
                     "--events", str(tmp / "events")],
         "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
-        "memory_mb": memory_mb,
+        **({"memory_mb": memory_mb} if memory_mb is not None else {}),
         "stop_timeout": 2,
         "start_timeout": 60,
         **settings,
@@ -159,6 +174,57 @@ def test_constraints_choose_the_node(swarm: Swarm, modelberth: Any, tmp_path: Pa
                                                   constraints=["node.role==manager"])}})
     assert chat(mb, "m").status_code == 200
     assert running_on(swarm, "m") == swarm.manager_node.id
+
+
+def test_each_task_s_memory_is_measured_through_its_node_s_engine(
+        swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
+    """A task on the manager's node is read through the manager's engine; one on the worker
+    through the engine its `modelberth.engine` label names, and not at all without it.
+    Models without memory_mb are counted on their node by those readings."""
+    swarm.label(swarm.worker_node, **{"modelberth.engine": swarm.worker_url})
+    mb = modelberth({"swarm": {"refresh_seconds": 1}, "resources": {"sample_interval": 0.5},
+                     "models": {
+                         "here": fake_service(tmp_path, None, constraints=["node.role==manager"]),
+                         "there": fake_service(tmp_path, None, constraints=["node.role==worker"])}})
+    assert chat(mb, "here").status_code == 200
+    assert chat(mb, "there").status_code == 200
+    wait_for(lambda: all((mb.status(m)["memory_bytes"] or 0) > MB for m in ("here", "there")),
+             timeout=30, interval=0.5)
+    # The reading is the container's own, as its engine gives it.
+    (there,) = swarm.worker.containers.list(filters={"label": "modelberth.model=there"})
+    stats = there.stats(stream=False)
+    assert isinstance(stats, dict)
+    engine_says = stats["memory_stats"]["usage"]
+    assert engine_says / 2 < mb.status("there")["memory_bytes"] < engine_says * 2
+    assert not swarm.manager.containers.list(filters={"label": "modelberth.model=there"})
+
+    def nodes() -> dict[str, Any]:
+        with mb.client() as client:
+            return {n["id"]: n for n in client.get("/api/resources").json()["nodes"]}
+
+    worker_id, manager_id = str(swarm.worker_node.id), str(swarm.manager_node.id)
+    worker = nodes()[worker_id]
+    assert worker["usage_measured"] is True and nodes()[manager_id]["usage_measured"]
+    assert worker["models"] == ["there"]
+    assert worker["counted_memory_bytes"] == worker["model_memory_bytes"]["there"] > MB
+    # Without the label, the worker's task is not read (the manager's engine cannot see it).
+    swarm.unlabel(swarm.worker_node, "modelberth.engine")
+    wait_for(lambda: nodes()[worker_id]["usage_measured"] is False, timeout=15)
+    wait_for(lambda: mb.status("there")["memory_bytes"] is None, timeout=20, interval=0.5)
+    assert (mb.status("here")["memory_bytes"] or 0) > MB
+    # The dashboard says so on the worker's bar.
+    with contextlib.contextmanager(launch)() as browser:
+        watched = open_page(browser, mb.url)
+        try:
+            watched.page.goto(f"{mb.url}/ui#resources")
+            worker_bar = watched.page.locator(".node-box", has_text="· 127.0.0.2 (swarm)")
+            expect(worker_bar).to_contain_text("usage planned, not measured")
+            manager_bar = watched.page.locator(".node-box", has_text="· 127.0.0.1 (swarm)")
+            expect(manager_bar).to_contain_text("here")
+            expect(manager_bar).not_to_contain_text("not measured")
+            watched.assert_clean()
+        finally:
+            close(watched)
 
 
 def test_a_node_that_goes_down_fails_its_models_and_they_come_back_elsewhere(

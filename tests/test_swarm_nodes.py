@@ -12,6 +12,7 @@ from modelberth.config import parse_config
 from modelberth.config.constraints import matches_all, parse
 from modelberth.config.loader import ConfigError
 from modelberth.runtimes.swarm_nodes import generic_gpu_count, node_from_swarm
+from modelberth.runtimes.swarm_usage import node_engine
 
 MB = 1024 * 1024
 ATTRS = {"node.id": "abc", "node.hostname": "gpu-1", "node.role": "worker",
@@ -173,3 +174,21 @@ def test_a_gpu_placement_reaches_the_service_spec() -> None:
     # A node that advertises no GPUs as generic resources gets no reservation.
     runtime._attrs[node.id] = swarm_node()
     assert "resources" not in runtime._create_args(placed, 8123, node, "modelberth-m-x")
+
+
+def test_a_node_s_engine_for_reading_its_tasks_memory() -> None:
+    """The label names it (TLS if asked); the manager's node falls back on the manager's
+    engine; any other node without the label is not measured."""
+    manager = ("unix:///var/run/docker.sock", False)
+
+    def attrs(**labels: str) -> dict[str, Any]:
+        return {"ID": "n1", "Spec": {"Labels": labels}}
+
+    assert node_engine(attrs(**{"modelberth.engine": "tcp://10.0.0.2:2376",
+                                "modelberth.engine_tls": "True"}),
+                       own=False, manager=manager) == ("tcp://10.0.0.2:2376", True)
+    assert node_engine(attrs(**{"modelberth.engine": " ssh://ops@gpu-2 "}),
+                       own=True, manager=manager) == ("ssh://ops@gpu-2", False)
+    assert node_engine(attrs(), own=True, manager=manager) == manager
+    assert node_engine(attrs(), own=False, manager=manager) is None
+    assert node_engine({"ID": "n2", "Spec": {}}, own=False, manager=manager) is None

@@ -46,6 +46,8 @@ def test_nodes_on_the_models_and_resources_tabs(
         expect(alpha).to_contain_text("Node alpha · 127.0.0.1 (docker)")
         expect(alpha).to_contain_text("250 MiB / 300 MiB · budget 300 MiB")
         expect(alpha.locator(".legend")).to_contain_text("m 250 MiB")
+        expect(alpha.locator(".legend")).not_to_contain_text("other")  # a node has no other
+        expect(alpha).not_to_contain_text("not measured")
         expect(watched.page.locator('.node-box[data-node="beta"]')).to_contain_text(
             "0 B / 200 MiB")
         shots = screenshot_dir(tmp_path / "screenshots")

@@ -43,11 +43,14 @@ class Node:
     # node.platform.os, node.platform.arch, node.labels.<k>, engine.labels.<k>.
     attributes: Mapping[str, str] = field(default_factory=dict)
     runtime: str = ""
+    # Whether what its upstreams use is sampled (else they count by what they are planned
+    # at: memory_mb, learned footprint or estimate).
+    usage_measured: bool = True
 
     def as_dict(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "address": self.address,
                 "runtime": self.runtime, "ready": self.ready, "why": self.why,
-                "memory_budget_bytes": self.memory,
+                "memory_budget_bytes": self.memory, "usage_measured": self.usage_measured,
                 "gpus": [{"index": i, "vram_budget_bytes": v}
                          for i, v in sorted(self.vram.items())]}
 

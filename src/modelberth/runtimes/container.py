@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 from loguru import logger
 
-from modelberth.runtimes import container_logs
+from modelberth.runtimes import container_logs, engine
 from modelberth.runtimes.base import ExitStatus, Node
 from modelberth.runtimes.logbuffer import LogBuffer
 from modelberth.runtimes.ownership import LABEL_GPUS
@@ -106,10 +106,9 @@ class DockerUpstream:
         return self._exit
 
     def sample_memory(self) -> int | None:
-        """Blocking (about a second): the container's memory use from `docker stats`."""
-        stats = cast(dict[str, Any], self._container.stats(stream=False))
-        usage = int(stats.get("memory_stats", {}).get("usage", 0))
-        return usage or None
+        """Blocking: the container's memory use from `docker stats`."""
+        assert self._container.client is not None
+        return engine.memory_in_use(self._container.client, str(self._container.id))
 
     async def wait(self) -> ExitStatus:
         return await asyncio.shield(self._waiter)

@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import docker.tls
 import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest
 from loguru import logger
 
 from modelberth.config import ModelSpec, ServerConfig
-from modelberth.runtimes import container_logs
+from modelberth.runtimes import container_logs, engine
 from modelberth.runtimes.base import Node, RuntimeStartError, Upstream
 from modelberth.runtimes.container import DockerUpstream
+from modelberth.runtimes.engine import explain
 from modelberth.runtimes.logbuffer import LogBuffer
 from modelberth.runtimes.ownership import (
     LABEL_CONFIG,
@@ -47,7 +45,6 @@ from modelberth.runtimes.ownership import (
 
 T = TypeVar("T")
 _STATS_INTERVAL = 5.0
-TLS_API_VERSION = "1.41"
 
 
 class DaemonUnavailable(RuntimeStartError):
@@ -82,26 +79,11 @@ class DockerRuntime:
 
     def _connect(self) -> docker.DockerClient:
         if self._client is None:
-            kwargs: dict[str, Any] = {"timeout": 30}
-            if self._tls:  # as the docker CLI does with --tlsverify: from $DOCKER_CERT_PATH
-                # requests would verify with $REQUESTS_CA_BUNDLE in place of the engine's CA
-                # (it overrides a session's CA), even for the API version query the
-                # client's constructor makes: so the version is given (1.41: Docker 20.10
-                # and later) and the environment is not trusted.
-                kwargs["version"] = TLS_API_VERSION
-                try:
-                    kwargs["tls"] = docker.tls.TLSConfig(**_tls_files())
-                except docker.errors.TLSParameterError as exc:
-                    self.error = f"TLS settings for {self._url}: {exc}"
-                    raise DaemonUnavailable(self.error) from None
-            if self._url and self._url.startswith("ssh://"):
-                kwargs["use_ssh_client"] = True  # the ssh binary: its config, keys and agent
-            client = (docker.DockerClient(base_url=self._url, **kwargs) if self._url
-                      else docker.from_env(**kwargs))
-            if self._tls:
-                client.api.trust_env = False
-            client.ping()
-            self._client = client
+            try:
+                self._client = engine.connect(self._url, tls=self._tls)
+            except engine.EngineSetupError as exc:
+                self.error = str(exc)
+                raise DaemonUnavailable(self.error) from None
         return self._client
 
     def connected(self) -> docker.DockerClient:
@@ -113,7 +95,7 @@ class DockerRuntime:
         try:
             return await loop.run_in_executor(self._pool, fn)
         except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-            if _is_unreachable(exc):
+            if engine.is_unreachable(exc):
                 self._client = None
                 self.error = f"Docker daemon unreachable ({self._url or 'DOCKER_HOST'}): {exc}"
                 raise DaemonUnavailable(self.error) from None
@@ -402,25 +384,3 @@ def device_requests(gpus: str | tuple[int, ...] | None) -> list[DeviceRequest]:
     if gpus == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     return [DeviceRequest(device_ids=[str(i) for i in gpus], capabilities=[["gpu"]])]
-
-
-def _tls_files() -> dict[str, Any]:
-    where = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
-    return {"ca_cert": str(where / "ca.pem"), "verify": True,
-            "client_cert": (str(where / "cert.pem"), str(where / "key.pem"))}
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return True
-    text = str(exc)
-    return isinstance(exc, docker.errors.DockerException) and (
-        "Error while fetching server API version" in text or "Connection refused" in text
-        or "No such file or directory" in text)
-
-
-def explain(exc: docker.errors.APIError) -> str:
-    explanation = exc.explanation
-    if isinstance(explanation, bytes):
-        explanation = explanation.decode("utf-8", "replace")
-    return str(explanation or exc)

@@ -77,7 +77,8 @@ class SwarmUpstream:
         self._node_ready = node_ready
         self._exit: ExitStatus | None = None
         self._seen: str | None = None  # the last task state written to the log
-        self.memory_bytes: int | None = None  # not sampled: the task runs on another engine
+        self.memory_bytes: int | None = None  # sampled by the runtime, through the node
+        self.container_id: str | None = None  # the running task's, on its node's engine
         loop = asyncio.get_running_loop()
         self._stopping = threading.Event()
         self._log_threads = [
@@ -156,6 +157,9 @@ class SwarmUpstream:
                 return ExitStatus(None, reason=gone)
             return None
         state = str(task.get("Status", {}).get("State", ""))
+        if state == "running":
+            container = task["Status"].get("ContainerStatus") or {}
+            self.container_id = container.get("ContainerID") or self.container_id
         if state != self._seen:
             self._seen = state
             if state not in ("new", "allocated", "pending", "assigned", "accepted",

@@ -8,6 +8,9 @@ a `node.id==` constraint beside the model's own constraints, runs on the node's 
 node's address. Swarm's restart policy is `none`: modelberth supervises, and an upstream that
 exits is a failure it sees, as with the other runtimes.
 
+What each task uses is read through the engine of its node (swarm_usage.py), so that the
+scheduler counts models on a node by their measured memory, as it does on this machine.
+
 GPUs: the indexes the scheduler chose go to the container as NVIDIA_VISIBLE_DEVICES (the
 NVIDIA container runtime, set as the node's default runtime, honours it); a node that
 advertises `NVIDIA-GPU` generic resources also gets as many reserved, so Swarm's own
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +41,8 @@ from loguru import logger
 from modelberth.config import ModelSpec
 from modelberth.runtimes import container_logs
 from modelberth.runtimes.base import Node, RuntimeStartError, Upstream
-from modelberth.runtimes.docker import DockerRuntime, explain
+from modelberth.runtimes.docker import DockerRuntime
+from modelberth.runtimes.engine import explain
 from modelberth.runtimes.logbuffer import LogBuffer
 from modelberth.runtimes.ownership import (
     LABEL_CONFIG,
@@ -50,8 +55,10 @@ from modelberth.runtimes.ownership import (
 )
 from modelberth.runtimes.service import SwarmUpstream, latest_task
 from modelberth.runtimes.swarm_nodes import GPU_KIND, generic_gpu_count, node_from_swarm
+from modelberth.runtimes.swarm_usage import TaskMemory
 
 LABEL_NODE = "modelberth.node"  # the node id the scheduler placed the service on
+_SAMPLE_INTERVAL = 5.0  # seconds between two readings of the tasks' memory
 
 
 class SwarmRuntime:
@@ -67,6 +74,9 @@ class SwarmRuntime:
         self._warned: set[str] = set()
         self._upstreams: dict[str, SwarmUpstream] = {}  # service id -> its upstream
         self._refreshing: asyncio.Task[None] | None = None
+        self._own: str | None = None  # the manager's own node id
+        self._usage = TaskMemory((url, False))
+        self._sampler: asyncio.Task[None] | None = None
 
     @property
     def error(self) -> str | None:
@@ -83,6 +93,9 @@ class SwarmRuntime:
     async def _read_nodes(self) -> None:
         try:
             client = await self._engine.client()
+            if self._own is None:
+                info = await self._engine.call(client.info)
+                self._own = (info.get("Swarm") or {}).get("NodeID") or None
             found = await self._engine.call(client.nodes.list)
         except (RuntimeStartError, docker.errors.DockerException) as exc:
             logger.warning("swarm: cannot list the nodes: {}", exc)
@@ -90,6 +103,7 @@ class SwarmRuntime:
             self._read_at = time.monotonic()
             return
         nodes: list[Node] = []
+        attrs: dict[str, dict[str, Any]] = {}
         for entry in found:
             node, warnings = node_from_swarm(entry.attrs)
             for warning in warnings:
@@ -97,8 +111,11 @@ class SwarmRuntime:
                     self._warned.add(warning)
                     logger.warning("swarm: {}", warning)
             nodes.append(node)
-            self._attrs[node.id] = entry.attrs
-        self._nodes = nodes
+            attrs[node.id] = entry.attrs
+        self._usage.update(attrs, self._own)
+        self._nodes = [dataclasses.replace(node, usage_measured=self._usage.measured(node.id))
+                       for node in nodes]
+        self._attrs = attrs
         self._read_at = time.monotonic()
 
     def _node_ready(self, node_id: str) -> bool:
@@ -135,6 +152,17 @@ class SwarmRuntime:
         key = str(upstream.service.id)
         self._upstreams[key] = upstream
         upstream.on_exit(lambda: self._forget(key))
+        if self._sampler is None or self._sampler.done():
+            self._sampler = asyncio.create_task(self._sample_forever())
+
+    async def _sample_forever(self) -> None:
+        """Each running task's memory, through its node's engine (swarm_usage.py)."""
+        while self._upstreams:
+            for upstream in list(self._upstreams.values()):
+                if upstream.container_id is not None and upstream.exited() is None:
+                    upstream.memory_bytes = await self._usage.sample(upstream.node.id,
+                                                                     upstream.container_id)
+            await asyncio.sleep(_SAMPLE_INTERVAL)
 
     def _create_args(self, spec: ModelSpec, port: int, node: Node,
                      name: str) -> dict[str, Any]:
@@ -292,10 +320,12 @@ class SwarmRuntime:
         return True
 
     async def close(self) -> None:
-        if self._refreshing is not None:
-            self._refreshing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refreshing
+        for task in (self._refreshing, self._sampler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for upstream in list(self._upstreams.values()):
             await upstream.close()
+        self._usage.close()
         await self._engine.close()

@@ -115,7 +115,10 @@ function nodeBar(node) {
     title: `Node ${node.name} · ${node.address} (${node.runtime})`,
     total: node.memory_budget_bytes || node.counted_memory_bytes || 0,
     used: node.counted_memory_bytes || 0, parts, budget: node.memory_budget_bytes,
-    extra: node.ready ? gpus.join(" · ") : `not ready: ${node.why || "unknown"}`,
+    extra: node.ready
+      ? [...gpus, ...(node.usage_measured === false ? ["usage planned, not measured"] : [])]
+        .join(" · ")
+      : `not ready: ${node.why || "unknown"}`,
   });
   box.classList.add("node-box");
   box.dataset.node = node.name;
@@ -148,7 +151,8 @@ function stackedBar({ title, total, used, parts, budget, extra }) {
     h("span", { class: "swatch", dataset: { name: p.name } }),
     `${p.name} ${bytes(p.value)}${p.estimate ? ` (est. ${bytes(p.estimate)})` : ""}`));
   for (const item of items) item.firstChild.style.background = colour(item.firstChild.dataset.name);
-  items.push(h("span", {}, h("span", { class: "swatch other" }), `other ${bytes(other)}`));
+  // A node counts only its models: nothing else to show there.
+  if (other > 0) items.push(h("span", {}, h("span", { class: "swatch other" }), `other ${bytes(other)}`));
   return h("div", { class: "stack-box" },
     h("div", { class: "stack-head" }, h("strong", {}, title),
       h("span", { class: "muted" }, `${bytes(used)} / ${bytes(total)}`
