@@ -123,6 +123,27 @@ class _Reader:
         return pairs
 
     def _expand(self, text: str, path: Path_, line: int) -> str:
+        """Fill ${VAR} and ${VAR:-default} from the environment; an unset variable without
+        a default is an issue reported with its key and line, not an empty value taken
+        silently. `$$` is a literal `$`. The per-start placeholders (${PORT}...) are left for
+        ModelSpec.fill; in a model's command and env, which it fills later, `$$` (a
+        variable's `$` included) stays escaped, so that it does not read a `$` in a value
+        as a placeholder of its own.
+
+        >>> reader = _Reader(yaml.SafeLoader(""), {"USER": "ann", "PRICE": "$5"})
+        >>> reader._expand("${USER}@${DOMAIN:-example.org}", ("server", "host"), 3)
+        'ann@example.org'
+        >>> reader._expand("$${USER} costs ${PRICE}", ("server", "host"), 3)
+        '${USER} costs $5'
+        >>> reader._expand("srv --port ${PORT} --price ${PRICE}", ("models", "m", "command"), 7)
+        'srv --port ${PORT} --price $$5'
+        >>> reader._expand("${TOKEN}", ("server", "host"), 4)
+        ''
+        >>> reader.issues[0].line, reader.issues[0].message
+        (4, 'environment variable ${TOKEN} is not set (use ${TOKEN:-default} for a default)')
+        >>> reader.unset
+        {'server.host'}
+        """
         def repl(match: re.Match[str]) -> str:
             if match.group(1) == "$":
                 return "$$"  # kept for ModelSpec.fill, which turns $$ into $
@@ -234,7 +255,17 @@ def _read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, _Re
 
 def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None
                  ) -> Config:
-    """Parse YAML text into a validated Config, or raise ConfigError listing every problem."""
+    """Parse YAML text into a validated Config, or raise ConfigError listing every problem.
+    `env` is what ${VAR} is filled from (default: os.environ).
+
+    >>> parse_config("server: {host: '${IP:-127.0.0.1}'}", env={}).server.host
+    '127.0.0.1'
+    >>> parse_config("server: {host: '${IP}'}", env={})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    modelberth.config.loader.ConfigError: <config>: 1 error(s)
+      <config>:line 1: server.host: environment variable ${IP} is not set (use ${IP:-default} ...
+    """
     data, reader = _read_yaml(text, source, os.environ if env is None else env)
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigIssue("", 1, "the config must be a mapping of keys")])

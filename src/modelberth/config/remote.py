@@ -17,7 +17,19 @@ _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 
 def check_base_url(url: str) -> str:
-    """A base URL as the OpenAI SDKs take it, http(s)://host[:port][/path]; ValueError if not."""
+    """A base URL as the OpenAI SDKs take it, http(s)://host[:port][/path]; ValueError if not.
+
+    >>> check_base_url(" https://api.example.com/v1 ")
+    'https://api.example.com/v1'
+    >>> check_base_url("https://user:pw@api.example.com/v1")
+    Traceback (most recent call last):
+      ...
+    ValueError: credentials in the URL are not used: give the key as `api_key`
+    >>> check_base_url("https://api.example.com:99999")
+    Traceback (most recent call last):
+      ...
+    ValueError: 'https://api.example.com:99999': Port out of range 0-65535
+    """
     text = url.strip()
     parts = urlsplit(text)
     if parts.scheme not in _DEFAULT_PORTS:
@@ -37,8 +49,16 @@ def check_base_url(url: str) -> str:
 
 
 def check_api_key(key: str) -> str:
-    """A key sent as a header: printable ASCII without spaces (a line break in it would
-    start a header of its own)."""
+    r"""A key sent as a header: printable ASCII without spaces (a line break in it would
+    start a header of its own).
+
+    >>> check_api_key("sk-1234")
+    'sk-1234'
+    >>> check_api_key("sk-1234\r\nx-injected: 1")
+    Traceback (most recent call last):
+      ...
+    ValueError: must be printable ASCII without spaces or line breaks
+    """
     if not _HEADER_SAFE.fullmatch(key):
         raise ValueError("must be printable ASCII without spaces or line breaks")
     return key
@@ -46,7 +66,19 @@ def check_api_key(key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RemoteSpec:
-    """Where a remote model's requests go, ready to be used as they are."""
+    """Where a remote model's requests go, ready to be used as they are. The Host header
+    leaves out the scheme's own port, as clients write it; an IPv6 host is bracketed there
+    and connected to without the brackets.
+
+    >>> spec = RemoteSpec.build("gpt", "https://api.example.com/openai/v1/", "sk-1", None)
+    >>> spec.host, spec.port, spec.tls, spec.authority, spec.prefix, spec.model
+    ('api.example.com', 443, True, 'api.example.com', '/openai/v1', 'gpt')
+    >>> spec.auth
+    (b'authorization', b'Bearer sk-1')
+    >>> local = RemoteSpec.build("m", "http://[fd00::5]:8000", None, "qwen2.5")
+    >>> local.host, local.authority, local.prefix, local.model, local.auth
+    ('fd00::5', '[fd00::5]:8000', '', 'qwen2.5', None)
+    """
 
     base_url: str  # as configured, without a trailing slash
     host: str  # to connect to (an IPv6 address without its brackets)
@@ -89,7 +121,12 @@ class RemoteSpec:
     def target(self, path: str) -> str:
         """The remote's path for one of modelberth's: with the base URL's path in place of
         /v1 (`https://host/openai/v1`: /openai/v1/chat/completions); a path outside /v1
-        (`/tokenize`, a raw /upstream/ call's) goes to the host's root as it is."""
+        (`/tokenize`, a raw /upstream/ call's) goes to the host's root as it is.
+
+        >>> spec = RemoteSpec.build("gpt", "https://api.example.com/openai/v1", None, None)
+        >>> spec.target("/v1/chat/completions"), spec.target("/tokenize")
+        ('/openai/v1/chat/completions', '/tokenize')
+        """
         prefix = self.prefix
         if prefix and (path.startswith("/v1/") or path == "/v1"):
             return prefix + path[3:]

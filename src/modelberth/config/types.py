@@ -20,7 +20,23 @@ MODEL_NAME_PATTERN = _NAME.pattern
 
 
 def _seconds(value: Any) -> Any:
-    """Accept 30, 30.5, "30s", "5m", "1h", "250ms"."""
+    """Accept 30, 30.5, "30s", "5m", "1h", "250ms". A number is left to pydantic, which
+    checks its bound (>= 0 or > 0); a string is one unsigned number with an optional unit,
+    so a negative or compound duration is refused here already.
+
+    >>> _seconds("250ms"), _seconds("5m"), _seconds(" 1.5 h "), _seconds("90")
+    (0.25, 300.0, 5400.0, 90.0)
+    >>> _seconds(30)
+    30
+    >>> _seconds("1h30m")
+    Traceback (most recent call last):
+      ...
+    ValueError: expected seconds as a number or a duration like '30s', '5m', '1h'
+    >>> _seconds("-5s")
+    Traceback (most recent call last):
+      ...
+    ValueError: expected seconds as a number or a duration like '30s', '5m', '1h'
+    """
     if isinstance(value, str):
         match = _DURATION.match(value)
         if not match:
@@ -30,6 +46,14 @@ def _seconds(value: Any) -> Any:
 
 
 def _command(value: Any) -> Any:
+    """A command as a shell would split it, or a list whose numbers become strings (YAML
+    reads `8000` as an int; argv holds text). ${PORT} and the like are filled later.
+
+    >>> _command("llama-server -m 'my model.gguf' --port ${PORT}")
+    ['llama-server', '-m', 'my model.gguf', '--port', '${PORT}']
+    >>> _command(["vllm", "serve", 8000, 0.9])
+    ['vllm', 'serve', '8000', '0.9']
+    """
     if isinstance(value, str):
         return shlex.split(value)
     if isinstance(value, list):
@@ -39,6 +63,12 @@ def _command(value: Any) -> Any:
 
 
 def _env_values(value: Any) -> Any:
+    """Environment values as strings; a YAML boolean as the lower-case word a program
+    expects (`true`, not Python's `True`).
+
+    >>> _env_values({"THREADS": 8, "DEBUG": True, "RATIO": 0.5, "NAME": "x"})
+    {'THREADS': '8', 'DEBUG': 'true', 'RATIO': '0.5', 'NAME': 'x'}
+    """
     if isinstance(value, Mapping):
         return {k: (str(v).lower() if isinstance(v, bool) else str(v))
                 if isinstance(v, int | float | bool) else v for k, v in value.items()}
@@ -46,6 +76,16 @@ def _env_values(value: Any) -> Any:
 
 
 def _model_name(name: str) -> str:
+    """A model name: letters, digits and ._:@+-, starting with a letter or a digit, so that
+    Ollama-style names such as `qwen2.5:7b` fit and no space or slash does.
+
+    >>> _model_name("qwen2.5:7b@q4+ctx")
+    'qwen2.5:7b@q4+ctx'
+    >>> _model_name("my model")
+    Traceback (most recent call last):
+      ...
+    ValueError: model name 'my model' may hold only letters, digits and ._:@+-
+    """
     if not _NAME.fullmatch(name):
         raise ValueError(f"model name '{name}' may hold only letters, digits and ._:@+-")
     return name
@@ -69,7 +109,15 @@ TemplateName = Literal["llama-cpp", "vllm", "tgi", "sglang", "openai"]
 
 
 def parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """One `server.trusted_proxies` entry: an address or a CIDR network."""
+    """One `server.trusted_proxies` entry: an address or a CIDR network.
+
+    >>> parse_network("10.0.0.0/8"), parse_network(" ::1 ")
+    (IPv4Network('10.0.0.0/8'), IPv6Network('::1/128'))
+    >>> parse_network("localhost")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    ValueError: trusted_proxies: 'localhost' is not an IP address or CIDR network (such as ...
+    """
     if not isinstance(entry, str):
         raise ValueError(f"trusted_proxies: {entry!r} is not a string")
     try:

@@ -74,6 +74,34 @@ def gguf_shape(path: Path) -> GgufShape:
 
 def estimate_gguf(path: Path, context: int | None = None, cache_k: str = "f16",
                   cache_v: str = "f16", overhead_mb: int = 0) -> Estimate:
+    """Weights as the tensors' bytes; the KV cache as, per token of context, every layer's
+    K and V for each KV head (layers x KV heads x (key length x K's bytes + value length x
+    V's bytes)); the context the model was trained for unless one is given; an unknown
+    cache type counted as f16.
+
+    modelberth's tiny GGUF has 2 layers, 4 KV heads and keys and values of 16: at f16,
+    2 x 4 x (16 x 2 + 16 x 2) = 512 bytes a token; with q8_0 values (34 bytes per 32)
+    2 x 4 x (16 x 2 + 17) = 392.
+
+    >>> import tempfile
+    >>> from modelberth.tinymodel import write_tiny_gguf
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = write_tiny_gguf(Path(tmp.name) / "tiny.gguf", context_length=512)
+    >>> estimate_gguf(path, context=256).kv_cache_bytes
+    131072
+    >>> estimate = estimate_gguf(path, context=256, cache_v="q8_0", overhead_mb=10)
+    >>> estimate.kv_cache_bytes, estimate.overhead_bytes
+    (100352, 10485760)
+    >>> estimate.total_bytes - estimate.weights_bytes == 100352 + 10 * MB
+    True
+    >>> estimate_gguf(path).context, estimate_gguf(path, cache_k="nonsense").kv_cache_bytes
+    (512, 262144)
+    >>> estimate_gguf(Path(tmp.name) / "missing.gguf")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    FileNotFoundError: [Errno 2] No such file or directory: '...missing.gguf'
+    >>> tmp.cleanup()
+    """
     shape = gguf_shape(path)
     ctx = context or shape.trained_context
     per_token = shape.layers * shape.kv_heads * (
@@ -83,6 +111,20 @@ def estimate_gguf(path: Path, context: int | None = None, cache_k: str = "f16",
 
 
 def _option(argv: list[str], env: dict[str, str], flags: tuple[str, ...], var: str) -> str | None:
+    """A llama-server option's value as llama.cpp reads it: `-c N` or `--ctx-size=N` on the
+    command line, else its LLAMA_ARG_ variable (the command line wins, as in llama.cpp).
+
+    >>> ctx = ("-c", "--ctx-size")
+    >>> _option(["llama-server", "-c", "4096"], {}, ctx, "LLAMA_ARG_CTX_SIZE")
+    '4096'
+    >>> _option(["llama-server", "--ctx-size=8192"], {"LLAMA_ARG_CTX_SIZE": "2048"}, ctx,
+    ...         "LLAMA_ARG_CTX_SIZE")
+    '8192'
+    >>> _option(["llama-server"], {"LLAMA_ARG_CTX_SIZE": "2048"}, ctx, "LLAMA_ARG_CTX_SIZE")
+    '2048'
+    >>> _option(["llama-server", "-c"], {}, ctx, "LLAMA_ARG_CTX_SIZE") is None
+    True
+    """
     for i, arg in enumerate(argv):
         for flag in flags:
             if arg == flag and i + 1 < len(argv):

@@ -52,7 +52,20 @@ _INVALID = ("", False)  # an X-Forwarded-For entry that is no address
 
 
 class Forwarding:
-    """The forwarding policy for one set of trusted proxies (addresses or CIDR networks)."""
+    """The forwarding policy for one set of trusted proxies (addresses or CIDR networks).
+    An IPv4 peer seen as IPv6 by a dual-stack socket is still that IPv4 address. One string
+    is refused: iterated, it would be a list of characters.
+
+    >>> forwarding = Forwarding(["10.0.0.0/8"])
+    >>> forwarding.trusts("10.1.2.3"), forwarding.trusts("::ffff:10.1.2.3")
+    (True, True)
+    >>> forwarding.trusts("192.0.2.7"), forwarding.trusts(None)
+    (False, False)
+    >>> Forwarding("10.0.0.0/8")
+    Traceback (most recent call last):
+      ...
+    TypeError: trusted_proxies must be a list of addresses, not one string
+    """
 
     def __init__(self, trusted_proxies: Sequence[str]) -> None:
         if isinstance(trusted_proxies, str | bytes):
@@ -73,7 +86,29 @@ class Forwarding:
                         scheme: str) -> Headers:
         """The headers to send upstream for a request that came from `peer` over `scheme`:
         hop-by-hop and auth headers removed, the forwarding headers set by the trust rule.
-        Other headers keep their order; X-Forwarded-For, -Proto and -Host come last."""
+        Other headers keep their order; X-Forwarded-For, -Proto and -Host come last.
+
+        From a peer that is not trusted, the claimed X-Forwarded-For is replaced by the peer,
+        and what Connection names goes too:
+
+        >>> forwarding = Forwarding(["10.0.0.0/8"])
+        >>> forwarding.request_headers(
+        ...     [(b"host", b"mb.lan"), (b"connection", b"keep-alive, x-trace"),
+        ...      (b"x-trace", b"1"), (b"keep-alive", b"timeout=5"),
+        ...      (b"authorization", b"Bearer sk-1"), (b"x-forwarded-for", b"6.6.6.6"),
+        ...      (b"accept", b"*/*"), (b"content-length", b"2")], "192.0.2.7", "http",
+        ... )  # doctest: +NORMALIZE_WHITESPACE
+        [(b'accept', b'*/*'), (b'x-forwarded-for', b'192.0.2.7'),
+         (b'x-forwarded-proto', b'http'), (b'x-forwarded-host', b'mb.lan')]
+
+        From a trusted proxy, its X-Forwarded-For is kept with the proxy appended, and its
+        X-Forwarded-Proto is believed:
+
+        >>> forwarding.request_headers(
+        ...     [(b"x-forwarded-for", b"203.0.113.9"), (b"x-forwarded-proto", b"https")],
+        ...     "10.0.0.2", "http")
+        [(b'x-forwarded-for', b'203.0.113.9, 10.0.0.2'), (b'x-forwarded-proto', b'https')]
+        """
         known = self._peers.get(peer) if peer else _UNKNOWN
         trusted, forwarded_for = self._peer(peer) if known is None else known
         drop = _DROP_TRUSTED if trusted else _DROP_UNTRUSTED
@@ -130,7 +165,20 @@ class Forwarding:
         """In one pass over an answer's headers: those to relay (without its hop-by-hop
         ones, those a Connection header names included, its Date, which the server sets,
         and its Content-Length, which whoever frames the answer sets again), whether it is
-        an SSE stream, and its Content-Length (None for 204 and 304, which have no body)."""
+        an SSE stream, and its Content-Length (None for 204 and 304, which have no body).
+
+        >>> Forwarding.answer_head(200, [
+        ...     (b"content-type", b"text/event-stream; charset=utf-8"),
+        ...     (b"transfer-encoding", b"chunked"), (b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+        ...     (b"x-request-id", b"r1")])  # doctest: +NORMALIZE_WHITESPACE
+        ([(b'content-type', b'text/event-stream; charset=utf-8'), (b'x-request-id', b'r1')],
+         True, None)
+        >>> Forwarding.answer_head(200, [(b"content-type", b"application/json"),
+        ...                              (b"content-length", b"17")])
+        ([(b'content-type', b'application/json')], False, 17)
+        >>> Forwarding.answer_head(204, [(b"content-length", b"0")])
+        ([], False, None)
+        """
         out: Headers = []
         named = _EMPTY
         is_sse, length = False, None
@@ -155,7 +203,18 @@ class Forwarding:
         """The real client's address, for logs: the peer, or, when the peer is a trusted
         proxy, the right-most address in X-Forwarded-For that is not a trusted proxy (walking
         from the right over trusted hops; the left-most if all are trusted). An entry that is
-        not an address stops the walk at the hop that reported it (as nginx does)."""
+        not an address stops the walk at the hop that reported it (as nginx does).
+
+        >>> forwarding = Forwarding(["10.0.0.0/8"])
+        >>> forwarding.client_address([(b"x-forwarded-for", b"203.0.113.9, 10.0.0.3")],
+        ...                           "10.0.0.2")
+        '203.0.113.9'
+        >>> forwarding.client_address([(b"x-forwarded-for", b"203.0.113.9")], "192.0.2.7")
+        '192.0.2.7'
+        >>> forwarding.client_address([(b"x-forwarded-for", b"203.0.113.9, unknown")],
+        ...                           "10.0.0.2")
+        '10.0.0.2'
+        """
         if not peer or not self._peer(peer)[0]:
             return peer or None
         values: list[bytes] = []
@@ -219,7 +278,13 @@ _CONNECTION: dict[bytes, frozenset[bytes]] = {}
 
 def _connection_options(value: bytes) -> frozenset[bytes]:
     """The options a Connection header value names (comma-separated, case-insensitive),
-    without those in HOP_BY_HOP: the headers it makes hop-by-hop beyond the fixed set."""
+    without those in HOP_BY_HOP: the headers it makes hop-by-hop beyond the fixed set.
+
+    >>> _connection_options(b"Keep-Alive, X-Trace")
+    frozenset({b'x-trace'})
+    >>> _connection_options(b"close")
+    frozenset()
+    """
     options = frozenset(token.strip() for token in value.lower().split(b",")) - HOP_BY_HOP
     options -= {b""}
     if len(_CONNECTION) >= _CACHE_SIZE:
@@ -254,7 +319,13 @@ def _parse_ip(text: str) -> _IP | None:
 
 def _parse_entry(text: str) -> tuple[str, _IP] | None:
     """An X-Forwarded-For entry: an address, or one with a port as some proxies write it
-    (1.2.3.4:80, [::1]:80); gives the address without the port."""
+    (1.2.3.4:80, [::1]:80); gives the address without the port.
+
+    >>> _parse_entry("1.2.3.4:80"), _parse_entry("[::1]:80")
+    (('1.2.3.4', IPv4Address('1.2.3.4')), ('::1', IPv6Address('::1')))
+    >>> _parse_entry("unknown") is None
+    True
+    """
     ip = _parse_ip(text)
     if ip is not None:
         return text, ip

@@ -17,7 +17,12 @@ _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 def remote_headers(remote: RemoteSpec, headers: Headers) -> Headers:
-    """The forwarded headers, with the configured key as `Authorization: Bearer`."""
+    """The forwarded headers, with the configured key as `Authorization: Bearer`.
+
+    >>> spec = RemoteSpec.build("gpt", "https://api.example.com/v1", "sk-1", None)
+    >>> remote_headers(spec, [(b"accept-encoding", b"gzip"), (b"accept", b"*/*")])
+    [(b'accept', b'*/*'), (b'authorization', b'Bearer sk-1')]
+    """
     out = [item for item in headers if item[0] not in _DROPPED]
     if remote.auth is not None:
         out.append(remote.auth)

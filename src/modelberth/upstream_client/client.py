@@ -196,6 +196,16 @@ async def _exchange(conn: Connection, verb: bytes, head: bytes, body: bytes,
 
 def _request_head(method: str, host: str, port: int, target: str, headers: Headers,
                   length: int, authority: str | None) -> bytes:
+    r"""The request's head: Host and Content-Length are always set here (forwarding.py
+    drops the client's), Host as the authority given or else host:port; then the headers.
+
+    >>> _request_head("POST", "127.0.0.1", 8080, "/v1/chat/completions",
+    ...               [(b"accept", b"*/*")], 2, None).splitlines()  # doctest: +NORMALIZE_WHITESPACE
+    [b'POST /v1/chat/completions HTTP/1.1', b'host: 127.0.0.1:8080', b'content-length: 2',
+     b'accept: */*', b'']
+    >>> _request_head("GET", "203.0.113.5", 443, "/v1/models", [], 0, "api.example.com")
+    b'GET /v1/models HTTP/1.1\r\nhost: api.example.com\r\ncontent-length: 0\r\n\r\n'
+    """
     if authority is None:
         start = f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n" \
             f"content-length: {length}\r\n"

@@ -117,7 +117,19 @@ def keep_alive_seconds(value: Any) -> float | None:
     """Ollama's keep_alive, in seconds: None when absent (the server's default applies),
     0 to unload now, math.inf to keep it loaded for ever (any negative value). A number is
     seconds; a string is a Go duration ("5m", "1h30m", "300ms"), or a number of seconds
-    ("3600", "-1": clients send those too)."""
+    ("3600", "-1": clients send those too).
+
+    >>> keep_alive_seconds("5m"), keep_alive_seconds("1h30m"), keep_alive_seconds("300ms")
+    (300.0, 5400.0, 0.3)
+    >>> keep_alive_seconds("3600"), keep_alive_seconds(0), keep_alive_seconds(None)
+    (3600.0, 0.0, None)
+    >>> keep_alive_seconds("-1"), keep_alive_seconds(-1)
+    (inf, inf)
+    >>> keep_alive_seconds("soon")
+    Traceback (most recent call last):
+      ...
+    modelberth.errors.APIError: 'keep_alive' 'soon' is not a duration such as "5m", "1h" or "30s".
+    """
     if value is None:
         return None
     if isinstance(value, bool):
