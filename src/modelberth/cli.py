@@ -31,6 +31,20 @@ KeyOpt = Annotated[str | None, typer.Option("--key", envvar="MODELBERTH_ADMIN_KE
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from modelberth import __version__
+        typer.echo(f"modelberth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """One OpenAI-compatible endpoint in front of many local model servers."""
+
+
 def _log_format(value: str) -> LogFormat:
     if value not in ("auto", "rich", "json", "plain"):
         raise typer.BadParameter("use auto, rich, json or plain", param_hint="--log-format")
