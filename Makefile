@@ -49,6 +49,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

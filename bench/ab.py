@@ -44,17 +44,22 @@ def source_tree(revision: str, work: Path) -> Iterator[Path]:
         yield ROOT
         return
     tree = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force",
-                    str(tree), revision], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(tree), revision],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield tree
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                       check=False, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+            check=False,
+            capture_output=True,
+        )
 
 
-def compare(variants: list[Variant], rounds: int, duration: float,
-            connections: int = 64) -> str:
+def compare(variants: list[Variant], rounds: int, duration: float, connections: int = 64) -> str:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         sink_port = free_port()
@@ -67,14 +72,22 @@ def compare(variants: list[Variant], rounds: int, duration: float,
             envs.append((label, {**env, "PYTHONPATH": str(tree / "src")}))
         results = side_by_side(stack, work, envs, duration, rounds, connections)
     first = results[variants[0][0]]["rps"]
-    return table([{"variant": label, **results[label], "x_first": results[label]["rps"] / first}
-                  for label, _, _ in variants])
+    return table(
+        [
+            {"variant": label, **results[label], "x_first": results[label]["rps"] / first}
+            for label, _, _ in variants
+        ]
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", type=parse_variant,
-                        help="LABEL=REV[,NAME=VALUE...]; REV `.` is the working tree")
+    parser.add_argument(
+        "variants",
+        nargs="+",
+        type=parse_variant,
+        help="LABEL=REV[,NAME=VALUE...]; REV `.` is the working tree",
+    )
     parser.add_argument("--rounds", type=int, default=6, help="wrk runs per variant")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64, help="wrk's -c")

@@ -47,8 +47,9 @@ def make_app(upstream: str) -> Callable[..., Awaitable[None]]:
     """The proxy on an aiohttp session."""
     session: aiohttp.ClientSession | None = None
 
-    async def lifespan(receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
+    async def lifespan(
+        receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
         nonlocal session
         while True:
             message = await receive()
@@ -61,18 +62,26 @@ def make_app(upstream: str) -> Callable[..., Awaitable[None]]:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def app(scope: Message, receive: Callable[[], Awaitable[Message]],
-                  send: Callable[[Message], Awaitable[None]]) -> None:
+    async def app(
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
         body = await read_body(receive)
         assert session is not None
-        async with session.post(upstream + scope["path"], data=body,
-                                headers={"content-type": "application/json"}) as resp:
-            await send({"type": "http.response.start", "status": resp.status,
-                        "headers": [(k, v) for k, v in resp.raw_headers
-                                    if k.lower() not in _DROPPED]})
+        async with session.post(
+            upstream + scope["path"], data=body, headers={"content-type": "application/json"}
+        ) as resp:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": resp.status,
+                    "headers": [(k, v) for k, v in resp.raw_headers if k.lower() not in _DROPPED],
+                }
+            )
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -85,8 +94,11 @@ def make_own_client_app(port: int) -> Callable[..., Awaitable[None]]:
     client = UpstreamClient()
     json_type = [(b"content-type", b"application/json")]
 
-    async def app(scope: Message, receive: Callable[[], Awaitable[Message]],
-                  send: Callable[[Message], Awaitable[None]]) -> None:
+    async def app(
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -96,9 +108,13 @@ def make_own_client_app(port: int) -> Callable[..., Awaitable[None]]:
         body = await read_body(receive)
         resp = await client.request("POST", "127.0.0.1", port, scope["path"], json_type, body)
         try:
-            await send({"type": "http.response.start", "status": resp.status,
-                        "headers": [(k, v) for k, v in resp.headers
-                                    if k.lower() not in _DROPPED]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": resp.status,
+                    "headers": [(k, v) for k, v in resp.headers if k.lower() not in _DROPPED],
+                }
+            )
             while chunk := await resp.next_piece():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -119,8 +135,14 @@ class RsgiApp:
         if self.client is None:
             self.client = UpstreamClient()
         body = await proto()
-        resp = await self.client.request("POST", "127.0.0.1", self.port, scope.path,
-                                         [(b"content-type", b"application/json")], body)
+        resp = await self.client.request(
+            "POST",
+            "127.0.0.1",
+            self.port,
+            scope.path,
+            [(b"content-type", b"application/json")],
+            body,
+        )
         try:
             headers = [(k.decode(), v.decode()) for k, v in resp.headers if k not in _DROPPED]
             proto.response_bytes(resp.status, headers, await resp.read())
@@ -136,8 +158,11 @@ def granian_target() -> Any:
     return make_own_client_app(port)
 
 
-async def lifespan_only(scope: Message, receive: Callable[[], Awaitable[Message]],
-                        send: Callable[[Message], Awaitable[None]]) -> None:
+async def lifespan_only(
+    scope: Message,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -149,8 +174,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--client", choices=("modelberth", "aiohttp"), default="modelberth")
-    parser.add_argument("--server", default="uvicorn",
-                        choices=("uvicorn", "modelberth", "granian", "granian-rsgi"))
+    parser.add_argument(
+        "--server", default="uvicorn", choices=("uvicorn", "modelberth", "granian", "granian-rsgi")
+    )
     args = parser.parse_args()
     if args.server.startswith("granian"):
         from granian.constants import Interfaces, Loops
@@ -159,18 +185,36 @@ def main() -> None:
         os.environ["CEILING_UPSTREAM_PORT"] = str(args.upstream_port)
         rsgi = args.server == "granian-rsgi"
         os.environ["CEILING_INTERFACE"] = "rsgi" if rsgi else "asgi"
-        Server("ceiling:granian_target", address="127.0.0.1", port=args.port,
-               interface=Interfaces.RSGI if rsgi else Interfaces.ASGI, factory=True,
-               workers=1, runtime_threads=1, loop=Loops.uvloop, log_enabled=False,
-               working_dir=Path(__file__).resolve().parent).serve()
+        Server(
+            "ceiling:granian_target",
+            address="127.0.0.1",
+            port=args.port,
+            interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
+            factory=True,
+            workers=1,
+            runtime_threads=1,
+            loop=Loops.uvloop,
+            log_enabled=False,
+            working_dir=Path(__file__).resolve().parent,
+        ).serve()
         return
-    app = (make_own_client_app(args.upstream_port) if args.client == "modelberth"
-           else make_app(f"http://127.0.0.1:{args.upstream_port}"))
+    app = (
+        make_own_client_app(args.upstream_port)
+        if args.client == "modelberth"
+        else make_app(f"http://127.0.0.1:{args.upstream_port}")
+    )
     protocol: Any = "httptools"
     if args.server == "modelberth":
         protocol = functools.partial(HttpProtocol, limits=Limits())
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, proxy_headers=False, http=protocol)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        http=protocol,
+    )
 
 
 if __name__ == "__main__":

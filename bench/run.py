@@ -41,9 +41,21 @@ FAKE = ROOT / "tests" / "fake_upstream.py"
 PY = sys.executable
 CHAT = "/v1/chat/completions"
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-ANSWER = json.dumps({"id": "c1", "object": "chat.completion", "model": "m", "choices": [
-    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hello"}}],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+ANSWER = json.dumps(
+    {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hello"},
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+)
 
 
 def free_port() -> int:
@@ -54,13 +66,19 @@ def free_port() -> int:
 
 
 def ensure_tools() -> None:
-    missing = [name for name, tool in (("wrk", "wrk"), ("nginx-light", "nginx"))
-               if shutil.which(tool) is None]
+    missing = [
+        name
+        for name, tool in (("wrk", "wrk"), ("nginx-light", "nginx"))
+        if shutil.which(tool) is None
+    ]
     if missing:
         print(f"installing {' '.join(missing)} (Debian)", file=sys.stderr)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
 
 
 def on_load_core(argv: list[str]) -> list[str]:
@@ -82,12 +100,13 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def nginx_conf(work: Path, port: int, body: str | None = None,
-               upstream: int | None = None) -> Path:
+def nginx_conf(work: Path, port: int, body: str | None = None, upstream: int | None = None) -> Path:
     """An nginx that answers a fixed completion (body) or proxies to `upstream`."""
     if upstream is not None:
-        location = (f"proxy_pass http://127.0.0.1:{upstream}; proxy_http_version 1.1; "
-                    'proxy_set_header Connection ""; proxy_buffering off;')
+        location = (
+            f"proxy_pass http://127.0.0.1:{upstream}; proxy_http_version 1.1; "
+            'proxy_set_header Connection ""; proxy_buffering off;'
+        )
         extra = f"upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}"
         location = location.replace(f"http://127.0.0.1:{upstream}", "http://up")
     else:
@@ -108,13 +127,22 @@ http {{
 
 
 @contextmanager
-def process(argv: list[str], cpu: int | None = None, env: dict[str, str] | None = None,
-            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str],
+    cpu: int | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     if cpu is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", str(cpu), *argv]
     out = log.open("ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -132,15 +160,37 @@ def with_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 @contextmanager
-def modelberth(work: Path, models: dict[str, Any], env: dict[str, str] | None = None,
-               resources: dict[str, Any] | None = None) -> Iterator[tuple[str, int]]:
+def modelberth(
+    work: Path,
+    models: dict[str, Any],
+    env: dict[str, str] | None = None,
+    resources: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, int]]:
     port = free_port()
-    config = {"server": {"port": port}, "models": models, **(
-        {"resources": resources} if resources else {})}
+    config = {
+        "server": {"port": port},
+        "models": models,
+        **({"resources": resources} if resources else {}),
+    }
     path = work / f"modelberth-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    with process([PY, "-m", "modelberth", "serve", "-c", str(path), "--log-level", "WARNING",
-                  "--log-format", "plain"], cpu=0, env=env, log=work / "modelberth.log") as mb:
+    with process(
+        [
+            PY,
+            "-m",
+            "modelberth",
+            "serve",
+            "-c",
+            str(path),
+            "--log-level",
+            "WARNING",
+            "--log-format",
+            "plain",
+        ],
+        cpu=0,
+        env=env,
+        log=work / "modelberth.log",
+    ) as mb:
         wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}", mb.pid
 
@@ -157,22 +207,40 @@ wrk.headers["Authorization"] = "Bearer sk-bench"
 def wrk(work: Path, url: str, connections: int, duration: float) -> dict[str, float]:
     script = work / "post.lua"
     script.write_text(_WRK_LUA)
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-            "-s", str(script), url + CHAT]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url + CHAT,
+    ]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "1", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                              r"timeout (\d+)", out)
-    latency = {p: _ms(m.group(2)) for m in re.finditer(r"\s+(50|99)(?:\.000)?%\s+([\d.]+\w+)", out)
-               for p in [m.group(1)]}
-    return {"rps": rps, "requests": total, "p50_ms": latency.get("50", float("nan")),
-            "p99_ms": latency.get("99", float("nan")),
-            "errors": float(errors.group(1) if errors else 0) + (
-                sum(int(g) for g in socket_errors.groups()) if socket_errors else 0)}
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+        r"timeout (\d+)",
+        out,
+    )
+    latency = {
+        p: _ms(m.group(2))
+        for m in re.finditer(r"\s+(50|99)(?:\.000)?%\s+([\d.]+\w+)", out)
+        for p in [m.group(1)]
+    }
+    return {
+        "rps": rps,
+        "requests": total,
+        "p50_ms": latency.get("50", float("nan")),
+        "p99_ms": latency.get("99", float("nan")),
+        "errors": float(errors.group(1) if errors else 0)
+        + (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0),
+    }
 
 
 def _ms(text: str) -> float:
@@ -180,8 +248,9 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-async def _streams(url: str, concurrency: int, rounds: int, chunks: int,
-                   delay: float) -> dict[str, Any]:
+async def _streams(
+    url: str, concurrency: int, rounds: int, chunks: int, delay: float
+) -> dict[str, Any]:
     body = {"model": "m", "stream": True, "chunks": chunks, "chunk_delay": delay}
     ttfts: list[float] = []
     gaps: list[float] = []
@@ -189,6 +258,7 @@ async def _streams(url: str, concurrency: int, rounds: int, chunks: int,
     errors = 0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one() -> None:
             nonlocal errors
             began = time.perf_counter()
@@ -206,9 +276,13 @@ async def _streams(url: str, concurrency: int, rounds: int, chunks: int,
 
         for _ in range(rounds):
             await asyncio.gather(*(one() for _ in range(concurrency)))
-    return {"ttft_p50": _pct(ttfts, 50), "ttft_p99": _pct(ttfts, 99), "errors": errors,
-            "pieces": statistics.median(pieces) if pieces else 0,
-            "gap_p50": _pct(gaps, 50)}
+    return {
+        "ttft_p50": _pct(ttfts, 50),
+        "ttft_p99": _pct(ttfts, 99),
+        "errors": errors,
+        "pieces": statistics.median(pieces) if pieces else 0,
+        "gap_p50": _pct(gaps, 50),
+    }
 
 
 def _pct(values: list[float], p: int) -> float:
@@ -218,8 +292,9 @@ def _pct(values: list[float], p: int) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-def streams(url: str, concurrency: int, rounds: int = 5, chunks: int = 8,
-            delay: float = 0.02) -> dict[str, Any]:
+def streams(
+    url: str, concurrency: int, rounds: int = 5, chunks: int = 8, delay: float = 0.02
+) -> dict[str, Any]:
     return asyncio.run(_streams(url, concurrency, rounds, chunks, delay))
 
 
@@ -229,6 +304,7 @@ async def _hold_streams(url: str, n: int, pid: int) -> tuple[int, float]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
         async def one() -> bool:
             try:
                 async with session.post(url + CHAT, json=body) as resp:
@@ -274,28 +350,43 @@ def serving_pid(pid: int) -> int:
     return children[0].pid if len(children) == 1 else pid
 
 
-def bench_fast_upstream(work: Path, duration: float, litellm: bool,
-                        reps: int) -> list[dict[str, Any]]:
+def bench_fast_upstream(
+    work: Path, duration: float, litellm: bool, reps: int
+) -> list[dict[str, Any]]:
     rows = []
     up_port = free_port()
     up_conf = nginx_conf(work, up_port, body=ANSWER)
-    models = {"m": {"command": on_load_core(["nginx", "-c", str(up_conf)]), "port": up_port,
-                    "health_path": "/health", "idle_timeout": 0, "preload": True}}
+    models = {
+        "m": {
+            "command": on_load_core(["nginx", "-c", str(up_conf)]),
+            "port": up_port,
+            "health_path": "/health",
+            "idle_timeout": 0,
+            "preload": True,
+        }
+    }
     ensure_granian()
     with modelberth(work, models) as (mb_url, mb_pid), ExitStack() as stack:
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
         ng_port = free_port()
         stack.enter_context(
-            process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0))
-        targets = [("direct", direct), ("modelberth", mb_url),
-                   ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}")]
+            process(["nginx", "-c", str(nginx_conf(work, ng_port, upstream=up_port))], cpu=0)
+        )
+        targets = [
+            ("direct", direct),
+            ("modelberth", mb_url),
+            ("nginx proxy_pass", f"http://127.0.0.1:{ng_port}"),
+        ]
         pids = {"modelberth": mb_pid}
         ceiling = [PY, str(ROOT / "bench" / "ceiling.py"), "--upstream-port", str(up_port)]
-        for name, extra in ((BARE, ["--server", "modelberth"]), (BARE_UVICORN, []),
-                            (BARE_AIOHTTP, ["--client", "aiohttp"]),
-                            (BARE_GRANIAN, ["--server", "granian"]),
-                            (BARE_RSGI, ["--server", "granian-rsgi"])):
+        for name, extra in (
+            (BARE, ["--server", "modelberth"]),
+            (BARE_UVICORN, []),
+            (BARE_AIOHTTP, ["--client", "aiohttp"]),
+            (BARE_GRANIAN, ["--server", "granian"]),
+            (BARE_RSGI, ["--server", "granian-rsgi"]),
+        ):
             port = free_port()
             proc = stack.enter_context(process([*ceiling, "--port", str(port), *extra], cpu=0))
             targets.append((name, f"http://127.0.0.1:{port}"))
@@ -313,14 +404,23 @@ def bench_fast_upstream(work: Path, duration: float, litellm: bool,
             one = interleaved(work, targets, 1, duration, reps)
             many = interleaved(work, targets, 64, duration, reps, pids)
             for name, _ in targets:
-                rows.append({"target": name, "p50_ms_c1": one[name]["p50_ms"],
-                             "p99_ms_c1": one[name]["p99_ms"],
-                             "rps_c64": many[name]["rps"],
-                             "x_direct_c64": many[name]["rps"] / many["direct"]["rps"],
-                             "cpu_us_per_req_c64": many[name].get("cpu_us_per_req", ""),
-                             "errors": one[name]["errors"] + many[name]["errors"]})
-            rows.append({"target": "modelberth RSS MB (idle / after load)",
-                         "value": f"{idle_rss:.0f} / {rss_mb(mb_pid):.0f}"})
+                rows.append(
+                    {
+                        "target": name,
+                        "p50_ms_c1": one[name]["p50_ms"],
+                        "p99_ms_c1": one[name]["p99_ms"],
+                        "rps_c64": many[name]["rps"],
+                        "x_direct_c64": many[name]["rps"] / many["direct"]["rps"],
+                        "cpu_us_per_req_c64": many[name].get("cpu_us_per_req", ""),
+                        "errors": one[name]["errors"] + many[name]["errors"],
+                    }
+                )
+            rows.append(
+                {
+                    "target": "modelberth RSS MB (idle / after load)",
+                    "value": f"{idle_rss:.0f} / {rss_mb(mb_pid):.0f}",
+                }
+            )
     return rows
 
 
@@ -335,21 +435,54 @@ def litellm_proxy(work: Path, up_port: int, enabled: bool) -> Iterator[str | Non
     venv = ROOT / "bench" / ".venv-litellm"
     lock = ROOT / "bench" / "litellm.lock"
     stamp = venv / "installed.lock"
-    if not (venv / "bin" / "litellm").exists() or not stamp.exists() or (
-            stamp.read_bytes() != lock.read_bytes()):
+    if (
+        not (venv / "bin" / "litellm").exists()
+        or not stamp.exists()
+        or (stamp.read_bytes() != lock.read_bytes())
+    ):
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([PY, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--require-hashes",
-                        "-r", str(lock)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "-r", str(lock)],
+            check=True,
+        )
         shutil.copyfile(lock, stamp)
     port = free_port()
     config = work / "litellm.yaml"
-    config.write_text(yaml.safe_dump({"model_list": [{"model_name": "m", "litellm_params": {
-        "model": "openai/m", "api_base": f"http://127.0.0.1:{up_port}/v1", "api_key": "x"}}]}))
-    env = {"LITELLM_MASTER_KEY": "sk-bench",  # every target gets this Bearer key from wrk
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # no fetch of the price list at start
-    with process([str(venv / "bin" / "litellm"), "--config", str(config), "--port", str(port),
-                  "--host", "127.0.0.1"], cpu=0, env=env, log=work / "litellm.log"):
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": "m",
+                        "litellm_params": {
+                            "model": "openai/m",
+                            "api_base": f"http://127.0.0.1:{up_port}/v1",
+                            "api_key": "x",
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    env = {
+        "LITELLM_MASTER_KEY": "sk-bench",  # every target gets this Bearer key from wrk
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }  # no fetch of the price list at start
+    with process(
+        [
+            str(venv / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        cpu=0,
+        env=env,
+        log=work / "litellm.log",
+    ):
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
         yield f"http://127.0.0.1:{port}"
 
@@ -357,9 +490,14 @@ def litellm_proxy(work: Path, up_port: int, enabled: bool) -> Iterator[str | Non
 def bench_streams(work: Path) -> list[dict[str, Any]]:
     rows = []
     up_port = free_port()
-    models = {"m": {"command": on_load_core([PY, str(FAKE), "--port", "${PORT}"]),
-                    "port": up_port,
-                    "idle_timeout": 0, "preload": True}}
+    models = {
+        "m": {
+            "command": on_load_core([PY, str(FAKE), "--port", "${PORT}"]),
+            "port": up_port,
+            "idle_timeout": 0,
+            "preload": True,
+        }
+    }
     with modelberth(work, models) as (mb_url, mb_pid):
         wait_http(f"http://127.0.0.1:{up_port}/health")
         direct = f"http://127.0.0.1:{up_port}"
@@ -368,11 +506,19 @@ def bench_streams(work: Path) -> list[dict[str, Any]]:
         for concurrency, rounds in ((1, 50), (32, 20)):  # 50 and 640 streams per target
             d = streams(direct, concurrency, rounds)
             m = streams(mb_url, concurrency, rounds)
-            rows.append({"streams": f"c={concurrency}", "direct_ttft_p50": d["ttft_p50"],
-                         "direct_ttft_p99": d["ttft_p99"], "mb_ttft_p50": m["ttft_p50"],
-                         "mb_ttft_p99": m["ttft_p99"], "direct_pieces": d["pieces"],
-                         "mb_pieces": m["pieces"], "mb_gap_p50": m["gap_p50"],
-                         "errors": d["errors"] + m["errors"]})
+            rows.append(
+                {
+                    "streams": f"c={concurrency}",
+                    "direct_ttft_p50": d["ttft_p50"],
+                    "direct_ttft_p99": d["ttft_p99"],
+                    "mb_ttft_p50": m["ttft_p50"],
+                    "mb_ttft_p99": m["ttft_p99"],
+                    "direct_pieces": d["pieces"],
+                    "mb_pieces": m["pieces"],
+                    "mb_gap_p50": m["gap_p50"],
+                    "errors": d["errors"] + m["errors"],
+                }
+            )
         failed, peak = asyncio.run(_hold_streams(mb_url, 1000, mb_pid))
         rows.append({"streams": "1000 held open", "errors": failed, "mb_peak_rss_mb": peak})
     return rows
@@ -387,18 +533,36 @@ def bench_cold_start_and_swap(work: Path) -> list[dict[str, Any]]:
     binary = str(llama_server_path())
 
     def argv(port: str) -> list[str]:
-        return [binary, "-m", str(model), "--host", "127.0.0.1", "--port", port, "-t", "1",
-                "-np", "1", "-c", "256", "--no-webui"]
+        return [
+            binary,
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "-t",
+            "1",
+            "-np",
+            "1",
+            "-c",
+            "256",
+            "--no-webui",
+        ]
 
-    body = json.dumps({"model": "a", "messages": [{"role": "user", "content": "hi"}],
-                       "max_tokens": 1}).encode()
+    body = json.dumps(
+        {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    ).encode()
 
     def ttfb(url: str, name: str) -> float:
         import urllib.request
 
-        request = urllib.request.Request(url + CHAT, data=body.replace(b'"a"',
-                                         f'"{name}"'.encode()), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url + CHAT,
+            data=body.replace(b'"a"', f'"{name}"'.encode()),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         began = time.perf_counter()
         with urllib.request.urlopen(request, timeout=60) as resp:
             resp.read(1)
@@ -414,8 +578,9 @@ def bench_cold_start_and_swap(work: Path) -> list[dict[str, Any]]:
             wait_until_healthy(f"http://127.0.0.1:{port}/health")
             own.append((time.perf_counter() - began) * 1000)
             direct += [ttfb(f"http://127.0.0.1:{port}", "a") for _ in range(2)]
-    models = {name: {"command": on_load_core(argv("${PORT}")), "memory_mb": 60}
-              for name in ("a", "b")}
+    models = {
+        name: {"command": on_load_core(argv("${PORT}")), "memory_mb": 60} for name in ("a", "b")
+    }
     cold, swaps = [], []
     with modelberth(work, models, resources={"memory_budget_mb": 100}) as (url, _):
         for _ in range(5):
@@ -423,16 +588,23 @@ def bench_cold_start_and_swap(work: Path) -> list[dict[str, Any]]:
             swaps.append(ttfb(url, "b"))  # ... and b evicts a: a swap
         warm = statistics.median(ttfb(url, "b") for _ in range(10))
     own_ms = statistics.median(own)
-    return [{"llama-server": "own time to healthy (ms)", "value": round(own_ms, 1)},
-            {"llama-server": "warm request direct (ms)",
-             "value": round(statistics.median(direct), 1)},
-            {"llama-server": "warm request through modelberth (ms)", "value": round(warm, 1)},
-            {"llama-server": "cold request via modelberth, first byte (ms)",
-             "value": round(statistics.median(cold), 1)},
-            {"llama-server": "cold-start overhead = cold - own - warm (ms)",
-             "value": round(statistics.median(cold) - own_ms - warm, 1)},
-            {"llama-server": "swap a -> b, first byte (ms)",
-             "value": round(statistics.median(swaps), 1)}]
+    return [
+        {"llama-server": "own time to healthy (ms)", "value": round(own_ms, 1)},
+        {"llama-server": "warm request direct (ms)", "value": round(statistics.median(direct), 1)},
+        {"llama-server": "warm request through modelberth (ms)", "value": round(warm, 1)},
+        {
+            "llama-server": "cold request via modelberth, first byte (ms)",
+            "value": round(statistics.median(cold), 1),
+        },
+        {
+            "llama-server": "cold-start overhead = cold - own - warm (ms)",
+            "value": round(statistics.median(cold) - own_ms - warm, 1),
+        },
+        {
+            "llama-server": "swap a -> b, first byte (ms)",
+            "value": round(statistics.median(swaps), 1),
+        },
+    ]
 
 
 def wait_until_healthy(url: str) -> None:
@@ -485,16 +657,24 @@ def export_process(pid: int) -> int | None:
 
 def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]]:
     sink_port = free_port()
-    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    otlp = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
 
     def sampled(ratio: str) -> dict[str, str]:
-        return {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": ratio}
+        return {
+            **otlp,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": ratio,
+        }
 
     variants: list[tuple[str, dict[str, str]]] = [
-        ("telemetry off", {}), ("tracing on (OTLP/HTTP)", otlp),
-        ("tracing 10% sampled", sampled("0.1")), ("tracing 1% sampled", sampled("0.01"))]
+        ("telemetry off", {}),
+        ("tracing on (OTLP/HTTP)", otlp),
+        ("tracing 10% sampled", sampled("0.1")),
+        ("tracing 1% sampled", sampled("0.01")),
+    ]
     with ExitStack() as stack:  # all at once, so their runs can be interleaved
         start_otlp_sink(stack, work, sink_port)
         results = side_by_side(stack, work, variants, duration, reps)
@@ -503,7 +683,8 @@ def bench_tracing(work: Path, duration: float, reps: int) -> list[dict[str, Any]
     off = results["telemetry off"]["rps"]
     rows: list[dict[str, Any]] = [
         {"telemetry": label, **results[label], "x_off": results[label]["rps"] / off}
-        for label, _ in variants]
+        for label, _ in variants
+    ]
     rows.append({"telemetry": "OTLP span exports received (MB)", "rps": received / 1e6})
     return rows
 
@@ -514,9 +695,14 @@ def start_otlp_sink(stack: ExitStack, work: Path, port: int) -> None:
     wait_http(f"http://127.0.0.1:{port}/health")
 
 
-def side_by_side(stack: ExitStack, work: Path, variants: list[tuple[str, dict[str, str]]],
-                 duration: float, reps: int,
-                 connections: int = 64) -> dict[str, dict[str, float]]:
+def side_by_side(
+    stack: ExitStack,
+    work: Path,
+    variants: list[tuple[str, dict[str, str]]],
+    duration: float,
+    reps: int,
+    connections: int = 64,
+) -> dict[str, dict[str, float]]:
     """One modelberth per (label, environment) on core 0, each with a fast nginx upstream of
     its own on core 1, all running at once (until `stack` closes), measured with wrk (c=64
     unless told) in interleaved rounds; span export processes are moved to core 1 and their
@@ -524,9 +710,17 @@ def side_by_side(stack: ExitStack, work: Path, variants: list[tuple[str, dict[st
     targets, pids, helpers = [], {}, {}
     for label, env in variants:
         up_port = free_port()
-        models = {"m": {"command": on_load_core(
-            ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]),
-            "port": up_port, "health_path": "/health", "idle_timeout": 0, "preload": True}}
+        models = {
+            "m": {
+                "command": on_load_core(
+                    ["nginx", "-c", str(nginx_conf(work, up_port, body=ANSWER))]
+                ),
+                "port": up_port,
+                "health_path": "/health",
+                "idle_timeout": 0,
+                "preload": True,
+            }
+        }
         url, pid = stack.enter_context(modelberth(work, models, env=env))
         pids[label] = pid
         helper = export_process(pid)
@@ -538,9 +732,15 @@ def side_by_side(stack: ExitStack, work: Path, variants: list[tuple[str, dict[st
     return interleaved(work, targets, connections, duration, reps, pids, helpers)
 
 
-def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, duration: float,
-                reps: int, pids: dict[str, int] | None = None,
-                helpers: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
+def interleaved(
+    work: Path,
+    targets: list[tuple[str, str]],
+    connections: int,
+    duration: float,
+    reps: int,
+    pids: dict[str, int] | None = None,
+    helpers: dict[str, int] | None = None,
+) -> dict[str, dict[str, float]]:
     """wrk against each target in turn, `reps` rounds; the median of each figure (errors
     summed). Interleaving spreads this machine's slow drifts over all targets alike. For the
     targets in `pids`, also the CPU time that process spent per request: unlike throughput,
@@ -557,9 +757,16 @@ def interleaved(work: Path, targets: list[tuple[str, str]], connections: int, du
                 run[key] = spent * 1e6 / run["requests"]
             runs[name].append(run)
     keys = ("rps", "p50_ms", "p99_ms", "errors", "cpu_us_per_req", "export_cpu_us_per_req")
-    return {name: {key: statistics.median(r[key] for r in got) if key != "errors"
-                   else sum(r[key] for r in got)
-                   for key in keys if key in got[0]} for name, got in runs.items()}
+    return {
+        name: {
+            key: statistics.median(r[key] for r in got)
+            if key != "errors"
+            else sum(r[key] for r in got)
+            for key in keys
+            if key in got[0]
+        }
+        for name, got in runs.items()
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -583,12 +790,19 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--reps", type=int, default=3,
-                        help="interleaved wrk rounds per target; medians are reported")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="interleaved wrk rounds per target; medians are reported",
+    )
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
-    parser.add_argument("--only", default="fast,streams,cold,telemetry",
-                        help="comma-separated sections: fast, streams, cold, telemetry")
+    parser.add_argument(
+        "--only",
+        default="fast,streams,cold,telemetry",
+        help="comma-separated sections: fast, streams, cold, telemetry",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     ensure_tools()

@@ -151,15 +151,18 @@ def _table(model: type[BaseModel], prefix: str, defs: dict[str, Any]) -> list[st
     for name, info in model.model_fields.items():
         kind = _cell(_schema_type(properties[name], defs))
         description = _cell(info.description or "")
-        rows.append(f"| `{prefix}{name}` | {kind} | {_default(name, model, info)} "
-                    f"| {description} |")
+        rows.append(
+            f"| `{prefix}{name}` | {kind} | {_default(name, model, info)} | {description} |"
+        )
     return rows
 
 
 def _templates() -> list[str]:
-    rows = ["| template | what | process command | docker image (with `gpus`) | docker command "
-            "| container port | health |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| template | what | process command | docker image (with `gpus`) | docker command "
+        "| container port | health |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for t in TEMPLATES.values():
         command = f"`{' '.join(t.command)}`" if t.command else "give `command`"
         image = f"`{t.image}`" if t.image else "give `image`"
@@ -167,8 +170,10 @@ def _templates() -> list[str]:
             image += f" (`{t.gpu_image}`)"
         docker_command = f"`{' '.join(t.docker_command)}`" if t.docker_command else "-"
         port = f"`{t.container_port}`" if t.container_port else "-"
-        rows.append(f"| `{t.name}` | {_cell(t.description)} | {command} | {image} "
-                    f"| {docker_command} | {port} | `{t.health_path}` |")
+        rows.append(
+            f"| `{t.name}` | {_cell(t.description)} | {command} | {image} "
+            f"| {docker_command} | {port} | `{t.health_path}` |"
+        )
     return rows
 
 
@@ -177,26 +182,39 @@ def configuration_md() -> str:
     defs: dict[str, Any] = Config.model_json_schema().get("$defs", {})
     parts = [INTRO, "## Example", "", EXAMPLE]
     for title, model, prefix in SECTIONS:
-        description = _cell(Config.model_fields[title].description or "") \
-            if title in Config.model_fields else ""
+        description = (
+            _cell(Config.model_fields[title].description or "")
+            if title in Config.model_fields
+            else ""
+        )
         if model is GpuBudget:
             description = "With `resources.gpus` as a list, each item:"
         elif model is ProbeConfig:
             description = " ".join((ProbeConfig.__doc__ or "").split())
         elif model is ModelConfig:
-            description = (f"{Config.model_fields['models'].description} Without a `template`, "
-                           "`command` is required, except with `runtime: remote`, which "
-                           "needs `base_url` instead.")
-        parts += [f"## `{title}`", "", *([description, ""] if description else []),
-                  *_table(model, prefix, defs), ""]
+            description = (
+                f"{Config.model_fields['models'].description} Without a `template`, "
+                "`command` is required, except with `runtime: remote`, which "
+                "needs `base_url` instead."
+            )
+        parts += [
+            f"## `{title}`",
+            "",
+            *([description, ""] if description else []),
+            *_table(model, prefix, defs),
+            "",
+        ]
     parts += [
-        "## Templates", "",
+        "## Templates",
+        "",
         "A template is a set of defaults for a known server; anything the model sets wins. "
         "Templates other than `openai` need `model_path`, which fills `${MODEL_PATH}`. With "
         "`runtime: docker` the docker command is the arguments after the image's entrypoint, "
         "and the image is the GPU one when the model has `gpus`; with `network: bridge` the "
-        "container port is published on `127.0.0.1:${PORT}`.", "",
-        *_templates(), "",
+        "container port is published on `127.0.0.1:${PORT}`.",
+        "",
+        *_templates(),
+        "",
     ]
     return "\n".join(parts)
 

@@ -59,8 +59,11 @@ def main() -> int:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    command = [part for part in args.command if part != "--"] if args.command[:1] == ["--"] \
+    command = (
+        [part for part in args.command if part != "--"]
+        if args.command[:1] == ["--"]
         else args.command
+    )
     began = time.monotonic()
     last_shown = [began]
     shown_percent = -5
@@ -79,9 +82,17 @@ def main() -> int:
 
     ticker = threading.Thread(target=heartbeat, daemon=True)
     ticker.start()
-    with args.log.open("w") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            errors="replace", bufsize=1) as proc:
+    with (
+        args.log.open("w") as log,
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        ) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -100,8 +111,11 @@ def main() -> int:
         code = proc.wait()
     done.set()
     if code != 0:
-        print(f"install failed (exit {code}) after {elapsed(time.monotonic() - began)}; "
-              f"the end of {args.log}:", file=sys.stderr)
+        print(
+            f"install failed (exit {code}) after {elapsed(time.monotonic() - began)}; "
+            f"the end of {args.log}:",
+            file=sys.stderr,
+        )
         sys.stderr.writelines(args.log.read_text().splitlines(keepends=True)[-40:])
         return code
     return 0

@@ -60,8 +60,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def llama_command(model: Path, *extra: str) -> list[str]:
     """The command of a real llama-server serving `model` on ${PORT}, kept small."""
-    return [str(llama_server_path()), "-m", str(model), "--host", "127.0.0.1",
-            "--port", "${PORT}", "-t", "1", "-np", "1", "-c", "512", "--no-webui", *extra]
+    return [
+        str(llama_server_path()),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "${PORT}",
+        "-t",
+        "1",
+        "-np",
+        "1",
+        "-c",
+        "512",
+        "--no-webui",
+        *extra,
+    ]
 
 
 def upstreams_of(pid: int) -> list[psutil.Process]:
@@ -142,19 +157,38 @@ class Modelberth:
         self.url = f"http://127.0.0.1:{config['server']['port']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, extra: list[str] | None = None, env: dict[str, str] | None = None,
-              prefix: list[str] | None = None) -> Modelberth:
+    def start(
+        self,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> Modelberth:
         """`prefix` runs the server under a command that execs it (such as prlimit)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-m", "modelberth", "serve",
-                 "-c", str(self.config_path), "--log-format", "plain",
-                 "--log-level", "DEBUG", *(extra or [])],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    *(prefix or []),
+                    sys.executable,
+                    "-m",
+                    "modelberth",
+                    "serve",
+                    "-c",
+                    str(self.config_path),
+                    "--log-format",
+                    "plain",
+                    "--log-level",
+                    "DEBUG",
+                    *(extra or []),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 # Its learned footprints stay with this server (kept across its restarts).
-                env={**os.environ, "NO_PROXY": "*",
-                     "MODELBERTH_STATE_DIR": str(self.config_path.parent / "state"),
-                     **(env or {})},
+                env={
+                    **os.environ,
+                    "NO_PROXY": "*",
+                    "MODELBERTH_STATE_DIR": str(self.config_path.parent / "state"),
+                    **(env or {}),
+                },
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -192,7 +226,8 @@ class Modelberth:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(
-                f"modelberth ignored signal {sig}:\n{self.log()[-3000:]}") from None
+                f"modelberth ignored signal {sig}:\n{self.log()[-3000:]}"
+            ) from None
 
     def kill_leftovers(self) -> list[int]:
         """Safety net for failed tests: end what this server started, report the pids."""

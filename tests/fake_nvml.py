@@ -115,8 +115,7 @@ def nvmlDeviceGetMemoryInfo(handle: int) -> _Memory:
     _check()
     gpu = _state()["gpus"][handle]
     total = int(gpu["total_mb"] * MB)
-    used = int(gpu.get("base_used_mb", 0) * MB) + sum(
-        p.usedGpuMemory or 0 for p in _users(handle))
+    used = int(gpu.get("base_used_mb", 0) * MB) + sum(p.usedGpuMemory or 0 for p in _users(handle))
     return _Memory(total=total, free=max(total - used, 0), used=used)
 
 

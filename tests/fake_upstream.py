@@ -64,13 +64,18 @@ class Wedge:
 
 
 def chunk(index: int, model: str) -> bytes:
-    body = {"id": "c1", "object": "chat.completion.chunk", "model": model,
-            "choices": [{"index": 0, "delta": {"content": f"tok{index} "}}]}
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": f"tok{index} "}}],
+    }
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-async def tool_call(request: web.Request, data: dict[str, object], model: str
-                    ) -> web.StreamResponse:
+async def tool_call(
+    request: web.Request, data: dict[str, object], model: str
+) -> web.StreamResponse:
     """Asked with tools: call the first one with {"city": "Oslo"} (streamed in two argument
     fragments when a stream was asked for)."""
     tools = data["tools"]
@@ -78,26 +83,63 @@ async def tool_call(request: web.Request, data: dict[str, object], model: str
     name = tools[0]["function"]["name"]
     usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
     if not data.get("stream"):
-        call = {"id": "call_1", "type": "function",
-                "function": {"name": name, "arguments": '{"city": "Oslo"}'}}
-        return web.json_response({
-            "id": "c2", "object": "chat.completion", "model": model, "usage": usage,
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": None, "tool_calls": [call]}}]})
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": name, "arguments": '{"city": "Oslo"}'},
+        }
+        return web.json_response(
+            {
+                "id": "c2",
+                "object": "chat.completion",
+                "model": model,
+                "usage": usage,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "tool_calls",
+                        "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                    }
+                ],
+            }
+        )
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    deltas = [{"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                               "function": {"name": name, "arguments": '{"city": '}}]},
-              {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]}]
+    deltas = [
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": name, "arguments": '{"city": '},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
+    ]
     for delta in deltas:
-        body = {"id": "c2", "object": "chat.completion.chunk", "model": model,
-                "choices": [{"index": 0, "delta": delta}]}
+        body = {
+            "id": "c2",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": delta}],
+        }
         await resp.write(f"data: {json.dumps(body)}\n\n".encode())
-    end = {"id": "c2", "object": "chat.completion.chunk", "model": model,
-           "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    end = {
+        "id": "c2",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+    }
     await resp.write(f"data: {json.dumps(end)}\n\n".encode())
-    final = {"id": "c2", "object": "chat.completion.chunk", "model": model, "choices": [],
-             "usage": usage}
+    final = {
+        "id": "c2",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
     await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
     return resp
 
@@ -113,9 +155,17 @@ def failing(args: argparse.Namespace, handler: Handler) -> Handler:
 
     async def fail(_: web.Request) -> web.StreamResponse:
         record(args, "request")
-        return web.json_response({"error": {"message": f"simulated failure {args.fail_status}",
-                                            "type": "server_error", "code": args.fail_status}},
-                                 status=args.fail_status)
+        return web.json_response(
+            {
+                "error": {
+                    "message": f"simulated failure {args.fail_status}",
+                    "type": "server_error",
+                    "code": args.fail_status,
+                }
+            },
+            status=args.fail_status,
+        )
+
     return fail
 
 
@@ -125,11 +175,17 @@ async def embeddings(request: web.Request) -> web.Response:
     given = data.get("input")
     inputs = [given] if isinstance(given, str) else list(given or [])
     words = sum(len(text.split()) for text in inputs)
-    return web.json_response({
-        "object": "list", "model": data.get("model", "?"),
-        "data": [{"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]}
-                 for i, t in enumerate(inputs)],
-        "usage": {"prompt_tokens": words, "total_tokens": words}})
+    return web.json_response(
+        {
+            "object": "list",
+            "model": data.get("model", "?"),
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]}
+                for i, t in enumerate(inputs)
+            ],
+            "usage": {"prompt_tokens": words, "total_tokens": words},
+        }
+    )
 
 
 def make_app(args: argparse.Namespace) -> web.Application:
@@ -137,8 +193,11 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
     async def health(_: web.Request) -> web.Response:
         # --loading-503: what llama-server answers while it loads
-        return loading_answer() if time.monotonic() < args.loading_until \
+        return (
+            loading_answer()
+            if time.monotonic() < args.loading_until
             else web.json_response({"status": "ok"})
+        )
 
     async def chat(request: web.Request) -> web.StreamResponse:
         data = await wedge.request(request)
@@ -161,17 +220,29 @@ def make_app(args: argparse.Namespace) -> web.Application:
         if messages[-1].get("role") == "tool":  # the answer after a tool ran
             data = {**data, "reply": f"the tool said: {messages[-1].get('content')}"}
         if not data.get("stream"):
-            return web.json_response({
-                "id": "c1", "object": "chat.completion", "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant",
-                                         "content": data.get("reply", "hello")}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-                "echo": {"headers": dict(request.headers), "query": request.query_string,
-                         "body_bytes": len(await request.read()),
-                         # Not under a "model" key: modelberth renames every one in answers.
-                         "sent_model": data.get("model"), "path": request.path},
-            })
+            return web.json_response(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": data.get("reply", "hello")},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                    "echo": {
+                        "headers": dict(request.headers),
+                        "query": request.query_string,
+                        "body_bytes": len(await request.read()),
+                        # Not under a "model" key: modelberth renames every one in answers.
+                        "sent_model": data.get("model"),
+                        "path": request.path,
+                    },
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         chunks = int(data.get("chunks", args.chunks))
@@ -191,9 +262,15 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        return web.json_response({"method": request.method, "path": request.path,
-                                  "query": request.query_string, "body_bytes": len(body),
-                                  "headers": dict(request.headers)})
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "body_bytes": len(body),
+                "headers": dict(request.headers),
+            }
+        )
 
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
@@ -205,9 +282,13 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", failing(args, chat))
-    app.add_routes([web.post("/v1/completions", failing(args, chat)),
-                    web.post("/v1/embeddings", failing(args, embeddings)),
-                    web.post("/wedge", wedge.set)])
+    app.add_routes(
+        [
+            web.post("/v1/completions", failing(args, chat)),
+            web.post("/v1/embeddings", failing(args, embeddings)),
+            web.post("/wedge", wedge.set),
+        ]
+    )
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get("/status/{code:\\d+}", status)
     app.router.add_post("/v1/{tail:.*}", failing(args, echo))
@@ -215,8 +296,10 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
 
 def loading_answer() -> web.Response:
-    return web.json_response({"error": {"message": "Loading model", "code": 503,
-                                        "type": "unavailable_error"}}, status=503)
+    return web.json_response(
+        {"error": {"message": "Loading model", "code": 503, "type": "unavailable_error"}},
+        status=503,
+    )
 
 
 def chatter(args: argparse.Namespace, began: float) -> None:
@@ -238,26 +321,46 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--exit-code", type=int, default=None)
-    parser.add_argument("--served-name", default=None,
-                        help="the model name answers carry (default: the request's)")
+    parser.add_argument(
+        "--served-name", default=None, help="the model name answers carry (default: the request's)"
+    )
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--die-after-chunks", type=int, default=None)
     parser.add_argument("--events", default=None)
     parser.add_argument("--ignore-sigterm", action="store_true")
-    parser.add_argument("--alloc-mb", type=int, default=0,
-                        help="hold this much resident memory, like a loaded model")
-    parser.add_argument("--spawn-child", action="store_true",
-                        help="also start a long-lived child process in the same group")
-    parser.add_argument("--print-load-lines", choices=sorted(LOAD_LINES), default=None,
-                        help="print a real server's load lines on stderr over the delay")
-    parser.add_argument("--print-every", type=float, default=0.0,
-                        help="print a line on stderr this often during the start delay")
+    parser.add_argument(
+        "--alloc-mb",
+        type=int,
+        default=0,
+        help="hold this much resident memory, like a loaded model",
+    )
+    parser.add_argument(
+        "--spawn-child",
+        action="store_true",
+        help="also start a long-lived child process in the same group",
+    )
+    parser.add_argument(
+        "--print-load-lines",
+        choices=sorted(LOAD_LINES),
+        default=None,
+        help="print a real server's load lines on stderr over the delay",
+    )
+    parser.add_argument(
+        "--print-every",
+        type=float,
+        default=0.0,
+        help="print a line on stderr this often during the start delay",
+    )
     parser.add_argument("--silent", action="store_true", help="print nothing at start")
-    parser.add_argument("--loading-503", action="store_true",
-                        help="listen at once, answering /health 503 during the delay")
-    parser.add_argument("--fail-status", type=int, default=0,
-                        help="answer every POST /v1/* with this status")
+    parser.add_argument(
+        "--loading-503",
+        action="store_true",
+        help="listen at once, answering /health 503 during the delay",
+    )
+    parser.add_argument(
+        "--fail-status", type=int, default=0, help="answer every POST /v1/* with this status"
+    )
     parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", default=None, help="... and this key")
     args = parser.parse_args()
@@ -286,8 +389,14 @@ def main() -> None:
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)
-    web.run_app(make_app(args), host=args.host, port=args.port, print=None,
-                handle_signals=not args.ignore_sigterm, ssl_context=tls)
+    web.run_app(
+        make_app(args),
+        host=args.host,
+        port=args.port,
+        print=None,
+        handle_signals=not args.ignore_sigterm,
+        ssl_context=tls,
+    )
 
 
 if __name__ == "__main__":

@@ -68,10 +68,17 @@ class Engine:
 
 
 def chunk(index: int, model: str, chat: bool) -> bytes:
-    choice = {"index": 0, "delta": {"content": f"tok{index} "}} if chat \
+    choice = (
+        {"index": 0, "delta": {"content": f"tok{index} "}}
+        if chat
         else {"index": 0, "text": f"tok{index} "}
-    body = {"id": "c1", "object": "chat.completion.chunk" if chat else "text_completion",
-            "model": model, "choices": [choice]}
+    )
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "model": model,
+        "choices": [choice],
+    }
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
@@ -82,18 +89,36 @@ async def answer(engine: Engine, request: web.Request) -> web.StreamResponse:
     chat = request.path.endswith("/chat/completions")
     if not engine.can_generate:
         engine.record("asleep-request")
-        return web.json_response({"object": "error", "message": "the engine is sleeping",
-                                  "type": "ServiceUnavailable", "code": 503}, status=503)
+        return web.json_response(
+            {
+                "object": "error",
+                "message": "the engine is sleeping",
+                "type": "ServiceUnavailable",
+                "code": 503,
+            },
+            status=503,
+        )
     engine.record("request")
     model = data.get("model", args.served_name)
     if not data.get("stream"):
-        choice = {"index": 0, "finish_reason": "stop",
-                  "message": {"role": "assistant", "content": "hello"}} if chat \
+        choice = (
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hello"},
+            }
+            if chat
             else {"index": 0, "finish_reason": "stop", "text": "hello"}
-        return web.json_response({
-            "id": "c1", "object": "chat.completion" if chat else "text_completion",
-            "model": model, "choices": [choice],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+        )
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion" if chat else "text_completion",
+                "model": model,
+                "choices": [choice],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     for i in range(int(data.get("chunks", 3))):
@@ -109,8 +134,12 @@ def make_app(engine: Engine) -> web.Application:
         return web.Response(status=200)
 
     async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": args.served_name, "object": "model", "owned_by": "vllm"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": args.served_name, "object": "model", "owned_by": "vllm"}],
+            }
+        )
 
     async def generate(request: web.Request) -> web.StreamResponse:
         return await answer(engine, request)
@@ -133,8 +162,9 @@ def make_app(engine: Engine) -> web.Application:
     async def wake_up(_: web.Request) -> web.Response:
         engine.record("wake_up")
         if args.fail_wake:
-            return web.json_response({"error": "simulated wake failure: CUDA out of memory"},
-                                     status=500)
+            return web.json_response(
+                {"error": "simulated wake failure: CUDA out of memory"}, status=500
+            )
         engine.host_weights = None  # back on the GPU (level 2: still to be reloaded)
         engine.level = 0
         engine.awake_at = time.monotonic() + args.wake_delay

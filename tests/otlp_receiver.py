@@ -57,13 +57,21 @@ class Received:
 
     def add_metrics(self, request: Any) -> None:
         with self.lock:
-            self.metrics += [metric for rm in request.resource_metrics
-                             for sm in rm.scope_metrics for metric in sm.metrics]
+            self.metrics += [
+                metric
+                for rm in request.resource_metrics
+                for sm in rm.scope_metrics
+                for metric in sm.metrics
+            ]
 
     def add_logs(self, request: Any) -> None:
         with self.lock:
-            self.logs += [log for rl in request.resource_logs for sl in rl.scope_logs
-                          for log in sl.log_records]
+            self.logs += [
+                log
+                for rl in request.resource_logs
+                for sl in rl.scope_logs
+                for log in sl.log_records
+            ]
 
     def span_named(self, prefix: str) -> list[Any]:
         with self.lock:
@@ -75,12 +83,21 @@ class Received:
 
 
 _ROUTES: dict[str, tuple[Any, str, Any]] = {
-    "/v1/traces": (trace_service_pb2.ExportTraceServiceRequest, "add_traces",
-                   trace_service_pb2.ExportTraceServiceResponse),
-    "/v1/metrics": (metrics_service_pb2.ExportMetricsServiceRequest, "add_metrics",
-                    metrics_service_pb2.ExportMetricsServiceResponse),
-    "/v1/logs": (logs_service_pb2.ExportLogsServiceRequest, "add_logs",
-                 logs_service_pb2.ExportLogsServiceResponse),
+    "/v1/traces": (
+        trace_service_pb2.ExportTraceServiceRequest,
+        "add_traces",
+        trace_service_pb2.ExportTraceServiceResponse,
+    ),
+    "/v1/metrics": (
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        "add_metrics",
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
+    "/v1/logs": (
+        logs_service_pb2.ExportLogsServiceRequest,
+        "add_logs",
+        logs_service_pb2.ExportLogsServiceResponse,
+    ),
 }
 
 
@@ -160,8 +177,9 @@ Receiver = TypeVar("Receiver", HttpReceiver, GrpcReceiver)
 
 
 @contextlib.contextmanager
-def exporting_to(receiver: Receiver, protocol: str,
-                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+def exporting_to(
+    receiver: Receiver, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Receiver]:
     """Point the OTLP exporters (OTEL_* variables) at `receiver`; close it afterwards."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
@@ -169,4 +187,3 @@ def exporting_to(receiver: Receiver, protocol: str,
         yield receiver
     finally:
         receiver.close()
-

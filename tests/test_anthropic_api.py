@@ -16,9 +16,15 @@ import pytest
 from conftest import Modelberth, fake_model, llama_command
 from test_telemetry import scrape
 
-WEATHER: Any = {"name": "get_weather", "description": "The weather in a city.",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
-                            "required": ["city"]}}
+WEATHER: Any = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 
 
 def client(mb: Modelberth, key: str = "unused") -> anthropic.Anthropic:
@@ -39,15 +45,19 @@ def translated(modelberth: Any) -> Modelberth:
 
 def test_messages_are_translated_for_an_openai_only_upstream(translated: Modelberth) -> None:
     message = client(translated).messages.create(
-        model="claude-local", max_tokens=64, system="Be brief.",
-        messages=[{"role": "user", "content": "Hi"}])
+        model="claude-local",
+        max_tokens=64,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hi"}],
+    )
     assert message.model == "claude-local"  # the name as the client sent it
     assert message.role == "assistant" and message.stop_reason == "end_turn"
     assert text(message) == "hello"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (3, 1)
 
     with client(translated).messages.stream(
-            model="m", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]) as stream:
+        model="m", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
         texts = list(stream.text_stream)
         final = stream.get_final_message()
     assert texts == [f"tok{i} " for i in range(5)]
@@ -64,8 +74,7 @@ def test_a_tool_call_round_trip(translated: Modelberth, stream: bool) -> None:
     ask: list[Any] = [{"role": "user", "content": "Weather in Oslo?"}]
     first: anthropic.types.Message
     if stream:
-        with sdk.messages.stream(model="m", max_tokens=64, tools=[WEATHER],
-                                 messages=ask) as events:
+        with sdk.messages.stream(model="m", max_tokens=64, tools=[WEATHER], messages=ask) as events:
             first = events.get_final_message()
     else:
         first = sdk.messages.create(model="m", max_tokens=64, tools=[WEATHER], messages=ask)
@@ -75,81 +84,108 @@ def test_a_tool_call_round_trip(translated: Modelberth, stream: bool) -> None:
     assert first.usage.output_tokens == 5
 
     turns: list[Any] = [
-        *ask, {"role": "assistant", "content": [block.model_dump() for block in first.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
-                                      "content": "12 degrees"}]}]
+        *ask,
+        {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "12 degrees"}],
+        },
+    ]
     answer = sdk.messages.create(model="m", max_tokens=64, tools=[WEATHER], messages=turns)
     assert text(answer) == "the tool said: 12 degrees"
 
 
-def test_errors_have_anthropics_shape_and_the_server_keeps_serving(
-        translated: Modelberth) -> None:
+def test_errors_have_anthropics_shape_and_the_server_keeps_serving(translated: Modelberth) -> None:
     sdk = client(translated)
     with pytest.raises(anthropic.NotFoundError) as missing:
-        sdk.messages.create(model="nope", max_tokens=8, messages=[{"role": "user",
-                                                                    "content": "x"}])
-    assert missing.value.body == {"type": "error", "error": {
-        "type": "not_found_error",
-        "message": "The model 'nope' does not exist or is not configured in modelberth."}}
-    raw = httpx.post(translated.url + "/v1/messages", timeout=10, json={
-        "model": "m", "messages": [{"role": "user", "content": "no max_tokens"}]})
+        sdk.messages.create(model="nope", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "The model 'nope' does not exist or is not configured in modelberth.",
+        },
+    }
+    raw = httpx.post(
+        translated.url + "/v1/messages",
+        timeout=10,
+        json={"model": "m", "messages": [{"role": "user", "content": "no max_tokens"}]},
+    )
     assert raw.status_code == 400
     assert raw.json()["type"] == "error"
     assert raw.json()["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in raw.json()["error"]["message"]
     broken = httpx.post(translated.url + "/v1/messages", content=b"{not json", timeout=10)
-    assert broken.status_code == 400 and broken.json()["error"]["type"] == \
-        "invalid_request_error"
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.APIStatusError) as no_tokenizer:
         sdk.messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
     assert no_tokenizer.value.status_code == 501
     assert no_tokenizer.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     assert "/tokenize" in no_tokenizer.value.body["error"]["message"]  # type: ignore[index]
     # OpenAI routes keep OpenAI's error shape.
-    openai_404 = httpx.post(translated.url + "/v1/chat/completions", timeout=10,
-                            json={"model": "nope", "messages": []})
+    openai_404 = httpx.post(
+        translated.url + "/v1/chat/completions", timeout=10, json={"model": "nope", "messages": []}
+    )
     assert openai_404.json()["error"]["code"] == "model_not_found"
-    assert text(sdk.messages.create(model="m", max_tokens=8, messages=[
-        {"role": "user", "content": "still there?"}])) == "hello"
+    assert (
+        text(
+            sdk.messages.create(
+                model="m", max_tokens=8, messages=[{"role": "user", "content": "still there?"}]
+            )
+        )
+        == "hello"
+    )
 
 
 def test_anthropic_clients_keys_are_accepted(modelberth: Any) -> None:
     mb = modelberth({"server": {"api_keys": ["secret"]}, "models": {"m": fake_model()}})
     with pytest.raises(anthropic.AuthenticationError) as refused:
-        client(mb, "wrong").messages.create(model="m", max_tokens=8, messages=[
-            {"role": "user", "content": "x"}])
+        client(mb, "wrong").messages.create(
+            model="m", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
     assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     # The SDK sends x-api-key and anthropic-version.
-    message = client(mb, "secret").messages.create(model="m", max_tokens=8, messages=[
-        {"role": "user", "content": "x"}])
+    message = client(mb, "secret").messages.create(
+        model="m", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+    )
     assert text(message) == "hello"
 
 
 @pytest.fixture
 def llama(modelberth: Any, tiny_model: Path) -> Iterator[Modelberth]:
-    yield modelberth({"models": {
-        "tiny": {"command": llama_command(tiny_model), "anthropic": "native"},
-        "tiny-translated": {"command": llama_command(tiny_model), "anthropic": "translate"}}})
+    yield modelberth(
+        {
+            "models": {
+                "tiny": {"command": llama_command(tiny_model), "anthropic": "native"},
+                "tiny-translated": {"command": llama_command(tiny_model), "anthropic": "translate"},
+            }
+        }
+    )
 
 
 def test_llama_server_speaks_messages_itself_and_counts_tokens(llama: Modelberth) -> None:
     sdk = client(llama)
-    message = sdk.messages.create(model="tiny", max_tokens=8,
-                                  messages=[{"role": "user", "content": "Hello"}])
+    message = sdk.messages.create(
+        model="tiny", max_tokens=8, messages=[{"role": "user", "content": "Hello"}]
+    )
     assert message.type == "message" and isinstance(text(message), str)
     assert message.usage.output_tokens > 0
-    with sdk.messages.stream(model="tiny", max_tokens=8,
-                             messages=[{"role": "user", "content": "Hello"}]) as stream:
+    with sdk.messages.stream(
+        model="tiny", max_tokens=8, messages=[{"role": "user", "content": "Hello"}]
+    ) as stream:
         final = stream.get_final_message()
     assert final.usage.output_tokens > 0
-    native = sdk.messages.count_tokens(model="tiny",
-                                       messages=[{"role": "user", "content": "Hello there"}])
+    native = sdk.messages.count_tokens(
+        model="tiny", messages=[{"role": "user", "content": "Hello there"}]
+    )
     assert native.input_tokens > 2
 
     # Translated, against the same server: chat completions and /tokenize.
-    translated = sdk.messages.create(model="tiny-translated", max_tokens=8,
-                                     messages=[{"role": "user", "content": "Hello"}])
+    translated = sdk.messages.create(
+        model="tiny-translated", max_tokens=8, messages=[{"role": "user", "content": "Hello"}]
+    )
     assert translated.model == "tiny-translated" and translated.usage.output_tokens > 0
-    counted = sdk.messages.count_tokens(model="tiny-translated",
-                                        messages=[{"role": "user", "content": "Hello there"}])
+    counted = sdk.messages.count_tokens(
+        model="tiny-translated", messages=[{"role": "user", "content": "Hello there"}]
+    )
     assert counted.input_tokens > 2

@@ -17,11 +17,17 @@ import pytest
 from conftest import free_port, upstreams_of, wait_for
 
 
-def modelberth_cli(*args: str, env: dict[str, str] | None = None,
-                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelberth", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          check=False)
+def modelberth_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelberth", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -30,10 +36,21 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     log = tmp_path / "demo.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modelberth", "demo", "--port", str(port),
-             "--log-format", "plain"],
-            stdout=out, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "MODELBERTH_CACHE_DIR": str(tmp_path / "cache")})
+            [
+                sys.executable,
+                "-m",
+                "modelberth",
+                "demo",
+                "--port",
+                str(port),
+                "--log-format",
+                "plain",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "MODELBERTH_CACHE_DIR": str(tmp_path / "cache")},
+        )
     try:
         yield f"http://127.0.0.1:{port}", proc, log
     finally:
@@ -56,9 +73,15 @@ def test_demo_answers_a_chat_request_within_seconds(
     assert f"{url}/v1/chat/completions" in text  # the ready-to-paste curl
     assert f"Dashboard:       {url}/ui" in text
     assert httpx.get(f"{url}/ui", timeout=10).status_code == 200
-    response = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
-        "model": "tiny", "max_tokens": 24,
-        "messages": [{"role": "user", "content": "Hello!"}]})
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": "tiny",
+            "max_tokens": 24,
+            "messages": [{"role": "user", "content": "Hello!"}],
+        },
+    )
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"]
     assert time.monotonic() - began < 15
@@ -101,8 +124,11 @@ def test_json_log_format(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     port = free_port()
     config.write_text(f"server: {{port: {port}}}\nmodels: {{}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "modelberth", "serve", "-c", str(config),
-                             "--log-format", "json"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelberth", "serve", "-c", str(config), "--log-format", "json"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: _up(port), timeout=20)
     finally:

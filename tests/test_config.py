@@ -80,10 +80,18 @@ def model(body: str, env: dict[str, str] | None = None) -> ModelSpec:
         ("defaults:\n  idle_timout: 1\n", "defaults.idle_timout", 2, "unknown key 'idle_timout'"),
         ("resources:\n  gpu: auto\n", "resources.gpu", 2, "unknown key 'gpu'"),
         ("docker:\n  host: x\n", "docker.host", 2, "unknown key 'host'"),
-        (f"models:\n  m:\n    command: {PORT_CMD}\n    comand: x\n", "models.m.comand", 4,
-         "unknown key 'comand'"),
-        ("resources:\n  gpus:\n    - index: 0\n      vram_budget_mb: 9\n      vram: 1\n",
-         "resources.gpus.0.vram", 5, "unknown key 'vram'"),
+        (
+            f"models:\n  m:\n    command: {PORT_CMD}\n    comand: x\n",
+            "models.m.comand",
+            4,
+            "unknown key 'comand'",
+        ),
+        (
+            "resources:\n  gpus:\n    - index: 0\n      vram_budget_mb: 9\n      vram: 1\n",
+            "resources.gpus.0.vram",
+            5,
+            "unknown key 'vram'",
+        ),
         # keys are read as written: YAML 1.1 would make `on` the boolean true
         ("on: 1\n", "on", 1, "unknown key 'on'"),
         # bad types
@@ -95,73 +103,171 @@ def model(body: str, env: dict[str, str] | None = None) -> ModelSpec:
         ("models: [a, b]\n", "models", 1, "valid dictionary"),
         ("defaults:\n  max_queue: -1\n", "defaults.max_queue", 2, "greater than or equal to 0"),
         ("models:\n  m: {command: 5}\n", "models.m.command", 2, "valid list"),
-        ("models:\n  m:\n    command: [srv, '${PORT}', null]\n", "models.m.command.2", 3,
-         "valid string"),
-        ("models:\n  m:\n    command: [srv, '${PORT}']\n    env: [A]\n", "models.m.env", 4,
-         "valid dictionary"),
-        ("models:\n  m:\n    command: [srv, '${PORT}']\n    runtime: podman\n",
-         "models.m.runtime", 4, "'swarm' or 'remote' (got 'podman')"),
+        (
+            "models:\n  m:\n    command: [srv, '${PORT}', null]\n",
+            "models.m.command.2",
+            3,
+            "valid string",
+        ),
+        (
+            "models:\n  m:\n    command: [srv, '${PORT}']\n    env: [A]\n",
+            "models.m.env",
+            4,
+            "valid dictionary",
+        ),
+        (
+            "models:\n  m:\n    command: [srv, '${PORT}']\n    runtime: podman\n",
+            "models.m.runtime",
+            4,
+            "'swarm' or 'remote' (got 'podman')",
+        ),
         # a union's members are not keys; a list is checked as the list member only
-        ("resources:\n  gpus:\n    - index: 0\n", "resources.gpus.0.vram_budget_mb", 3,
-         "Field required"),
+        (
+            "resources:\n  gpus:\n    - index: 0\n",
+            "resources.gpus.0.vram_budget_mb",
+            3,
+            "Field required",
+        ),
         # durations
         ("defaults:\n  idle_timeout: -1\n", "defaults.idle_timeout", 2, "greater than or equal"),
         ("defaults:\n  stop_timeout: -5s\n", "defaults.stop_timeout", 2, "duration like '30s'"),
         ("defaults:\n  idle_timeout: soon\n", "defaults.idle_timeout", 2, "duration like '30s'"),
         ("defaults:\n  drain_timeout: 5 minutes\n", "defaults.drain_timeout", 2, "duration"),
         ("defaults:\n  start_timeout: 0\n", "defaults.start_timeout", 2, "greater than 0"),
-        ("models:\n  m:\n    command: [srv, '${PORT}']\n    idle_timeout: -3\n",
-         "models.m.idle_timeout", 4, "greater than or equal to 0"),
-        ("models:\n  m:\n    command: [srv, '${PORT}']\n    start_timeout: 0s\n",
-         "models.m.start_timeout", 4, "greater than 0"),
+        (
+            "models:\n  m:\n    command: [srv, '${PORT}']\n    idle_timeout: -3\n",
+            "models.m.idle_timeout",
+            4,
+            "greater than or equal to 0",
+        ),
+        (
+            "models:\n  m:\n    command: [srv, '${PORT}']\n    start_timeout: 0s\n",
+            "models.m.start_timeout",
+            4,
+            "greater than 0",
+        ),
         # templates, commands, health
-        ("models:\n  m:\n    template: nope\n", "models.m.template", 3,
-         "'llama-cpp', 'vllm', 'tgi', 'sglang' or 'openai' (got 'nope')"),
-        ("models:\n  m:\n    command: [x, '${PORT}']\n    health_path: health\n",
-         "models.m.health_path", 4, "must start with '/'"),
+        (
+            "models:\n  m:\n    template: nope\n",
+            "models.m.template",
+            3,
+            "'llama-cpp', 'vllm', 'tgi', 'sglang' or 'openai' (got 'nope')",
+        ),
+        (
+            "models:\n  m:\n    command: [x, '${PORT}']\n    health_path: health\n",
+            "models.m.health_path",
+            4,
+            "must start with '/'",
+        ),
         ("models:\n  m:\n    command: []\n", "models.m.command", 3, "must not be empty"),
         ("models:\n  m:\n    command: ''\n", "models.m.command", 3, "must not be empty"),
-        ("models:\n  m:\n    command: srv \"${PORT}\n", "models.m.command", 3,
-         "No closing quotation"),
-        ("models:\n  m:\n    template: llama-cpp\n", "models.m", 2,
-         "template 'llama-cpp' needs `model_path`"),
-        ("models:\n  m:\n    runtime: docker\n    template: vllm\n", "models.m", 2,
-         "template 'vllm' needs `model_path`"),
+        (
+            'models:\n  m:\n    command: srv "${PORT}\n',
+            "models.m.command",
+            3,
+            "No closing quotation",
+        ),
+        (
+            "models:\n  m:\n    template: llama-cpp\n",
+            "models.m",
+            2,
+            "template 'llama-cpp' needs `model_path`",
+        ),
+        (
+            "models:\n  m:\n    runtime: docker\n    template: vllm\n",
+            "models.m",
+            2,
+            "template 'vllm' needs `model_path`",
+        ),
         ("models:\n  m:\n    template: openai\n", "models.m", 2, "no command"),
         ("models:\n  m:\n    idle_timeout: 3\n", "models.m", 2, "no command"),
-        ("models:\n  m:\n    command: [x, --port, 80]\n", "models.m", 2,
-         "cannot learn its port: put ${PORT} in `command` or `env`, or set a fixed `port`"),
-        ("models:\n  m:\n    command: [x, '${PORT}']\n    port: 0\n", "models.m.port", 4,
-         "greater than or equal to 1"),
+        (
+            "models:\n  m:\n    command: [x, --port, 80]\n",
+            "models.m",
+            2,
+            "cannot learn its port: put ${PORT} in `command` or `env`, or set a fixed `port`",
+        ),
+        (
+            "models:\n  m:\n    command: [x, '${PORT}']\n    port: 0\n",
+            "models.m.port",
+            4,
+            "greater than or equal to 1",
+        ),
         # runtime-specific keys
-        ("models:\n  m:\n    command: [x, '${PORT}']\n    image: y\n", "models.m", 2,
-         "image: only for runtime: docker"),
-        ("models:\n  m: {runtime: docker, command: [x, '${PORT}']}\n", "models.m", 2,
-         "needs `image`"),
-        ("models:\n  m: {runtime: docker, image: i, cwd: /tmp, command: [x, '${PORT}']}\n",
-         "models.m", 2, "cwd: only for runtime: process"),
-        ("models:\n  m: {runtime: docker, image: i, network: bridge}\n", "models.m", 2,
-         "network: bridge needs `container_port`"),
-        ("models:\n  m: {runtime: docker, image: i, command: [x, '${PORT}'], volumes: [a]}\n",
-         "models.m.volumes", 2, "'a' is not 'host:/container[:ro|rw]'"),
+        (
+            "models:\n  m:\n    command: [x, '${PORT}']\n    image: y\n",
+            "models.m",
+            2,
+            "image: only for runtime: docker",
+        ),
+        (
+            "models:\n  m: {runtime: docker, command: [x, '${PORT}']}\n",
+            "models.m",
+            2,
+            "needs `image`",
+        ),
+        (
+            "models:\n  m: {runtime: docker, image: i, cwd: /tmp, command: [x, '${PORT}']}\n",
+            "models.m",
+            2,
+            "cwd: only for runtime: process",
+        ),
+        (
+            "models:\n  m: {runtime: docker, image: i, network: bridge}\n",
+            "models.m",
+            2,
+            "network: bridge needs `container_port`",
+        ),
+        (
+            "models:\n  m: {runtime: docker, image: i, command: [x, '${PORT}'], volumes: [a]}\n",
+            "models.m.volumes",
+            2,
+            "'a' is not 'host:/container[:ro|rw]'",
+        ),
         # names and aliases: the offending key or list item, on its own line
-        ("models:\n  ok: {command: [x, '${PORT}']}\n  'bad name':\n    command: [x, '${PORT}']\n",
-         "models.bad name", 3, "model name 'bad name' may hold only letters, digits and ._:@+-"),
+        (
+            "models:\n  ok: {command: [x, '${PORT}']}\n"
+            "  'bad name':\n    command: [x, '${PORT}']\n",
+            "models.bad name",
+            3,
+            "model name 'bad name' may hold only letters, digits and ._:@+-",
+        ),
         ("models:\n  -m: {command: [x, '${PORT}']}\n", "models.-m", 2, "may hold only"),
-        ("models:\n  a: {command: [x, '${PORT}']}\n  b:\n    command: [y, '${PORT}']\n"
-         "    aliases:\n      - c\n      - a\n",
-         "models.b.aliases.1", 7, "alias 'a' of 'b' is already used by 'a'"),
-        ("models:\n  a: {command: [x, '${PORT}'], aliases: [z]}\n"
-         "  b: {command: [y, '${PORT}'], aliases: [z]}\n",
-         "models.b.aliases.0", 3, "alias 'z' of 'b' is already used by 'a'"),
-        ("models:\n  a: {command: [x, '${PORT}'], aliases: [b]}\n  b: {command: [y, '${PORT}']}\n",
-         "models.a.aliases.0", 2, "alias 'b' of 'a' is already used by 'b'"),
-        ("server:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - localhost\n",
-         "server.trusted_proxies", 2, "'localhost' is not an IP address or CIDR network"),
+        (
+            "models:\n  a: {command: [x, '${PORT}']}\n  b:\n    command: [y, '${PORT}']\n"
+            "    aliases:\n      - c\n      - a\n",
+            "models.b.aliases.1",
+            7,
+            "alias 'a' of 'b' is already used by 'a'",
+        ),
+        (
+            "models:\n  a: {command: [x, '${PORT}'], aliases: [z]}\n"
+            "  b: {command: [y, '${PORT}'], aliases: [z]}\n",
+            "models.b.aliases.0",
+            3,
+            "alias 'z' of 'b' is already used by 'a'",
+        ),
+        (
+            "models:\n  a: {command: [x, '${PORT}'], aliases: [b]}\n"
+            "  b: {command: [y, '${PORT}']}\n",
+            "models.a.aliases.0",
+            2,
+            "alias 'b' of 'a' is already used by 'b'",
+        ),
+        (
+            "server:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - localhost\n",
+            "server.trusted_proxies",
+            2,
+            "'localhost' is not an IP address or CIDR network",
+        ),
         ("server:\n  header_timeout: 0\n", "server.header_timeout", 2, "greater than 0"),
         ("server:\n  instance_id: 'a b'\n", "server.instance_id", 2, "should match pattern"),
-        ("defaults:\n  max_timeouts: 0\n", "defaults.max_timeouts", 2,
-         "greater than or equal to 1"),
+        (
+            "defaults:\n  max_timeouts: 0\n",
+            "defaults.max_timeouts",
+            2,
+            "greater than or equal to 1",
+        ),
         # YAML itself
         ("server:\n  port: 1\nserver:\n  port: 2\n", "server", 3, "duplicate key"),
         ("server:\n  host: a\n  host: b\n", "server.host", 3, "duplicate key"),
@@ -179,14 +285,17 @@ def model(body: str, env: dict[str, str] | None = None) -> ModelSpec:
         ("just text\n", "", 1, "the config must be a mapping of keys"),
         ("~\n", "", 1, "the config must be a mapping of keys"),
         # environment
-        ("models:\n  m:\n    command: [x, '${PORT}', '${NOT_SET}']\n", "models.m.command.2", 3,
-         "environment variable ${NOT_SET} is not set (use ${NOT_SET:-default} for a default)"),
+        (
+            "models:\n  m:\n    command: [x, '${PORT}', '${NOT_SET}']\n",
+            "models.m.command.2",
+            3,
+            "environment variable ${NOT_SET} is not set (use ${NOT_SET:-default} for a default)",
+        ),
         ("server:\n  host: ${HOST_ADDR}\n", "server.host", 2, "${HOST_ADDR} is not set"),
         ("server:\n  port: ${LISTEN}\n", "server.port", 2, "${LISTEN} is not set"),
     ],
 )
-def test_each_error_names_its_key_and_line(text: str, path: str, line: int,
-                                           message: str) -> None:
+def test_each_error_names_its_key_and_line(text: str, path: str, line: int, message: str) -> None:
     found_path, found_line, found_message = one_issue(text)
     assert (found_path, found_line) == (path, line), found_message
     assert message in found_message
@@ -229,12 +338,19 @@ defaults:
 
 @pytest.mark.parametrize(
     ("text", "path", "line", "allowed"),
-    [("resources:\n  gpus: 3\n", "resources.gpus", 2, "'auto'"),
-     ("models:\n  m:\n    command: [srv, '${PORT}']\n    gpus: some\n", "models.m.gpus", 4,
-      "'all'")],
+    [
+        ("resources:\n  gpus: 3\n", "resources.gpus", 2, "'auto'"),
+        (
+            "models:\n  m:\n    command: [srv, '${PORT}']\n    gpus: some\n",
+            "models.m.gpus",
+            4,
+            "'all'",
+        ),
+    ],
 )
-def test_a_value_fitting_no_union_member_names_the_key(text: str, path: str, line: int,
-                                                       allowed: str) -> None:
+def test_a_value_fitting_no_union_member_names_the_key(
+    text: str, path: str, line: int, allowed: str
+) -> None:
     found = issues(text)
     assert {(p, n) for p, n, _ in found} == {(path, line)}
     assert any(allowed in message for _, _, message in found)
@@ -263,16 +379,22 @@ models:
     command: [x]
   b: {command: [y, "${PORT}"], aliases: [a]}
 """
-    assert [(path, line) for path, line, _ in issues(text)] == [("models.a", 2),
-                                                                 ("models.b.aliases.0", 4)]
+    assert [(path, line) for path, line, _ in issues(text)] == [
+        ("models.a", 2),
+        ("models.b.aliases.0", 4),
+    ]
 
 
 def test_alias_collisions_from_python() -> None:
     with pytest.raises(ValidationError) as caught:
-        Config.model_validate({"models": {
-            "a": {"command": ["x", "${PORT}"], "aliases": ["b"]},
-            "b": {"command": ["y", "${PORT}"]},
-        }})
+        Config.model_validate(
+            {
+                "models": {
+                    "a": {"command": ["x", "${PORT}"], "aliases": ["b"]},
+                    "b": {"command": ["y", "${PORT}"]},
+                }
+            }
+        )
     ((error),) = caught.value.errors()
     assert error["loc"] == ("models", "a", "aliases", 0)
     assert error["msg"] == "alias 'b' of 'a' is already used by 'b'"
@@ -333,8 +455,15 @@ def test_good_config_resolves_defaults_templates_and_env() -> None:
     assert a.start_timeout == b.start_timeout == 30.0
     assert a.aliases == ("gpt-4o-mini",)
     assert b.model_path == "/srv/models/b.gguf"
-    assert b.argv(5) == ["llama-server", "--host", "127.0.0.1", "--port", "5",
-                         "-m", "/srv/models/b.gguf"]
+    assert b.argv(5) == [
+        "llama-server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5",
+        "-m",
+        "/srv/models/b.gguf",
+    ]
     assert b.health_path == "/health"
     assert a.health_path == "/health"  # no template: /health
 
@@ -349,12 +478,30 @@ def test_an_empty_file_is_a_config_without_models() -> None:
 def test_command_string_is_split_like_a_shell_but_never_run_by_one() -> None:
     spec = model(
         "    command: >-\n"
-        "      srv --name 'two words' --msg \"a \\\"quoted\\\" b\" --path a\\ b\n"
+        '      srv --name \'two words\' --msg "a \\"quoted\\" b" --path a\\ b\n'
         "      --port ${PORT} ; rm -rf / && echo $(id) | cat > out '*'\n"
     )
     assert spec.argv(80) == [
-        "srv", "--name", "two words", "--msg", 'a "quoted" b', "--path", "a b",
-        "--port", "80", ";", "rm", "-rf", "/", "&&", "echo", "$(id)", "|", "cat", ">", "out",
+        "srv",
+        "--name",
+        "two words",
+        "--msg",
+        'a "quoted" b',
+        "--path",
+        "a b",
+        "--port",
+        "80",
+        ";",
+        "rm",
+        "-rf",
+        "/",
+        "&&",
+        "echo",
+        "$(id)",
+        "|",
+        "cat",
+        ">",
+        "out",
         "*",
     ]
 
@@ -370,17 +517,43 @@ def test_numbers_in_command_and_env_become_strings_as_written() -> None:
         "              --hex, 0x1F, --time, 1:30, --flag, true]\n"
         "    env: {THREADS: 8, SCALE: 1.50, ON: yes, OFF: false, MODE: 0o17, EMPTY: ''}\n"
     )
-    assert spec.argv(9)[3:] == ["-t", "4", "--temp", "0.7", "--seed", "010", "--v", "1.10",
-                                "--hex", "0x1F", "--time", "1:30", "--flag", "true"]
-    assert spec.environment(9) == {"THREADS": "8", "SCALE": "1.50", "ON": "yes",
-                                   "OFF": "false", "MODE": "0o17", "EMPTY": ""}
+    assert spec.argv(9)[3:] == [
+        "-t",
+        "4",
+        "--temp",
+        "0.7",
+        "--seed",
+        "010",
+        "--v",
+        "1.10",
+        "--hex",
+        "0x1F",
+        "--time",
+        "1:30",
+        "--flag",
+        "true",
+    ]
+    assert spec.environment(9) == {
+        "THREADS": "8",
+        "SCALE": "1.50",
+        "ON": "yes",
+        "OFF": "false",
+        "MODE": "0o17",
+        "EMPTY": "",
+    }
 
 
 def test_numbers_become_strings_from_python_too() -> None:
-    config = Config.model_validate({"models": {"m": {
-        "command": ["srv", "--port", "${PORT}", "-t", 4, "--temp", 0.5],
-        "env": {"N": 3, "F": 1.5, "B": True, "S": "s"},
-    }}})
+    config = Config.model_validate(
+        {
+            "models": {
+                "m": {
+                    "command": ["srv", "--port", "${PORT}", "-t", 4, "--temp", 0.5],
+                    "env": {"N": 3, "F": 1.5, "B": True, "S": "s"},
+                }
+            }
+        }
+    )
     spec = config.specs()["m"]
     assert spec.command == ("srv", "--port", "${PORT}", "-t", "4", "--temp", "0.5")
     assert spec.env == {"N": "3", "F": "1.5", "B": "true", "S": "s"}
@@ -388,20 +561,36 @@ def test_numbers_become_strings_from_python_too() -> None:
 
 @pytest.mark.parametrize(
     ("written", "seconds"),
-    [("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("1.5h", 5400.0),
-     ("'10'", 10.0), ("' 2 s '", 2.0), ("45", 45.0), ("2.5", 2.5), ("0", 0.0)],
+    [
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        ("'10'", 10.0),
+        ("' 2 s '", 2.0),
+        ("45", 45.0),
+        ("2.5", 2.5),
+        ("0", 0.0),
+    ],
 )
 def test_durations(written: str, seconds: float) -> None:
-    config = parse_config(f"defaults:\n  idle_timeout: {written}\n  stop_timeout: {written}\n",
-                          env={})
+    config = parse_config(
+        f"defaults:\n  idle_timeout: {written}\n  stop_timeout: {written}\n", env={}
+    )
     assert config.defaults.idle_timeout == seconds
     assert config.defaults.stop_timeout == seconds
 
 
 def test_builtin_defaults() -> None:
     spec = model("    command: [x, '${PORT}']\n")
-    assert (spec.idle_timeout, spec.start_timeout, spec.stop_timeout, spec.drain_timeout,
-            spec.max_queue) == (300.0, 120.0, 10.0, 30.0, 64)
+    assert (
+        spec.idle_timeout,
+        spec.start_timeout,
+        spec.stop_timeout,
+        spec.drain_timeout,
+        spec.max_queue,
+    ) == (300.0, 120.0, 10.0, 30.0, 64)
     assert spec.runtime == "process"
     assert spec.docker is None
     assert spec.fixed_port is None
@@ -423,11 +612,17 @@ models:
     specs = parse_config(text, env={}).specs()
     plain, own = specs["plain"], specs["own"]
     assert (plain.first_byte_timeout, plain.stream_stall_timeout, plain.max_timeouts) == (
-        300.0, 120.0, 2)
+        300.0,
+        120.0,
+        2,
+    )
     assert (own.first_byte_timeout, own.stream_stall_timeout, own.max_timeouts) == (0.0, 2.0, 5)
     builtin = model("    command: [x, '${PORT}']\n")
-    assert (builtin.first_byte_timeout, builtin.stream_stall_timeout, builtin.max_timeouts) \
-        == (600.0, 120.0, 3)
+    assert (builtin.first_byte_timeout, builtin.stream_stall_timeout, builtin.max_timeouts) == (
+        600.0,
+        120.0,
+        3,
+    )
 
 
 def test_an_admin_key_is_an_inference_key_too() -> None:
@@ -456,20 +651,46 @@ models:
 """
     specs = parse_config(text, env={}).specs()
     plain, own = specs["plain"], specs["own"]
-    assert (plain.idle_timeout, plain.start_timeout, plain.stop_timeout, plain.drain_timeout,
-            plain.max_queue) == (60.0, 120.0, 3.0, 4.0, 5)
+    assert (
+        plain.idle_timeout,
+        plain.start_timeout,
+        plain.stop_timeout,
+        plain.drain_timeout,
+        plain.max_queue,
+    ) == (60.0, 120.0, 3.0, 4.0, 5)
     # 0 is a value, not "unset": it wins over the default too
-    assert (own.idle_timeout, own.start_timeout, own.stop_timeout, own.drain_timeout,
-            own.max_queue) == (0.0, 3600.0, 0.5, 0.0, 0)
+    assert (
+        own.idle_timeout,
+        own.start_timeout,
+        own.stop_timeout,
+        own.drain_timeout,
+        own.max_queue,
+    ) == (0.0, 3600.0, 0.5, 0.0, 0)
 
 
 PROCESS_ARGV = {
     "llama-cpp": ["llama-server", "--host", "127.0.0.1", "--port", "7", "-m", "/m/x"],
     "vllm": ["vllm", "serve", "/m/x", "--host", "127.0.0.1", "--port", "7"],
-    "tgi": ["text-generation-launcher", "--model-id", "/m/x", "--hostname", "127.0.0.1",
-            "--port", "7"],
-    "sglang": ["python3", "-m", "sglang.launch_server", "--model-path", "/m/x", "--host",
-               "127.0.0.1", "--port", "7"],
+    "tgi": [
+        "text-generation-launcher",
+        "--model-id",
+        "/m/x",
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        "7",
+    ],
+    "sglang": [
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "/m/x",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "7",
+    ],
     "openai": ["my-server", "--listen", "127.0.0.1:7"],
 }
 
@@ -498,18 +719,22 @@ def test_every_template_resolves_for_docker(name: str) -> None:
     assert host.docker.image == template.image
     assert host.docker.network == "host"
     assert host.listen_host == "127.0.0.1"
-    assert host.argv(7) == [part.replace("${HOST}", "127.0.0.1").replace("${PORT}", "7")
-                            .replace("${MODEL_PATH}", "/m/x") for part in template.docker_command]
+    assert host.argv(7) == [
+        part.replace("${HOST}", "127.0.0.1")
+        .replace("${PORT}", "7")
+        .replace("${MODEL_PATH}", "/m/x")
+        for part in template.docker_command
+    ]
     assert "7" in host.argv(7)
     assert "/m/x" in host.argv(7)
 
-    gpu = model(f"    runtime: docker\n    template: {name}\n    model_path: /m/x\n"
-                "    gpus: all\n")
+    gpu = model(f"    runtime: docker\n    template: {name}\n    model_path: /m/x\n    gpus: all\n")
     assert gpu.docker is not None
     assert gpu.docker.image == template.gpu_image
 
-    bridged = model(f"    runtime: docker\n    template: {name}\n    model_path: /m/x\n"
-                    "    network: bridge\n")
+    bridged = model(
+        f"    runtime: docker\n    template: {name}\n    model_path: /m/x\n    network: bridge\n"
+    )
     assert bridged.docker is not None
     assert bridged.docker.container_port == template.container_port
     assert bridged.listen_host == "0.0.0.0"
@@ -517,21 +742,26 @@ def test_every_template_resolves_for_docker(name: str) -> None:
 
 
 def test_a_template_fills_only_what_the_model_leaves_out() -> None:
-    spec = model("    template: llama-cpp\n    command: [my-llama, -p, '${PORT}']\n"
-                 "    health_path: /ready\n")
+    spec = model(
+        "    template: llama-cpp\n    command: [my-llama, -p, '${PORT}']\n    health_path: /ready\n"
+    )
     assert spec.argv(3) == ["my-llama", "-p", "3"]
     assert spec.health_path == "/ready"
-    docker = model("    runtime: docker\n    template: vllm\n    image: my/vllm:1\n"
-                   "    command: [--model, m, --port, '${PORT}']\n    gpus: [0, 1]\n"
-                   "    network: bridge\n    container_port: 9000\n")
+    docker = model(
+        "    runtime: docker\n    template: vllm\n    image: my/vllm:1\n"
+        "    command: [--model, m, --port, '${PORT}']\n    gpus: [0, 1]\n"
+        "    network: bridge\n    container_port: 9000\n"
+    )
     assert docker.docker is not None
     assert (docker.docker.image, docker.docker.container_port) == ("my/vllm:1", 9000)
     assert docker.gpus == (0, 1)
 
 
 def test_openai_template_with_an_image_needs_no_command() -> None:
-    spec = model("    runtime: docker\n    template: openai\n    image: my/server\n"
-                 "    env: {PORT: '${PORT}'}\n")
+    spec = model(
+        "    runtime: docker\n    template: openai\n    image: my/server\n"
+        "    env: {PORT: '${PORT}'}\n"
+    )
     assert spec.command == ()
     assert spec.health_path == "/v1/models"
     assert spec.environment(5) == {"PORT": "5"}
@@ -556,18 +786,31 @@ def test_per_start_placeholders_are_kept_then_filled() -> None:
     # kept for each start, never taken from the environment
     assert spec.command[1] == "--port=${PORT}"
     assert spec.command[4] == "${MODEL_PATH}"
-    assert spec.argv(42) == ["srv", "--port=42", "--host=127.0.0.1", "-m", "/models/q.gguf",
-                             "--alias", "m", "$HOME", "${PORT}", "cost=5$"]
+    assert spec.argv(42) == [
+        "srv",
+        "--port=42",
+        "--host=127.0.0.1",
+        "-m",
+        "/models/q.gguf",
+        "--alias",
+        "m",
+        "$HOME",
+        "${PORT}",
+        "cost=5$",
+    ]
     assert spec.argv(43)[1] == "--port=43"
-    assert spec.environment(42) == {"P": "42", "WHO": "m@127.0.0.1", "FILE": "/models/q.gguf",
-                                    "D": "$x"}
+    assert spec.environment(42) == {
+        "P": "42",
+        "WHO": "m@127.0.0.1",
+        "FILE": "/models/q.gguf",
+        "D": "$x",
+    }
 
 
 def test_gpus_set_cuda_visible_devices_for_a_process() -> None:
     spec = model("    command: [x, '${PORT}']\n    gpus: [1, 3]\n")
     # PCI bus order: CUDA then numbers the GPUs as NVML (and so the scheduler) does.
-    assert spec.environment(1) == {"CUDA_VISIBLE_DEVICES": "1,3",
-                                   "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert spec.environment(1) == {"CUDA_VISIBLE_DEVICES": "1,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     own = model("    command: [x, '${PORT}']\n    gpus: [1]\n    env: {CUDA_VISIBLE_DEVICES: 0}\n")
     assert own.environment(1) == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
@@ -588,17 +831,18 @@ models:
     assert config.server.port == 9001  # a number field from a variable
     assert config.server.api_keys == ["k1", "k2", ""]
     spec = config.specs()["m"]
-    assert spec.argv(5) == ["/opt/bin/srv", "--port", "5", "--home", "/home/me/x y",
-                            "--verbose"]
+    assert spec.argv(5) == ["/opt/bin/srv", "--port", "5", "--home", "/home/me/x y", "--verbose"]
     assert spec.model_path == "/home/me/models/m.gguf"
     assert spec.cwd == "/home/me"
 
 
 def test_env_values_with_dollars_stay_literal() -> None:
     env = {"SECRET": "pa$$w${PORT}rd$"}
-    text = ("server:\n  api_keys: ['${SECRET}', 'a$$b']\nmodels:\n  m:\n"
-            "    command: [srv, '${PORT}', '${SECRET}']\n    model_path: '${SECRET}'\n"
-            "    env: {S: '${SECRET}'}\n")
+    text = (
+        "server:\n  api_keys: ['${SECRET}', 'a$$b']\nmodels:\n  m:\n"
+        "    command: [srv, '${PORT}', '${SECRET}']\n    model_path: '${SECRET}'\n"
+        "    env: {S: '${SECRET}'}\n"
+    )
     config = parse_config(text, env=env)
     assert config.server.api_keys == ["pa$$w${PORT}rd$", "a$b"]
     spec = config.specs()["m"]
@@ -608,11 +852,13 @@ def test_env_values_with_dollars_stay_literal() -> None:
 
 
 def test_the_process_environment_is_used_only_without_a_mapping(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("MB_TEST_HOST", "10.1.2.3")
     assert parse_config("server:\n  host: ${MB_TEST_HOST}\n").server.host == "10.1.2.3"
-    assert one_issue("server:\n  host: ${MB_TEST_HOST}\n", env={"UNRELATED": "1"})[2] \
-        .startswith("environment variable ${MB_TEST_HOST} is not set")
+    assert one_issue("server:\n  host: ${MB_TEST_HOST}\n", env={"UNRELATED": "1"})[2].startswith(
+        "environment variable ${MB_TEST_HOST} is not set"
+    )
 
 
 def test_yaml_anchors_and_merge_keys() -> None:
@@ -651,8 +897,9 @@ models:
 
 
 def test_keys_are_read_as_written() -> None:
-    config = parse_config(f"models:\n  1: {{command: {PORT_CMD}}}\n  7b: {{command: {PORT_CMD}}}\n",
-                          env={})
+    config = parse_config(
+        f"models:\n  1: {{command: {PORT_CMD}}}\n  7b: {{command: {PORT_CMD}}}\n", env={}
+    )
     assert list(config.models) == ["1", "7b"]
 
 
@@ -662,17 +909,31 @@ def test_config_hash_follows_what_changes_the_upstream() -> None:
 
     base = spec("").config_hash()
     assert spec("").config_hash() == base  # stable
-    for same in ("    idle_timeout: 9\n", "    start_timeout: 1\n", "    aliases: [x]\n",
-                 "    max_queue: 1\n", "    preload: true\n", "    priority: 3\n",
-                 "    pinned: true\n"):
+    for same in (
+        "    idle_timeout: 9\n",
+        "    start_timeout: 1\n",
+        "    aliases: [x]\n",
+        "    max_queue: 1\n",
+        "    preload: true\n",
+        "    priority: 3\n",
+        "    pinned: true\n",
+    ):
         assert spec(same).config_hash() == base, same
-    changed = {spec(extra).config_hash() for extra in (
-        "    env: {A: b}\n", "    model_path: /m\n", "    health_path: /ready\n",
-        "    cwd: /tmp\n", "    port: 9\n", "    gpus: [0]\n")}
+    changed = {
+        spec(extra).config_hash()
+        for extra in (
+            "    env: {A: b}\n",
+            "    model_path: /m\n",
+            "    health_path: /ready\n",
+            "    cwd: /tmp\n",
+            "    port: 9\n",
+            "    gpus: [0]\n",
+        )
+    }
     assert base not in changed
     assert len(changed) == 6
     assert model('    command: [s, "${PORT}", -v]\n').config_hash() != base
-    assert model('    command: s ${PORT}\n').config_hash() == base  # same argv, same hash
+    assert model("    command: s ${PORT}\n").config_hash() == base  # same argv, same hash
 
 
 # --- loading files ------------------------------------------------------------------------
@@ -737,10 +998,15 @@ def test_json_schema_accepts_what_the_loader_accepts_and_rejects_unknown_keys() 
     good = yaml.safe_load(GOOD.replace("${MODELS}", "/srv"))
     parse_config(GOOD, env={"MODELS": "/srv"})
     assert validator.is_valid(good), list(validator.iter_errors(good))
-    for bad in ({"bogus": 1}, {"server": {"prot": 1}}, {"models": {"m": {"comand": "x"}}},
-                {"models": {"bad name": {"command": "x ${PORT}"}}},
-                {"defaults": {"idle_timeout": "soon"}}, {"defaults": {"idle_timeout": -1}},
-                {"models": {"m": {"template": "nope"}}}):
+    for bad in (
+        {"bogus": 1},
+        {"server": {"prot": 1}},
+        {"models": {"m": {"comand": "x"}}},
+        {"models": {"bad name": {"command": "x ${PORT}"}}},
+        {"defaults": {"idle_timeout": "soon"}},
+        {"defaults": {"idle_timeout": -1}},
+        {"models": {"m": {"template": "nope"}}},
+    ):
         assert not validator.is_valid(bad), bad
 
 
@@ -791,11 +1057,18 @@ def test_design_example_is_valid() -> None:
 # --- CLI ----------------------------------------------------------------------------------
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelberth", *args], capture_output=True,
-                          text=True, timeout=60, check=False, cwd=cwd,
-                          env={**os.environ, **(env or {})})
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelberth", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_check_accepts_a_good_file(tmp_path: Path) -> None:
@@ -811,9 +1084,11 @@ def test_check_accepts_a_good_file(tmp_path: Path) -> None:
 
 def test_check_reports_every_error_with_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("server:\n  port: x\nmodels:\n  m:\n    comand: y\n"
-                   "  n:\n    command: [z, '${PORT}']\n    aliases: [m]\n"
-                   "  o:\n    template: vllm\n")
+    bad.write_text(
+        "server:\n  port: x\nmodels:\n  m:\n    comand: y\n"
+        "  n:\n    command: [z, '${PORT}']\n    aliases: [m]\n"
+        "  o:\n    template: vllm\n"
+    )
     failed = run_cli("check", "-c", str(bad))
     assert failed.returncode == 2
     assert failed.stdout == ""
@@ -838,8 +1113,9 @@ def test_check_reports_bad_yaml_with_its_line(tmp_path: Path) -> None:
 def test_check_reports_a_missing_file(tmp_path: Path) -> None:
     missing = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
     assert missing.returncode != 0
-    assert f"{tmp_path / 'nope.yaml'}:<root>: cannot read: No such file or directory" \
-        in missing.stderr
+    assert (
+        f"{tmp_path / 'nope.yaml'}:<root>: cannot read: No such file or directory" in missing.stderr
+    )
     assert "Traceback" not in missing.stderr
     default = run_cli("check", cwd=tmp_path, env={"MODELBERTH_CONFIG": ""})
     assert default.returncode != 0

@@ -22,8 +22,9 @@ CHAT = "/v1/chat/completions"
 
 def chat(mb: Modelberth, model: str, **body: Any) -> httpx.Response:
     with mb.client() as client:
-        return client.post(CHAT, json={"model": model, "messages": [
-            {"role": "user", "content": "hi"}], **body})
+        return client.post(
+            CHAT, json={"model": model, "messages": [{"role": "user", "content": "hi"}], **body}
+        )
 
 
 def get(mb: Modelberth, path: str, **params: Any) -> httpx.Response:
@@ -31,7 +32,8 @@ def get(mb: Modelberth, path: str, **params: Any) -> httpx.Response:
 
 
 def test_recent_requests_are_listed_newest_first_with_their_timings(
-        modelberth: Any, tmp_path: Path) -> None:
+    modelberth: Any, tmp_path: Path
+) -> None:
     mb = modelberth({"models": {"m": fake_model(aliases=["alias-m"])}})
     assert chat(mb, "alias-m").status_code == 200  # cold: starts m
     assert chat(mb, "m", stream=True).status_code == 200
@@ -50,8 +52,9 @@ def test_recent_requests_are_listed_newest_first_with_their_timings(
     assert cold["duration_seconds"] >= cold["ttft_seconds"]
     assert cold["id"] < streamed["id"] < missing["id"]
 
-    assert [r["id"] for r in get(mb, "/api/requests", status="error").json()["requests"]] \
-        == [missing["id"]]
+    assert [r["id"] for r in get(mb, "/api/requests", status="error").json()["requests"]] == [
+        missing["id"]
+    ]
     assert len(get(mb, "/api/requests", status="ok").json()["requests"]) == 2
     assert len(get(mb, "/api/requests", model="alias-m").json()["requests"]) == 1
     assert len(get(mb, "/api/requests", limit=1).json()["requests"]) == 1
@@ -65,14 +68,19 @@ def test_recent_requests_are_listed_newest_first_with_their_timings(
     assert get(mb, "/health").status_code == 200  # still serving
 
 
-def test_bodies_are_captured_only_when_switched_on_and_cut_at_the_limit(
-        modelberth: Any) -> None:
-    mb = modelberth({"activity": {"size": 3, "capture_bodies": True, "capture_kb": 1},
-                     "models": {"m": fake_model()}})
+def test_bodies_are_captured_only_when_switched_on_and_cut_at_the_limit(modelberth: Any) -> None:
+    mb = modelberth(
+        {
+            "activity": {"size": 3, "capture_bodies": True, "capture_kb": 1},
+            "models": {"m": fake_model()},
+        }
+    )
     assert chat(mb, "m", pad="x" * 3000).status_code == 200
     assert chat(mb, "m", stream=True).status_code == 200
-    big, streamed = (get(mb, f"/api/requests/{r['id']}").json()
-                     for r in reversed(get(mb, "/api/requests").json()["requests"]))
+    big, streamed = (
+        get(mb, f"/api/requests/{r['id']}").json()
+        for r in reversed(get(mb, "/api/requests").json()["requests"])
+    )
     assert big["request_truncated"] is True and len(big["request_body"]) == 1024
     assert big["request_body"].startswith('{"model":"m"')
     assert json.loads(big["response_body"])["choices"][0]["message"]["content"] == "hello"
@@ -92,10 +100,13 @@ def test_bodies_are_captured_only_when_switched_on_and_cut_at_the_limit(
     assert get(mb, f"/api/requests/{kept[0]['id']}").json()["request_body"] is None
 
 
-def test_history_samples_the_machine_and_marks_evictions(modelberth: Any,
-                                                         tmp_path: Path) -> None:
-    mb = modelberth({"resources": {"memory_budget_mb": 250},
-                     "models": {name: fake_model(memory_mb=150) for name in ("a", "b")}})
+def test_history_samples_the_machine_and_marks_evictions(modelberth: Any, tmp_path: Path) -> None:
+    mb = modelberth(
+        {
+            "resources": {"memory_budget_mb": 250},
+            "models": {name: fake_model(memory_mb=150) for name in ("a", "b")},
+        }
+    )
     assert chat(mb, "a").status_code == 200
     assert chat(mb, "b").status_code == 200  # a is idle: evicted for b
     history = get(mb, "/api/history").json()
@@ -110,8 +121,7 @@ def test_history_samples_the_machine_and_marks_evictions(modelberth: Any,
 
 
 def test_model_status_carries_estimates_and_the_idle_deadline(modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": fake_model(memory_mb=300, idle_timeout=60,
-                                                preload=True)}})
+    mb = modelberth({"models": {"m": fake_model(memory_mb=300, idle_timeout=60, preload=True)}})
     wait_for(lambda: mb.status("m")["state"] == "ready")
     status = mb.status("m")
     assert status["estimate_memory_bytes"] == 300 * 2**20
@@ -119,12 +129,16 @@ def test_model_status_carries_estimates_and_the_idle_deadline(modelberth: Any) -
     assert status["idle_stop_at"] is not None
     assert 55 < status["idle_stop_at"] - status["last_used_at"] <= 60.5
     # /v1/models tells chat UIs the same (issue #18): seconds left, null when not running.
-    listed = {m["id"]: m["modelberth"] for m in httpx.get(mb.url + "/v1/models",
-                                                           timeout=10).json()["data"]}
+    listed = {
+        m["id"]: m["modelberth"]
+        for m in httpx.get(mb.url + "/v1/models", timeout=10).json()["data"]
+    }
     assert 55 < listed["m"]["idle_seconds_left"] <= 60
     assert httpx.post(mb.url + "/api/models/m/stop", timeout=30).json()["state"] == "stopped"
-    listed = {m["id"]: m["modelberth"] for m in httpx.get(mb.url + "/v1/models",
-                                                           timeout=10).json()["data"]}
+    listed = {
+        m["id"]: m["modelberth"]
+        for m in httpx.get(mb.url + "/v1/models", timeout=10).json()["data"]
+    }
     assert listed["m"]["idle_seconds_left"] is None
     assert mb.status("m")["idle_stop_at"] is None
 
@@ -134,8 +148,12 @@ def test_own_log_lists_and_follows_modelberths_lines(modelberth: Any) -> None:
     seen: list[dict[str, Any]] = []
 
     def follow() -> None:
-        with httpx.stream("GET", mb.url + "/api/logs", params={
-                "follow": "true", "tail": "0", "format": "json"}, timeout=30) as resp:
+        with httpx.stream(
+            "GET",
+            mb.url + "/api/logs",
+            params={"follow": "true", "tail": "0", "format": "json"},
+            timeout=30,
+        ) as resp:
             for line in resp.iter_lines():
                 seen.append(json.loads(line))
                 if seen[-1]["text"].startswith("[m] ") and "ready" in seen[-1]["text"]:
@@ -154,13 +172,15 @@ def test_own_log_lists_and_follows_modelberths_lines(modelberth: Any) -> None:
     assert len(get(mb, "/api/logs", tail=2, format="json").text.splitlines()) == 2
 
 
-def test_config_is_shown_without_its_secrets_and_with_the_last_reload(
-        modelberth: Any) -> None:
+def test_config_is_shown_without_its_secrets_and_with_the_last_reload(modelberth: Any) -> None:
     model = fake_model(env={"HF_TOKEN": "hf-secret", "MAX_TOKENS": "12"})
     model["command"] = [*model["command"], "--api-key", "upstream-secret"]
-    mb = modelberth({"server": {"api_keys": ["inference-secret"],
-                                "admin_keys": ["admin-secret"]},
-                     "models": {"m": model}})
+    mb = modelberth(
+        {
+            "server": {"api_keys": ["inference-secret"], "admin_keys": ["admin-secret"]},
+            "models": {"m": model},
+        }
+    )
     admin = {"Authorization": "Bearer admin-secret"}
     assert httpx.get(mb.url + "/api/config", timeout=10).status_code == 401
     shown = httpx.get(mb.url + "/api/config", headers=admin, timeout=10)
@@ -196,8 +216,11 @@ def test_stop_all_stops_every_model(modelberth: Any) -> None:
     assert chat(mb, "a").status_code == 200 and chat(mb, "b").status_code == 200
     stopped = httpx.post(mb.url + "/api/stop-all", timeout=30)
     assert stopped.status_code == 200
-    assert {m["name"]: m["state"] for m in stopped.json()["models"]} == \
-        {"a": "stopped", "b": "stopped", "c": "stopped"}
+    assert {m["name"]: m["state"] for m in stopped.json()["models"]} == {
+        "a": "stopped",
+        "b": "stopped",
+        "c": "stopped",
+    }
     assert chat(mb, "a").status_code == 200  # and they start again on demand
 
 
@@ -236,9 +259,14 @@ def test_open_event_and_log_streams_do_not_hold_up_shutdown(modelberth: Any) -> 
                 pass
         ended.append(path)
 
-    readers = [threading.Thread(target=read, args=(path,), kwargs=params, daemon=True)
-               for path, params in (("/api/events", {}), ("/api/logs", {"follow": "true"}),
-                                    ("/api/models/m/logs", {"follow": "true"}))]
+    readers = [
+        threading.Thread(target=read, args=(path,), kwargs=params, daemon=True)
+        for path, params in (
+            ("/api/events", {}),
+            ("/api/logs", {"follow": "true"}),
+            ("/api/models/m/logs", {"follow": "true"}),
+        )
+    ]
     for reader in readers:
         reader.start()
     time.sleep(0.5)

@@ -37,11 +37,14 @@ IMAGE = "modelberth-test/host:1"
 REPO = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
 # The image holds almost nothing: host binaries and Python come in read-only.
-HOST_MOUNTS = ["/usr:/usr:ro", f"{sys.base_prefix}:{sys.base_prefix}:ro", f"{REPO}:{REPO}:ro",
-               # The venv too when it lives outside the repository (a git worktree run with
-               # another checkout's venv): the fake upstream runs on its Python.
-               *([] if Path(sys.prefix).is_relative_to(REPO) else
-                 [f"{sys.prefix}:{sys.prefix}:ro"])]
+HOST_MOUNTS = [
+    "/usr:/usr:ro",
+    f"{sys.base_prefix}:{sys.base_prefix}:ro",
+    f"{REPO}:{REPO}:ro",
+    # The venv too when it lives outside the repository (a git worktree run with
+    # another checkout's venv): the fake upstream runs on its Python.
+    *([] if Path(sys.prefix).is_relative_to(REPO) else [f"{sys.prefix}:{sys.prefix}:ro"]),
+]
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +53,11 @@ def engine() -> Iterator[docker.DockerClient]:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        pytest.fail(f"no Docker engine: {exc}. `make test` starts one with "
-                    "scripts/ensure-docker-engine.sh (Debian's docker.io).", pytrace=False)
+        pytest.fail(
+            f"no Docker engine: {exc}. `make test` starts one with "
+            "scripts/ensure-docker-engine.sh (Debian's docker.io).",
+            pytrace=False,
+        )
     yield client
     client.close()
 
@@ -87,6 +93,7 @@ def image(engine: docker.DockerClient) -> str:
 @pytest.fixture
 def containers(engine: docker.DockerClient) -> Iterator[Any]:
     """Lists this engine's modelberth containers; after the test, asserts none is left."""
+
     def listing() -> list[Any]:
         return list(engine.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}))
 
@@ -102,8 +109,15 @@ def fake_container(base_image: str, tmp: Path, *extra: str, **settings: Any) -> 
         "runtime": "docker",
         "image": base_image,
         "pull": "never",
-        "command": [sys.executable, FAKE, "--port", "${PORT}", "--events",
-                    str(tmp / "events"), *extra],
+        "command": [
+            sys.executable,
+            FAKE,
+            "--port",
+            "${PORT}",
+            "--events",
+            str(tmp / "events"),
+            *extra,
+        ],
         "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
         "stop_timeout": 2,
         **settings,
@@ -204,29 +218,46 @@ def test_crash_while_ready_is_noticed_at_once(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"image": "modelberth-test/absent:1", "pull": "never"},
-         ["image 'modelberth-test/absent:1' is not present locally (pull: never)"]),
-        ({"image": "modelberth-test/absent:1", "pull": "missing"},
-         ["image 'modelberth-test/absent:1' is missing and could not be pulled"]),
-        ({"command": ["/no/such/binary", "${PORT}"]},
-         ["exited during start (exit code 127)", "exec /no/such/binary failed"]),
+        (
+            {"image": "modelberth-test/absent:1", "pull": "never"},
+            ["image 'modelberth-test/absent:1' is not present locally (pull: never)"],
+        ),
+        (
+            {"image": "modelberth-test/absent:1", "pull": "missing"},
+            ["image 'modelberth-test/absent:1' is missing and could not be pulled"],
+        ),
+        (
+            {"command": ["/no/such/binary", "${PORT}"]},
+            ["exited during start (exit code 127)", "exec /no/such/binary failed"],
+        ),
     ],
     ids=["pull-never", "pull-fails", "bad-command"],
 )
 def test_start_errors_are_503_with_the_cause(
-    containers: Any, modelberth: Any, image: str, tmp_path: Path, settings: dict[str, Any],
+    containers: Any,
+    modelberth: Any,
+    image: str,
+    tmp_path: Path,
+    settings: dict[str, Any],
     message: list[str],
 ) -> None:
-    mb = modelberth({"models": {"m": {**fake_container(image, tmp_path), **settings},
-                                "ok": fake_container(image, tmp_path)}})
+    mb = modelberth(
+        {
+            "models": {
+                "m": {**fake_container(image, tmp_path), **settings},
+                "ok": fake_container(image, tmp_path),
+            }
+        }
+    )
     response = post_chat(mb)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "model_start_failed"
     for fragment in message:
         assert fragment in response.json()["error"]["message"]
     # The failed container is removed in the background (the 503 does not wait for it).
-    wait_for(lambda: not [c for c in containers() if c.labels["modelberth.model"] == "m"],
-             timeout=10)
+    wait_for(
+        lambda: not [c for c in containers() if c.labels["modelberth.model"] == "m"], timeout=10
+    )
     assert post_chat(mb, "ok").status_code == 200
 
 
@@ -246,11 +277,15 @@ def test_daemon_down_keeps_modelberth_up_and_it_recovers(
     containers: Any, modelberth: Any, image: str, tmp_path: Path
 ) -> None:
     sock = tmp_path / "engine.sock"  # absent at first: the daemon is unreachable
-    mb = modelberth({
-        "docker": {"url": f"unix://{sock}"},
-        "models": {"m": fake_container(image, tmp_path),
-                   "local": {"command": [sys.executable, FAKE, "--port", "${PORT}"]}},
-    })
+    mb = modelberth(
+        {
+            "docker": {"url": f"unix://{sock}"},
+            "models": {
+                "m": fake_container(image, tmp_path),
+                "local": {"command": [sys.executable, FAKE, "--port", "${PORT}"]},
+            },
+        }
+    )
     response = post_chat(mb)
     assert response.status_code == 503
     assert "Docker daemon unreachable" in response.json()["error"]["message"]
@@ -276,8 +311,9 @@ def test_kill_9_then_restart_adopts_the_running_container(
     assert len(containers()) == 1  # containers do not die with their manager
 
     # The same server again (same host, same port: the same default instance id).
-    second = modelberth({"server": {"port": first.port},
-                         "models": {"m": fake_container(image, tmp_path)}})
+    second = modelberth(
+        {"server": {"port": first.port}, "models": {"m": fake_container(image, tmp_path)}}
+    )
     status = second.status("m")
     assert status["state"] == "ready"
     assert status["runtime_id"] == container_id
@@ -294,12 +330,18 @@ def test_boot_removes_containers_that_do_not_match(
     first.stop(signal.SIGKILL)
     own = instance_of(first)
     stale = engine.containers.create(
-        image, ["true"], name=container_name(own, "gone"),
-        labels={LABEL_MANAGED: "true", "modelberth.model": "gone", LABEL_INSTANCE: own})
+        image,
+        ["true"],
+        name=container_name(own, "gone"),
+        labels={LABEL_MANAGED: "true", "modelberth.model": "gone", LABEL_INSTANCE: own},
+    )
     assert stale.status == "created"
     foreign = engine.containers.create(  # another instance's: none of this one's business
-        image, ["true"], name=container_name("other", "m"),
-        labels={LABEL_MANAGED: "true", "modelberth.model": "m", LABEL_INSTANCE: "other"})
+        image,
+        ["true"],
+        name=container_name("other", "m"),
+        labels={LABEL_MANAGED: "true", "modelberth.model": "m", LABEL_INSTANCE: "other"},
+    )
     try:
         changed = fake_container(image, tmp_path, "--chunks", "3")  # another config hash
         second = modelberth({"server": {"port": first.port}, "models": {"m": changed}})
@@ -322,8 +364,10 @@ models:
 """
     specs = parse_config(yaml_text).specs()
     runtime = DockerRuntime(instance="gpu-test")
-    for name, expected in (("some", {"Count": 0, "DeviceIDs": ["0", "1"]}),
-                           ("every", {"Count": -1, "DeviceIDs": []})):
+    for name, expected in (
+        ("some", {"Count": 0, "DeviceIDs": ["0", "1"]}),
+        ("every", {"Count": -1, "DeviceIDs": []}),
+    ):
         args = runtime._create_args(specs[name], 9999, image)
         args["name"] = f"modelberth-gpu-test-{name}"
         container = engine.containers.create(**args)
@@ -371,21 +415,49 @@ def test_real_llama_server_in_a_container(
 ) -> None:
     model = ensure_tiny_model(tmp_path / "tiny.gguf")
     binary = llama_server_path()
-    mb = modelberth({"models": {"tiny": {
-        "runtime": "docker", "image": image, "pull": "never",
-        "command": [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", "${PORT}",
-                    "-t", "1", "-np", "1", "-c", "512", "--no-webui"],
-        "volumes": [*HOST_MOUNTS, f"{tmp_path}:{tmp_path}:ro"],
-    }}})
+    mb = modelberth(
+        {
+            "models": {
+                "tiny": {
+                    "runtime": "docker",
+                    "image": image,
+                    "pull": "never",
+                    "command": [
+                        str(binary),
+                        "-m",
+                        str(model),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "${PORT}",
+                        "-t",
+                        "1",
+                        "-np",
+                        "1",
+                        "-c",
+                        "512",
+                        "--no-webui",
+                    ],
+                    "volumes": [*HOST_MOUNTS, f"{tmp_path}:{tmp_path}:ro"],
+                }
+            }
+        }
+    )
     began = time.monotonic()
     with openai.OpenAI(base_url=mb.url + "/v1", api_key="x", max_retries=0) as client:
         reply = client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
         assert reply.usage is not None
         assert reply.usage.completion_tokens > 0
-        chunks = list(client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
-            stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=8,
+                stream=True,
+            )
+        )
         assert len(chunks) >= 3
     assert time.monotonic() - began < 30
     assert len(containers()) == 1
@@ -416,15 +488,20 @@ def test_two_instances_on_one_engine_leave_each_other_alone(
 ) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = modelberth({"server": {"instance_id": "alpha"},
-                    "models": {"m": fake_container(image, tmp_path / "a")}})
+    a = modelberth(
+        {"server": {"instance_id": "alpha"}, "models": {"m": fake_container(image, tmp_path / "a")}}
+    )
     assert post_chat(a).status_code == 200
     (a_container,) = containers()
     assert a_container.labels[LABEL_INSTANCE] == "alpha"
 
     # Another config (another hash for "m"), another instance, on the same engine.
-    b = modelberth({"server": {"instance_id": "beta"},
-                    "models": {"m": fake_container(image, tmp_path / "b", "--chunks", "3")}})
+    b = modelberth(
+        {
+            "server": {"instance_id": "beta"},
+            "models": {"m": fake_container(image, tmp_path / "b", "--chunks", "3")},
+        }
+    )
     assert b.status("m")["state"] == "stopped"  # nothing of its own to adopt
     assert post_chat(b).status_code == 200
     time.sleep(1)  # what removed A's container before did so within a second
@@ -450,14 +527,24 @@ def test_a_foreign_container_holding_the_name_is_an_error_not_removed(
 ) -> None:
     squatters = [  # a container of another program, and one of an instance with another id
         engine.containers.create(image, ["true"], name=container_name("alpha", "m")),
-        engine.containers.create(image, ["true"], name=container_name("beta", "m"), labels={
-            LABEL_MANAGED: "true", "modelberth.model": "m", LABEL_INSTANCE: "gamma"}),
+        engine.containers.create(
+            image,
+            ["true"],
+            name=container_name("beta", "m"),
+            labels={LABEL_MANAGED: "true", "modelberth.model": "m", LABEL_INSTANCE: "gamma"},
+        ),
     ]
     try:
-        for instance, squatter, owner in (("alpha", squatters[0], "something else"),
-                                          ("beta", squatters[1], "modelberth instance 'gamma'")):
-            mb = modelberth({"server": {"instance_id": instance},
-                             "models": {"m": fake_container(image, tmp_path)}})
+        for instance, squatter, owner in (
+            ("alpha", squatters[0], "something else"),
+            ("beta", squatters[1], "modelberth instance 'gamma'"),
+        ):
+            mb = modelberth(
+                {
+                    "server": {"instance_id": instance},
+                    "models": {"m": fake_container(image, tmp_path)},
+                }
+            )
             response = post_chat(mb)
             assert response.status_code == 503
             message = response.json()["error"]["message"]
@@ -475,8 +562,13 @@ def test_adopted_container_keeps_its_earlier_output(
     containers: Any, modelberth: Any, image: str, tmp_path: Path, engine: docker.DockerClient
 ) -> None:
     settings = fake_container(image, tmp_path)
-    settings["command"] = ["/bin/sh", "-c", 'echo "loading weights (on stderr)" >&2; exec "$@"',
-                           "sh", *settings["command"]]
+    settings["command"] = [
+        "/bin/sh",
+        "-c",
+        'echo "loading weights (on stderr)" >&2; exec "$@"',
+        "sh",
+        *settings["command"],
+    ]
     first = modelberth({"models": {"m": settings}})
     assert post_chat(first).status_code == 200
     assert "fake upstream starting" in model_logs(first)

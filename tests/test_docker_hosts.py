@@ -59,18 +59,44 @@ def engines(engine: docker.DockerClient, second_url: str) -> Iterator[dict[str, 
 
 
 def hosts(second_url: str, a_mb: int = 250, b_mb: int = 300) -> list[dict[str, Any]]:
-    return [{"name": "a", "url": "unix:///var/run/docker.sock", "address": "127.0.0.1",
-             "memory_mb": a_mb, "labels": {"zone": "one"}},
-            {"name": "b", "url": second_url, "address": "127.0.0.2", "memory_mb": b_mb,
-             "labels": {"zone": "two"}}]
+    return [
+        {
+            "name": "a",
+            "url": "unix:///var/run/docker.sock",
+            "address": "127.0.0.1",
+            "memory_mb": a_mb,
+            "labels": {"zone": "one"},
+        },
+        {
+            "name": "b",
+            "url": second_url,
+            "address": "127.0.0.2",
+            "memory_mb": b_mb,
+            "labels": {"zone": "two"},
+        },
+    ]
 
 
 def fake(tmp: Path, memory_mb: int, **settings: Any) -> dict[str, Any]:
-    return {"runtime": "docker", "image": test_docker.IMAGE, "pull": "never",
-            "command": [sys.executable, FAKE, "--port", "${PORT}", "--host", "${HOST}",
-                        "--events", str(tmp / "events")],
-            "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"], "memory_mb": memory_mb,
-            "stop_timeout": 2, **settings}
+    return {
+        "runtime": "docker",
+        "image": test_docker.IMAGE,
+        "pull": "never",
+        "command": [
+            sys.executable,
+            FAKE,
+            "--port",
+            "${PORT}",
+            "--host",
+            "${HOST}",
+            "--events",
+            str(tmp / "events"),
+        ],
+        "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
+        "memory_mb": memory_mb,
+        "stop_timeout": 2,
+        **settings,
+    }
 
 
 def chat(mb: Modelberth, model: str) -> httpx.Response:
@@ -79,9 +105,14 @@ def chat(mb: Modelberth, model: str) -> httpx.Response:
 
 
 def test_starts_go_to_the_host_with_room(
-        engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"docker": {"hosts": hosts(second_url)},
-                     "models": {"big": fake(tmp_path, 280), "small": fake(tmp_path, 200)}})
+    engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {
+            "docker": {"hosts": hosts(second_url)},
+            "models": {"big": fake(tmp_path, 280), "small": fake(tmp_path, 200)},
+        }
+    )
     assert chat(mb, "big").status_code == 200  # only b has 280 MiB
     assert mb.status("big")["node"] == {"id": "b", "name": "b", "address": "127.0.0.2"}
     assert [c.labels["modelberth.model"] for c in ours(engines["b"])] == ["big"]
@@ -99,10 +130,17 @@ def test_starts_go_to_the_host_with_room(
 
 
 def test_constraints_pick_the_host(
-        engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"docker": {"hosts": hosts(second_url)},
-                     "models": {"m": fake(tmp_path, 10, constraints=["node.labels.zone==one"]),
-                                "n": fake(tmp_path, 10, constraints=["node.hostname==c"])}})
+    engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {
+            "docker": {"hosts": hosts(second_url)},
+            "models": {
+                "m": fake(tmp_path, 10, constraints=["node.labels.zone==one"]),
+                "n": fake(tmp_path, 10, constraints=["node.hostname==c"]),
+            },
+        }
+    )
     assert chat(mb, "m").status_code == 200
     assert mb.status("m")["node"]["name"] == "a"
     refused = chat(mb, "n")
@@ -112,10 +150,15 @@ def test_constraints_pick_the_host(
 
 
 def test_a_host_whose_engine_stops_fails_its_models_and_they_come_back_elsewhere(
-        engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"resources": {"placement": "spread"},
-                     "docker": {"hosts": hosts(second_url)},
-                     "models": {"m": fake(tmp_path, 100)}})
+    engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {
+            "resources": {"placement": "spread"},
+            "docker": {"hosts": hosts(second_url)},
+            "models": {"m": fake(tmp_path, 100)},
+        }
+    )
     assert chat(mb, "m").status_code == 200
     assert mb.status("m")["node"]["name"] == "b"  # spread: the most room left
     try:
@@ -135,6 +178,7 @@ def test_a_host_whose_engine_stops_fails_its_models_and_they_come_back_elsewhere
     def swept() -> bool:
         mb.client().get("/api/resources")
         return not ours(engines["b"])
+
     wait_for(swept, timeout=20, interval=0.5)
 
 
@@ -143,9 +187,9 @@ CERTS = Path("/tmp/modelberth-swarm/tls")  # its CA and a client's certificate
 
 
 def test_an_engine_over_tcp_with_tls(
-        engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path) -> None:
-    tls_host = {"name": "b", "url": TLS_URL, "tls": True, "address": "127.0.0.2",
-                "memory_mb": 300}
+    engines: dict[str, Any], second_url: str, modelberth: Any, tmp_path: Path
+) -> None:
+    tls_host = {"name": "b", "url": TLS_URL, "tls": True, "address": "127.0.0.2", "memory_mb": 300}
     config = {"docker": {"hosts": [tls_host]}, "models": {"m": fake(tmp_path, 10)}}
     mb = modelberth(config, start=False).start(env={"DOCKER_CERT_PATH": str(CERTS)})
     assert chat(mb, "m").status_code == 200
@@ -155,9 +199,9 @@ def test_an_engine_over_tcp_with_tls(
     elsewhere = tmp_path / "other-certs"
     elsewhere.mkdir()
     (elsewhere / "ca.pem").write_bytes((CERTS / "ca.pem").read_bytes())
-    refused = modelberth({"docker": {"hosts": [tls_host]},
-                          "models": {"n": fake(tmp_path, 10)}}, start=False).start(
-        env={"DOCKER_CERT_PATH": str(elsewhere)})
+    refused = modelberth(
+        {"docker": {"hosts": [tls_host]}, "models": {"n": fake(tmp_path, 10)}}, start=False
+    ).start(env={"DOCKER_CERT_PATH": str(elsewhere)})
     with refused.client() as client:
         (node,) = client.get("/api/resources").json()["nodes"]
     assert not node["ready"]
@@ -173,39 +217,64 @@ def sshd(tmp_path: Path, second_url: str) -> Iterator[dict[str, str]]:
     home = tmp_path / "ssh"
     (home / "bin").mkdir(parents=True)
     for key in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(home / key)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)], check=True
+        )
     (home / "authorized_keys").write_text((home / "client.pub").read_text())
     (home / "sshd_config").write_text(
         f"ListenAddress 127.0.0.2:2222\nHostKey {home}/host\nPidFile {home}/sshd.pid\n"
         f"AuthorizedKeysFile {home}/authorized_keys\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
-        f"StrictModes no\nSetEnv DOCKER_HOST={second_url}\n")
+        f"StrictModes no\nSetEnv DOCKER_HOST={second_url}\n"
+    )
     (home / "ssh_config").write_text(
         f"Host 127.0.0.2\n  IdentityFile {home}/client\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {home}/known_hosts\n  StrictHostKeyChecking accept-new\n"
-        "  BatchMode yes\n")
+        "  BatchMode yes\n"
+    )
     wrapper = home / "bin" / "ssh"
     wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {home}/ssh_config "$@"\n')
     wrapper.chmod(0o755)
     Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
-    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd_config")],
-                              stderr=(home / "sshd.log").open("wb"))
+    server = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd_config")],
+        stderr=(home / "sshd.log").open("wb"),
+    )
     try:
-        wait_for(lambda: subprocess.run(
-            [str(wrapper), "-p", "2222", "root@127.0.0.2", "true"],
-            check=False, capture_output=True).returncode == 0, timeout=20, interval=0.3)
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    [str(wrapper), "-p", "2222", "root@127.0.0.2", "true"],
+                    check=False,
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            timeout=20,
+            interval=0.3,
+        )
         yield {"PATH": f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     finally:
         server.terminate()
         server.wait(10)
 
 
-def test_an_engine_over_ssh(engines: dict[str, Any], sshd: dict[str, str], modelberth: Any,
-                            tmp_path: Path) -> None:
-    config = {"docker": {"hosts": [{"name": "b", "url": "ssh://root@127.0.0.2:2222",
-                                    "address": "127.0.0.2", "memory_mb": 300}]},
-              "models": {"m": fake(tmp_path, 10)}}
+def test_an_engine_over_ssh(
+    engines: dict[str, Any], sshd: dict[str, str], modelberth: Any, tmp_path: Path
+) -> None:
+    config = {
+        "docker": {
+            "hosts": [
+                {
+                    "name": "b",
+                    "url": "ssh://root@127.0.0.2:2222",
+                    "address": "127.0.0.2",
+                    "memory_mb": 300,
+                }
+            ]
+        },
+        "models": {"m": fake(tmp_path, 10)},
+    }
     mb = modelberth(config, start=False).start(env=sshd)
     assert chat(mb, "m").status_code == 200
     assert mb.status("m")["node"]["name"] == "b"

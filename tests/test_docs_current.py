@@ -40,16 +40,39 @@ def test_reference_is_current(generator: ModuleType) -> None:
 
 def test_reference_covers_every_key_and_template(generator: ModuleType) -> None:
     text = generator.configuration_md()
-    for section in ("`server`", "`defaults`", "`resources`", "`docker`", "`models.NAME`",
-                    "Templates"):
+    for section in (
+        "`server`",
+        "`defaults`",
+        "`resources`",
+        "`docker`",
+        "`models.NAME`",
+        "Templates",
+    ):
         assert f"## {section}" in text
-    for name in ("server.port", "defaults.idle_timeout", "resources.gpus", "docker.url",
-                 "command", "health_path", "aliases"):
+    for name in (
+        "server.port",
+        "defaults.idle_timeout",
+        "resources.gpus",
+        "docker.url",
+        "command",
+        "health_path",
+        "aliases",
+    ):
         assert f"| `{name}` |" in text
     for name in ("llama-cpp", "vllm", "tgi", "sglang", "openai"):
         assert f"| `{name}` |" in text
-    for topic in ("-c PATH", "MODELBERTH_CONFIG", "./modelberth.yaml", "${NAME:-default}",
-                  "`$$`", "${PORT}", "${MODEL_PATH}", "${MODEL_NAME}", "`250ms`", "`1h`"):
+    for topic in (
+        "-c PATH",
+        "MODELBERTH_CONFIG",
+        "./modelberth.yaml",
+        "${NAME:-default}",
+        "`$$`",
+        "${PORT}",
+        "${MODEL_PATH}",
+        "${MODEL_NAME}",
+        "`250ms`",
+        "`1h`",
+    ):
         assert topic in text
 
 

@@ -22,11 +22,17 @@ def get(headers: H, name: bytes) -> list[bytes]:
 
 
 def base(*extra: tuple[bytes, bytes]) -> H:
-    return [(b"host", b"api.example"), (b"content-type", b"application/json"),
-            (b"accept", b"*/*"), *extra, (b"user-agent", b"test")]
+    return [
+        (b"host", b"api.example"),
+        (b"content-type", b"application/json"),
+        (b"accept", b"*/*"),
+        *extra,
+        (b"user-agent", b"test"),
+    ]
 
 
 # Removal
+
 
 @pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
 def test_hop_by_hop_headers_are_removed(name: bytes) -> None:
@@ -37,18 +43,34 @@ def test_hop_by_hop_headers_are_removed(name: bytes) -> None:
 
 @pytest.mark.parametrize("name", [b"expect", b"host", b"content-length", *auth.AUTH_HEADERS])
 def test_expect_host_length_and_auth_are_removed(name: bytes) -> None:
-    headers = base((b"expect", b"100-continue"), (b"content-length", b"12"),
-                   (b"authorization", b"Bearer k"), (b"x-api-key", b"k"))
+    headers = base(
+        (b"expect", b"100-continue"),
+        (b"content-length", b"12"),
+        (b"authorization", b"Bearer k"),
+        (b"x-api-key", b"k"),
+    )
     assert name not in names(NONE.request_headers(headers, "203.0.113.5", "http"))
 
 
 def test_other_headers_keep_their_order_and_forwarding_comes_last() -> None:
-    headers = [(b"b", b"1"), (b"host", b"h"), (b"a", b"2"), (b"connection", b"keep-alive"),
-               (b"c", b"3"), (b"a", b"4")]
+    headers = [
+        (b"b", b"1"),
+        (b"host", b"h"),
+        (b"a", b"2"),
+        (b"connection", b"keep-alive"),
+        (b"c", b"3"),
+        (b"a", b"4"),
+    ]
     out = NONE.request_headers(headers, "203.0.113.5", "https")
-    assert out == [(b"b", b"1"), (b"a", b"2"), (b"c", b"3"), (b"a", b"4"),
-                   (b"x-forwarded-for", b"203.0.113.5"), (b"x-forwarded-proto", b"https"),
-                   (b"x-forwarded-host", b"h")]
+    assert out == [
+        (b"b", b"1"),
+        (b"a", b"2"),
+        (b"c", b"3"),
+        (b"a", b"4"),
+        (b"x-forwarded-for", b"203.0.113.5"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"h"),
+    ]
 
 
 def test_the_input_is_not_changed() -> None:
@@ -59,6 +81,7 @@ def test_the_input_is_not_changed() -> None:
 
 
 # Connection
+
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_a_header_named_in_connection_is_removed(where: str) -> None:
@@ -71,16 +94,25 @@ def test_a_header_named_in_connection_is_removed(where: str) -> None:
 
 
 def test_connection_tokens_are_case_and_whitespace_insensitive() -> None:
-    headers = base((b"connection", b"Keep-Alive ,  X-Foo\t,X-BAR,,"), (b"x-foo", b"1"),
-                   (b"x-bar", b"2"), (b"x-baz", b"3"))
+    headers = base(
+        (b"connection", b"Keep-Alive ,  X-Foo\t,X-BAR,,"),
+        (b"x-foo", b"1"),
+        (b"x-bar", b"2"),
+        (b"x-baz", b"3"),
+    )
     out = NONE.request_headers(headers, "203.0.113.5", "http")
     assert b"x-foo" not in names(out) and b"x-bar" not in names(out)
     assert get(out, b"x-baz") == [b"3"]
 
 
 def test_multiple_connection_headers() -> None:
-    headers = base((b"connection", b"x-foo"), (b"x-foo", b"1"), (b"x-bar", b"2"),
-                   (b"connection", b"X-Bar"), (b"x-baz", b"3"))
+    headers = base(
+        (b"connection", b"x-foo"),
+        (b"x-foo", b"1"),
+        (b"x-bar", b"2"),
+        (b"connection", b"X-Bar"),
+        (b"x-baz", b"3"),
+    )
     out = NONE.request_headers(headers, "203.0.113.5", "http")
     assert b"x-foo" not in names(out) and b"x-bar" not in names(out)
     assert b"connection" not in names(out)
@@ -88,9 +120,13 @@ def test_multiple_connection_headers() -> None:
 
 
 def test_forwarding_headers_named_in_connection_are_hop_by_hop() -> None:
-    headers = base((b"connection", b"X-Forwarded-For, x-forwarded-proto, forwarded"),
-                   (b"x-forwarded-for", b"198.51.100.7"), (b"x-forwarded-proto", b"https"),
-                   (b"forwarded", b"for=198.51.100.7"), (b"x-real-ip", b"198.51.100.7"))
+    headers = base(
+        (b"connection", b"X-Forwarded-For, x-forwarded-proto, forwarded"),
+        (b"x-forwarded-for", b"198.51.100.7"),
+        (b"x-forwarded-proto", b"https"),
+        (b"forwarded", b"for=198.51.100.7"),
+        (b"x-real-ip", b"198.51.100.7"),
+    )
     out = PROXIES.request_headers(headers, "10.0.0.1", "http")
     assert get(out, b"x-forwarded-for") == [b"10.0.0.1"]
     assert get(out, b"x-forwarded-proto") == [b"http"]
@@ -107,6 +143,7 @@ def test_our_own_forwarding_headers_survive_a_connection_naming_them() -> None:
 
 # Untrusted peers
 
+
 def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_replaced() -> None:
     headers = base((b"x-forwarded-for", b"127.0.0.1"), (b"x-forwarded-for", b"::1"))
     for forwarding in (NONE, PROXIES):
@@ -115,8 +152,12 @@ def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_replaced() -> None:
 
 
 def test_an_untrusted_peer_gets_proto_and_host_from_the_connection() -> None:
-    headers = base((b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"evil.example"),
-                   (b"forwarded", b"for=1.2.3.4;proto=https"), (b"x-real-ip", b"1.2.3.4"))
+    headers = base(
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"evil.example"),
+        (b"forwarded", b"for=1.2.3.4;proto=https"),
+        (b"x-real-ip", b"1.2.3.4"),
+    )
     out = PROXIES.request_headers(headers, "203.0.113.5", "http")
     assert get(out, b"x-forwarded-proto") == [b"http"]
     assert get(out, b"x-forwarded-host") == [b"api.example"]
@@ -129,8 +170,12 @@ def test_no_host_header_no_forwarded_host() -> None:
 
 
 def test_no_peer_drops_forwarding_headers_and_adds_no_address() -> None:
-    headers = base((b"x-forwarded-for", b"1.2.3.4"), (b"x-real-ip", b"1.2.3.4"),
-                   (b"forwarded", b"for=1.2.3.4"), (b"x-forwarded-proto", b"https"))
+    headers = base(
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"x-real-ip", b"1.2.3.4"),
+        (b"forwarded", b"for=1.2.3.4"),
+        (b"x-forwarded-proto", b"https"),
+    )
     for peer in (None, ""):
         out = PROXIES.request_headers(headers, peer, "http")
         assert get(out, b"x-forwarded-for") == [] and get(out, b"x-real-ip") == []
@@ -142,6 +187,7 @@ def test_no_peer_drops_forwarding_headers_and_adds_no_address() -> None:
 
 # Trusted peers
 
+
 def test_a_trusted_peer_is_appended_to_forwarded_for() -> None:
     headers = base((b"x-forwarded-for", b"198.51.100.7"))
     out = PROXIES.request_headers(headers, "10.0.0.1", "http")
@@ -149,8 +195,12 @@ def test_a_trusted_peer_is_appended_to_forwarded_for() -> None:
 
 
 def test_multiple_forwarded_for_headers_are_combined_in_order() -> None:
-    headers = base((b"x-forwarded-for", b"198.51.100.7, 192.168.1.1"), (b"x", b"y"),
-                   (b"x-forwarded-for", b" 192.168.1.2 "), (b"x-forwarded-for", b""))
+    headers = base(
+        (b"x-forwarded-for", b"198.51.100.7, 192.168.1.1"),
+        (b"x", b"y"),
+        (b"x-forwarded-for", b" 192.168.1.2 "),
+        (b"x-forwarded-for", b""),
+    )
     out = PROXIES.request_headers(headers, "10.0.0.1", "http")
     assert get(out, b"x-forwarded-for") == [b"198.51.100.7, 192.168.1.1, 192.168.1.2, 10.0.0.1"]
     assert get(out, b"x") == [b"y"]
@@ -164,14 +214,25 @@ def test_a_trusted_peer_without_forwarded_for_gets_its_own_address() -> None:
 
 
 def test_a_trusted_peer_keeps_proto_host_forwarded_and_real_ip() -> None:
-    headers = base((b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"public.example"),
-                   (b"forwarded", b"for=198.51.100.7;proto=https"),
-                   (b"x-real-ip", b"198.51.100.7"))
+    headers = base(
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"public.example"),
+        (b"forwarded", b"for=198.51.100.7;proto=https"),
+        (b"x-real-ip", b"198.51.100.7"),
+    )
     out = PROXIES.request_headers(headers, "10.0.0.1", "http")
     assert get(out, b"x-forwarded-proto") == [b"https"]
     assert get(out, b"x-forwarded-host") == [b"public.example"]
-    assert names(out) == [b"content-type", b"accept", b"forwarded", b"x-real-ip", b"user-agent",
-                          b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"]
+    assert names(out) == [
+        b"content-type",
+        b"accept",
+        b"forwarded",
+        b"x-real-ip",
+        b"user-agent",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ]
     assert get(out, b"forwarded") == [b"for=198.51.100.7;proto=https"]
 
 
@@ -206,6 +267,7 @@ def test_many_peers_are_still_answered_right() -> None:
 
 # The client's address
 
+
 def test_client_address_of_an_untrusted_peer_is_the_peer() -> None:
     headers = [(b"x-forwarded-for", b"1.2.3.4")]
     assert PROXIES.client_address(headers, "203.0.113.5") == "203.0.113.5"
@@ -216,12 +278,15 @@ def test_client_address_of_an_untrusted_peer_is_the_peer() -> None:
 def test_chained_trusted_proxies() -> None:
     # client 198.51.100.7 -> 192.168.1.1 -> 192.168.1.2 -> 10.0.0.1 -> modelberth;
     # the client itself claimed to be 127.0.0.1.
-    headers = [(b"x-forwarded-for", b"127.0.0.1, 198.51.100.7, 192.168.1.1"),
-               (b"x-forwarded-for", b"192.168.1.2")]
+    headers = [
+        (b"x-forwarded-for", b"127.0.0.1, 198.51.100.7, 192.168.1.1"),
+        (b"x-forwarded-for", b"192.168.1.2"),
+    ]
     assert PROXIES.client_address(headers, "10.0.0.1") == "198.51.100.7"
     out = PROXIES.request_headers(headers, "10.0.0.1", "http")
     assert get(out, b"x-forwarded-for") == [
-        b"127.0.0.1, 198.51.100.7, 192.168.1.1, 192.168.1.2, 10.0.0.1"]
+        b"127.0.0.1, 198.51.100.7, 192.168.1.1, 192.168.1.2, 10.0.0.1"
+    ]
     assert PROXIES.client_address(out, "10.0.0.1") == "198.51.100.7"
 
 
@@ -244,8 +309,10 @@ def test_client_address_edge_cases() -> None:
 
 # Configuration
 
-@pytest.mark.parametrize("entry", ["localhost", "10.0.0.1/8", "", "300.1.2.3", "10.0.0.0/33",
-                                   "[::1]", "10.0.0.1:80"])
+
+@pytest.mark.parametrize(
+    "entry", ["localhost", "10.0.0.1/8", "", "300.1.2.3", "10.0.0.0/33", "[::1]", "10.0.0.1:80"]
+)
 def test_an_invalid_trusted_proxy_is_a_value_error(entry: str) -> None:
     with pytest.raises(ValueError, match=r"trusted_proxies: .* is not an IP address or CIDR"):
         Forwarding(["127.0.0.1", entry])
@@ -258,12 +325,23 @@ def test_one_string_instead_of_a_list_is_refused() -> None:
 
 # Answers
 
+
 def test_answer_headers_drop_hop_by_hop() -> None:
-    headers = [(b"content-type", b"text/event-stream"), (b"connection", b"close, X-Trace"),
-               (b"transfer-encoding", b"chunked"), (b"x-trace", b"1"), (b"keep-alive", b"5"),
-               (b"content-length", b"10"), (b"date", b"now"), (b"upgrade", b"h2c")]
+    headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"connection", b"close, X-Trace"),
+        (b"transfer-encoding", b"chunked"),
+        (b"x-trace", b"1"),
+        (b"keep-alive", b"5"),
+        (b"content-length", b"10"),
+        (b"date", b"now"),
+        (b"upgrade", b"h2c"),
+    ]
     assert Forwarding.answer_head(200, headers) == (
-        [(b"content-type", b"text/event-stream")], True, 10)
+        [(b"content-type", b"text/event-stream")],
+        True,
+        10,
+    )
     assert PROXIES.answer_head(200, [(b"a", b"1")]) == ([(b"a", b"1")], False, None)
     # 204 and 304 have no body, whatever length they state.
     assert Forwarding.answer_head(304, [(b"content-length", b"1234")]) == ([], False, None)

@@ -34,15 +34,19 @@ engine, image = test_docker.engine, test_docker.image
 def gpus_env(tmp_path: Path, *gpus: dict[str, Any]) -> dict[str, str]:
     state = tmp_path / "gpus.json"
     state.write_text(json.dumps({"gpus": list(gpus)}))
-    return {"MODELBERTH_NVML_MODULE": "fake_nvml", "FAKE_NVML_STATE": str(state),
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return {
+        "MODELBERTH_NVML_MODULE": "fake_nvml",
+        "FAKE_NVML_STATE": str(state),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 BIG_AND_SMALL = ({"name": "Fake 24G", "total_mb": 24000}, {"name": "Fake 8G", "total_mb": 8000})
 
 
-def gpu_model(tmp_path: Path, name: str, vram: int, gpus: Any = "auto",
-              per_gpu: int | None = None, *argv: str) -> dict[str, Any]:
+def gpu_model(
+    tmp_path: Path, name: str, vram: int, gpus: Any = "auto", per_gpu: int | None = None, *argv: str
+) -> dict[str, Any]:
     env = {"FAKE_VRAM_MB": str(per_gpu or vram)}
     return fake_model(tmp_path / f"{name}.events", *argv, gpus=gpus, vram_mb=vram, env=env)
 
@@ -62,14 +66,21 @@ def evictions(mb: Modelberth) -> list[str]:
 
 
 def test_auto_placement_binpacks_and_evicts_only_on_the_chosen_gpu(
-        modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({
-        "resources": {"vram_margin_mb": 0, "sample_interval": 0.3},
-        "models": {"a": gpu_model(tmp_path, "a", 6000), "b": gpu_model(tmp_path, "b", 6000),
-                   "big": gpu_model(tmp_path, "big", 20000),
-                   "pair": gpu_model(tmp_path, "pair", 8000, {"count": 2}, per_gpu=4000),
-                   "three": gpu_model(tmp_path, "three", 300, {"count": 3})}},
-        start=False)
+    modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {
+            "resources": {"vram_margin_mb": 0, "sample_interval": 0.3},
+            "models": {
+                "a": gpu_model(tmp_path, "a", 6000),
+                "b": gpu_model(tmp_path, "b", 6000),
+                "big": gpu_model(tmp_path, "big", 20000),
+                "pair": gpu_model(tmp_path, "pair", 8000, {"count": 2}, per_gpu=4000),
+                "three": gpu_model(tmp_path, "three", 300, {"count": 3}),
+            },
+        },
+        start=False,
+    )
     mb.start(env=gpus_env(tmp_path, *BIG_AND_SMALL))
 
     assert chat(mb, "a").status_code == 200  # fits both GPUs: binpack takes the 8 GB one
@@ -108,24 +119,31 @@ def test_auto_placement_binpacks_and_evicts_only_on_the_chosen_gpu(
 
 
 def test_spread_takes_the_emptiest_gpu_and_other_programs_shrink_the_room(
-        modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"resources": {"vram_margin_mb": 0, "placement": "spread"},
-                     "models": {"a": gpu_model(tmp_path, "a", 3000)}}, start=False)
+    modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {
+            "resources": {"vram_margin_mb": 0, "placement": "spread"},
+            "models": {"a": gpu_model(tmp_path, "a", 3000)},
+        },
+        start=False,
+    )
     mb.start(env=gpus_env(tmp_path, *BIG_AND_SMALL))
     assert chat(mb, "a").status_code == 200
     assert mb.status("a")["gpus"] == [0]
     mb.stop()
 
     # Another program holds 22 of GPU 0's 24 GB: only 2 GB are really free there.
-    busy = ({"name": "Fake 24G", "total_mb": 24000, "base_used_mb": 22000},
-            {"name": "Fake 8G", "total_mb": 8000})
+    busy = (
+        {"name": "Fake 24G", "total_mb": 24000, "base_used_mb": 22000},
+        {"name": "Fake 8G", "total_mb": 8000},
+    )
     mb.start(env=gpus_env(tmp_path, *busy))
     assert chat(mb, "a").status_code == 200
     assert mb.status("a")["gpus"] == [1]
 
 
-def test_fixed_gpus_are_kept_and_named_in_the_environment(
-        modelberth: Any, tmp_path: Path) -> None:
+def test_fixed_gpus_are_kept_and_named_in_the_environment(modelberth: Any, tmp_path: Path) -> None:
     mb = modelberth({"models": {"m": gpu_model(tmp_path, "m", 1000, [1])}}, start=False)
     mb.start(env=gpus_env(tmp_path, *BIG_AND_SMALL))
     assert chat(mb, "m").status_code == 200
@@ -137,8 +155,7 @@ def test_fixed_gpus_are_kept_and_named_in_the_environment(
 def test_learned_footprints_survive_a_restart(modelberth: Any, tmp_path: Path) -> None:
     # No vram_mb and nothing to estimate from: until measured, it needs a GPU to itself.
     model = fake_model(tmp_path / "m.events", gpus="auto", env={"FAKE_VRAM_MB": "3000"})
-    mb = modelberth({"resources": {"sample_interval": 0.3}, "models": {"m": model}},
-                    start=False)
+    mb = modelberth({"resources": {"sample_interval": 0.3}, "models": {"m": model}}, start=False)
     env = gpus_env(tmp_path, *BIG_AND_SMALL)
     mb.start(env=env)
     assert mb.status("m")["plan_vram_bytes"] is None
@@ -176,15 +193,19 @@ def test_learned_footprints_survive_a_restart(modelberth: Any, tmp_path: Path) -
     assert "was measured with another config" in mb.log()
 
 
-def test_eviction_prefers_the_model_cheapest_to_bring_back(
-        modelberth: Any, tmp_path: Path) -> None:
+def test_eviction_prefers_the_model_cheapest_to_bring_back(modelberth: Any, tmp_path: Path) -> None:
     one = ({"name": "Fake 8G", "total_mb": 8000},)
-    mb = modelberth({
-        "resources": {"vram_margin_mb": 0},
-        "models": {"slow": gpu_model(tmp_path, "slow", 4000, [0], None,
-                                           "--start-delay", "1.5"),
-                   "fast": gpu_model(tmp_path, "fast", 4000, [0]),
-                   "third": gpu_model(tmp_path, "third", 4000, [0])}}, start=False)
+    mb = modelberth(
+        {
+            "resources": {"vram_margin_mb": 0},
+            "models": {
+                "slow": gpu_model(tmp_path, "slow", 4000, [0], None, "--start-delay", "1.5"),
+                "fast": gpu_model(tmp_path, "fast", 4000, [0]),
+                "third": gpu_model(tmp_path, "third", 4000, [0]),
+            },
+        },
+        start=False,
+    )
     mb.start(env=gpus_env(tmp_path, *one))
     # slow is used first: least recently used alone would evict it.
     assert chat(mb, "slow").status_code == 200
@@ -197,12 +218,23 @@ def test_eviction_prefers_the_model_cheapest_to_bring_back(
 
 
 def test_docker_receives_the_placement_as_a_device_request(
-        engine: docker.DockerClient, image: str) -> None:
+    engine: docker.DockerClient, image: str
+) -> None:
     """The real engine takes the request (this engine has no NVIDIA runtime to start the
     container: creating it shows what Docker was asked for)."""
-    spec = Config.model_validate({"models": {"m": {
-        "runtime": "docker", "image": image, "pull": "never", "gpus": {"count": 2},
-        "command": ["serve", "--port", "${PORT}", "--gpus", "${GPUS}"]}}}).specs()["m"]
+    spec = Config.model_validate(
+        {
+            "models": {
+                "m": {
+                    "runtime": "docker",
+                    "image": image,
+                    "pull": "never",
+                    "gpus": {"count": 2},
+                    "command": ["serve", "--port", "${PORT}", "--gpus", "${GPUS}"],
+                }
+            }
+        }
+    ).specs()["m"]
     runtime = DockerRuntime(None, instance=f"placement-{os.getpid()}")
     args = runtime._create_args(spec.placed_on((0, 2)), 8123, image)
     container = engine.containers.create(**args)
@@ -221,22 +253,38 @@ def test_docker_receives_the_placement_as_a_device_request(
 def vllm(tmp_path: Path, name: str, vram: int) -> dict[str, Any]:
     """A fake vLLM (tests/fake_vllm.py: vLLM's sleep endpoints, VRAM through the fake NVML)
     with sleep level 1 on GPU 0."""
-    return {"command": [sys.executable, str(TESTS / "fake_vllm.py"), "--port", "${PORT}",
-                        "--events", str(tmp_path / f"{name}.events")],
-            "sleep": 1, "gpus": [0], "vram_mb": vram, "start_timeout": 20,
-            "env": {"FAKE_VRAM_MB": str(vram), "FAKE_VRAM_FILE": str(tmp_path / f"{name}.vram")}}
+    return {
+        "command": [
+            sys.executable,
+            str(TESTS / "fake_vllm.py"),
+            "--port",
+            "${PORT}",
+            "--events",
+            str(tmp_path / f"{name}.events"),
+        ],
+        "sleep": 1,
+        "gpus": [0],
+        "vram_mb": vram,
+        "start_timeout": 20,
+        "env": {"FAKE_VRAM_MB": str(vram), "FAKE_VRAM_FILE": str(tmp_path / f"{name}.vram")},
+    }
 
 
 def two_vllms_on_8g(modelberth: Any, tmp_path: Path, **resources: Any) -> Modelberth:
     """v1 and v2, 5 GB each, on one 8 GB GPU: they never fit together."""
-    mb: Modelberth = modelberth({"resources": {"vram_margin_mb": 0, **resources},
-                                 "models": {"v1": vllm(tmp_path, "v1", 5000),
-                                            "v2": vllm(tmp_path, "v2", 5000)}}, start=False)
+    mb: Modelberth = modelberth(
+        {
+            "resources": {"vram_margin_mb": 0, **resources},
+            "models": {"v1": vllm(tmp_path, "v1", 5000), "v2": vllm(tmp_path, "v2", 5000)},
+        },
+        start=False,
+    )
     return mb.start(env=gpus_env(tmp_path, {"name": "Fake 8G", "total_mb": 8000}))
 
 
 def test_eviction_puts_a_sleep_capable_model_to_sleep_and_wakes_it_back(
-        modelberth: Any, tmp_path: Path) -> None:
+    modelberth: Any, tmp_path: Path
+) -> None:
     mb = two_vllms_on_8g(modelberth, tmp_path, sample_interval=0.3)
     assert chat(mb, "v1").status_code == 200
     pid = mb.status("v1")["runtime_id"]
@@ -253,7 +301,8 @@ def test_eviction_puts_a_sleep_capable_model_to_sleep_and_wakes_it_back(
 
 
 def test_a_sleeping_model_is_stopped_when_ram_is_what_is_short(
-        modelberth: Any, tmp_path: Path) -> None:
+    modelberth: Any, tmp_path: Path
+) -> None:
     # Level 1 keeps the weights in host RAM: 5 GB asleep do not fit a 4 GB RAM budget.
     mb = two_vllms_on_8g(modelberth, tmp_path, memory_budget_mb=4000)
     assert chat(mb, "v1").status_code == 200

@@ -20,9 +20,9 @@ CHAT = "/v1/chat/completions"
 async def _burst(url: str, model: str, n: int, **body: Any) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        return await asyncio.gather(*(
-            client.post(CHAT, json={"model": model, "messages": [], **body}) for _ in range(n)
-        ))
+        return await asyncio.gather(
+            *(client.post(CHAT, json={"model": model, "messages": [], **body}) for _ in range(n))
+        )
 
 
 def burst(mb: Modelberth, model: str, n: int, **body: Any) -> list[httpx.Response]:
@@ -52,10 +52,14 @@ def test_start_failure_reaches_every_waiter_and_the_next_request_retries(
     modelberth: Any, tmp_path: Path
 ) -> None:
     events = tmp_path / "events"
-    mb = modelberth({"models": {
-        "broken": fake_model(events, "--exit-code", "7"),
-        "good": fake_model(None),
-    }})
+    mb = modelberth(
+        {
+            "models": {
+                "broken": fake_model(events, "--exit-code", "7"),
+                "good": fake_model(None),
+            }
+        }
+    )
 
     responses = burst(mb, "broken", 10)
 
@@ -78,8 +82,9 @@ def test_start_failure_reaches_every_waiter_and_the_next_request_retries(
 
 
 def test_missing_executable_is_a_clear_start_failure(modelberth: Any) -> None:
-    mb = modelberth({"models": {"ghost": {"command": ["/nonexistent/llama-server",
-                                                      "--port", "${PORT}"]}}})
+    mb = modelberth(
+        {"models": {"ghost": {"command": ["/nonexistent/llama-server", "--port", "${PORT}"]}}}
+    )
     with mb.client() as client:
         response = client.post(CHAT, json={"model": "ghost", "messages": []})
     assert response.status_code == 503
@@ -89,8 +94,13 @@ def test_missing_executable_is_a_clear_start_failure(modelberth: Any) -> None:
 
 def test_start_timeout_is_504_and_the_process_is_killed(modelberth: Any, tmp_path: Path) -> None:
     events = tmp_path / "events"
-    mb = modelberth({"models": {"slow": fake_model(events, "--start-delay", "30",
-                                                   start_timeout=1, stop_timeout=1)}})
+    mb = modelberth(
+        {
+            "models": {
+                "slow": fake_model(events, "--start-delay", "30", start_timeout=1, stop_timeout=1)
+            }
+        }
+    )
     began = time.monotonic()
     with mb.client() as client:
         response = client.post(CHAT, json={"model": "slow", "messages": []})
@@ -107,8 +117,9 @@ def test_idle_timeout_stops_after_the_last_request_finished(
     mb = modelberth({"models": {"m": fake_model(None, idle_timeout=1)}})
     with mb.client() as client:
         # A 2.4 s stream outlives the 1 s TTL: the model must stay up while it runs.
-        with client.stream("POST", CHAT, json={"model": "m", "stream": True, "chunks": 8,
-                                              "chunk_delay": 0.3}) as stream:
+        with client.stream(
+            "POST", CHAT, json={"model": "m", "stream": True, "chunks": 8, "chunk_delay": 0.3}
+        ) as stream:
             pid = int(mb.status("m")["runtime_id"])
             body = b"".join(stream.iter_bytes())
         assert body.count(b"data: ") == 9
@@ -188,8 +199,9 @@ def test_stop_waits_for_in_flight_requests(modelberth: Any) -> None:
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
         async with httpx.AsyncClient(base_url=mb.url, timeout=30) as client:
-            slow = asyncio.create_task(client.post(
-                CHAT, json={"model": "m", "messages": [], "sleep": 1.0}))
+            slow = asyncio.create_task(
+                client.post(CHAT, json={"model": "m", "messages": [], "sleep": 1.0})
+            )
             await asyncio.sleep(0.5)  # the slow request is in flight
             began = time.monotonic()
             stop = await client.post("/api/models/m/stop")
@@ -205,10 +217,16 @@ def test_sigterm_stops_every_upstream_even_one_ignoring_sigterm(
     modelberth: Any, tmp_path: Path
 ) -> None:
     events = tmp_path / "events"
-    mb = modelberth({"models": {
-        "stubborn": fake_model(events, "--ignore-sigterm", "--spawn-child", stop_timeout=0.5),
-        "plain": fake_model(None),
-    }})
+    mb = modelberth(
+        {
+            "models": {
+                "stubborn": fake_model(
+                    events, "--ignore-sigterm", "--spawn-child", stop_timeout=0.5
+                ),
+                "plain": fake_model(None),
+            }
+        }
+    )
     with mb.client() as client:
         for name in ("stubborn", "plain"):
             assert client.post(f"/api/models/{name}/start").status_code == 200

@@ -14,10 +14,16 @@ from conftest import Modelberth, llama_command
 
 @pytest.fixture
 def served(modelberth: Any, tiny_model: Path) -> Iterator[tuple[Modelberth, openai.OpenAI]]:
-    mb: Modelberth = modelberth({"models": {
-        "tiny": {"command": llama_command(tiny_model, "--embeddings", "--pooling", "mean"),
-                 "aliases": ["gpt-4o-mini"]},
-    }})
+    mb: Modelberth = modelberth(
+        {
+            "models": {
+                "tiny": {
+                    "command": llama_command(tiny_model, "--embeddings", "--pooling", "mean"),
+                    "aliases": ["gpt-4o-mini"],
+                },
+            }
+        }
+    )
     with openai.OpenAI(base_url=mb.url + "/v1", api_key="unused", max_retries=0) as client:
         yield mb, client
 
@@ -25,7 +31,8 @@ def served(modelberth: Any, tiny_model: Path) -> Iterator[tuple[Modelberth, open
 def test_chat_completion(served: tuple[Modelberth, openai.OpenAI]) -> None:
     mb, client = served
     reply = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=12)
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=12
+    )
     assert reply.choices[0].message.role == "assistant"
     assert isinstance(reply.choices[0].message.content, str)
     assert reply.usage is not None
@@ -36,8 +43,11 @@ def test_chat_completion(served: tuple[Modelberth, openai.OpenAI]) -> None:
 def test_streamed_chat_arrives_in_many_chunks(served: tuple[Modelberth, openai.OpenAI]) -> None:
     _, client = served
     stream = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Tell me a story"}],
-        max_tokens=16, stream=True)
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        max_tokens=16,
+        stream=True,
+    )
     chunks = list(stream)
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(texts) >= 4
@@ -72,12 +82,14 @@ def test_model_list_and_unknown_model(served: tuple[Modelberth, openai.OpenAI]) 
 
 def test_restart_keeps_serving(served: tuple[Modelberth, openai.OpenAI]) -> None:
     mb, client = served
-    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a"}],
-                                   max_tokens=4)
+    client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "a"}], max_tokens=4
+    )
     first = mb.status("tiny")["runtime_id"]
     with mb.client() as admin:
         assert admin.post("/api/models/tiny/restart").json()["state"] == "ready"
     assert mb.status("tiny")["runtime_id"] != first
     reply = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "b"}], max_tokens=4)
+        model="tiny", messages=[{"role": "user", "content": "b"}], max_tokens=4
+    )
     assert reply.choices

@@ -18,37 +18,48 @@ import pytest
 from conftest import Modelberth, fake_model, free_port, llama_command, wait_for
 from test_telemetry import scrape
 
-WEATHER: Any = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 def client(mb: Modelberth | str, key: str | None = None) -> ollama.Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return ollama.Client(host=mb if isinstance(mb, str) else mb.url, headers=headers,
-                         timeout=60)
+    return ollama.Client(host=mb if isinstance(mb, str) else mb.url, headers=headers, timeout=60)
 
 
 @pytest.fixture
 def fake(modelberth: Any) -> Modelberth:
-    mb: Modelberth = modelberth({"models": {"m": fake_model(aliases=["local"]),
-                                            "other": fake_model()}})
+    mb: Modelberth = modelberth(
+        {"models": {"m": fake_model(aliases=["local"]), "other": fake_model()}}
+    )
     return mb
 
 
 def test_chat_and_generate_whole_and_streamed(fake: Modelberth) -> None:
     sdk = client(fake)
-    answer = sdk.chat(model="m", messages=[{"role": "user", "content": "Hi"}],
-                      stream=False, options={"temperature": 0.2, "num_predict": 16})
+    answer = sdk.chat(
+        model="m",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=False,
+        options={"temperature": 0.2, "num_predict": 16},
+    )
     assert answer.model == "m" and answer.message.content == "hello"
     assert answer.done and answer.done_reason == "stop"
     assert (answer.prompt_eval_count, answer.eval_count) == (3, 1)
     assert answer.total_duration and answer.total_duration > 0
     assert answer.load_duration is not None
 
-    parts = list(sdk.chat(model="m", messages=[{"role": "user", "content": "Hi"}],
-                          stream=True))
+    parts = list(sdk.chat(model="m", messages=[{"role": "user", "content": "Hi"}], stream=True))
     assert [p.message.content for p in parts[:-1]] == [f"tok{i} " for i in range(5)]
     assert all(not p.done for p in parts[:-1])
     last = parts[-1]
@@ -81,8 +92,11 @@ def test_a_tool_call_round_trip(fake: Modelberth, stream: bool) -> None:
     (call,) = calls
     assert call.function.name == "get_weather" and call.function.arguments == {"city": "Oslo"}
     assert first.done and first.eval_count == 5
-    turns = [*ask, {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
-             {"role": "tool", "tool_name": "get_weather", "content": "12 degrees"}]
+    turns = [
+        *ask,
+        {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_name": "get_weather", "content": "12 degrees"},
+    ]
     answer = sdk.chat(model="m", messages=turns, tools=[WEATHER])
     assert answer.message.content == "the tool said: 12 degrees"
 
@@ -103,8 +117,7 @@ def test_catalog(fake: Modelberth) -> None:
     assert httpx.head(fake.url + "/api/version", timeout=10).status_code == 200
     assert [m.model for m in sdk.list().models] == ["m", "other"]
     assert sdk.ps().models == []
-    sdk.chat(model="m:latest", messages=[{"role": "user", "content": "Hi"}],
-             keep_alive="1h")
+    sdk.chat(model="m:latest", messages=[{"role": "user", "content": "Hi"}], keep_alive="1h")
     (running,) = sdk.ps().models
     assert running.model == "m" and running.expires_at is not None
     expires = running.expires_at - datetime.now(UTC)
@@ -150,21 +163,27 @@ def test_errors_have_ollamas_shape_and_the_server_keeps_serving(fake: Modelberth
     with pytest.raises(ollama.ResponseError) as missing:
         sdk.chat(model="nope", messages=[{"role": "user", "content": "x"}])
     assert missing.value.status_code == 404
-    assert missing.value.error == \
-        "The model 'nope' does not exist or is not configured in modelberth."
+    assert (
+        missing.value.error == "The model 'nope' does not exist or is not configured in modelberth."
+    )
     with pytest.raises(ollama.ResponseError) as streamed_missing:
         list(sdk.generate(model="nope", prompt="x", stream=True))
     assert streamed_missing.value.status_code == 404
     refusals: list[Callable[[], Any]] = [
-        lambda: sdk.pull("m"), lambda: sdk.push("m"), lambda: sdk.delete("m"),
-        lambda: sdk.copy("m", "n"), lambda: sdk.create("n", from_="m")]
+        lambda: sdk.pull("m"),
+        lambda: sdk.push("m"),
+        lambda: sdk.delete("m"),
+        lambda: sdk.copy("m", "n"),
+        lambda: sdk.create("n", from_="m"),
+    ]
     for call in refusals:
         with pytest.raises(ollama.ResponseError) as refused:
             call()
         assert refused.value.status_code == 501
         assert "models come from modelberth's config file" in refused.value.error
-    bad = httpx.post(fake.url + "/api/chat", timeout=10,
-                     json={"model": "m", "messages": "not a list"})
+    bad = httpx.post(
+        fake.url + "/api/chat", timeout=10, json={"model": "m", "messages": "not a list"}
+    )
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
     broken = httpx.post(fake.url + "/api/generate", content=b"{not json", timeout=10)
     assert broken.status_code == 400 and isinstance(broken.json()["error"], str)
@@ -177,41 +196,59 @@ def test_errors_have_ollamas_shape_and_the_server_keeps_serving(fake: Modelberth
 
 def test_inference_keys_and_the_ollama_port(modelberth: Any) -> None:
     port = free_port()
-    mb = modelberth({"server": {"api_keys": ["secret"], "ollama_port": port},
-                     "models": {"m": fake_model()}})
+    mb = modelberth(
+        {"server": {"api_keys": ["secret"], "ollama_port": port}, "models": {"m": fake_model()}}
+    )
     calls: list[Callable[[ollama.Client], Any]] = [
         lambda sdk: sdk.list(),
-        lambda sdk: sdk.chat(model="m", messages=[{"role": "user", "content": "x"}])]
+        lambda sdk: sdk.chat(model="m", messages=[{"role": "user", "content": "x"}]),
+    ]
     for call in calls:
         with pytest.raises(ollama.ResponseError) as refused:
             call(client(mb, "wrong"))
         assert refused.value.status_code == 401 and isinstance(refused.value.error, str)
-    assert client(mb, "secret").chat(model="m", messages=[
-        {"role": "user", "content": "x"}]).message.content == "hello"
+    assert (
+        client(mb, "secret")
+        .chat(model="m", messages=[{"role": "user", "content": "x"}])
+        .message.content
+        == "hello"
+    )
     other = client(f"http://127.0.0.1:{port}", "secret")
     assert [m.model for m in other.list().models] == ["m"]
     assert other.generate(model="m", prompt="x", stream=False).response == "hello"
     assert f"127.0.0.1:{port}" in wait_for(
-        lambda: next((line for line in mb.log().splitlines()
-                      if "modelberth listening on" in line), None))
+        lambda: next(
+            (line for line in mb.log().splitlines() if "modelberth listening on" in line), None
+        )
+    )
 
 
 @pytest.fixture
 def llama(modelberth: Any, tiny_model: Path) -> Iterator[Modelberth]:
-    yield modelberth({"models": {
-        "tiny": {"command": llama_command(tiny_model)},
-        "tiny-embed": {"command": llama_command(tiny_model, "--embeddings", "--pooling",
-                                                "mean")}}})
+    yield modelberth(
+        {
+            "models": {
+                "tiny": {"command": llama_command(tiny_model)},
+                "tiny-embed": {
+                    "command": llama_command(tiny_model, "--embeddings", "--pooling", "mean")
+                },
+            }
+        }
+    )
 
 
 def test_against_llama_server(llama: Modelberth) -> None:
     sdk = client(llama)
-    answer = sdk.chat(model="tiny", messages=[{"role": "user", "content": "Hello"}],
-                      options={"num_predict": 8, "temperature": 0, "stop": ["\n\n"]})
+    answer = sdk.chat(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hello"}],
+        options={"num_predict": 8, "temperature": 0, "stop": ["\n\n"]},
+    )
     assert answer.done and answer.eval_count and 0 < answer.eval_count <= 8
     assert answer.prompt_eval_count and answer.prompt_eval_duration is not None
-    parts = list(sdk.generate(model="tiny:latest", prompt="Hello",
-                              options={"num_predict": 8}, stream=True))
+    parts = list(
+        sdk.generate(model="tiny:latest", prompt="Hello", options={"num_predict": 8}, stream=True)
+    )
     assert parts[-1].done and parts[-1].done_reason in ("stop", "length")
     assert parts[-1].eval_count and parts[-1].model == "tiny"
     embedded = sdk.embed(model="tiny-embed", input=["Hello", "there"])

@@ -31,12 +31,26 @@ REMOTE_TRACE, REMOTE_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B71692033
 
 def _request(**fields: object) -> RequestTrace:
     values: dict[str, object] = {
-        "trace_id": REMOTE_TRACE, "span_id": 0x1111, "flags": 1, "parent_id": REMOTE_SPAN,
-        "trace_state": "vendor=x1", "sampler_attributes": {"sampler.rule": "a", "n": 3},
-        "began_ns": 5, "end_ns": 25, "operation": "chat", "method": "POST",
-        "path": "/v1/chat/completions", "model": "m", "requested": "tiny",
-        "queue": (6, 5, True), "upstream": (0xC11E, 10, "http://127.0.0.1:9/v1/chat"),
-        "status": 200, "usage": (None, 5, None), "error": None, **fields}
+        "trace_id": REMOTE_TRACE,
+        "span_id": 0x1111,
+        "flags": 1,
+        "parent_id": REMOTE_SPAN,
+        "trace_state": "vendor=x1",
+        "sampler_attributes": {"sampler.rule": "a", "n": 3},
+        "began_ns": 5,
+        "end_ns": 25,
+        "operation": "chat",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "model": "m",
+        "requested": "tiny",
+        "queue": (6, 5, True),
+        "upstream": (0xC11E, 10, "http://127.0.0.1:9/v1/chat"),
+        "status": 200,
+        "usage": (None, 5, None),
+        "error": None,
+        **fields,
+    }
     return RequestTrace(**values)  # type: ignore[arg-type]
 
 
@@ -51,14 +65,26 @@ def test_the_span_exporter_follows_the_otel_variables(monkeypatch: pytest.Monkey
 
 
 def test_a_group_crosses_the_pipe_as_it_was_handed_over() -> None:
-    group = [_request(), _request(parent_id=0, trace_state="", sampler_attributes=None,
-                                  queue=None, upstream=None, usage=None, error="boom")]
+    group = [
+        _request(),
+        _request(
+            parent_id=0,
+            trace_state="",
+            sampler_attributes=None,
+            queue=None,
+            upstream=None,
+            usage=None,
+            error="boom",
+        ),
+    ]
     assert decode_traces(encode_traces(group)) == group  # 128-bit ids included
     # Text no UTF-8 can carry (a lone surrogate, from an escape in an upstream's JSON) is
     # replaced rather than losing its group.
     odd = _request(error="bad \ud800 text", usage=(1, 2, "m\udfff"))
     assert decode_traces(encode_traces([odd, group[0]])) == [
-        _request(error="bad ? text", usage=(1, 2, "m?")), group[0]]
+        _request(error="bad ? text", usage=(1, 2, "m?")),
+        group[0],
+    ]
 
 
 @pytest.fixture
@@ -69,20 +95,25 @@ def grpc_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[GrpcReceiver]:
 
 async def test_request_spans_reach_a_grpc_receiver_whole(grpc_receiver: GrpcReceiver) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "modelberth-test"}))
-    process = SpanExportProcess(provider.resource, InstrumentationScope("modelberth", "1"),
-                                "plain", "INFO")
+    process = SpanExportProcess(
+        provider.resource, InstrumentationScope("modelberth", "1"), "plain", "INFO"
+    )
     recorder = SpanRecorder(provider, process)
     try:
         recorder.hand_over(_request())
         recorder.batcher.flush()
         received = grpc_receiver.received
         spans = await asyncio.to_thread(
-            wait_for, lambda: len(received.spans) >= 3 and list(received.spans), 15)
+            wait_for, lambda: len(received.spans) >= 3 and list(received.spans), 15
+        )
     finally:
         recorder.shutdown()
     queue, client, server = spans
     assert [span.name for span in spans] == [
-        "modelberth.queue", "POST /v1/chat/completions", "chat tiny"]
+        "modelberth.queue",
+        "POST /v1/chat/completions",
+        "chat tiny",
+    ]
     assert {span.trace_id.hex() for span in spans} == {f"{REMOTE_TRACE:032x}"}
     assert {span.trace_state for span in spans} == {"vendor=x1"}
     assert queue.parent_span_id == client.parent_span_id == server.span_id
@@ -91,8 +122,15 @@ async def test_request_spans_reach_a_grpc_receiver_whole(grpc_receiver: GrpcRece
     assert not client.flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
     assert (queue.start_time_unix_nano, queue.end_time_unix_nano) == (6, 11)
     assert attributes(server.attributes) == {
-        "gen_ai.operation.name": "chat", "http.request.method": "POST",
-        "url.path": "/v1/chat/completions", "sampler.rule": "a", "n": 3,
-        "gen_ai.request.model": "tiny", "modelberth.model": "m",
-        "modelberth.cold_start": True, "modelberth.queue_ms": 0.0,
-        "http.response.status_code": 200, "gen_ai.usage.output_tokens": 5}
+        "gen_ai.operation.name": "chat",
+        "http.request.method": "POST",
+        "url.path": "/v1/chat/completions",
+        "sampler.rule": "a",
+        "n": 3,
+        "gen_ai.request.model": "tiny",
+        "modelberth.model": "m",
+        "modelberth.cold_start": True,
+        "modelberth.queue_ms": 0.0,
+        "http.response.status_code": 200,
+        "gen_ai.usage.output_tokens": 5,
+    }

@@ -32,13 +32,18 @@ PINNED = re.compile(r"^([A-Za-z0-9._-]+)==([^\s\\;]+)", re.MULTILINE)
 
 
 def locked() -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in PINNED.findall(
-        LOCK.read_text())}
+    return {canonicalize_name(name): version for name, version in PINNED.findall(LOCK.read_text())}
 
 
 def run(*argv: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
-    done = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    done = subprocess.run(
+        [str(a) for a in argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert done.returncode == 0, f"{argv} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -59,27 +64,44 @@ def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     constraints.write_text("".join(f"{name}=={version}\n" for name, version in locked().items()))
     run(sys.executable, "-m", "venv", where / "v")
     (wheel,) = dist.glob("*.whl")
-    run(where / "v" / "bin" / "python", "-m", "pip", "install", "--quiet", "-c", constraints,
-        wheel, timeout=900)
+    run(
+        where / "v" / "bin" / "python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-c",
+        constraints,
+        wheel,
+        timeout=900,
+    )
     return where / "v" / "bin"
 
 
 def test_the_lock_pins_every_declared_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = locked()
-    declared = [*project["dependencies"], *project["optional-dependencies"]["test"],
-                *project["optional-dependencies"]["demo"]]
+    declared = [
+        *project["dependencies"],
+        *project["optional-dependencies"]["test"],
+        *project["optional-dependencies"]["demo"],
+    ]
     for line in declared:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement.name} is not in requirements.lock: run `make lock`"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"requirements.lock has {name}=={pins[name]}, pyproject wants {requirement}: "
-            "run `make lock`")
+            "run `make lock`"
+        )
     # Every pin carries its hashes (pip then installs in hash-checking mode).
     text = LOCK.read_text()
-    hashed = re.findall(r"^[A-Za-z0-9._-]+==\S+ \\\n(?:    --hash=sha256:[0-9a-f]{64}"
-                        r"(?: \\)?\n)+", text, re.MULTILINE)
+    hashed = re.findall(
+        r"^[A-Za-z0-9._-]+==\S+ \\\n(?:    --hash=sha256:[0-9a-f]{64}"
+        r"(?: \\)?\n)+",
+        text,
+        re.MULTILINE,
+    )
     assert len(hashed) == len(PINNED.findall(text)) == len(pins)
 
 
@@ -90,8 +112,9 @@ def test_the_archives_carry_the_dashboard(dist: Path) -> None:
     expected = {str(p.relative_to(STATIC)) for p in STATIC.rglob("*") if p.is_file()}
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    in_wheel = {n.split("modelberth/ui/static/", 1)[1] for n in names
-                if "modelberth/ui/static/" in n}
+    in_wheel = {
+        n.split("modelberth/ui/static/", 1)[1] for n in names if "modelberth/ui/static/" in n
+    }
     assert expected and expected <= in_wheel
     assert "modelberth/py.typed" in names
     with tarfile.open(sdist) as archive:
@@ -104,7 +127,8 @@ def test_the_installed_command(venv: Path, tmp_path: Path) -> None:
     where = run(venv / "python", "-c", "import modelberth; print(modelberth.__file__)", cwd=away)
     assert str(venv.parent) in where and str(ROOT / "src") not in where
     assert run(venv / "modelberth", "--version", cwd=away).strip() == (
-        f"modelberth {modelberth.__version__}")
+        f"modelberth {modelberth.__version__}"
+    )
     schema = json.loads(run(venv / "modelberth", "schema", cwd=away))
     assert schema == json.loads((ROOT / "docs" / "config.schema.json").read_text())
 
@@ -120,16 +144,32 @@ def test_check_accepts_every_config_example_in_the_readme(venv: Path, tmp_path: 
     for number, example in enumerate(examples):
         config = tmp_path / f"example-{number}.yaml"
         config.write_text(example)
-        done = subprocess.run([str(venv / "modelberth"), "check", "-c", str(config)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **dict.fromkeys(  # as a user has them
-                                  re.findall(r"\$\{(\w+)\}", example), "x")}, check=False)
+        done = subprocess.run(
+            [str(venv / "modelberth"), "check", "-c", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                **dict.fromkeys(  # as a user has them
+                    re.findall(r"\$\{(\w+)\}", example), "x"
+                ),
+            },
+            check=False,
+        )
         assert done.returncode == 0, f"README example {number}:\n{example}\n{done.stderr}"
     # And check does fail on a bad one, so the loop above means something.
     bad = tmp_path / "bad.yaml"
     bad.write_text("models:\n  m:\n    idle_timeout: forever\n")
-    done = subprocess.run([str(venv / "modelberth"), "check", "-c", str(bad)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [str(venv / "modelberth"), "check", "-c", str(bad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode != 0 and "idle_timeout" in done.stdout + done.stderr
 
 
@@ -137,18 +177,26 @@ def test_check_accepts_every_config_example_in_the_readme(venv: Path, tmp_path: 
 def served(venv: Path, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     config = tmp_path / "modelberth.yaml"
-    config.write_text(f"server: {{host: 127.0.0.1, port: {port}}}\n"
-                      "models:\n  far: {runtime: remote, base_url: 'http://127.0.0.1:9/v1'}\n")
-    proc = subprocess.Popen([str(venv / "modelberth"), "serve", "-c", str(config)],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        "models:\n  far: {runtime: remote, base_url: 'http://127.0.0.1:9/v1'}\n"
+    )
+    proc = subprocess.Popen(
+        [str(venv / "modelberth"), "serve", "-c", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             try:
                 return httpx.get(f"{url}/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+
         wait_for(up, timeout=30, interval=0.2)
         yield url
     finally:

@@ -28,11 +28,18 @@ NONE: dict[str, Cost] = {}  # nothing running
 NO_VICTIMS: list[Victim[str]] = []
 
 
-def choose(need: Need, gpus: Sequence[tuple[int, ...]], held: Mapping[str, Cost],
-           order: Sequence[Victim[str]], budgets: Budgets, strategy: str) -> Plan[str] | None:
+def choose(
+    need: Need,
+    gpus: Sequence[tuple[int, ...]],
+    held: Mapping[str, Cost],
+    order: Sequence[Victim[str]],
+    budgets: Budgets,
+    strategy: str,
+) -> Plan[str] | None:
     """placement.choose on this machine alone (the one node, `local`)."""
-    return placement.choose(need, [Spot(LOCAL, g) for g in gpus], held, order,
-                            {LOCAL: budgets}, strategy)
+    return placement.choose(
+        need, [Spot(LOCAL, g) for g in gpus], held, order, {LOCAL: budgets}, strategy
+    )
 
 
 def lacking(cost: Cost, held: list[Cost], budgets: Budgets) -> set[int | str]:
@@ -43,8 +50,13 @@ def on(gpus: dict[int, int]) -> Cost:
     return Cost(0, {g: v * GIB for g, v in gpus.items()})
 
 
-def victim(key: str, holds: Cost, score: float = 1.0, after: Cost = NOTHING,
-           action: Literal["stop", "sleep"] = "stop") -> Victim[str]:
+def victim(
+    key: str,
+    holds: Cost,
+    score: float = 1.0,
+    after: Cost = NOTHING,
+    action: Literal["stop", "sleep"] = "stop",
+) -> Victim[str]:
     return Victim(key, key, holds, after, score, 1000 + score, action)
 
 
@@ -70,19 +82,25 @@ def test_binpack_takes_the_fullest_gpu_that_fits_spread_the_emptiest() -> None:
 
 def test_a_gpu_that_fits_now_beats_one_that_needs_an_eviction() -> None:
     held = {"small": on({1: 4})}
-    plan = choose(Need(0, 6 * GIB, on_gpu=True), candidates(None, 1, TWO.vram), held,
-                  [victim("small", held["small"])], TWO, "binpack")
+    plan = choose(
+        Need(0, 6 * GIB, on_gpu=True),
+        candidates(None, 1, TWO.vram),
+        held,
+        [victim("small", held["small"])],
+        TWO,
+        "binpack",
+    )
     assert plan is not None and plan.gpus == (0,) and not plan.victims
 
 
 def test_victims_come_only_from_the_chosen_gpus() -> None:
     held = {"a": on({0: 20}), "b": on({1: 6}), "c": on({0: 3})}
-    order = [victim("b", held["b"], 0.1), victim("c", held["c"], 0.2),
-             victim("a", held["a"], 0.3)]
+    order = [victim("b", held["b"], 0.1), victim("c", held["c"], 0.2), victim("a", held["a"], 0.3)]
     # On GPU 0: 20 + 3 + 6 = 29 > 24, and evicting c leaves 26 > 24, so a must go too;
     # on GPU 1: 6 + 6 = 12 > 8, and evicting b is enough. Nothing on GPU 0 is touched.
-    plan = choose(Need(0, 6 * GIB, on_gpu=True), candidates(None, 1, TWO.vram), held, order,
-                  TWO, "binpack")
+    plan = choose(
+        Need(0, 6 * GIB, on_gpu=True), candidates(None, 1, TWO.vram), held, order, TWO, "binpack"
+    )
     assert plan is not None
     assert plan.gpus == (1,)
     assert [v.key for v in plan.victims] == ["b"]
@@ -101,14 +119,32 @@ def test_two_gpus_split_the_need_evenly() -> None:
     plan = choose(need, candidates(None, 2, three.vram), NONE, NO_VICTIMS, three, "binpack")
     assert plan is not None and plan.gpus == (1, 2)  # 8 + 8: nothing left over
     assert need.cost_on(plan.gpus) == Cost(0, {1: 8 * GIB, 2: 8 * GIB})
-    assert choose(Need(0, 60 * GIB, on_gpu=True), candidates(None, 2, three.vram), NONE,
-                  NO_VICTIMS, three, "binpack") is None
+    assert (
+        choose(
+            Need(0, 60 * GIB, on_gpu=True),
+            candidates(None, 2, three.vram),
+            NONE,
+            NO_VICTIMS,
+            three,
+            "binpack",
+        )
+        is None
+    )
 
 
 def test_busy_models_make_a_start_wait() -> None:
     held = {"busy": on({0: 20}), "busy2": on({1: 7})}
-    assert choose(Need(0, 6 * GIB, on_gpu=True), candidates(None, 1, TWO.vram), held,
-                  NO_VICTIMS, TWO, "binpack") is None
+    assert (
+        choose(
+            Need(0, 6 * GIB, on_gpu=True),
+            candidates(None, 1, TWO.vram),
+            held,
+            NO_VICTIMS,
+            TWO,
+            "binpack",
+        )
+        is None
+    )
 
 
 def test_unknown_vram_needs_the_gpu_to_itself() -> None:
@@ -161,11 +197,13 @@ def test_a_node_with_room_beats_an_eviction_elsewhere_and_victims_stay_on_their_
     order = [victim("y", held["y"], 0.1), victim("x", held["x"], 0.2)]
     # 1 GiB fits on neither node as they are; only evicting the model on the chosen node
     # helps, and y (on a) is first in order but frees nothing on b.
-    plan = placement.choose(Need(1 * GIB, None, on_gpu=False), [Spot("b", ())], held, order,
-                            NODES, "binpack")
+    plan = placement.choose(
+        Need(1 * GIB, None, on_gpu=False), [Spot("b", ())], held, order, NODES, "binpack"
+    )
     assert plan is not None and [v.key for v in plan.victims] == ["x"]
-    plan = placement.choose(Need(1 * GIB, None, on_gpu=False), ON_NODES,
-                            {"x": held["x"]}, order, NODES, "binpack")
+    plan = placement.choose(
+        Need(1 * GIB, None, on_gpu=False), ON_NODES, {"x": held["x"]}, order, NODES, "binpack"
+    )
     assert plan is not None and plan.spot.node == "a" and not plan.victims
 
 
@@ -182,8 +220,14 @@ def test_binpack_fills_the_fuller_node_spread_the_emptier() -> None:
 def test_the_same_gpu_index_on_two_nodes_is_two_gpus() -> None:
     room = {"a": Budgets(None, {0: 8 * GIB}), "b": Budgets(None, {0: 8 * GIB})}
     held = {"x": Cost(0, {0: 6 * GIB}, "a")}
-    plan = placement.choose(Need(0, 6 * GIB, on_gpu=True), [Spot("a", (0,)), Spot("b", (0,))],
-                            held, NO_VICTIMS, room, "binpack")
+    plan = placement.choose(
+        Need(0, 6 * GIB, on_gpu=True),
+        [Spot("a", (0,)), Spot("b", (0,))],
+        held,
+        NO_VICTIMS,
+        room,
+        "binpack",
+    )
     assert plan is not None and plan.spot == Spot("b", (0,))
 
 
@@ -202,16 +246,22 @@ def test_templates_fill_tensor_split_and_parallel_size_on_two_gpus() -> None:
     two = llama.placed_on((0, 2))
     assert "--tensor-split" not in one.argv(9000)
     assert two.argv(9000)[-4:] == ["--split-mode", "layer", "--tensor-split", "1,1"]
-    assert two.environment(9000) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                                     "CUDA_VISIBLE_DEVICES": "0,2"}
+    assert two.environment(9000) == {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": "0,2",
+    }
     assert vllm.placed_on((0, 1)).argv(9000)[-2:] == ["--tensor-parallel-size", "2"]
     # The placement is not config: the hash (and so adoption) does not depend on it.
     assert two.config_hash() == llama.config_hash()
 
 
 def test_own_command_gets_the_gpu_placeholders_but_no_extra_arguments() -> None:
-    spec = _spec({"command": ["srv", "--port", "${PORT}", "--gpus", "${GPUS}",
-                              "--n", "${GPU_COUNT}"], "gpus": {"count": 2}})
+    spec = _spec(
+        {
+            "command": ["srv", "--port", "${PORT}", "--gpus", "${GPUS}", "--n", "${GPU_COUNT}"],
+            "gpus": {"count": 2},
+        }
+    )
     assert spec.placed_on((1, 3)).argv(5) == ["srv", "--port", "5", "--gpus", "1,3", "--n", "2"]
 
 

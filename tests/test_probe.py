@@ -34,15 +34,15 @@ def probe_failures(reader: EventReader) -> list[dict[str, Any]]:
     return [data for kind, data in reader.events if kind == "probe_failed"]
 
 
-def test_a_wedged_upstream_is_failed_by_its_probe_and_restarted(modelberth: Any,
-                                                                tmp_path: Path) -> None:
+def test_a_wedged_upstream_is_failed_by_its_probe_and_restarted(
+    modelberth: Any, tmp_path: Path
+) -> None:
     events = tmp_path / "ev"
     mb = modelberth({"models": {"m": fake_model(events, probe=FAST, stop_timeout=1)}})
     with mb.client() as client:
         assert client.post(CHAT, json={"model": "m"}).status_code == 200
         old = mb.status("m")["runtime_id"]
-        reader = EventReader(mb.url, lambda kind, data: kind == "state"
-                             and data["to"] == "ready")
+        reader = EventReader(mb.url, lambda kind, data: kind == "state" and data["to"] == "ready")
         wedge(mb, "m")
         seen = reader.wait(30)
         wait_for(lambda: mb.status("m")["state"] == "ready", timeout=15)
@@ -55,8 +55,11 @@ def test_a_wedged_upstream_is_failed_by_its_probe_and_restarted(modelberth: Any,
         assert all(f["error"] == "timed out after 0.5s" and f["limit"] == 2 for f in failures)
         states = [(d["from"], d["to"], d["reason"]) for k, d in seen if k == "state"]
         reason = "2 probes failed in a row (last: timed out after 0.5s): restarting"
-        assert states == [("ready", "failed", reason), ("failed", "starting", "start"),
-                          ("starting", "ready", "healthy")]
+        assert states == [
+            ("ready", "failed", reason),
+            ("failed", "starting", "start"),
+            ("starting", "ready", "healthy"),
+        ]
         assert requests_to(events, old) == 3  # the real request, then the two probes
 
         # The new upstream generates, and the wedged one is gone.
@@ -67,21 +70,27 @@ def test_a_wedged_upstream_is_failed_by_its_probe_and_restarted(modelberth: Any,
     assert status["starts"] == 2 and status["last_error"] is None
     assert f"m: {reason}" in mb.log()
     text = httpx.get(mb.url + "/metrics", timeout=10).text
-    restarts = {tuple(sorted(s.labels.items())): s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples if s.name == "modelberth_probe_restarts_total"}
+    restarts = {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "modelberth_probe_restarts_total"
+    }
     assert restarts == {(("model", "m"),): 1}
 
 
-def test_a_healthy_upstream_is_probed_and_never_restarted(modelberth: Any,
-                                                          tmp_path: Path) -> None:
+def test_a_healthy_upstream_is_probed_and_never_restarted(modelberth: Any, tmp_path: Path) -> None:
     events = tmp_path / "ev"
     # A chat probe of its own (path and body from the config), answered by the fake's
     # chat handler, which records it; idle_timeout longer than the test: the probes are
     # not what keeps it up.
-    probe = {"interval": "0.3s", "timeout": "1s", "failures": 1,
-             "path": "/v1/chat/completions",
-             "body": {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}}
+    probe = {
+        "interval": "0.3s",
+        "timeout": "1s",
+        "failures": 1,
+        "path": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
+    }
     mb = modelberth({"models": {"m": fake_model(events, probe=probe, preload=True)}})
     wait_for(lambda: mb.status("m")["state"] == "ready", timeout=15)
     pid = mb.status("m")["runtime_id"]
@@ -95,8 +104,9 @@ def test_a_healthy_upstream_is_probed_and_never_restarted(modelberth: Any,
     assert "m: probe 1 of 1 failed" not in mb.log() and "probes failed" not in mb.log()
 
 
-def test_no_probe_while_real_requests_prove_the_model_generates(modelberth: Any,
-                                                                tmp_path: Path) -> None:
+def test_no_probe_while_real_requests_prove_the_model_generates(
+    modelberth: Any, tmp_path: Path
+) -> None:
     events = tmp_path / "ev"
     probe = {"interval": "1s", "timeout": "1s", "failures": 2}
     mb = modelberth({"models": {"m": fake_model(events, probe=probe)}})
@@ -116,8 +126,14 @@ def test_no_probe_while_real_requests_prove_the_model_generates(modelberth: Any,
 
 def test_a_model_without_probe_gets_no_probe(modelberth: Any, tmp_path: Path) -> None:
     events = tmp_path / "ev"
-    mb = modelberth({"models": {"m": fake_model(events, stop_timeout=1),
-                                "p": fake_model(events, probe={**FAST, "interval": "0.2s"})}})
+    mb = modelberth(
+        {
+            "models": {
+                "m": fake_model(events, stop_timeout=1),
+                "p": fake_model(events, probe={**FAST, "interval": "0.2s"}),
+            }
+        }
+    )
     with mb.client() as client:
         assert client.post(CHAT, json={"model": "m"}).status_code == 200
         assert client.post(CHAT, json={"model": "p"}).status_code == 200
@@ -132,8 +148,9 @@ def test_a_model_without_probe_gets_no_probe(modelberth: Any, tmp_path: Path) ->
         assert mb.status("m")["state"] == "ready" and mb.status("m")["runtime_id"] == m
 
 
-def test_a_probe_added_by_a_reload_starts_without_a_restart(modelberth: Any,
-                                                            tmp_path: Path) -> None:
+def test_a_probe_added_by_a_reload_starts_without_a_restart(
+    modelberth: Any, tmp_path: Path
+) -> None:
     events = tmp_path / "ev"
     mb = modelberth({"models": {"m": fake_model(events, stop_timeout=1)}})
     with mb.client() as client:
@@ -180,8 +197,9 @@ def test_stopping_the_model_ends_its_probe(modelberth: Any, tmp_path: Path) -> N
         assert len(events_of(events, "start")) == 1
 
 
-def test_shutdown_ends_a_probe_waiting_on_a_wedged_upstream(modelberth: Any,
-                                                           tmp_path: Path) -> None:
+def test_shutdown_ends_a_probe_waiting_on_a_wedged_upstream(
+    modelberth: Any, tmp_path: Path
+) -> None:
     events = tmp_path / "ev"
     # A probe waits up to a minute for an answer: the shutdown must cancel it, not wait.
     probe = {"interval": "0.2s", "timeout": "60s", "failures": 1}

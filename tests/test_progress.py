@@ -35,8 +35,9 @@ class Clock:
         return self.now
 
 
-def replay(lines: list[str], previous: tuple[float, ...] = (), step: float = 0.5
-           ) -> tuple[StartProgress, list[Progress]]:
+def replay(
+    lines: list[str], previous: tuple[float, ...] = (), step: float = 0.5
+) -> tuple[StartProgress, list[Progress]]:
     """Feed `lines` one by one through a LogBuffer, `step` seconds apart."""
     clock, logs = Clock(), LogBuffer()
     logs.append("stderr", "a line of an earlier start")  # not this start's
@@ -63,12 +64,22 @@ def test_llama_cpp_stages_without_history(lines: list[str]) -> None:
     assert seen[0].percent is None  # the first line names no stage
     assert rising(percents) and max(percents) == 98  # never 100 before health says so
     phases = [s.phase for s in seen]
-    assert {"loading model", "loading tensors", "creating context", "warming up",
-            "model loaded", "listening"} <= set(phases)
+    assert {
+        "loading model",
+        "loading tensors",
+        "creating context",
+        "warming up",
+        "model loaded",
+        "listening",
+    } <= set(phases)
     assert all(s.eta_seconds is None for s in seen)  # no history: no ETA
     progress.healthy()
     assert progress.snapshot().as_dict() | {"elapsed_seconds": 0} == {
-        "elapsed_seconds": 0, "percent": 100, "eta_seconds": 0.0, "phase": "ready"}
+        "elapsed_seconds": 0,
+        "percent": 100,
+        "eta_seconds": 0.0,
+        "phase": "ready",
+    }
 
 
 def test_vllm_bars_move_within_their_stage() -> None:
@@ -140,17 +151,21 @@ def test_logbuffer_since_counts_past_the_ring() -> None:
 async def test_a_bar_redrawn_with_carriage_returns_arrives_redraw_by_redraw() -> None:
     """tqdm (vLLM's loading bars) redraws with a bare \r and ends the line only when done:
     each redraw must reach the buffer, and the progress, while the bar is still going."""
-    script = ("import sys, time\n"
-              "for i in (1, 2):\n"
-              "    sys.stderr.write(f'\\rLoading safetensors checkpoint shards: {i * 50}% "
-              "Completed | {i}/2'); sys.stderr.flush(); time.sleep(0.4)\n"
-              "time.sleep(30)\n")
-    spec = Config.model_validate({"models": {"m": {
-        "command": [sys.executable, "-c", script, "${PORT}"]}}}).specs()["m"]
+    script = (
+        "import sys, time\n"
+        "for i in (1, 2):\n"
+        "    sys.stderr.write(f'\\rLoading safetensors checkpoint shards: {i * 50}% "
+        "Completed | {i}/2'); sys.stderr.flush(); time.sleep(0.4)\n"
+        "time.sleep(30)\n"
+    )
+    spec = Config.model_validate(
+        {"models": {"m": {"command": [sys.executable, "-c", script, "${PORT}"]}}}
+    ).specs()["m"]
     logs = LogBuffer()
     progress = StartProgress(logs, [])
     upstream = await ProcessRuntime().start(spec, 1, logs)
     try:
+
         async def seen() -> list[str]:
             while len(logs.tail()) < 2:
                 await asyncio.sleep(0.05)
@@ -178,9 +193,11 @@ def test_brief() -> None:
 
 def watch_start(mb: Modelberth, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Start `name`: its statuses polled while starting, and its start_progress events."""
+
     def last(kind: str, data: dict[str, Any]) -> bool:  # its last event: 100, or failed
-        return data["model"] == name and (data.get("phase") == "ready"
-                                          or data.get("to") == "failed")
+        return data["model"] == name and (
+            data.get("phase") == "ready" or data.get("to") == "failed"
+        )
 
     reader = EventReader(mb.url, last)
     httpx.post(f"{mb.url}/api/models/{name}/start?wait=false", timeout=10).raise_for_status()
@@ -191,19 +208,24 @@ def watch_start(mb: Modelberth, name: str) -> tuple[list[dict[str, Any]], list[d
         if status["state"] != "starting":
             break
         time.sleep(0.1)
-    events = [data for kind, data in reader.wait(20)
-              if kind == "start_progress" and data["model"] == name]
+    events = [
+        data for kind, data in reader.wait(20) if kind == "start_progress" and data["model"] == name
+    ]
     return statuses, events
 
 
 @pytest.mark.parametrize("kind", ["vllm", "llama"])
 def test_api_and_events_show_a_rising_percent(modelberth: Any, kind: str) -> None:
-    mb = modelberth({"models": {"m": fake_model(None, "--print-load-lines", kind,
-                                                "--start-delay", "3")}})
+    mb = modelberth(
+        {"models": {"m": fake_model(None, "--print-load-lines", kind, "--start-delay", "3")}}
+    )
     statuses, events = watch_start(mb, "m")
     assert statuses[-1]["state"] == "ready" and statuses[-1]["progress"] is None
-    shown = [s["progress"]["percent"] for s in statuses
-             if s["state"] == "starting" and s["progress"] and s["progress"]["percent"]]
+    shown = [
+        s["progress"]["percent"]
+        for s in statuses
+        if s["state"] == "starting" and s["progress"] and s["progress"]["percent"]
+    ]
     assert rising(shown), shown
     percents = [e["percent"] for e in events if e["percent"] is not None]
     assert rising(percents), events
@@ -215,8 +237,9 @@ def test_a_second_start_goes_by_the_first_ones_duration(modelberth: Any) -> None
     mb = modelberth({"models": {"m": fake_model(None, "--silent", "--start-delay", "1.5")}})
     statuses, events = watch_start(mb, "m")  # silent, no history: nothing honest to say
     starting = [s["progress"] for s in statuses if s["state"] == "starting"]
-    assert starting and all(p["percent"] is None and p["eta_seconds"] is None
-                            for p in starting if p)
+    assert starting and all(
+        p["percent"] is None and p["eta_seconds"] is None for p in starting if p
+    )
     assert all(e["percent"] is None for e in events[:-1]) and events[-1]["percent"] == 100
     httpx.post(f"{mb.url}/api/models/m/stop", timeout=20).raise_for_status()
     statuses, events = watch_start(mb, "m")
@@ -240,9 +263,22 @@ def test_the_real_llama_server_start_ends_at_100(modelberth: Any, tiny_model: Pa
 @pytest.mark.parametrize("health", ["refused", "503"])
 def test_a_silent_start_fails_at_stall_timeout(modelberth: Any, health: str) -> None:
     extra = ["--loading-503"] if health == "503" else []
-    mb = modelberth({"models": {"m": fake_model(None, "--silent", "--start-delay", "600",
-                                                *extra, stall_timeout=1.5, start_timeout=60,
-                                                stop_timeout=1)}})
+    mb = modelberth(
+        {
+            "models": {
+                "m": fake_model(
+                    None,
+                    "--silent",
+                    "--start-delay",
+                    "600",
+                    *extra,
+                    stall_timeout=1.5,
+                    start_timeout=60,
+                    stop_timeout=1,
+                )
+            }
+        }
+    )
     began = time.monotonic()
     with mb.client() as client:
         response = client.post(CHAT, json={"model": "m", "messages": []})
@@ -258,8 +294,15 @@ def test_a_silent_start_fails_at_stall_timeout(modelberth: Any, health: str) -> 
 
 
 def test_an_upstream_that_keeps_printing_is_never_stalled(modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": fake_model(None, "--print-every", "0.3",
-                                                "--start-delay", "4", stall_timeout=1.5)}})
+    mb = modelberth(
+        {
+            "models": {
+                "m": fake_model(
+                    None, "--print-every", "0.3", "--start-delay", "4", stall_timeout=1.5
+                )
+            }
+        }
+    )
     with mb.client() as client:
         response = client.post(CHAT, json={"model": "m", "messages": []})
     assert response.status_code == 200, response.text
@@ -269,9 +312,22 @@ def test_an_upstream_that_keeps_printing_is_never_stalled(modelberth: Any) -> No
 
 
 def test_start_timeout_still_caps_a_chatty_start(modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": fake_model(None, "--print-every", "0.3",
-                                                "--start-delay", "600", stall_timeout=1.5,
-                                                start_timeout=3, stop_timeout=1)}})
+    mb = modelberth(
+        {
+            "models": {
+                "m": fake_model(
+                    None,
+                    "--print-every",
+                    "0.3",
+                    "--start-delay",
+                    "600",
+                    stall_timeout=1.5,
+                    start_timeout=3,
+                    stop_timeout=1,
+                )
+            }
+        }
+    )
     with mb.client() as client:
         response = client.post(CHAT, json={"model": "m", "messages": []})
     assert response.status_code == 504
@@ -282,10 +338,22 @@ def test_start_timeout_still_caps_a_chatty_start(modelberth: Any) -> None:
 
 
 def test_loading_messages_carry_the_percent(modelberth: Any) -> None:
-    mb = modelberth({"server": {"stream_keepalive": 0.3}, "models": {
-        "v": fake_model(None, "--print-load-lines", "vllm", "--start-delay", "3"),
-        "r": fake_model(None, "--print-load-lines", "llama", "--start-delay", "3",
-                        loading_status="reasoning")}})
+    mb = modelberth(
+        {
+            "server": {"stream_keepalive": 0.3},
+            "models": {
+                "v": fake_model(None, "--print-load-lines", "vllm", "--start-delay", "3"),
+                "r": fake_model(
+                    None,
+                    "--print-load-lines",
+                    "llama",
+                    "--start-delay",
+                    "3",
+                    loading_status="reasoning",
+                ),
+            },
+        }
+    )
     with mb.client() as client:
         text = client.post(CHAT, json={"model": "v", "stream": True, "chunks": 1}).text
         reasoning = client.post(CHAT, json={"model": "r", "stream": True, "chunks": 1}).text
@@ -294,19 +362,28 @@ def test_loading_messages_carry_the_percent(modelberth: Any) -> None:
     percents = [int(c.split("%")[0].rsplit(" ", 1)[1]) for c in comments if "%" in c]
     assert rising(percents), comments
     assert "(loading weights" in text and "tok0" in text
-    thoughts = [json.loads(line[6:])["choices"][0]["delta"].get("reasoning_content", "")
-                for line in reasoning.splitlines() if line.startswith("data: {")]
+    thoughts = [
+        json.loads(line[6:])["choices"][0]["delta"].get("reasoning_content", "")
+        for line in reasoning.splitlines()
+        if line.startswith("data: {")
+    ]
     assert any("%" in t and t.startswith("Loading r... ") for t in thoughts), thoughts
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelberth", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "modelberth", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_start_prints_progress(modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": fake_model(None, "--print-load-lines", "llama",
-                                                "--start-delay", "2.5")}})
+    mb = modelberth(
+        {"models": {"m": fake_model(None, "--print-load-lines", "llama", "--start-delay", "2.5")}}
+    )
     done = cli("start", "m", "--url", mb.url)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "m: ready"

@@ -22,8 +22,9 @@ def browser() -> Iterator[Browser]:
 
 
 def test_a_starting_row_shows_percent_then_eta(browser: Browser, modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": fake_model(None, "--print-load-lines", "vllm",
-                                                "--start-delay", "3")}})
+    mb = modelberth(
+        {"models": {"m": fake_model(None, "--print-load-lines", "vllm", "--start-delay", "3")}}
+    )
     watched = open_page(browser, mb.url)
     try:
         watched.page.goto(f"{mb.url}/ui#models")
@@ -52,8 +53,12 @@ def test_sleeping_and_waking_rows(browser: Browser, modelberth: Any) -> None:
     real = httpx.get(f"{mb.url}/api/models", timeout=10).json()
     for status, state in zip(real["models"], ("sleeping", "waking"), strict=True):
         status.update(state=state, gpus=[0, 1], progress=None)
-    real["models"][1]["progress"] = {"elapsed_seconds": 1.2, "percent": 40,
-                                     "eta_seconds": 2.5, "phase": "waking"}
+    real["models"][1]["progress"] = {
+        "elapsed_seconds": 1.2,
+        "percent": 40,
+        "eta_seconds": 2.5,
+        "phase": "waking",
+    }
 
     def answer(route: Route) -> None:
         route.fulfill(status=200, content_type="application/json", body=json.dumps(real))
@@ -71,13 +76,19 @@ def test_sleeping_and_waking_rows(browser: Browser, modelberth: Any) -> None:
         expect(waking.locator(".action-restart")).to_be_disabled()  # busy, like starting
         expect(asleep.locator(".runtime-detail")).to_contain_text("GPU 0, 1")
         colour = asleep.locator(".state").evaluate("el => getComputedStyle(el).color")
-        own, stopped = (watched.page.evaluate("""(name) => {
+        own, stopped = (
+            watched.page.evaluate(
+                """(name) => {
             const probe = document.body.appendChild(document.createElement("span"));
             probe.style.color = `var(${name})`;
             const colour = getComputedStyle(probe).color;
             probe.remove();
             return colour;
-        }""", name) for name in ("--sleeping", "--stopped"))
+        }""",
+                name,
+            )
+            for name in ("--sleeping", "--stopped")
+        )
         assert colour == own != stopped  # a colour of its own, not a stopped model's
         expect(watched.page.locator(".summary")).to_contain_text("1 sleeping")
         watched.assert_clean()

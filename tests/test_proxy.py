@@ -19,15 +19,18 @@ CHAT = "/v1/chat/completions"
 
 @pytest.fixture
 def mb(modelberth: Any, tmp_path: Path) -> Modelberth:
-    server: Modelberth = modelberth({
-        "server": {"max_body_mb": 0.01},
-        "models": {"m": fake_model(tmp_path / "events", aliases=["gpt-4o-mini"])},
-    })
+    server: Modelberth = modelberth(
+        {
+            "server": {"max_body_mb": 0.01},
+            "models": {"m": fake_model(tmp_path / "events", aliases=["gpt-4o-mini"])},
+        }
+    )
     return server
 
 
-def assert_error(response: httpx.Response, status: int, code: str | None,
-                 kind: str = "invalid_request_error") -> dict[str, Any]:
+def assert_error(
+    response: httpx.Response, status: int, code: str | None, kind: str = "invalid_request_error"
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     error: dict[str, Any] = response.json()["error"]
@@ -53,11 +56,22 @@ def assert_still_serving(client: httpx.Client) -> None:
         (b'["m"]', "application/json", 400, "invalid_body"),
         (b'{"messages": []}', "application/json", 400, "missing_model"),
         (b'{"model": 42}', "application/json", 400, "invalid_model"),
-        (b'{"model": "m", "pad": "' + b"x" * 20_000 + b'"}', "application/json", 413,
-         "request_too_large"),
+        (
+            b'{"model": "m", "pad": "' + b"x" * 20_000 + b'"}',
+            "application/json",
+            413,
+            "request_too_large",
+        ),
     ],
-    ids=["unknown-model", "malformed", "not-utf8", "not-object", "no-model", "model-not-string",
-         "too-large"],
+    ids=[
+        "unknown-model",
+        "malformed",
+        "not-utf8",
+        "not-object",
+        "no-model",
+        "model-not-string",
+        "too-large",
+    ],
 )
 def test_bad_requests_get_openai_errors_and_lose_nothing(
     mb: Modelberth, body: bytes, content_type: str, status: int, code: str
@@ -87,9 +101,11 @@ def test_oversized_chunked_body_is_413(mb: Modelberth) -> None:
 
 def test_an_oversized_upload_is_refused_without_reading_it(mb: Modelberth) -> None:
     with socket.create_connection(("127.0.0.1", mb.port), timeout=10) as sock:
-        sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nhost: x\r\n"
-                     b"content-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
-                     b'{"model": "m", "messages": [')
+        sock.sendall(
+            b"POST " + CHAT.encode() + b" HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
+            b'{"model": "m", "messages": ['
+        )
         answer = b""
         while piece := sock.recv(65536):  # the server shuts its side after the answer
             answer += piece
@@ -123,8 +139,11 @@ def test_alias_and_any_v1_post_with_a_model_is_forwarded(mb: Modelberth) -> None
 
 def test_multipart_model_field_is_understood(mb: Modelberth) -> None:
     with mb.client() as client:
-        response = client.post("/v1/audio/transcriptions", data={"model": "m"},
-                               files={"file": ("a.wav", b"RIFF....", "audio/wav")})
+        response = client.post(
+            "/v1/audio/transcriptions",
+            data={"model": "m"},
+            files={"file": ("a.wav", b"RIFF....", "audio/wav")},
+        )
         assert response.status_code == 200
         assert response.json()["path"] == "/v1/audio/transcriptions"
         assert response.json()["headers"]["Content-Type"].startswith("multipart/form-data")
@@ -132,9 +151,11 @@ def test_multipart_model_field_is_understood(mb: Modelberth) -> None:
 
 def test_headers_forwarded_except_hop_by_hop(mb: Modelberth) -> None:
     with mb.client() as client:
-        response = client.post(CHAT, json={"model": "m", "messages": []},
-                               headers={"X-Request-Id": "abc", "traceparent": "00-1-2-01",
-                                        "Connection": "keep-alive"})
+        response = client.post(
+            CHAT,
+            json={"model": "m", "messages": []},
+            headers={"X-Request-Id": "abc", "traceparent": "00-1-2-01", "Connection": "keep-alive"},
+        )
     seen = {k.lower(): v for k, v in response.json()["echo"]["headers"].items()}
     assert seen["x-request-id"] == "abc"
     assert seen["traceparent"] == "00-1-2-01"
@@ -146,12 +167,23 @@ def test_headers_forwarded_except_hop_by_hop(mb: Modelberth) -> None:
 
 
 def test_connection_named_headers_are_dropped_and_forwarding_headers_not_trusted(
-        mb: Modelberth) -> None:
+    mb: Modelberth,
+) -> None:
     with mb.client() as client:
-        response = client.post(CHAT, json={"model": "m", "messages": []}, headers={
-            "Connection": "keep-alive, X-Secret", "X-Secret": "hop", "Expect": "100-continue",
-            "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example",
-            "X-Forwarded-Proto": "https", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"})
+        response = client.post(
+            CHAT,
+            json={"model": "m", "messages": []},
+            headers={
+                "Connection": "keep-alive, X-Secret",
+                "X-Secret": "hop",
+                "Expect": "100-continue",
+                "X-Forwarded-For": "6.6.6.6",
+                "X-Forwarded-Host": "evil.example",
+                "X-Forwarded-Proto": "https",
+                "Forwarded": "for=6.6.6.6",
+                "X-Real-IP": "6.6.6.6",
+            },
+        )
     seen = {k.lower(): v for k, v in response.json()["echo"]["headers"].items()}
     assert "x-secret" not in seen and "expect" not in seen
     assert seen["x-forwarded-for"] == "127.0.0.1"
@@ -161,12 +193,17 @@ def test_connection_named_headers_are_dropped_and_forwarding_headers_not_trusted
 
 
 def test_a_trusted_proxys_forwarding_headers_are_extended(modelberth: Any) -> None:
-    mb = modelberth({"server": {"trusted_proxies": ["127.0.0.0/8"]},
-                     "models": {"m": fake_model()}})
+    mb = modelberth({"server": {"trusted_proxies": ["127.0.0.0/8"]}, "models": {"m": fake_model()}})
     with mb.client() as client:
-        response = client.post(CHAT, json={"model": "m", "messages": []}, headers={
-            "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
-            "X-Forwarded-Host": "models.example"})
+        response = client.post(
+            CHAT,
+            json={"model": "m", "messages": []},
+            headers={
+                "X-Forwarded-For": "203.0.113.7",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "models.example",
+            },
+        )
     seen = {k.lower(): v for k, v in response.json()["echo"]["headers"].items()}
     assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
     assert seen["x-forwarded-proto"] == "https"
@@ -188,8 +225,9 @@ def test_stream_is_relayed_chunk_by_chunk(mb: Modelberth) -> None:
     pieces: list[bytes] = []
     with mb.client() as client:
         began = time.monotonic()
-        with client.stream("POST", CHAT, json={"model": "m", "stream": True, "chunks": 5,
-                                               "chunk_delay": 0.3}) as response:
+        with client.stream(
+            "POST", CHAT, json={"model": "m", "stream": True, "chunks": 5, "chunk_delay": 0.3}
+        ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             for piece in response.iter_raw():
                 arrivals.append(time.monotonic() - began)
@@ -205,8 +243,9 @@ def test_stream_is_relayed_chunk_by_chunk(mb: Modelberth) -> None:
 def test_client_disconnect_cancels_the_upstream_request(mb: Modelberth, tmp_path: Path) -> None:
     events = tmp_path / "events"
     with mb.client() as client:
-        with client.stream("POST", CHAT, json={"model": "m", "stream": True, "chunks": 100,
-                                               "chunk_delay": 0.1}) as response:
+        with client.stream(
+            "POST", CHAT, json={"model": "m", "stream": True, "chunks": 100, "chunk_delay": 0.1}
+        ) as response:
             iterator = response.iter_raw()
             next(iterator)
             next(iterator)
@@ -291,8 +330,9 @@ def test_logs_endpoint_returns_and_follows_upstream_output(mb: Modelberth) -> No
         assert "fake upstream starting on port" in text
         lines = client.get("/api/models/m/logs", params={"format": "json"}).text.splitlines()
         assert any(json.loads(line)["stream"] == "stdout" for line in lines)
-        with client.stream("GET", "/api/models/m/logs",
-                           params={"follow": "true", "tail": 0}) as follow:
+        with client.stream(
+            "GET", "/api/models/m/logs", params={"follow": "true", "tail": 0}
+        ) as follow:
             client.post("/api/models/m/restart")
             first = next(follow.iter_lines())
         assert first
@@ -309,8 +349,7 @@ def test_events_stream_reports_state_changes(mb: Modelberth) -> None:
                 seen.append(json.loads(line[6:]))
             if len(seen) == 2:
                 break
-    assert [(e["from"], e["to"]) for e in seen] == [("stopped", "starting"),
-                                                    ("starting", "ready")]
+    assert [(e["from"], e["to"]) for e in seen] == [("stopped", "starting"), ("starting", "ready")]
     assert seen[1]["start_seconds"] > 0
 
 
@@ -323,21 +362,31 @@ def test_health_is_open(mb: Modelberth) -> None:
 def test_api_keys_guard_inference_and_admin_keys_guard_management(
     modelberth: Any, tmp_path: Path
 ) -> None:
-    mb = modelberth({"server": {"api_keys": ["sk-user"], "admin_keys": ["sk-admin"]},
-                     "models": {"m": fake_model(None)}})
+    mb = modelberth(
+        {
+            "server": {"api_keys": ["sk-user"], "admin_keys": ["sk-admin"]},
+            "models": {"m": fake_model(None)},
+        }
+    )
     body = {"model": "m", "messages": []}
     with mb.client() as client:
         assert_error(client.post(CHAT, json=body), 401, "invalid_api_key")
-        assert_error(client.post(CHAT, json=body, headers={"Authorization": "Bearer no"}),
-                     401, "invalid_api_key")
+        assert_error(
+            client.post(CHAT, json=body, headers={"Authorization": "Bearer no"}),
+            401,
+            "invalid_api_key",
+        )
         ok = client.post(CHAT, json=body, headers={"Authorization": "Bearer sk-user"})
         assert ok.status_code == 200
         seen = {k.lower() for k in ok.json()["echo"]["headers"]}
         assert "authorization" not in seen  # the key never reaches the upstream
         assert client.post(CHAT, json=body, headers={"x-api-key": "sk-user"}).status_code == 200
         assert_error(client.get("/v1/models"), 401, "invalid_api_key")
-        assert_error(client.get("/api/models", headers={"Authorization": "Bearer sk-user"}),
-                     401, "invalid_api_key")
+        assert_error(
+            client.get("/api/models", headers={"Authorization": "Bearer sk-user"}),
+            401,
+            "invalid_api_key",
+        )
         admin = client.get("/api/models", headers={"Authorization": "Bearer sk-admin"})
         assert admin.status_code == 200
         assert client.get("/health").status_code == 200
@@ -356,9 +405,17 @@ def test_port_already_taken_by_fixed_port_fails_clearly(modelberth: Any) -> None
 
 
 def test_keys_are_never_logged_and_health_can_be_protected(modelberth: Any) -> None:
-    mb = modelberth({"server": {"api_keys": ["sk-secret-user"], "admin_keys": ["sk-secret-adm"],
-                                "protect_health": True},
-                     "models": {"m": fake_model(None)}}, start=False)
+    mb = modelberth(
+        {
+            "server": {
+                "api_keys": ["sk-secret-user"],
+                "admin_keys": ["sk-secret-adm"],
+                "protect_health": True,
+            },
+            "models": {"m": fake_model(None)},
+        },
+        start=False,
+    )
     mb.start(extra=["--access-log"])
     with mb.client(headers={"Authorization": "Bearer sk-secret-user"}) as client:
         assert client.post(CHAT, json={"model": "m", "messages": []}).status_code == 200

@@ -45,9 +45,14 @@ def test_reload_keeps_unchanged_restarts_changed_and_drains_removed(
     slow.start()
     wait_for(lambda: mb.status("gone")["in_flight"] == 1, timeout=5)
 
-    write_config(mb, {"a": {**a, "aliases": ["alpha"]},
-                      "b": fake_model(events, "--chunks", "3"),
-                      "new": fake_model(None)})
+    write_config(
+        mb,
+        {
+            "a": {**a, "aliases": ["alpha"]},
+            "b": fake_model(events, "--chunks", "3"),
+            "new": fake_model(None),
+        },
+    )
     with mb.client() as client:
         reloaded = client.post("/api/reload")
     assert reloaded.status_code == 200, reloaded.text
@@ -63,8 +68,10 @@ def test_reload_keeps_unchanged_restarts_changed_and_drains_removed(
     assert chat(mb, "alpha").status_code == 200
     assert chat(mb, "new").status_code == 200
     assert mb.status("a")["runtime_id"] == a_pid
-    wait_for(lambda: mb.status("b")["state"] == "ready"
-             and mb.status("b")["runtime_id"] != b_pid, timeout=10)
+    wait_for(
+        lambda: mb.status("b")["state"] == "ready" and mb.status("b")["runtime_id"] != b_pid,
+        timeout=10,
+    )
     assert len(events_of(events, "start")) == 2
     assert len(upstreams_of(mb.pid)) == 3  # a, b, new: "gone" is stopped
 
@@ -100,8 +107,9 @@ def test_crash_loop_backs_off_and_does_not_touch_other_models(
     modelberth: Any, tmp_path: Path
 ) -> None:
     events = tmp_path / "events"
-    mb = modelberth({"models": {"bad": fake_model(events, "--exit-code", "5"),
-                                "good": fake_model(None)}})
+    mb = modelberth(
+        {"models": {"bad": fake_model(events, "--exit-code", "5"), "good": fake_model(None)}}
+    )
     assert chat(mb, "bad").status_code == 503
     assert chat(mb, "bad").status_code == 503  # the first failure is retried at once
     assert len(events_of(events, "start")) == 2
@@ -140,6 +148,7 @@ async def _load(url: str, model: str, n: int, body: dict[str, Any]) -> list[tupl
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
         async def one() -> tuple[int, bytes]:
             async with session.post(url + CHAT, json={"model": model, **body}) as resp:
                 return resp.status, await resp.read()
@@ -151,8 +160,7 @@ def test_500_concurrent_requests_into_a_cold_model_start_it_once(
     modelberth: Any, tmp_path: Path
 ) -> None:
     events = tmp_path / "events"
-    mb = modelberth({"models": {"m": fake_model(events, "--start-delay", "0.5",
-                                                max_queue=1000)}})
+    mb = modelberth({"models": {"m": fake_model(events, "--start-delay", "0.5", max_queue=1000)}})
     results = asyncio.run(_load(mb.url, "m", 500, {"messages": []}))
     assert [status for status, _ in results] == [200] * 500
     assert len(events_of(events, "start")) == 1
@@ -160,8 +168,9 @@ def test_500_concurrent_requests_into_a_cold_model_start_it_once(
 
 
 def test_1000_concurrent_streams_are_held_without_errors(modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": {"command": [sys.executable, FAKE, "--port", "${PORT}"],
-                                      "preload": True}}})
+    mb = modelberth(
+        {"models": {"m": {"command": [sys.executable, FAKE, "--port", "${PORT}"], "preload": True}}}
+    )
     wait_for(lambda: mb.status("m")["state"] == "ready", timeout=10)
     peak = 0
 
@@ -175,14 +184,16 @@ def test_1000_concurrent_streams_are_held_without_errors(modelberth: Any) -> Non
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        results = asyncio.run(_load(mb.url, "m", 1000, {
-            "stream": True, "chunks": 4, "chunk_delay": 1.0}))
+        results = asyncio.run(
+            _load(mb.url, "m", 1000, {"stream": True, "chunks": 4, "chunk_delay": 1.0})
+        )
     finally:
         done.set()
         watcher.join()
     assert [status for status, _ in results] == [200] * 1000
-    assert all(body.count(b"data: ") == 5 and body.endswith(b"data: [DONE]\n\n")
-               for _, body in results)
+    assert all(
+        body.count(b"data: ") == 5 and body.endswith(b"data: [DONE]\n\n") for _, body in results
+    )
     assert peak >= 900  # they really were open at the same time
 
 

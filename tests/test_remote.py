@@ -34,19 +34,29 @@ class Remote:
     def __init__(self, tmp: Path, *extra: str, cert: Path | None = None) -> None:
         self.port = free_port()
         self.events = tmp / f"remote-{self.port}.events"
-        tls = ["--tls-cert", str(cert), "--tls-key", str(cert.with_suffix(".key"))] \
-            if cert else []
+        tls = ["--tls-cert", str(cert), "--tls-key", str(cert.with_suffix(".key"))] if cert else []
         self.proc = subprocess.Popen(
-            [sys.executable, FAKE, "--port", str(self.port), "--events", str(self.events),
-             "--silent", *tls, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                FAKE,
+                "--port",
+                str(self.port),
+                "--events",
+                str(self.events),
+                "--silent",
+                *tls,
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         scheme = "https" if cert else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
 
         def up() -> bool:
             try:
                 verify = ssl.create_default_context(cafile=cert) if cert else True
-                return httpx.get(self.url + "/health", timeout=1,
-                                 verify=verify).status_code == 200
+                return httpx.get(self.url + "/health", timeout=1, verify=verify).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -81,8 +91,11 @@ def remote_model(base_url: str, **settings: Any) -> dict[str, Any]:
 
 def scrape(mb: Modelberth) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(mb.url + "/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def dead_url() -> str:
@@ -93,18 +106,31 @@ def dead_url() -> str:
 # --- the config ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "origin", "prefix", "target"), [
-    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000", "", "/v1/chat/completions"),
-    ("http://127.0.0.1:8000", "http://127.0.0.1:8000", "", "/v1/chat/completions"),
-    ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000", "", "/v1/chat/completions"),
-    ("https://api.example.com/openai/v1", "https://api.example.com", "/openai/v1",
-     "/openai/v1/chat/completions"),
-    ("https://api.example.com:8443/x", "https://api.example.com:8443", "/x",
-     "/x/chat/completions"),
-    ("http://[::1]:80/v1", "http://[::1]", "", "/v1/chat/completions"),
-], ids=["v1", "bare", "slash", "prefix", "port", "ipv6"])
+@pytest.mark.parametrize(
+    ("url", "origin", "prefix", "target"),
+    [
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000", "", "/v1/chat/completions"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000", "", "/v1/chat/completions"),
+        ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000", "", "/v1/chat/completions"),
+        (
+            "https://api.example.com/openai/v1",
+            "https://api.example.com",
+            "/openai/v1",
+            "/openai/v1/chat/completions",
+        ),
+        (
+            "https://api.example.com:8443/x",
+            "https://api.example.com:8443",
+            "/x",
+            "/x/chat/completions",
+        ),
+        ("http://[::1]:80/v1", "http://[::1]", "", "/v1/chat/completions"),
+    ],
+    ids=["v1", "bare", "slash", "prefix", "port", "ipv6"],
+)
 def test_a_base_url_resolves_once_to_address_host_header_and_paths(
-        url: str, origin: str, prefix: str, target: str) -> None:
+    url: str, origin: str, prefix: str, target: str
+) -> None:
     remote = RemoteSpec.build("m", url, "sk-1", None)
     assert (remote.origin, remote.prefix) == (origin, prefix)
     assert remote.target("/v1/chat/completions") == target
@@ -129,12 +155,19 @@ def test_the_body_sent_to_a_remote_carries_its_name_for_the_model() -> None:
 
 def test_fallbacks_resolve_depth_first_without_repeats() -> None:
     remote = {"runtime": "remote", "base_url": "http://h/v1"}
-    config = parse_config(yaml.safe_dump({"models": {
-        "a": {**remote, "fallbacks": ["b", "c-alias"]},
-        "b": {**remote, "fallbacks": ["d", "c"]},
-        "c": {**remote, "aliases": ["c-alias"], "fallbacks": ["d"]},
-        "d": remote,
-    }}), env={})
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "models": {
+                    "a": {**remote, "fallbacks": ["b", "c-alias"]},
+                    "b": {**remote, "fallbacks": ["d", "c"]},
+                    "c": {**remote, "aliases": ["c-alias"], "fallbacks": ["d"]},
+                    "d": remote,
+                }
+            }
+        ),
+        env={},
+    )
     order = {name: spec.fallbacks for name, spec in config.specs().items()}
     assert order == {"a": ("b", "d", "c"), "b": ("d", "c"), "c": ("d",), "d": ()}
 
@@ -172,39 +205,53 @@ def test_config_errors_name_their_place(tmp_path: Path) -> None:
         ("models.r", 2, "runtime: remote needs `base_url` (e.g. http://host:8000/v1)"),
         ("models.r.fallbacks.1", 4, "fallback 'nope' of 'r' is not a configured model or alias"),
         ("models.l2.fallbacks.0", 10, "fallback loop: l -> l2 -> l"),
-        ("models.x", 11, "command, image: not for runtime: remote (it runs elsewhere: nothing "
-         "to start, stop or budget)"),
+        (
+            "models.x",
+            11,
+            "command, image: not for runtime: remote (it runs elsewhere: nothing "
+            "to start, stop or budget)",
+        ),
         ("models.y", 16, "base_url: only for runtime: remote"),
         ("models.z.base_url", 21, "'ftp://127.0.0.1/v1' must start with http:// or https://"),
     ]
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD)
-    checked = subprocess.run([sys.executable, "-m", "modelberth", "check", "-c", str(bad)],
-                             capture_output=True, text=True, timeout=60, check=False)
+    checked = subprocess.run(
+        [sys.executable, "-m", "modelberth", "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert checked.returncode == 2
-    assert f"{bad}:line 10: models.l2.fallbacks.0: fallback loop: l -> l2 -> l" \
-        in checked.stderr
+    assert f"{bad}:line 10: models.l2.fallbacks.0: fallback loop: l -> l2 -> l" in checked.stderr
     assert "models.r.fallbacks.1" in checked.stderr and "models.x" in checked.stderr
 
 
 def test_a_model_cannot_fall_back_on_itself() -> None:
     with pytest.raises(ConfigError, match=r"models\.a\.fallbacks\.0: fallback loop: a -> a"):
-        parse_config("models:\n  a: {runtime: remote, base_url: 'http://h', fallbacks: [a]}\n",
-                     env={})
+        parse_config(
+            "models:\n  a: {runtime: remote, base_url: 'http://h', fallbacks: [a]}\n", env={}
+        )
 
 
 # --- serving through a remote endpoint -----------------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/v1", ""], ids=["base-v1", "bare-host"])
-def test_chat_stream_and_embeddings_through_a_remote(modelberth: Any, remote: Any,
-                                                     path: str) -> None:
+def test_chat_stream_and_embeddings_through_a_remote(
+    modelberth: Any, remote: Any, path: str
+) -> None:
     far = remote()
-    mb = modelberth({
-        "server": {"api_keys": ["client-key"]},
-        "models": {"far": remote_model(far.url + path, api_key="${REMOTE_KEY}",
-                                       aliases=["gpt-4o"])},
-    }, start=False).start(env={"REMOTE_KEY": "remote-secret"})
+    mb = modelberth(
+        {
+            "server": {"api_keys": ["client-key"]},
+            "models": {
+                "far": remote_model(far.url + path, api_key="${REMOTE_KEY}", aliases=["gpt-4o"])
+            },
+        },
+        start=False,
+    ).start(env={"REMOTE_KEY": "remote-secret"})
     with mb.client(headers={"Authorization": "Bearer client-key"}) as client:
         chat = client.post(CHAT, json={"model": "gpt-4o", **HELLO})
         assert chat.status_code == 200, chat.text
@@ -219,20 +266,21 @@ def test_chat_stream_and_embeddings_through_a_remote(modelberth: Any, remote: An
         assert "accept-encoding" not in seen
         assert seen["host"] == f"127.0.0.1:{far.port}"
 
-        with client.stream("POST", CHAT, json={"model": "far", "stream": True, "chunks": 3,
-                                               **HELLO}) as streamed:
+        with client.stream(
+            "POST", CHAT, json={"model": "far", "stream": True, "chunks": 3, **HELLO}
+        ) as streamed:
             assert streamed.headers["content-type"].startswith("text/event-stream")
             text = "".join(streamed.iter_text())
-        events = [json.loads(line[6:]) for line in text.splitlines()
-                  if line.startswith("data: {")]
-        assert [e["choices"][0]["delta"]["content"] for e in events] == \
-            ["tok0 ", "tok1 ", "tok2 "]
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        assert [e["choices"][0]["delta"]["content"] for e in events] == ["tok0 ", "tok1 ", "tok2 "]
         assert text.rstrip().endswith("data: [DONE]")
 
         embedded = client.post("/v1/embeddings", json={"model": "far", "input": ["a b", "c"]})
         assert embedded.status_code == 200, embedded.text
-        assert [d["embedding"] for d in embedded.json()["data"]] == \
-            [[3.0, 1.0, 0.5], [1.0, 1.0, 0.5]]
+        assert [d["embedding"] for d in embedded.json()["data"]] == [
+            [3.0, 1.0, 0.5],
+            [1.0, 1.0, 0.5],
+        ]
         assert embedded.json()["model"] == "far"
 
         status = client.get("/api/models/far").json()
@@ -246,23 +294,28 @@ def test_chat_stream_and_embeddings_through_a_remote(modelberth: Any, remote: An
         assert "remote-secret" not in client.get("/api/config").text
         assert [m["name"] for m in client.get("/api/ps").json()["models"]] == ["far"]
         listed = client.get("/v1/models").json()["data"]
-        assert {m["id"]: m["modelberth"]["state"] for m in listed} == \
-            {"far": "ready", "gpt-4o": "ready"}
+        assert {m["id"]: m["modelberth"]["state"] for m in listed} == {
+            "far": "ready",
+            "gpt-4o": "ready",
+        }
     assert far.requests() == 2  # the chat and the stream; embeddings are not recorded
 
 
 def test_a_remote_is_never_started_stopped_evicted_or_idle_stopped(
-        modelberth: Any, remote: Any, tmp_path: Path) -> None:
+    modelberth: Any, remote: Any, tmp_path: Path
+) -> None:
     far = remote()
-    mb = modelberth({
-        "defaults": {"idle_timeout": "1s"},
-        "resources": {"memory_budget_mb": 100},
-        "models": {
-            "far": remote_model(far.url + "/v1", upstream_model="served"),
-            "a": fake_model(tmp_path / "a.events", memory_mb=80),
-            "b": fake_model(tmp_path / "b.events", memory_mb=80),
-        },
-    })
+    mb = modelberth(
+        {
+            "defaults": {"idle_timeout": "1s"},
+            "resources": {"memory_budget_mb": 100},
+            "models": {
+                "far": remote_model(far.url + "/v1", upstream_model="served"),
+                "a": fake_model(tmp_path / "a.events", memory_mb=80),
+                "b": fake_model(tmp_path / "b.events", memory_mb=80),
+            },
+        }
+    )
     with mb.client() as client:
         for action in ("start", "stop", "restart"):
             refused = client.post(f"/api/models/far/{action}")
@@ -297,16 +350,37 @@ def test_a_base_url_path_replaces_v1(modelberth: Any, remote: Any) -> None:
     assert answer["query"] == "x=1"
 
 
-def test_https_to_a_remote_with_its_own_certificate(modelberth: Any, remote: Any,
-                                                    tmp_path: Path) -> None:
+def test_https_to_a_remote_with_its_own_certificate(
+    modelberth: Any, remote: Any, tmp_path: Path
+) -> None:
     cert = tmp_path / "remote.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(cert.with_suffix(".key")), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(cert.with_suffix(".key")),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     far = remote(cert=cert)
-    trusting = modelberth({"models": {"far": remote_model(far.url + "/v1", api_key="k")}},
-                          start=False).start(env={"SSL_CERT_FILE": str(cert)})
+    trusting = modelberth(
+        {"models": {"far": remote_model(far.url + "/v1", api_key="k")}}, start=False
+    ).start(env={"SSL_CERT_FILE": str(cert)})
     with trusting.client() as client:
         for _ in range(3):  # a pooled TLS connection is reused
             answer = client.post(CHAT, json={"model": "far", **HELLO})
@@ -341,19 +415,21 @@ def test_a_reload_moves_a_remote_in_place(modelberth: Any, remote: Any) -> None:
 # --- fallbacks -----------------------------------------------------------------------------
 
 
-def test_a_remote_that_refuses_falls_back_to_a_local_model(modelberth: Any,
-                                                           tmp_path: Path) -> None:
-    mb = modelberth({"models": {
-        "far": remote_model(dead_url(), fallbacks=["near"], aliases=["gpt-4o"]),
-        "near": fake_model(tmp_path / "near.events"),
-    }})
+def test_a_remote_that_refuses_falls_back_to_a_local_model(modelberth: Any, tmp_path: Path) -> None:
+    mb = modelberth(
+        {
+            "models": {
+                "far": remote_model(dead_url(), fallbacks=["near"], aliases=["gpt-4o"]),
+                "near": fake_model(tmp_path / "near.events"),
+            }
+        }
+    )
     with mb.client() as client:
         answer = client.post(CHAT, json={"model": "gpt-4o", **HELLO})
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"] == "gpt-4o"  # still the name the client sent
         assert answer.json()["choices"][0]["message"]["content"] == "hello"
-        streamed = client.post(CHAT, json={"model": "far", "stream": True, "chunks": 2,
-                                           **HELLO})
+        streamed = client.post(CHAT, json={"model": "far", "stream": True, "chunks": 2, **HELLO})
         assert streamed.status_code == 200
         assert streamed.text.count("data: ") == 3 and '"model":"far"' in streamed.text
         records = client.get("/api/requests").json()["requests"]
@@ -367,19 +443,23 @@ def test_a_remote_that_refuses_falls_back_to_a_local_model(modelberth: Any,
     samples = scrape(mb)
     assert samples[("modelberth_requests_total", (("model", "far"), ("status", "502")))] == 2
     assert samples[("modelberth_requests_total", (("model", "near"), ("status", "200")))] == 2
-    assert samples[("modelberth_fallbacks_total",
-                    (("fallback", "near"), ("model", "far")))] == 2
+    assert samples[("modelberth_fallbacks_total", (("fallback", "near"), ("model", "far")))] == 2
     assert "falling back to 'near'" in mb.log()
 
 
 def test_a_5xx_before_the_answer_falls_back_and_a_4xx_does_not(
-        modelberth: Any, remote: Any, tmp_path: Path) -> None:
+    modelberth: Any, remote: Any, tmp_path: Path
+) -> None:
     failing, refusing = remote("--fail-status", "500"), remote("--fail-status", "400")
-    mb = modelberth({"models": {
-        "far": remote_model(failing.url + "/v1", fallbacks=["near"]),
-        "picky": remote_model(refusing.url + "/v1", fallbacks=["near"]),
-        "near": fake_model(tmp_path / "near.events"),
-    }})
+    mb = modelberth(
+        {
+            "models": {
+                "far": remote_model(failing.url + "/v1", fallbacks=["near"]),
+                "picky": remote_model(refusing.url + "/v1", fallbacks=["near"]),
+                "near": fake_model(tmp_path / "near.events"),
+            }
+        }
+    )
     with mb.client() as client:
         answer = client.post(CHAT, json={"model": "far", "stream": True, **HELLO})
         assert answer.status_code == 200, answer.text
@@ -394,15 +474,25 @@ def test_a_5xx_before_the_answer_falls_back_and_a_4xx_does_not(
 
 
 def test_a_stream_that_breaks_after_its_first_chunk_is_not_sent_again(
-        modelberth: Any, remote: Any, tmp_path: Path) -> None:
+    modelberth: Any, remote: Any, tmp_path: Path
+) -> None:
     breaking = remote("--die-after-chunks", "1")
-    mb = modelberth({"models": {
-        "far": remote_model(breaking.url + "/v1", fallbacks=["near"]),
-        "near": fake_model(tmp_path / "near.events"),
-    }})
-    with mb.client() as client, client.stream(
-            "POST", CHAT, json={"model": "far", "stream": True, "chunks": 4,
-                                "chunk_delay": 0.2, **HELLO}) as streamed:
+    mb = modelberth(
+        {
+            "models": {
+                "far": remote_model(breaking.url + "/v1", fallbacks=["near"]),
+                "near": fake_model(tmp_path / "near.events"),
+            }
+        }
+    )
+    with (
+        mb.client() as client,
+        client.stream(
+            "POST",
+            CHAT,
+            json={"model": "far", "stream": True, "chunks": 4, "chunk_delay": 0.2, **HELLO},
+        ) as streamed,
+    ):
         assert streamed.status_code == 200
         text = "".join(streamed.iter_text())
     assert "tok0" in text and "tok1" not in text
@@ -412,14 +502,19 @@ def test_a_stream_that_breaks_after_its_first_chunk_is_not_sent_again(
 
 
 def test_every_candidate_failing_gives_the_last_error_in_the_apis_shape(
-        modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"models": {
-        "far": remote_model(dead_url(), fallbacks=["farther"]),
-        "farther": remote_model(dead_url(), fallbacks=["broken"]),
-        "broken": fake_model(None, "--exit-code", "3", start_timeout="10s"),
-        "two": remote_model(dead_url(), fallbacks=["farther2"]),
-        "farther2": remote_model(dead_url()),
-    }})
+    modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {
+            "models": {
+                "far": remote_model(dead_url(), fallbacks=["farther"]),
+                "farther": remote_model(dead_url(), fallbacks=["broken"]),
+                "broken": fake_model(None, "--exit-code", "3", start_timeout="10s"),
+                "two": remote_model(dead_url(), fallbacks=["farther2"]),
+                "farther2": remote_model(dead_url()),
+            }
+        }
+    )
     with mb.client() as client:
         # The last candidate failed to start: its 503, in OpenAI's shape.
         last = client.post(CHAT, json={"model": "far", **HELLO})
@@ -431,8 +526,7 @@ def test_every_candidate_failing_gives_the_last_error_in_the_apis_shape(
         assert openai.status_code == 502
         assert openai.json()["error"]["code"] == "upstream_error"
         assert "'farther2'" in openai.json()["error"]["message"]
-        anthropic = client.post("/v1/messages", json={
-            "model": "two", "max_tokens": 8, **HELLO})
+        anthropic = client.post("/v1/messages", json={"model": "two", "max_tokens": 8, **HELLO})
         assert anthropic.status_code == 502
         assert anthropic.json()["type"] == "error"
         assert anthropic.json()["error"]["type"] == "api_error"
@@ -443,26 +537,30 @@ def test_every_candidate_failing_gives_the_last_error_in_the_apis_shape(
         records = client.get("/api/requests", params={"model": "farther2"}).json()
     assert {r["status"] for r in records["requests"]} == {502}
     samples = scrape(mb)
-    assert samples[("modelberth_fallbacks_total",
-                    (("fallback", "farther"), ("model", "far")))] == 1
-    assert samples[("modelberth_fallbacks_total",
-                    (("fallback", "broken"), ("model", "farther")))] == 1
+    assert samples[("modelberth_fallbacks_total", (("fallback", "farther"), ("model", "far")))] == 1
+    assert (
+        samples[("modelberth_fallbacks_total", (("fallback", "broken"), ("model", "farther")))] == 1
+    )
 
 
 def test_a_local_model_that_cannot_start_falls_back_to_a_remote(
-        modelberth: Any, remote: Any) -> None:
+    modelberth: Any, remote: Any
+) -> None:
     far = remote()
-    mb = modelberth({"models": {
-        "near": fake_model(None, "--exit-code", "3", fallbacks=["far"]),
-        "far": remote_model(far.url + "/v1"),
-    }})
+    mb = modelberth(
+        {
+            "models": {
+                "near": fake_model(None, "--exit-code", "3", fallbacks=["far"]),
+                "far": remote_model(far.url + "/v1"),
+            }
+        }
+    )
     with mb.client() as client:
         answer = client.post(CHAT, json={"model": "near", **HELLO})
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"] == "near"
         assert answer.json()["echo"]["sent_model"] == "far"
-        messages = client.post("/v1/messages", json={"model": "near", "max_tokens": 8,
-                                                     **HELLO})
+        messages = client.post("/v1/messages", json={"model": "near", "max_tokens": 8, **HELLO})
         assert messages.status_code == 200, messages.text
         assert messages.json()["type"] == "message" and messages.json()["model"] == "near"
     assert mb.status("near")["state"] == "failed"
@@ -470,14 +568,19 @@ def test_a_local_model_that_cannot_start_falls_back_to_a_remote(
 
 
 def test_a_translated_request_is_translated_anew_for_its_fallback(
-        modelberth: Any, remote: Any, tmp_path: Path) -> None:
+    modelberth: Any, remote: Any, tmp_path: Path
+) -> None:
     """Anthropic's Messages: passed through to a model with `anthropic: native`, translated
     to chat completions for its fallback, which does not speak it."""
     native = remote("--fail-status", "503")
-    mb = modelberth({"models": {
-        "far": remote_model(native.url, anthropic="native", fallbacks=["near"]),
-        "near": fake_model(tmp_path / "near.events"),
-    }})
+    mb = modelberth(
+        {
+            "models": {
+                "far": remote_model(native.url, anthropic="native", fallbacks=["near"]),
+                "near": fake_model(tmp_path / "near.events"),
+            }
+        }
+    )
     with mb.client() as client:
         answer = client.post("/v1/messages", json={"model": "far", "max_tokens": 8, **HELLO})
     assert answer.status_code == 200, answer.text
@@ -496,8 +599,10 @@ def test_remote_bodies_are_decoded_only_at_the_top() -> None:
 
 
 def test_the_env_expands_in_remote_settings() -> None:
-    config = parse_config("models:\n  r:\n    runtime: remote\n    base_url: ${URL}\n"
-                          "    api_key: ${KEY}\n", env={"URL": "https://h/v1", "KEY": "k1"})
+    config = parse_config(
+        "models:\n  r:\n    runtime: remote\n    base_url: ${URL}\n    api_key: ${KEY}\n",
+        env={"URL": "https://h/v1", "KEY": "k1"},
+    )
     remote = config.specs()["r"].remote
     assert remote is not None and remote.tls
     assert remote.auth == (b"authorization", b"Bearer k1")

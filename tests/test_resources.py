@@ -52,8 +52,12 @@ def meminfo() -> dict[str, int]:
 
 
 def test_resources_report_host_gpus_and_model_usage(modelberth: Any) -> None:
-    mb = modelberth({"resources": {"sample_interval": 0.5},
-                     "models": {"m": fake_model(None, "--alloc-mb", "60")}})
+    mb = modelberth(
+        {
+            "resources": {"sample_interval": 0.5},
+            "models": {"m": fake_model(None, "--alloc-mb", "60")},
+        }
+    )
     assert chat(mb, "m").status_code == 200
     pid = int(mb.status("m")["runtime_id"])
     # The upstream is loaded (it allocates before it answers health), but the last sample may
@@ -62,31 +66,42 @@ def test_resources_report_host_gpus_and_model_usage(modelberth: Any) -> None:
     report = resources(mb)
     assert set(report) == {"host", "gpus", "models", "budgets", "nodes"}
     assert report["nodes"] == []  # only this machine: no multi-node runtime in use
-    assert report["budgets"] == {"memory_bytes": report["host"]["memory_total_bytes"],
-                                 "gpus": []}
+    assert report["budgets"] == {"memory_bytes": report["host"]["memory_total_bytes"], "gpus": []}
     assert set(report["host"]) == {"memory_total_bytes", "memory_available_bytes", "cpu_percent"}
     info = meminfo()
     assert report["host"]["memory_total_bytes"] == info["MemTotal"]
-    assert abs(report["host"]["memory_available_bytes"] - info["MemAvailable"]) < 0.1 * info[
-        "MemTotal"]
+    assert (
+        abs(report["host"]["memory_available_bytes"] - info["MemAvailable"])
+        < 0.1 * info["MemTotal"]
+    )
     assert report["gpus"] == []  # the real NVML path on a machine without a GPU
     model = report["models"]["m"]
-    assert set(model) == {"state", "memory_bytes", "vram_bytes", "estimate_memory_bytes",
-                          "estimate_vram_bytes"}
+    assert set(model) == {
+        "state",
+        "memory_bytes",
+        "vram_bytes",
+        "estimate_memory_bytes",
+        "estimate_vram_bytes",
+    }
     assert model["state"] == "ready"
     rss = psutil.Process(pid).memory_info().rss
     assert abs(model["memory_bytes"] - rss) <= 0.2 * rss
     # Both views read the same sample (retried: a new one may land between the two reads).
-    wait_for(lambda: mb.status("m")["memory_bytes"] == resources(mb)["models"]["m"][
-        "memory_bytes"], timeout=5)
+    wait_for(
+        lambda: mb.status("m")["memory_bytes"] == resources(mb)["models"]["m"]["memory_bytes"],
+        timeout=5,
+    )
 
 
 def test_gguf_estimate_counts_weights_kv_cache_and_overhead(tmp_path: Path) -> None:
     path = write_tiny_gguf(tmp_path / "m.gguf")
     estimate = estimate_gguf(path, context=256, cache_k="f16", cache_v="q8_0", overhead_mb=10)
     n_vocab, n_embd, n_ff, layers = 269, 64, 128, 2
-    weights = 4 * (2 * n_vocab * n_embd + n_embd
-                   + layers * (4 * n_embd * n_embd + 3 * n_embd * n_ff + 2 * n_embd))
+    weights = 4 * (
+        2 * n_vocab * n_embd
+        + n_embd
+        + layers * (4 * n_embd * n_embd + 3 * n_embd * n_ff + 2 * n_embd)
+    )
     assert estimate.weights_bytes == weights
     # 2 layers x 4 kv heads x 16 dims x (2 bytes for f16 K + 34/32 for q8_0 V) x 256 tokens
     assert estimate.kv_cache_bytes == int(2 * 4 * (16 * 2 + 16 * 34 / 32) * 256)
@@ -97,9 +112,26 @@ def test_gguf_estimate_counts_weights_kv_cache_and_overhead(tmp_path: Path) -> N
 
 def test_estimate_from_a_llama_server_command(modelberth: Any, tmp_path: Path) -> None:
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
-    mb = modelberth({"resources": {"estimate_overhead_mb": 100}, "models": {"tiny": {
-        "command": [str(llama_server_path()), "-m", str(model), "--port", "${PORT}",
-                    "-c", "256", "-t", "1"]}}})
+    mb = modelberth(
+        {
+            "resources": {"estimate_overhead_mb": 100},
+            "models": {
+                "tiny": {
+                    "command": [
+                        str(llama_server_path()),
+                        "-m",
+                        str(model),
+                        "--port",
+                        "${PORT}",
+                        "-c",
+                        "256",
+                        "-t",
+                        "1",
+                    ]
+                }
+            },
+        }
+    )
     expected = estimate_gguf(model, 256, overhead_mb=100).total_bytes
     report = resources(mb)["models"]["tiny"]
     assert report["estimate_memory_bytes"] == expected
@@ -107,11 +139,16 @@ def test_estimate_from_a_llama_server_command(modelberth: Any, tmp_path: Path) -
 
 
 def budget_config(tmp_path: Path, **models: dict[str, Any]) -> dict[str, Any]:
-    return {"resources": {"memory_budget_mb": 250, "sample_interval": 0.5},
-            "defaults": {"start_timeout": 20},
-            "models": {name: fake_model(tmp_path / f"{name}.events", "--alloc-mb", "120",
-                                        memory_mb=150, **settings)
-                       for name, settings in models.items()}}
+    return {
+        "resources": {"memory_budget_mb": 250, "sample_interval": 0.5},
+        "defaults": {"start_timeout": 20},
+        "models": {
+            name: fake_model(
+                tmp_path / f"{name}.events", "--alloc-mb", "120", memory_mb=150, **settings
+            )
+            for name, settings in models.items()
+        },
+    }
 
 
 def test_idle_model_is_evicted_and_a_busy_one_is_waited_for(
@@ -126,8 +163,9 @@ def test_idle_model_is_evicted_and_a_busy_one_is_waited_for(
 
     # b streams; a request for a waits for the stream to finish, which arrives intact.
     results: dict[str, httpx.Response] = {}
-    streaming = threading.Thread(target=lambda: results.update(
-        b=chat(mb, "b", stream=True, chunks=6, chunk_delay=0.25)))
+    streaming = threading.Thread(
+        target=lambda: results.update(b=chat(mb, "b", stream=True, chunks=6, chunk_delay=0.25))
+    )
     streaming.start()
     wait_for(lambda: mb.status("b")["in_flight"] == 1, timeout=5)
     began = time.monotonic()
@@ -155,8 +193,7 @@ def test_model_that_can_never_fit_fails_at_once(modelberth: Any, tmp_path: Path)
 
 
 def test_pinned_model_is_never_evicted(modelberth: Any, tmp_path: Path) -> None:
-    config = budget_config(tmp_path, keep={"pinned": True}, other={"start_timeout": 2},
-                           busy={})
+    config = budget_config(tmp_path, keep={"pinned": True}, other={"start_timeout": 2}, busy={})
     mb = modelberth(config)
     assert chat(mb, "keep").status_code == 200
     response = chat(mb, "other")
@@ -176,8 +213,7 @@ def test_start_behind_a_busy_model_gives_up_after_start_timeout(
     response = chat(mb, "other")
     slow.join(10)
     assert response.status_code == 503
-    assert "no room within start_timeout: busy (1 in flight)" in response.json()["error"][
-        "message"]
+    assert "no room within start_timeout: busy (1 in flight)" in response.json()["error"]["message"]
     assert mb.status("busy")["state"] == "ready"
 
 
@@ -215,8 +251,9 @@ def test_models_that_cannot_coexist_never_run_together(modelberth: Any, tmp_path
 def test_higher_priority_start_goes_first(modelberth: Any, tmp_path: Path) -> None:
     mb = modelberth(budget_config(tmp_path, busy={}, low={}, high={"priority": 5}))
     results: dict[str, int] = {}
-    streaming = threading.Thread(target=lambda: results.update(
-        busy=chat(mb, "busy", sleep=1.5).status_code))
+    streaming = threading.Thread(
+        target=lambda: results.update(busy=chat(mb, "busy", sleep=1.5).status_code)
+    )
     streaming.start()
     wait_for(lambda: mb.status("busy")["in_flight"] == 1, timeout=5)
     low = threading.Thread(target=lambda: results.update(low=chat(mb, "low").status_code))
@@ -236,8 +273,9 @@ def test_max_concurrency_queues_extra_requests(modelberth: Any, tmp_path: Path) 
     events = tmp_path / "events"
     mb = modelberth({"models": {"m": fake_model(events, max_concurrency=1)}})
     assert chat(mb, "m").status_code == 200
-    threads = [threading.Thread(target=chat, args=(mb, "m"), kwargs={"sleep": 0.5})
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=chat, args=(mb, "m"), kwargs={"sleep": 0.5}) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -249,30 +287,53 @@ def test_max_concurrency_queues_extra_requests(modelberth: Any, tmp_path: Path) 
 @pytest.fixture
 def fake_gpu(tmp_path: Path) -> dict[str, str]:
     state = tmp_path / "gpus.json"
-    state.write_text(json.dumps({"gpus": [{"name": "Fake A100", "total_mb": 8000,
-                                            "base_used_mb": 300, "utilization": 7}]}))
-    return {"MODELBERTH_NVML_MODULE": "fake_nvml", "FAKE_NVML_STATE": str(state),
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    state.write_text(
+        json.dumps(
+            {
+                "gpus": [
+                    {"name": "Fake A100", "total_mb": 8000, "base_used_mb": 300, "utilization": 7}
+                ]
+            }
+        )
+    )
+    return {
+        "MODELBERTH_NVML_MODULE": "fake_nvml",
+        "FAKE_NVML_STATE": str(state),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
-def test_vram_budget_with_fake_nvml(modelberth: Any, tmp_path: Path,
-                                    fake_gpu: dict[str, str]) -> None:
+def test_vram_budget_with_fake_nvml(
+    modelberth: Any, tmp_path: Path, fake_gpu: dict[str, str]
+) -> None:
     def gpu_model(name: str, vram: int, **extra: Any) -> dict[str, Any]:
         settings = {"gpus": [0], "vram_mb": vram, "env": {"FAKE_VRAM_MB": str(vram)}, **extra}
         return fake_model(tmp_path / f"{name}.events", **settings)
 
-    mb = modelberth({"resources": {"vram_margin_mb": 500, "sample_interval": 0.5},
-                     "models": {"g1": gpu_model("g1", 4000), "g2": gpu_model("g2", 4000),
-                                "huge": gpu_model("huge", 9000),
-                                "nowhere": gpu_model("nowhere", 100, gpus=[1])}},
-                    start=False)
+    mb = modelberth(
+        {
+            "resources": {"vram_margin_mb": 500, "sample_interval": 0.5},
+            "models": {
+                "g1": gpu_model("g1", 4000),
+                "g2": gpu_model("g2", 4000),
+                "huge": gpu_model("huge", 9000),
+                "nowhere": gpu_model("nowhere", 100, gpus=[1]),
+            },
+        },
+        start=False,
+    )
     mb.start(env=fake_gpu)
     assert chat(mb, "g1").status_code == 200
     wait_for(lambda: resources(mb)["models"]["g1"]["vram_bytes"], timeout=5)
     report = resources(mb)
     (gpu,) = report["gpus"]
-    assert gpu == {"index": 0, "name": "Fake A100", "memory_total_bytes": 8000 * MB,
-                   "memory_used_bytes": 4300 * MB, "utilization_percent": 7.0}
+    assert gpu == {
+        "index": 0,
+        "name": "Fake A100",
+        "memory_total_bytes": 8000 * MB,
+        "memory_used_bytes": 4300 * MB,
+        "utilization_percent": 7.0,
+    }
     assert report["models"]["g1"]["vram_bytes"] == 4000 * MB
     assert report["models"]["g1"]["estimate_vram_bytes"] == 4000 * MB
 
@@ -282,8 +343,10 @@ def test_vram_budget_with_fake_nvml(modelberth: Any, tmp_path: Path,
 
     huge = chat(mb, "huge")
     assert huge.status_code == 503
-    assert "on GPU 0 but its budget leaves 7500 MiB: it can never fit" in huge.json()["error"][
-        "message"]
+    assert (
+        "on GPU 0 but its budget leaves 7500 MiB: it can never fit"
+        in huge.json()["error"]["message"]
+    )
     nowhere = chat(mb, "nowhere")
     assert nowhere.status_code == 503
     assert "GPU 1 does not exist" in nowhere.json()["error"]["message"]

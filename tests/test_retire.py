@@ -122,8 +122,11 @@ async def test_requests_queued_on_a_removed_model_get_404_and_it_never_starts_ag
         with pytest.raises(ModelRetired) as caught:
             await asyncio.wait_for(waiter, 10)
         error = caught.value
-        assert (error.status, error.code, error.type) == (404, "model_not_found",
-                                                          "invalid_request_error")
+        assert (error.status, error.code, error.type) == (
+            404,
+            "model_not_found",
+            "invalid_request_error",
+        )
         assert error.message == "Model 'a' was removed from the config."
     await wait_until(lambda: a.state is S.RETIRED)
     assert process_gone(first)
@@ -279,8 +282,9 @@ async def test_stop_and_restart_joined_onto_an_idle_stop_that_gives_up_still_act
 async def test_cancelled_acquires_leave_no_trace_and_the_idle_timer_still_fires(
     boot: Boot,
 ) -> None:
-    registry = await boot({"m": spec("--start-delay", "0.5", max_concurrency=2,
-                                     idle_timeout=0.5, max_queue=100)})
+    registry = await boot(
+        {"m": spec("--start-delay", "0.5", max_concurrency=2, idle_timeout=0.5, max_queue=100)}
+    )
     m = registry.require("m")
 
     # While the model starts: cancelled at once, while it loads, and the moment it is ready.
@@ -375,8 +379,9 @@ async def test_idle_timeout_ignores_wall_clock_jumps(
 async def test_a_start_timeout_answers_at_start_timeout_and_the_kill_finishes_behind(
     boot: Boot,
 ) -> None:
-    registry = await boot({"stuck": spec("--start-delay", "30", "--ignore-sigterm",
-                                         start_timeout=1, stop_timeout=3)})
+    registry = await boot(
+        {"stuck": spec("--start-delay", "30", "--ignore-sigterm", start_timeout=1, stop_timeout=3)}
+    )
     stuck = registry.require("stuck")
     began = time.monotonic()
     with pytest.raises(StartTimeout):
@@ -414,7 +419,9 @@ async def test_an_upstream_that_times_out_again_and_again_is_replaced(boot: Boot
         m.upstream_timed_out("stream stalled for 120s")
         reason = "3 upstream timeouts in a row (last: stream stalled for 120s)"
         assert [(e.old, e.new, e.reason) for e in seen] == [
-            (S.READY, S.FAILED, reason), (S.FAILED, S.STARTING, "start")]
+            (S.READY, S.FAILED, reason),
+            (S.FAILED, S.STARTING, "start"),
+        ]
         assert m.last_error is not None
         assert m.last_error.startswith(reason)
         assert m.status()["failures"] == 1

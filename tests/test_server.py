@@ -23,8 +23,10 @@ FAST_LIMITS = {"header_timeout": 1, "body_timeout": 1, "keepalive_timeout": 1}
 
 @pytest.fixture(scope="module")
 def mb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Modelberth]:
-    server = Modelberth(tmp_path_factory.mktemp("server"),
-                        {"server": dict(FAST_LIMITS), "models": {"m": fake_model()}})
+    server = Modelberth(
+        tmp_path_factory.mktemp("server"),
+        {"server": dict(FAST_LIMITS), "models": {"m": fake_model()}},
+    )
     server.start()
     yield server
     server.stop()
@@ -79,8 +81,9 @@ def assert_openai_error(answer: bytes, status: int, code: str | None = None) -> 
 
 
 def still_serving(mb: Modelberth) -> None:
-    resp = httpx.post(mb.url + "/v1/chat/completions",
-                      json={"model": "m", "messages": []}, timeout=10)
+    resp = httpx.post(
+        mb.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=10
+    )
     assert resp.status_code == 200, resp.text
 
 
@@ -96,21 +99,28 @@ def test_a_head_over_64_kib_or_over_100_headers_is_431(mb: Modelberth) -> None:
     before = rejected(mb, "head_too_large")
     big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
     assert_openai_error(exchange(mb, big), 431, "request_header_fields_too_large")
-    many = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(
-        b"X-H%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    many = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+        + b"\r\n"
+    )
     assert_openai_error(exchange(mb, many), 431, "request_header_fields_too_large")
     long_url = b"GET /health?" + b"q" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert_openai_error(exchange(mb, long_url), 431)
     # 100 headers exactly are fine.
-    ok = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(
-        b"X-H%d: v\r\n" % i for i in range(98)) + b"\r\n"
+    ok = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(98))
+        + b"\r\n"
+    )
     assert split(exchange(mb, ok))[0] == 200
     assert rejected(mb, "head_too_large") >= before + 2
     still_serving(mb)
 
 
 def test_a_huge_header_is_refused_before_anything_else_and_health_stays_fast(
-        mb: Modelberth) -> None:
+    mb: Modelberth,
+) -> None:
     """A 128 MB header once held /health for 8 s: it is cut off at the limit."""
     sock = connect(mb)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
@@ -167,8 +177,10 @@ def test_a_slowloris_head_is_closed_at_header_timeout(mb: Modelberth) -> None:
 def test_a_stalled_body_is_closed_at_body_timeout(mb: Modelberth) -> None:
     before = rejected(mb, "body_timeout")
     sock = connect(mb)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"")
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
+    )
     began = time.monotonic()
     sock.settimeout(5)
     read_all(sock)
@@ -192,20 +204,20 @@ def test_an_idle_keep_alive_connection_is_closed(mb: Modelberth) -> None:
 
 def test_head_answers_like_get_without_a_body(mb: Modelberth) -> None:
     for path in (b"/health", b"/v1/models"):
-        get = split(exchange(mb, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                             % path))
-        head = exchange(mb, b"HEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                        % path)
+        get = split(exchange(mb, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path))
+        head = exchange(mb, b"HEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
         status, headers, body = split(head)
         assert status == 200 and body == b""
         assert headers["content-length"] == get[1]["content-length"]
 
 
 def test_head_through_the_passthrough_keeps_the_upstreams_length(mb: Modelberth) -> None:
-    get = split(exchange(mb, b"GET /upstream/m/health HTTP/1.1\r\nHost: x\r\n"
-                         b"Connection: close\r\n\r\n"))
-    status, headers, body = split(exchange(
-        mb, b"HEAD /upstream/m/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    get = split(
+        exchange(mb, b"GET /upstream/m/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    )
+    status, headers, body = split(
+        exchange(mb, b"HEAD /upstream/m/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    )
     assert status == 200 and body == b""
     assert headers["content-length"] == get[1]["content-length"] == str(len(get[2]))
 
@@ -234,18 +246,17 @@ def test_a_request_without_host_or_with_two_is_400(mb: Modelberth) -> None:
     assert split(exchange(mb, b"GET /health HTTP/1.0\r\n\r\n"))[0] == 200
 
 
-def test_a_trailing_slash_is_served_not_redirected_to_the_clients_host(
-        mb: Modelberth) -> None:
-    answer = exchange(mb, b"GET /v1/models/ HTTP/1.1\r\nHost: evil.example\r\n"
-                      b"Connection: close\r\n\r\n")
+def test_a_trailing_slash_is_served_not_redirected_to_the_clients_host(mb: Modelberth) -> None:
+    answer = exchange(
+        mb, b"GET /v1/models/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    )
     status, headers, body = split(answer)
     assert status == 200 and "location" not in headers
     assert json.loads(body)["object"] == "list"
     assert b"evil.example" not in answer
 
 
-def test_the_parsers_errors_are_openai_json_counted_and_not_logged_each(
-        mb: Modelberth) -> None:
+def test_the_parsers_errors_are_openai_json_counted_and_not_logged_each(mb: Modelberth) -> None:
     before = rejected(mb, "malformed")
     for _ in range(20):
         assert_openai_error(exchange(mb, b"NOT HTTP AT ALL\r\n\r\n"), 400, "bad_request")
@@ -257,8 +268,12 @@ def test_the_parsers_errors_are_openai_json_counted_and_not_logged_each(
 
 def test_a_deeply_nested_json_body_is_400_invalid_json(mb: Modelberth) -> None:
     body = b'{"model": "m", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
-    resp = httpx.post(mb.url + "/v1/chat/completions", content=body,
-                      headers={"content-type": "application/json"}, timeout=10)
+    resp = httpx.post(
+        mb.url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] == "invalid_json"
     still_serving(mb)
@@ -280,10 +295,8 @@ def test_2000_idle_connections_do_not_stop_new_requests(mb: Modelberth) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_at_the_connection_cap_silent_ones_make_room_and_busy_ones_get_503(
-        modelberth: Any) -> None:
-    mb = modelberth({"server": {"max_connections": 10},
-                     "models": {"m": fake_model(max_queue=100)}})
+def test_at_the_connection_cap_silent_ones_make_room_and_busy_ones_get_503(modelberth: Any) -> None:
+    mb = modelberth({"server": {"max_connections": 10}, "models": {"m": fake_model(max_queue=100)}})
     still_serving(mb)
     idle = [connect(mb) for _ in range(10)]
     still_serving(mb)  # a connection that had sent nothing was closed to make room
@@ -293,8 +306,10 @@ def test_at_the_connection_cap_silent_ones_make_room_and_busy_ones_get_503(
     for _ in range(12):
         sock = connect(mb)
         body = b'{"model": "m", "sleep": 5}'
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         busy.append(sock)
     time.sleep(0.5)
     answers = []
@@ -310,8 +325,10 @@ def test_at_the_connection_cap_silent_ones_make_room_and_busy_ones_get_503(
 
 def test_running_out_of_descriptors_refuses_only_new_connections(tmp_path: Path) -> None:
     """Under `ulimit -n 1024`, 1,100 slow connections once refused everyone for 15 s."""
-    server = Modelberth(tmp_path, {"server": {"header_timeout": 3, "keepalive_timeout": 30},
-                                   "models": {"m": fake_model()}})
+    server = Modelberth(
+        tmp_path,
+        {"server": {"header_timeout": 3, "keepalive_timeout": 30}, "models": {"m": fake_model()}},
+    )
     server.start(prefix=["prlimit", "--nofile=1024:1024", "--"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
@@ -340,8 +357,9 @@ def test_running_out_of_descriptors_refuses_only_new_connections(tmp_path: Path)
         if split(answer)[0] == 503:
             assert_openai_error(answer, 503, "server_busy")
         # Once the slow heads time out, everyone is served again.
-        wait_for(lambda: httpx.get(server.url + "/health", timeout=2).status_code == 200,
-                 timeout=10)
+        wait_for(
+            lambda: httpx.get(server.url + "/health", timeout=2).status_code == 200, timeout=10
+        )
         keeper.close()
     finally:
         for sock in slow:
@@ -354,42 +372,54 @@ def test_running_out_of_descriptors_refuses_only_new_connections(tmp_path: Path)
 
 def test_pipelined_requests_are_answered_in_order(mb: Modelberth) -> None:
     body = b'{"model": "m", "messages": []}'
-    one = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-           b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    one = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     last = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer = exchange(mb, one * 3 + last)
     assert answer.count(b"HTTP/1.1 200") == 4
     assert answer.rindex(b'"status"') > answer.rindex(b"chat.completion")
 
 
-def test_a_chunked_and_a_100_continue_request_body_reach_the_upstream_whole(
-        mb: Modelberth) -> None:
+def test_a_chunked_and_a_100_continue_request_body_reach_the_upstream_whole(mb: Modelberth) -> None:
     body = json.dumps({"model": "m", "pad": "x" * 5000}).encode()
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
-                       for i in range(0, len(body), 1000)) + b"0\r\n\r\n"
-    answer = exchange(mb, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                      b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                      + chunked)
+    chunked = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 1000]), body[i : i + 1000])
+            for i in range(0, len(body), 1000)
+        )
+        + b"0\r\n\r\n"
+    )
+    answer = exchange(
+        mb,
+        b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+    )
     assert json.loads(split(answer)[2])["body_bytes"] == len(body)
     with connect(mb) as sock:
         sock.settimeout(5)
-        sock.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(
+            b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
         assert json.loads(split(read_all(sock))[2])["body_bytes"] == len(body)
 
 
 def test_upgrade_requests_are_answered_as_plain_http(mb: Modelberth) -> None:
-    answer = exchange(mb, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                      b"Upgrade: websocket\r\n\r\n")
+    answer = exchange(
+        mb, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
     assert split(answer)[0] == 200
 
 
 def test_redoc_and_docs_follow_the_health_guard(modelberth: Any) -> None:
-    mb = modelberth({"server": {"api_keys": ["k"], "protect_health": True},
-                     "models": {"m": fake_model()}})
+    mb = modelberth(
+        {"server": {"api_keys": ["k"], "protect_health": True}, "models": {"m": fake_model()}}
+    )
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert httpx.get(mb.url + path, timeout=10).status_code == 401
         ok = httpx.get(mb.url + path, headers={"authorization": "Bearer k"}, timeout=10)
@@ -399,17 +429,27 @@ def test_redoc_and_docs_follow_the_health_guard(modelberth: Any) -> None:
 
 
 def test_an_admin_key_may_also_call_v1(modelberth: Any) -> None:
-    mb = modelberth({"server": {"api_keys": ["user"], "admin_keys": ["admin"]},
-                     "models": {"m": fake_model()}})
+    mb = modelberth(
+        {"server": {"api_keys": ["user"], "admin_keys": ["admin"]}, "models": {"m": fake_model()}}
+    )
     for key in ("user", "admin"):
-        resp = httpx.post(mb.url + "/v1/chat/completions", json={"model": "m"},
-                          headers={"authorization": f"Bearer {key}"}, timeout=10)
+        resp = httpx.post(
+            mb.url + "/v1/chat/completions",
+            json={"model": "m"},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
         assert resp.status_code == 200, resp.text
-        models = httpx.get(mb.url + "/v1/models", headers={"authorization": f"Bearer {key}"},
-                           timeout=10)
+        models = httpx.get(
+            mb.url + "/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=10
+        )
         assert models.status_code == 200
-    assert httpx.get(mb.url + "/api/models", headers={"authorization": "Bearer user"},
-                     timeout=10).status_code == 401
+    assert (
+        httpx.get(
+            mb.url + "/api/models", headers={"authorization": "Bearer user"}, timeout=10
+        ).status_code
+        == 401
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,27 +56,50 @@ BASE_USED_MB = 300
 @pytest.fixture
 def fake_gpu(tmp_path: Path) -> dict[str, str]:
     state = tmp_path / "gpus.json"
-    state.write_text(json.dumps({"gpus": [{"name": "Fake H100", "total_mb": 8000,
-                                            "base_used_mb": BASE_USED_MB}]}))
-    return {"MODELBERTH_NVML_MODULE": "fake_nvml", "FAKE_NVML_STATE": str(state),
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    state.write_text(
+        json.dumps(
+            {"gpus": [{"name": "Fake H100", "total_mb": 8000, "base_used_mb": BASE_USED_MB}]}
+        )
+    )
+    return {
+        "MODELBERTH_NVML_MODULE": "fake_nvml",
+        "FAKE_NVML_STATE": str(state),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
-def vllm_model(tmp_path: Path, level: int, *extra: str, gpu: bool = True,
-               **settings: Any) -> dict[str, Any]:
+def vllm_model(
+    tmp_path: Path, level: int, *extra: str, gpu: bool = True, **settings: Any
+) -> dict[str, Any]:
     """A model served by fake_vllm.py with `sleep: level`, on fake GPU 0 unless not `gpu`."""
-    command = [sys.executable, FAKE_VLLM, "--port", "${PORT}",
-               "--events", str(tmp_path / "events"), *extra]
+    command = [
+        sys.executable,
+        FAKE_VLLM,
+        "--port",
+        "${PORT}",
+        "--events",
+        str(tmp_path / "events"),
+        *extra,
+    ]
     env = {"FAKE_VRAM_MB": str(VRAM_MB), "FAKE_VRAM_FILE": str(tmp_path / "vram")}
     placement: dict[str, Any] = {"gpus": [0], "vram_mb": VRAM_MB} if gpu else {}
-    return {"command": command, "sleep": level, "env": env, "start_timeout": 20,
-            **placement, **settings}
+    return {
+        "command": command,
+        "sleep": level,
+        "env": env,
+        "start_timeout": 20,
+        **placement,
+        **settings,
+    }
 
 
-def serve(modelberth: Any, fake_gpu: dict[str, str], model: dict[str, Any],
-          **server: Any) -> Modelberth:
-    mb: Modelberth = modelberth({"server": server, "resources": {"sample_interval": 0.2},
-                                 "models": {"m": model}}, start=False)
+def serve(
+    modelberth: Any, fake_gpu: dict[str, str], model: dict[str, Any], **server: Any
+) -> Modelberth:
+    mb: Modelberth = modelberth(
+        {"server": server, "resources": {"sample_interval": 0.2}, "models": {"m": model}},
+        start=False,
+    )
     return mb.start(env=fake_gpu)
 
 
@@ -96,8 +119,11 @@ def recorded_at(events: Path, kind: str) -> list[float]:
 
 def scrape(mb: Modelberth) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(mb.url + "/metrics", timeout=10).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def gpu_used(mb: Modelberth) -> int:
@@ -129,8 +155,9 @@ def test_an_idle_model_sleeps_in_its_process_and_the_next_request_wakes_it(
     modelberth: Any, tmp_path: Path, fake_gpu: dict[str, str]
 ) -> None:
     events = tmp_path / "events"
-    mb = serve(modelberth, fake_gpu,
-               vllm_model(tmp_path, 1, "--weights-mb", "20", idle_timeout=1.5))
+    mb = serve(
+        modelberth, fake_gpu, vllm_model(tmp_path, 1, "--weights-mb", "20", idle_timeout=1.5)
+    )
     reader = EventReader(mb.url, lambda kind, data: kind == "state" and data["from"] == "waking")
     assert chat(mb).json()["choices"][0]["message"]["content"] == "hello"
     pid = int(mb.status("m")["runtime_id"])
@@ -142,8 +169,10 @@ def test_an_idle_model_sleeps_in_its_process_and_the_next_request_wakes_it(
     assert mb.status("m")["runtime_id"] == str(pid)
     assert not process_gone(pid)
     # Its VRAM is given back, as the (fake) driver reports it ...
-    wait_for(lambda: mb.status("m")["vram_bytes"] is None
-             and gpu_used(mb) == BASE_USED_MB * MB, timeout=5)
+    wait_for(
+        lambda: mb.status("m")["vram_bytes"] is None and gpu_used(mb) == BASE_USED_MB * MB,
+        timeout=5,
+    )
     # ... and at level 1 its weights went to host RAM: 20 MB more resident.
     wait_for(lambda: mb.status("m")["memory_bytes"] >= awake_memory + 15 * MB, timeout=5)
     samples = scrape(mb)
@@ -162,8 +191,13 @@ def test_an_idle_model_sleeps_in_its_process_and_the_next_request_wakes_it(
     assert kinds(events) == ["start", "request", "sleep", "wake_up", "request"]
     assert recorded_at(events, "wake_up")[0] <= recorded_at(events, "request")[1]
     transitions = [(data["from"], data["to"]) for kind, data in reader.wait() if kind == "state"]
-    assert transitions == [("stopped", "starting"), ("starting", "ready"),
-                           ("ready", "sleeping"), ("sleeping", "waking"), ("waking", "ready")]
+    assert transitions == [
+        ("stopped", "starting"),
+        ("starting", "ready"),
+        ("ready", "sleeping"),
+        ("sleeping", "waking"),
+        ("waking", "ready"),
+    ]
     wait_for(lambda: gpu_used(mb) == (BASE_USED_MB + VRAM_MB) * MB, timeout=5)
     samples = scrape(mb)
     assert samples[("modelberth_model_wakes_total", (("model", "m"),))] == 1
@@ -175,24 +209,37 @@ def test_level_2_reloads_the_weights_and_a_stream_waiting_for_the_wake_sees_it_l
 ) -> None:
     events = tmp_path / "events"
     # is_sleeping stays true for 0.8 s after wake_up: modelberth polls until it is false.
-    mb = serve(modelberth, fake_gpu, vllm_model(tmp_path, 2, "--wake-delay", "0.8",
-                                                idle_timeout=0.5), stream_keepalive=0.2)
+    mb = serve(
+        modelberth,
+        fake_gpu,
+        vllm_model(tmp_path, 2, "--wake-delay", "0.8", idle_timeout=0.5),
+        stream_keepalive=0.2,
+    )
     assert chat(mb).status_code == 200
     pid = int(mb.status("m")["runtime_id"])
     wait_for(lambda: state_is(mb, "sleeping"), timeout=5)
     assert [line.split()[3] for line in events_of(events, "sleep")] == ["level=2"]
 
     began = time.monotonic()
-    with mb.client() as client, client.stream(
-            "POST", CHAT, json={"model": "m", "messages": [], "stream": True}) as stream:
+    with (
+        mb.client() as client,
+        client.stream("POST", CHAT, json={"model": "m", "messages": [], "stream": True}) as stream,
+    ):
         assert stream.status_code == 200
         body = b"".join(stream.iter_bytes()).decode()
     assert time.monotonic() - began >= 0.8
     assert ": loading m " in body  # the usual comments while it waits, as for a start
     assert body.count("tok") == 3
     assert body.endswith("data: [DONE]\n\n")
-    assert kinds(events) == ["start", "request", "sleep", "wake_up", "rpc",
-                             "reset_prefix_cache", "request"]
+    assert kinds(events) == [
+        "start",
+        "request",
+        "sleep",
+        "wake_up",
+        "rpc",
+        "reset_prefix_cache",
+        "request",
+    ]
     assert events_of(events, "rpc")[0].split()[3] == "reload_weights"
     assert mb.status("m")["runtime_id"] == str(pid)
 
@@ -209,8 +256,9 @@ def test_a_request_during_the_sleep_call_waits_for_it_then_wakes_the_model(
     modelberth: Any, tmp_path: Path, fake_gpu: dict[str, str]
 ) -> None:
     events = tmp_path / "events"
-    mb = serve(modelberth, fake_gpu,
-               vllm_model(tmp_path, 1, "--sleep-delay", "1", idle_timeout=0.5))
+    mb = serve(
+        modelberth, fake_gpu, vllm_model(tmp_path, 1, "--sleep-delay", "1", idle_timeout=0.5)
+    )
     assert chat(mb).status_code == 200
     # `sleeping` from the moment the call is sent: the request below arrives during it.
     wait_for(lambda: events_of(events, "sleep"), timeout=5)
@@ -254,8 +302,9 @@ def test_a_stop_during_the_wake_calls_it_off_and_the_waiting_request_gets_a_fres
     modelberth: Any, tmp_path: Path, fake_gpu: dict[str, str]
 ) -> None:
     events = tmp_path / "events"
-    mb = serve(modelberth, fake_gpu,
-               vllm_model(tmp_path, 1, "--wake-delay", "30", idle_timeout=0.5))
+    mb = serve(
+        modelberth, fake_gpu, vllm_model(tmp_path, 1, "--wake-delay", "30", idle_timeout=0.5)
+    )
     assert chat(mb).status_code == 200
     pid = int(mb.status("m")["runtime_id"])
     wait_for(lambda: state_is(mb, "sleeping"), timeout=5)
@@ -326,8 +375,12 @@ async def test_model_sleep_only_puts_an_idle_sleep_capable_model_to_sleep(
     tmp_path: Path,
 ) -> None:
     """Model.sleep, what the scheduler calls to make room: whether the model is asleep."""
-    async with booted({"v": vllm_model(tmp_path, 1, gpu=False, idle_timeout=0),
-                       "plain": fake_model(None, idle_timeout=0)}) as registry:
+    async with booted(
+        {
+            "v": vllm_model(tmp_path, 1, gpu=False, idle_timeout=0),
+            "plain": fake_model(None, idle_timeout=0),
+        }
+    ) as registry:
         v, plain = registry.require("v"), registry.require("plain")
         await plain.start()
         assert not await plain.sleep("make room")  # no `sleep`: it stays as it is

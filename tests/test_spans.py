@@ -65,8 +65,9 @@ def recorders(receiver: HttpReceiver) -> Iterator[Recorders]:
     SDK tracer's own spans through the SDK's processor, both to the receiver."""
     made: list[tuple[SpanRecorder, TracerProvider]] = []
 
-    def make(sampler: Sampler | None = None,
-             restart_after: float = 5.0) -> tuple[SpanRecorder, TracerProvider]:
+    def make(
+        sampler: Sampler | None = None, restart_after: float = 5.0
+    ) -> tuple[SpanRecorder, TracerProvider]:
         provider = TracerProvider(resource=Resource.create(RESOURCE), sampler=sampler)
         provider.add_span_processor(SimpleSpanProcessor(span_exporter()))
         process = SpanExportProcess(provider.resource, SCOPE, "plain", "INFO", restart_after)
@@ -79,29 +80,46 @@ def recorders(receiver: HttpReceiver) -> Iterator[Recorders]:
         provider.shutdown()
 
 
-def _start(recorder: SpanRecorder, headers: list[tuple[bytes, bytes]] | None = None,
-           ) -> Started | None:
-    return recorder.start("chat", SpanKind.SERVER, headers or [], "POST",
-                          "/v1/chat/completions")
+def _start(
+    recorder: SpanRecorder,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Started | None:
+    return recorder.start("chat", SpanKind.SERVER, headers or [], "POST", "/v1/chat/completions")
 
 
 def _trace(started: Started, **fields: Any) -> RequestTrace:
     """What RequestObservation hands over for a request that went through."""
     values: dict[str, Any] = {
-        "began_ns": 5, "end_ns": 25, "operation": "chat", "method": "POST",
-        "path": "/v1/chat/completions", "model": "m", "requested": "gpt-4o-mini",
-        "queue": (6, 1, False), "upstream": (0xC11E, 10, "http://127.0.0.1:9/v1/chat"),
-        "status": 200, "usage": (3, 1, "m-0"), "error": None, **fields}
-    return RequestTrace(trace_id=started.trace_id, span_id=started.span_id,
-                        flags=started.flags, parent_id=started.parent_id,
-                        trace_state=started.trace_state,
-                        sampler_attributes=started.sampler_attributes, **values)
+        "began_ns": 5,
+        "end_ns": 25,
+        "operation": "chat",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "model": "m",
+        "requested": "gpt-4o-mini",
+        "queue": (6, 1, False),
+        "upstream": (0xC11E, 10, "http://127.0.0.1:9/v1/chat"),
+        "status": 200,
+        "usage": (3, 1, "m-0"),
+        "error": None,
+        **fields,
+    }
+    return RequestTrace(
+        trace_id=started.trace_id,
+        span_id=started.span_id,
+        flags=started.flags,
+        parent_id=started.parent_id,
+        trace_state=started.trace_state,
+        sampler_attributes=started.sampler_attributes,
+        **values,
+    )
 
 
 def _exported(recorder: SpanRecorder, receiver: HttpReceiver, count: int) -> list[Any]:
     recorder.batcher.flush()
-    spans: list[Any] = wait_for(lambda: len(receiver.received.spans) >= count
-                                and list(receiver.received.spans))
+    spans: list[Any] = wait_for(
+        lambda: len(receiver.received.spans) >= count and list(receiver.received.spans)
+    )
     assert len(spans) == count
     return spans
 
@@ -110,8 +128,9 @@ def _id(value: bytes) -> int:
     return int.from_bytes(value, "big")
 
 
-def test_a_root_span_matches_what_the_sdk_tracer_makes(recorders: Recorders,
-                                                       receiver: HttpReceiver) -> None:
+def test_a_root_span_matches_what_the_sdk_tracer_makes(
+    recorders: Recorders, receiver: HttpReceiver
+) -> None:
     recorder, provider = recorders()
     started = _start(recorder)
     assert started is not None and started.parent_id == 0 and not started.carried
@@ -127,39 +146,62 @@ def test_a_root_span_matches_what_the_sdk_tracer_makes(recorders: Recorders,
     assert upstream.status.code == root.status.code == PbStatus.STATUS_CODE_ERROR
     assert upstream.status.message == "boom"
     assert (upstream.name, upstream.start_time_unix_nano, upstream.end_time_unix_nano) == (
-        "POST /v1/chat/completions", 10, 25)
+        "POST /v1/chat/completions",
+        10,
+        25,
+    )
     assert attributes(upstream.attributes) == {
-        "url.full": "http://127.0.0.1:9/v1/chat", "gen_ai.request.model": "m",
-        "http.response.status_code": 502}
+        "url.full": "http://127.0.0.1:9/v1/chat",
+        "gen_ai.request.model": "m",
+        "http.response.status_code": 502,
+    }
     assert root.parent_span_id == b""
     assert not root.flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
     assert (root.name, root.start_time_unix_nano, root.end_time_unix_nano) == (
-        "chat gpt-4o-mini", 5, 25)
+        "chat gpt-4o-mini",
+        5,
+        25,
+    )
     assert attributes(root.attributes) == {
-        "gen_ai.operation.name": "chat", "http.request.method": "POST",
-        "url.path": "/v1/chat/completions", "gen_ai.request.model": "gpt-4o-mini",
-        "modelberth.model": "m", "modelberth.cold_start": False, "modelberth.queue_ms": 0.0,
-        "http.response.status_code": 502}
+        "gen_ai.operation.name": "chat",
+        "http.request.method": "POST",
+        "url.path": "/v1/chat/completions",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "modelberth.model": "m",
+        "modelberth.cold_start": False,
+        "modelberth.queue_ms": 0.0,
+        "http.response.status_code": 502,
+    }
     resource, scope, version = receiver.received.origins[root.span_id]
     assert resource == dict(provider.resource.attributes)  # the server's, whole
     assert (scope, version) == ("modelberth", "1")
 
 
 def test_a_request_that_waited_or_started_its_model_gets_a_queue_span(
-        recorders: Recorders, receiver: HttpReceiver) -> None:
+    recorders: Recorders, receiver: HttpReceiver
+) -> None:
     recorder, _ = recorders()
     started = _start(recorder)
     assert started is not None
-    recorder.hand_over(_trace(started, queue=(6, 2_500_000, False),  # waited 2.5 ms
-                              usage=(3, 1, "m-0")))
+    recorder.hand_over(
+        _trace(
+            started,
+            queue=(6, 2_500_000, False),  # waited 2.5 ms
+            usage=(3, 1, "m-0"),
+        )
+    )
     recorder.hand_over(_trace(started, queue=(6, 10, True)))  # a cold start, however short
     recorder.hand_over(_trace(started, queue=(6, 999_999, False)))  # just under 1 ms: none
     spans = _exported(recorder, receiver, 8)
     queues = [span for span in spans if span.name == "modelberth.queue"]
     assert [(q.start_time_unix_nano, q.end_time_unix_nano) for q in queues] == [
-        (6, 2_500_006), (6, 16)]
+        (6, 2_500_006),
+        (6, 16),
+    ]
     assert [attributes(q.attributes) for q in queues] == [
-        {"modelberth.cold_start": False}, {"modelberth.cold_start": True}]
+        {"modelberth.cold_start": False},
+        {"modelberth.cold_start": True},
+    ]
     assert all(_id(q.parent_span_id) == started.span_id for q in queues)
     assert all(q.kind == PbSpan.SPAN_KIND_INTERNAL for q in queues)
     root = spans[2]
@@ -173,12 +215,23 @@ def test_a_request_that_waited_or_started_its_model_gets_a_queue_span(
 
 
 def test_a_request_refused_before_its_model_is_known_is_one_server_span(
-        recorders: Recorders, receiver: HttpReceiver) -> None:
+    recorders: Recorders, receiver: HttpReceiver
+) -> None:
     recorder, _ = recorders()
     started = _start(recorder)
     assert started is not None
-    recorder.hand_over(_trace(started, model="", requested="", queue=None, upstream=None,
-                              status=404, usage=None, error="model 'x' not found"))
+    recorder.hand_over(
+        _trace(
+            started,
+            model="",
+            requested="",
+            queue=None,
+            upstream=None,
+            status=404,
+            usage=None,
+            error="model 'x' not found",
+        )
+    )
     (root,) = _exported(recorder, receiver, 1)
     assert root.name == "chat"
     assert root.status.code == PbStatus.STATUS_CODE_ERROR
@@ -220,25 +273,42 @@ def test_a_sampler_of_another_kind_is_asked_for_every_request(recorders: Recorde
 
     recorder, _ = recorders(ParentBased(Counting(Decision.RECORD_AND_SAMPLE)))
     assert _start(recorder) is not None
-    assert asked == [("chat", {"gen_ai.operation.name": "chat", "http.request.method": "POST",
-                               "url.path": "/v1/chat/completions"})]
+    assert asked == [
+        (
+            "chat",
+            {
+                "gen_ai.operation.name": "chat",
+                "http.request.method": "POST",
+                "url.path": "/v1/chat/completions",
+            },
+        )
+    ]
 
 
 STANDARD: list[tuple[Sampler, int]] = [
-    (ALWAYS_ON, 1 << 64), (DEFAULT_ON, 1 << 64), (ALWAYS_OFF, 0), (DEFAULT_OFF, 0),
+    (ALWAYS_ON, 1 << 64),
+    (DEFAULT_ON, 1 << 64),
+    (ALWAYS_OFF, 0),
+    (DEFAULT_OFF, 0),
     (TraceIdRatioBased(0.25), TraceIdRatioBased(0.25).bound),
-    *[(ParentBasedTraceIdRatio(rate), TraceIdRatioBased(rate).bound)
-      for rate in (0.0, 0.001, 0.1, 0.5, 1 / 3, 1.0)]]
+    *[
+        (ParentBasedTraceIdRatio(rate), TraceIdRatioBased(rate).bound)
+        for rate in (0.0, 0.001, 0.1, 0.5, 1 / 3, 1.0)
+    ],
+]
 
 
-@pytest.mark.parametrize(("sampler", "bound"), STANDARD,
-                         ids=[sampler.get_description()[:60] for sampler, _ in STANDARD])
-def test_standard_samplers_decide_roots_by_trace_id_as_the_sdk_does(sampler: Sampler,
-                                                                    bound: int) -> None:
+@pytest.mark.parametrize(
+    ("sampler", "bound"), STANDARD, ids=[sampler.get_description()[:60] for sampler, _ in STANDARD]
+)
+def test_standard_samplers_decide_roots_by_trace_id_as_the_sdk_does(
+    sampler: Sampler, bound: int
+) -> None:
     assert root_bound(sampler) == bound, (
         f"tracing.root_bound no longer recognises {sampler.get_description()!r}: "
         "requests without a parent now ask the sampler one by one (correct, but slower); "
-        "if the SDK changed how its samplers describe themselves, update root_bound")
+        "if the SDK changed how its samplers describe themselves, update root_bound"
+    )
     rng = random.Random(16)
     for _ in range(2000):
         trace_id = rng.getrandbits(128)
@@ -261,8 +331,12 @@ def test_samplers_that_may_decide_otherwise_are_asked() -> None:
     class Ratio(ParentBasedTraceIdRatio):
         pass
 
-    for sampler in (Ratio(0.5), ParentBased(TraceIdRatioBased(0.5)), ParentBased(ALWAYS_ON),
-                    StaticSampler(Decision.RECORD_AND_SAMPLE)):
+    for sampler in (
+        Ratio(0.5),
+        ParentBased(TraceIdRatioBased(0.5)),
+        ParentBased(ALWAYS_ON),
+        StaticSampler(Decision.RECORD_AND_SAMPLE),
+    ):
         assert root_bound(sampler) is None, sampler.get_description()
 
 
@@ -274,7 +348,8 @@ def test_the_upstream_gets_a_traceparent_naming_the_client_span(recorders: Recor
     recorder.propagate(started, 0xDEF, headers)
     assert headers == [
         (b"content-type", b"application/json"),
-        (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-0000000000000def-01")]
+        (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-0000000000000def-01"),
+    ]
     root = _start(recorder)
     assert root is not None
     headers = []
@@ -283,7 +358,8 @@ def test_the_upstream_gets_a_traceparent_naming_the_client_span(recorders: Recor
 
 
 def test_sdk_spans_made_meanwhile_take_the_recorded_span_as_parent(
-        recorders: Recorders, receiver: HttpReceiver) -> None:
+    recorders: Recorders, receiver: HttpReceiver
+) -> None:
     recorder, provider = recorders()
     started = _start(recorder)
     assert started is not None
@@ -309,8 +385,9 @@ async def test_groups_go_out_as_they_fill_and_the_batch_ends_after_the_delay() -
         sent.append(group)
         return group != "s2,s3"  # refused: the receiver is behind
 
-    batcher = SpanBatcher(_joined, send, lambda: sent.append("end"),
-                          lambda: sent.append("closed"), group=2, delay=0.1)
+    batcher = SpanBatcher(
+        _joined, send, lambda: sent.append("end"), lambda: sent.append("closed"), group=2, delay=0.1
+    )
     for i in range(7):  # however many: the receiver sizes its exports
         batcher.add(_raw(f"s{i}"))
     assert sent == ["s0,s1", "s2,s3", "s4,s5"]
@@ -331,8 +408,7 @@ async def test_batches_a_sender_refuses_are_dropped_counted_and_warned_of_sparin
         return False
 
     batcher = SpanBatcher(lambda group: group, refuse, lambda: None, lambda: None, group=2)
-    sink = logger.add(lambda message: warnings.append(message.record["message"]),
-                      level="WARNING")
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
     try:
         for i in range(7):
             batcher.add(_raw(f"s{i}"))
@@ -356,8 +432,9 @@ def _ignores(pid: int, sig: int) -> bool:
     return bool(int(mask, 16) & (1 << (sig - 1)))
 
 
-async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpReceiver,
-                                                              ) -> None:
+async def test_the_export_process_builds_and_exports_the_spans(
+    receiver: HttpReceiver,
+) -> None:
     recorder, process = _process_recorder()
     child = process.pid
     assert child is not None and not process_gone(child)
@@ -375,7 +452,8 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
     assert receiver.received.trace_exports == 1  # the child holds them until the batch ends
     recorder.batcher.flush()
     spans = await asyncio.to_thread(
-        wait_for, lambda: len(receiver.received.spans) >= 302 and receiver.received.spans)
+        wait_for, lambda: len(receiver.received.spans) >= 302 and receiver.received.spans
+    )
     assert len(spans) == 302 and receiver.received.trace_exports == 2
     server = next(span for span in spans if span.name == "chat gpt-4o-mini")
     assert server.trace_id.hex() == f"{REMOTE_TRACE:032x}"
@@ -388,7 +466,8 @@ async def test_the_export_process_builds_and_exports_the_spans(receiver: HttpRec
 
 
 async def test_the_export_process_exports_in_batches_of_the_configured_size(
-        receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "50")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")  # the batch ends when flushed
     recorder, _ = _process_recorder()
@@ -404,8 +483,7 @@ async def test_the_export_process_exports_in_batches_of_the_configured_size(
         recorder.batcher.flush()
         await asyncio.to_thread(wait_for, lambda: len(received.export_sizes) == 3)
         assert received.export_sizes == [50, 50, 28]
-        assert len({span.name for span in received.spans if span.name.startswith("chat r")}) \
-            == 64
+        assert len({span.name for span in received.spans if span.name.startswith("chat r")}) == 64
     finally:
         recorder.shutdown()
 
@@ -437,8 +515,7 @@ def test_a_lost_export_process_is_replaced(receiver: HttpReceiver) -> None:
     assert process_gone(second)
 
 
-def test_the_export_process_ends_with_the_server(tmp_path: Any,
-                                                 receiver: HttpReceiver) -> None:
+def test_the_export_process_ends_with_the_server(tmp_path: Any, receiver: HttpReceiver) -> None:
     """A server killed outright closes the pipe: the child exports what it has and exits."""
     script = tmp_path / "server.py"
     script.write_text(
@@ -448,7 +525,8 @@ def test_the_export_process_ends_with_the_server(tmp_path: Any,
         "from modelberth.telemetry.export import SpanExportProcess\n"
         "p = SpanExportProcess(Resource.create({}), InstrumentationScope('m'), 'plain', 'INFO')\n"
         "print(p.pid, flush=True)\n"
-        "time.sleep(60)\n")
+        "time.sleep(60)\n"
+    )
     server = psutil.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None
@@ -463,10 +541,12 @@ def test_the_export_process_ends_with_the_server(tmp_path: Any,
 
 
 def test_a_stalled_export_process_refuses_batches_and_is_killed_at_close(
-        receiver: HttpReceiver) -> None:
+    receiver: HttpReceiver,
+) -> None:
     provider = TracerProvider()
-    process = SpanExportProcess(provider.resource, InstrumentationScope("m"), "plain", "INFO",
-                                max_backlog=1 << 20)
+    process = SpanExportProcess(
+        provider.resource, InstrumentationScope("m"), "plain", "INFO", max_backlog=1 << 20
+    )
     child = process.pid
     assert child is not None
     os.kill(child, signal.SIGSTOP)  # reads nothing from now on

@@ -35,8 +35,9 @@ MB = 1024 * 1024
 
 
 class Swarm:
-    def __init__(self, manager: docker.DockerClient, worker: docker.DockerClient,
-                 worker_url: str) -> None:
+    def __init__(
+        self, manager: docker.DockerClient, worker: docker.DockerClient, worker_url: str
+    ) -> None:
         self.manager = manager
         self.worker = worker
         self.worker_url = worker_url
@@ -102,8 +103,16 @@ def fake_service(tmp: Path, memory_mb: int | None, **settings: Any) -> dict[str,
     return {
         "runtime": "swarm",
         "image": test_docker.IMAGE,
-        "command": [sys.executable, FAKE, "--port", "${PORT}", "--host", "${HOST}",
-                    "--events", str(tmp / "events")],
+        "command": [
+            sys.executable,
+            FAKE,
+            "--port",
+            "${PORT}",
+            "--host",
+            "${HOST}",
+            "--events",
+            str(tmp / "events"),
+        ],
         "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
         **({"memory_mb": memory_mb} if memory_mb is not None else {}),
         "stop_timeout": 2,
@@ -119,16 +128,17 @@ def chat(mb: Modelberth, model: str) -> httpx.Response:
 
 def running_on(s: Swarm, model: str) -> str:
     """The node id the model's service task runs on."""
-    (service,) = [x for x in s.services()
-                  if x.attrs["Spec"]["Labels"].get("modelberth.model") == model]
+    (service,) = [
+        x for x in s.services() if x.attrs["Spec"]["Labels"].get("modelberth.model") == model
+    ]
     (task,) = [t for t in service.tasks() if t["Status"]["State"] == "running"]
     return str(task["NodeID"])
 
 
-def test_models_land_on_the_node_with_room(
-        swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"models": {"big": fake_service(tmp_path, 280),
-                                "small": fake_service(tmp_path, 200)}})
+def test_models_land_on_the_node_with_room(swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
+    mb = modelberth(
+        {"models": {"big": fake_service(tmp_path, 280), "small": fake_service(tmp_path, 200)}}
+    )
     # Only the worker has 280 MiB.
     assert chat(mb, "big").status_code == 200
     status = mb.status("big")
@@ -153,15 +163,15 @@ def test_models_land_on_the_node_with_room(
     assert nodes["127.0.0.2"]["models"] == ["big"]
     assert nodes["127.0.0.1"]["models"] == ["small"]
     # Its output reaches the model's log, through the manager's service logs.
-    wait_for(lambda: "fake upstream" in mb.client().get("/api/models/big/logs").text,
-             timeout=10)
+    wait_for(lambda: "fake upstream" in mb.client().get("/api/models/big/logs").text, timeout=10)
     assert mb.stop() in (0, -signal.SIGTERM)
     assert not swarm.services()  # shutdown removes every service
     wait_for(lambda: not swarm.containers(), timeout=30, interval=0.2)
 
 
 def test_a_model_that_fits_no_node_fails_at_once(
-        swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
+    swarm: Swarm, modelberth: Any, tmp_path: Path
+) -> None:
     mb = modelberth({"models": {"huge": fake_service(tmp_path, 400)}})
     response = chat(mb, "huge")
     assert response.status_code == 503
@@ -170,26 +180,37 @@ def test_a_model_that_fits_no_node_fails_at_once(
 
 
 def test_constraints_choose_the_node(swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"models": {"m": fake_service(tmp_path, 10,
-                                                  constraints=["node.role==manager"])}})
+    mb = modelberth(
+        {"models": {"m": fake_service(tmp_path, 10, constraints=["node.role==manager"])}}
+    )
     assert chat(mb, "m").status_code == 200
     assert running_on(swarm, "m") == swarm.manager_node.id
 
 
 def test_each_task_s_memory_is_measured_through_its_node_s_engine(
-        swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
+    swarm: Swarm, modelberth: Any, tmp_path: Path
+) -> None:
     """A task on the manager's node is read through the manager's engine; one on the worker
     through the engine its `modelberth.engine` label names, and not at all without it.
     Models without memory_mb are counted on their node by those readings."""
     swarm.label(swarm.worker_node, **{"modelberth.engine": swarm.worker_url})
-    mb = modelberth({"swarm": {"refresh_seconds": 1}, "resources": {"sample_interval": 0.5},
-                     "models": {
-                         "here": fake_service(tmp_path, None, constraints=["node.role==manager"]),
-                         "there": fake_service(tmp_path, None, constraints=["node.role==worker"])}})
+    mb = modelberth(
+        {
+            "swarm": {"refresh_seconds": 1},
+            "resources": {"sample_interval": 0.5},
+            "models": {
+                "here": fake_service(tmp_path, None, constraints=["node.role==manager"]),
+                "there": fake_service(tmp_path, None, constraints=["node.role==worker"]),
+            },
+        }
+    )
     assert chat(mb, "here").status_code == 200
     assert chat(mb, "there").status_code == 200
-    wait_for(lambda: all((mb.status(m)["memory_bytes"] or 0) > MB for m in ("here", "there")),
-             timeout=30, interval=0.5)
+    wait_for(
+        lambda: all((mb.status(m)["memory_bytes"] or 0) > MB for m in ("here", "there")),
+        timeout=30,
+        interval=0.5,
+    )
     # The reading is the container's own, as its engine gives it.
     (there,) = swarm.worker.containers.list(filters={"label": "modelberth.model=there"})
     stats = there.stats(stream=False)
@@ -228,9 +249,11 @@ def test_each_task_s_memory_is_measured_through_its_node_s_engine(
 
 
 def test_a_node_that_goes_down_fails_its_models_and_they_come_back_elsewhere(
-        swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({"resources": {"placement": "spread"},
-                     "models": {"m": fake_service(tmp_path, 100)}})
+    swarm: Swarm, modelberth: Any, tmp_path: Path
+) -> None:
+    mb = modelberth(
+        {"resources": {"placement": "spread"}, "models": {"m": fake_service(tmp_path, 100)}}
+    )
     assert chat(mb, "m").status_code == 200
     assert running_on(swarm, "m") == swarm.worker_node.id  # spread: the most room left
     pidfile = Path("/tmp/modelberth-swarm/docker.pid")
@@ -247,13 +270,17 @@ def test_a_node_that_goes_down_fails_its_models_and_they_come_back_elsewhere(
         # The worker comes back for the next tests: a fresh second engine joins again.
         subprocess.run(["bash", str(SCRIPT), "down"], timeout=120, check=True)
         swarm.worker = docker.DockerClient(base_url=swarm_up())
-        nodes = {n.attrs["Spec"]["Role"]: n for n in swarm.manager.nodes.list()
-                 if n.attrs["Status"]["State"] == "ready"}
+        nodes = {
+            n.attrs["Spec"]["Role"]: n
+            for n in swarm.manager.nodes.list()
+            if n.attrs["Status"]["State"] == "ready"
+        }
         swarm.manager_node, swarm.worker_node = nodes["manager"], nodes["worker"]
 
 
 def test_kill_9_then_restart_adopts_the_service_and_removes_stale_ones(
-        swarm: Swarm, modelberth: Any, tmp_path: Path) -> None:
+    swarm: Swarm, modelberth: Any, tmp_path: Path
+) -> None:
     config = {"models": {"m": fake_service(tmp_path, 100), "old": fake_service(tmp_path, 10)}}
     first = modelberth(config)
     assert chat(first, "m").status_code == 200
@@ -262,8 +289,9 @@ def test_kill_9_then_restart_adopts_the_service_and_removes_stale_ones(
     first.stop(signal.SIGKILL)
     assert len(swarm.services()) == 2  # services outlive their manager
     # The same server again, without `old`: m is adopted, old's service removed.
-    second = modelberth({"server": {"port": first.port},
-                         "models": {"m": fake_service(tmp_path, 100)}})
+    second = modelberth(
+        {"server": {"port": first.port}, "models": {"m": fake_service(tmp_path, 100)}}
+    )
     status = second.status("m")
     assert status["state"] == "ready"
     assert status["runtime_id"] == service_id

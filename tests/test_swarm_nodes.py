@@ -15,22 +15,30 @@ from modelberth.runtimes.swarm_nodes import generic_gpu_count, node_from_swarm
 from modelberth.runtimes.swarm_usage import node_engine
 
 MB = 1024 * 1024
-ATTRS = {"node.id": "abc", "node.hostname": "gpu-1", "node.role": "worker",
-         "node.labels.zone": "West", "engine.labels.disk": "ssd"}
+ATTRS = {
+    "node.id": "abc",
+    "node.hostname": "gpu-1",
+    "node.role": "worker",
+    "node.labels.zone": "West",
+    "engine.labels.disk": "ssd",
+}
 
 
-@pytest.mark.parametrize(("expression", "holds"), [
-    ("node.hostname==gpu-1", True),
-    ("node.hostname!=gpu-1", False),
-    ("node.hostname==GPU-1", True),  # values compare case-insensitively
-    ("NODE.ROLE==worker", True),  # so do the fixed keys
-    (" node.labels.zone == west ", True),  # spaces trimmed
-    ("node.labels.Zone==west", False),  # a label's name is case sensitive: not there
-    ("node.labels.gpu!=yes", True),  # a missing label is empty
-    ("node.labels.gpu==yes", False),
-    ("engine.labels.disk==ssd", True),
-    ("node.id!=abc", False),
-])
+@pytest.mark.parametrize(
+    ("expression", "holds"),
+    [
+        ("node.hostname==gpu-1", True),
+        ("node.hostname!=gpu-1", False),
+        ("node.hostname==GPU-1", True),  # values compare case-insensitively
+        ("NODE.ROLE==worker", True),  # so do the fixed keys
+        (" node.labels.zone == west ", True),  # spaces trimmed
+        ("node.labels.Zone==west", False),  # a label's name is case sensitive: not there
+        ("node.labels.gpu!=yes", True),  # a missing label is empty
+        ("node.labels.gpu==yes", False),
+        ("engine.labels.disk==ssd", True),
+        ("node.id!=abc", False),
+    ],
+)
 def test_constraints_match_as_swarm_does(expression: str, holds: bool) -> None:
     assert parse(expression).matches(ATTRS) is holds
 
@@ -42,13 +50,16 @@ def test_all_constraints_must_hold() -> None:
     assert str(both[0]) == "node.role==worker"
 
 
-@pytest.mark.parametrize(("expression", "message"), [
-    ("node.role=worker", "expected <key>==<value> or <key>!=<value>"),
-    ("node.colour==red", "unknown key 'node.colour'"),
-    ("node.labels.==x", "unknown key"),
-    ("node.role==", "the value '' is empty"),
-    ("node.role==a<b", "characters Swarm does not allow"),
-])
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("node.role=worker", "expected <key>==<value> or <key>!=<value>"),
+        ("node.colour==red", "unknown key 'node.colour'"),
+        ("node.labels.==x", "unknown key"),
+        ("node.role==", "the value '' is empty"),
+        ("node.role==a<b", "characters Swarm does not allow"),
+    ],
+)
 def test_bad_constraints_say_what_is_wrong(expression: str, message: str) -> None:
     with pytest.raises(ValueError, match="constraint") as caught:
         parse(expression)
@@ -56,8 +67,10 @@ def test_bad_constraints_say_what_is_wrong(expression: str, message: str) -> Non
 
 
 def test_a_bad_constraint_is_a_config_error_at_its_key() -> None:
-    text = ("models:\n  m:\n    runtime: swarm\n    image: x\n    command: [s, '${PORT}']\n"
-            "    constraints: ['node.zone==a']\n")
+    text = (
+        "models:\n  m:\n    runtime: swarm\n    image: x\n    command: [s, '${PORT}']\n"
+        "    constraints: ['node.zone==a']\n"
+    )
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
     (issue,) = caught.value.issues
@@ -65,40 +78,64 @@ def test_a_bad_constraint_is_a_config_error_at_its_key() -> None:
     assert "unknown key 'node.zone'" in issue.message
 
 
-def swarm_node(role: str = "worker", labels: dict[str, str] | None = None,
-               state: str = "ready", availability: str = "active",
-               generic: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def swarm_node(
+    role: str = "worker",
+    labels: dict[str, str] | None = None,
+    state: str = "ready",
+    availability: str = "active",
+    generic: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     node: dict[str, Any] = {
-        "ID": "n1", "Spec": {"Role": role, "Availability": availability,
-                             "Labels": labels or {}},
-        "Description": {"Hostname": "gpu-1",
-                        "Platform": {"OS": "linux", "Architecture": "x86_64"},
-                        "Resources": {"NanoCPUs": 2_000_000_000, "MemoryBytes": 8 * 1024 * MB,
-                                      **({"GenericResources": generic} if generic else {})},
-                        "Engine": {"Labels": {"disk": "ssd"}}},
-        "Status": {"State": state, "Addr": "10.0.0.9",
-                   **({"Message": "heartbeat failure"} if state == "down" else {})}}
+        "ID": "n1",
+        "Spec": {"Role": role, "Availability": availability, "Labels": labels or {}},
+        "Description": {
+            "Hostname": "gpu-1",
+            "Platform": {"OS": "linux", "Architecture": "x86_64"},
+            "Resources": {
+                "NanoCPUs": 2_000_000_000,
+                "MemoryBytes": 8 * 1024 * MB,
+                **({"GenericResources": generic} if generic else {}),
+            },
+            "Engine": {"Labels": {"disk": "ssd"}},
+        },
+        "Status": {
+            "State": state,
+            "Addr": "10.0.0.9",
+            **({"Message": "heartbeat failure"} if state == "down" else {}),
+        },
+    }
     if role == "manager":
-        node["ManagerStatus"] = {"Leader": True, "Reachability": "reachable",
-                                 "Addr": "10.0.0.1:2377"}
+        node["ManagerStatus"] = {
+            "Leader": True,
+            "Reachability": "reachable",
+            "Addr": "10.0.0.1:2377",
+        }
     return node
 
 
 def test_a_node_without_labels() -> None:
     node, warnings = node_from_swarm(swarm_node())
-    assert (node.id, node.name, node.address, node.runtime) == ("n1", "gpu-1", "10.0.0.9",
-                                                                "swarm")
+    assert (node.id, node.name, node.address, node.runtime) == ("n1", "gpu-1", "10.0.0.9", "swarm")
     assert node.memory == 8 * 1024 * MB  # its total memory
     assert node.vram == {} and node.ready and node.why is None and warnings == []
-    assert node.attributes == {"node.id": "n1", "node.hostname": "gpu-1",
-                               "node.role": "worker", "node.platform.os": "linux",
-                               "node.platform.arch": "x86_64", "engine.labels.disk": "ssd"}
+    assert node.attributes == {
+        "node.id": "n1",
+        "node.hostname": "gpu-1",
+        "node.role": "worker",
+        "node.platform.os": "linux",
+        "node.platform.arch": "x86_64",
+        "engine.labels.disk": "ssd",
+    }
 
 
 def test_labels_set_the_budgets_and_the_address() -> None:
-    labels = {"modelberth.memory_mb": "4096", "modelberth.gpu.0.vram_mb": "23000",
-              "modelberth.gpu.1.vram_mb": "7000", "modelberth.address": "192.168.1.5",
-              "zone": "a"}
+    labels = {
+        "modelberth.memory_mb": "4096",
+        "modelberth.gpu.0.vram_mb": "23000",
+        "modelberth.gpu.1.vram_mb": "7000",
+        "modelberth.address": "192.168.1.5",
+        "zone": "a",
+    }
     node, warnings = node_from_swarm(swarm_node(labels=labels))
     assert node.memory == 4096 * MB
     assert node.vram == {0: 23000 * MB, 1: 7000 * MB}
@@ -113,13 +150,18 @@ def test_a_manager_is_reached_at_its_own_address() -> None:
 
 def test_generic_gpus_take_the_shared_vram_label_or_are_flagged() -> None:
     named = [{"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": f"GPU-{i}"}} for i in "ab"]
-    discrete = [{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 3}},
-                {"DiscreteResourceSpec": {"Kind": "SSD", "Value": 1}}]
+    discrete = [
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 3}},
+        {"DiscreteResourceSpec": {"Kind": "SSD", "Value": 1}},
+    ]
     assert generic_gpu_count(swarm_node(generic=named)) == 2
     assert generic_gpu_count(swarm_node(generic=discrete)) == 3
-    node, warnings = node_from_swarm(swarm_node(
-        generic=named, labels={"modelberth.gpu.vram_mb": "16000",
-                               "modelberth.gpu.1.vram_mb": "8000"}))
+    node, warnings = node_from_swarm(
+        swarm_node(
+            generic=named,
+            labels={"modelberth.gpu.vram_mb": "16000", "modelberth.gpu.1.vram_mb": "8000"},
+        )
+    )
     assert node.vram == {0: 16000 * MB, 1: 8000 * MB} and warnings == []
     node, warnings = node_from_swarm(swarm_node(generic=discrete))
     assert node.vram == {0: 0, 1: 0, 2: 0}
@@ -127,21 +169,25 @@ def test_generic_gpus_take_the_shared_vram_label_or_are_flagged() -> None:
 
 
 def test_bad_label_values_are_ignored_with_a_warning() -> None:
-    node, warnings = node_from_swarm(swarm_node(labels={"modelberth.memory_mb": "lots",
-                                                        "modelberth.gpu.0.vram_mb": "-3"}))
+    node, warnings = node_from_swarm(
+        swarm_node(labels={"modelberth.memory_mb": "lots", "modelberth.gpu.0.vram_mb": "-3"})
+    )
     assert node.memory == 8 * 1024 * MB and node.vram == {}
     assert warnings == [
         "node gpu-1: label modelberth.memory_mb='lots' is not a whole number of MiB; ignored",
-        "node gpu-1: label modelberth.gpu.0.vram_mb='-3' is not a whole number of MiB; "
-        "ignored"]
+        "node gpu-1: label modelberth.gpu.0.vram_mb='-3' is not a whole number of MiB; ignored",
+    ]
 
 
-@pytest.mark.parametrize(("state", "availability", "why"), [
-    ("down", "active", "node is down: heartbeat failure"),
-    ("ready", "drain", "availability drain"),
-    ("ready", "pause", "availability pause"),
-    ("unknown", "active", "node is unknown"),
-])
+@pytest.mark.parametrize(
+    ("state", "availability", "why"),
+    [
+        ("down", "active", "node is down: heartbeat failure"),
+        ("ready", "drain", "availability drain"),
+        ("ready", "pause", "availability pause"),
+        ("unknown", "active", "node is unknown"),
+    ],
+)
 def test_nodes_that_cannot_take_a_start(state: str, availability: str, why: str) -> None:
     node, _ = node_from_swarm(swarm_node(state=state, availability=availability))
     assert not node.ready and node.why == why
@@ -153,12 +199,15 @@ def test_a_gpu_placement_reaches_the_service_spec() -> None:
     reserves the generic resources where the node advertises them)."""
     from modelberth.runtimes.swarm import SwarmRuntime
 
-    spec = parse_config("models:\n  m:\n    runtime: swarm\n    image: img\n"
-                        "    command: [srv, --port, '${PORT}', --host, '${HOST}']\n"
-                        "    gpus: {count: 2}\n    constraints: ['node.labels.zone==a']\n"
-                        ).specs()["m"]
-    attrs = swarm_node(labels={"modelberth.gpu.vram_mb": "8000"}, generic=[
-        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 4}}])
+    spec = parse_config(
+        "models:\n  m:\n    runtime: swarm\n    image: img\n"
+        "    command: [srv, --port, '${PORT}', --host, '${HOST}']\n"
+        "    gpus: {count: 2}\n    constraints: ['node.labels.zone==a']\n"
+    ).specs()["m"]
+    attrs = swarm_node(
+        labels={"modelberth.gpu.vram_mb": "8000"},
+        generic=[{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 4}}],
+    )
     node, _ = node_from_swarm(attrs)
     runtime = SwarmRuntime(None, instance="i")
     runtime._attrs[node.id] = attrs  # as the last node listing left it
@@ -169,7 +218,8 @@ def test_a_gpu_placement_reaches_the_service_spec() -> None:
     assert args["constraints"] == ["node.id==n1", "node.labels.zone==a"]
     assert args["labels"]["modelberth.gpus"] == "1,2"
     assert args["resources"]["Reservations"]["GenericResources"] == [
-        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}
+    ]
     assert args["networks"] == ["host"]
     # A node that advertises no GPUs as generic resources gets no reservation.
     runtime._attrs[node.id] = swarm_node()
@@ -184,11 +234,14 @@ def test_a_node_s_engine_for_reading_its_tasks_memory() -> None:
     def attrs(**labels: str) -> dict[str, Any]:
         return {"ID": "n1", "Spec": {"Labels": labels}}
 
-    assert node_engine(attrs(**{"modelberth.engine": "tcp://10.0.0.2:2376",
-                                "modelberth.engine_tls": "True"}),
-                       own=False, manager=manager) == ("tcp://10.0.0.2:2376", True)
-    assert node_engine(attrs(**{"modelberth.engine": " ssh://ops@gpu-2 "}),
-                       own=True, manager=manager) == ("ssh://ops@gpu-2", False)
+    assert node_engine(
+        attrs(**{"modelberth.engine": "tcp://10.0.0.2:2376", "modelberth.engine_tls": "True"}),
+        own=False,
+        manager=manager,
+    ) == ("tcp://10.0.0.2:2376", True)
+    assert node_engine(
+        attrs(**{"modelberth.engine": " ssh://ops@gpu-2 "}), own=True, manager=manager
+    ) == ("ssh://ops@gpu-2", False)
     assert node_engine(attrs(), own=True, manager=manager) == manager
     assert node_engine(attrs(), own=False, manager=manager) is None
     assert node_engine({"ID": "n2", "Spec": {}}, own=False, manager=manager) is None

@@ -26,8 +26,9 @@ engine, image = test_docker.engine, test_docker.image  # fixtures
 
 def swarm_up() -> str:
     """`scripts/swarm.sh up` (idempotent): the second engine's socket."""
-    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
-                        timeout=180, check=True)
+    up = subprocess.run(
+        ["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=180, check=True
+    )
     return up.stdout.strip().splitlines()[-1]
 
 
@@ -43,7 +44,8 @@ def swarm(engine: docker.DockerClient) -> Iterator[docker.DockerClient]:
 
 
 def test_a_service_lands_on_the_second_node_and_nothing_is_left(
-        engine: docker.DockerClient, image: str, swarm: docker.DockerClient) -> None:
+    engine: docker.DockerClient, image: str, swarm: docker.DockerClient
+) -> None:
     nodes = {node.attrs["Spec"]["Role"]: node for node in engine.nodes.list()}
     assert set(nodes) == {"manager", "worker"}
     # What the manager reports as the worker's address is where its connection came from
@@ -55,10 +57,14 @@ def test_a_service_lands_on_the_second_node_and_nothing_is_left(
     swarm.images.load(b"".join(engine.images.get(image).save(named=True)))
     port = free_port()
     service = engine.services.create(  # type: ignore[no-untyped-call]
-        image, ["/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.2"],
-        name=f"modelberth-swarm-check-{port}", networks=["host"],
+        image,
+        ["/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.2"],
+        name=f"modelberth-swarm-check-{port}",
+        networks=["host"],
         constraints=[f"node.id=={worker}"],
-        mounts=["/usr:/usr:ro"], restart_policy=docker.types.RestartPolicy("none"))
+        mounts=["/usr:/usr:ro"],
+        restart_policy=docker.types.RestartPolicy("none"),
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

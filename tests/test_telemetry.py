@@ -31,9 +31,14 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
 
 def otel_env(endpoint: str, protocol: str) -> dict[str, str]:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BLRP_SCHEDULE_DELAY": "100",
-            "OTEL_METRIC_EXPORT_INTERVAL": "300", "OTEL_SERVICE_NAME": "modelberth-test"}
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        "OTEL_SERVICE_NAME": "modelberth-test",
+    }
 
 
 @pytest.fixture
@@ -51,8 +56,9 @@ def grpc_receiver() -> Iterator[GrpcReceiver]:
 
 
 def traced_server(modelberth: Any, endpoint: str, protocol: str) -> Modelberth:
-    mb: Modelberth = modelberth({"models": {"m": fake_model(None, aliases=["gpt-4o-mini"])}},
-                                start=False)
+    mb: Modelberth = modelberth(
+        {"models": {"m": fake_model(None, aliases=["gpt-4o-mini"])}}, start=False
+    )
     return mb.start(env=otel_env(endpoint, protocol))
 
 
@@ -61,8 +67,11 @@ def test_spans_follow_genai_conventions_and_traceparent_reaches_the_upstream(
 ) -> None:
     mb = traced_server(modelberth, http_receiver.endpoint, "http/protobuf")
     with mb.client() as client:
-        response = client.post(CHAT, headers={"traceparent": TRACEPARENT},
-                               json={"model": "gpt-4o-mini", "messages": []})
+        response = client.post(
+            CHAT,
+            headers={"traceparent": TRACEPARENT},
+            json={"model": "gpt-4o-mini", "messages": []},
+        )
     assert response.status_code == 200
     received = http_receiver.received
     (server,) = wait_for(lambda: received.span_named("chat gpt-4o-mini"), timeout=10)
@@ -95,8 +104,7 @@ def test_spans_follow_genai_conventions_and_traceparent_reaches_the_upstream(
     # Log records written while the request's start ran carry its trace.
     def start_logs() -> list[Any]:
         with received.lock:
-            return [log for log in received.logs
-                    if "stopped -> starting" in log.body.string_value]
+            return [log for log in received.logs if "stopped -> starting" in log.body.string_value]
 
     (start_log,) = wait_for(start_logs, timeout=10)
     assert start_log.trace_id.hex() == TRACE_ID
@@ -118,9 +126,18 @@ def test_metrics_and_logs_are_exported_over_otlp(
     with mb.client() as client:
         assert client.post(CHAT, json={"model": "m", "messages": []}).status_code == 200
     received = http_receiver.received
-    wait_for(lambda: {"modelberth_requests", "modelberth_request_duration",
-                      "modelberth_model_state", "modelberth_model_start_duration"}
-             <= received.metric_names(), timeout=10)
+    wait_for(
+        lambda: (
+            {
+                "modelberth_requests",
+                "modelberth_request_duration",
+                "modelberth_model_state",
+                "modelberth_model_start_duration",
+            }
+            <= received.metric_names()
+        ),
+        timeout=10,
+    )
 
     def log_lines() -> list[tuple[str, dict[str, Any]]]:
         with received.lock:
@@ -129,11 +146,13 @@ def test_metrics_and_logs_are_exported_over_otlp(
     def value_text(body: Any) -> str:
         return str(body.string_value)
 
-    ready = wait_for(lambda: [a for body, a in log_lines() if "ready (healthy)" in body],
-                     timeout=10)
+    ready = wait_for(
+        lambda: [a for body, a in log_lines() if "ready (healthy)" in body], timeout=10
+    )
     assert ready[0]["modelberth.model"] == "m"
-    upstream = wait_for(lambda: [a for body, a in log_lines()
-                                 if "fake upstream starting" in body], timeout=10)
+    upstream = wait_for(
+        lambda: [a for body, a in log_lines() if "fake upstream starting" in body], timeout=10
+    )
     assert upstream[0]["modelberth.stream"] == "stdout"
 
 
@@ -182,16 +201,22 @@ def test_prometheus_metrics(modelberth: Any, tmp_path: Path) -> None:
     assert samples[("modelberth_model_state", (*here, ("state", "stopped")))] == 0
     assert samples[("modelberth_queue_length", here)] == 0
     assert samples[("modelberth_in_flight", here)] == 0
-    wait_for(lambda: scrape(mb).get(("modelberth_model_memory_bytes", here), 0) > 10 * 2**20,
-             timeout=10)
+    wait_for(
+        lambda: scrape(mb).get(("modelberth_model_memory_bytes", here), 0) > 10 * 2**20, timeout=10
+    )
     assert ("modelberth_host_memory_available_bytes", ()) in samples
 
 
 def test_events_stream_evictions_and_start_progress(modelberth: Any, tmp_path: Path) -> None:
-    mb = modelberth({
-        "resources": {"memory_budget_mb": 100},
-        "models": {"a": fake_model(None, "--start-delay", "1.3", memory_mb=60),
-                   "b": fake_model(None, memory_mb=60)}})
+    mb = modelberth(
+        {
+            "resources": {"memory_budget_mb": 100},
+            "models": {
+                "a": fake_model(None, "--start-delay", "1.3", memory_mb=60),
+                "b": fake_model(None, memory_mb=60),
+            },
+        }
+    )
     reader = EventReader(mb.url, lambda kind, _: kind == "eviction")
     with mb.client() as client:
         assert client.post(CHAT, json={"model": "a", "messages": []}).status_code == 200
@@ -206,10 +231,15 @@ def test_events_stream_evictions_and_start_progress(modelberth: Any, tmp_path: P
 
 
 def test_waiting_stream_gets_loading_comments(modelberth: Any) -> None:
-    mb = modelberth({"server": {"stream_keepalive": 0.3},
-                     "models": {"slow": fake_model(None, "--start-delay", "1.2"),
-                                "broken": fake_model(None, "--start-delay", "1",
-                                                     "--exit-code", "3")}})
+    mb = modelberth(
+        {
+            "server": {"stream_keepalive": 0.3},
+            "models": {
+                "slow": fake_model(None, "--start-delay", "1.2"),
+                "broken": fake_model(None, "--start-delay", "1", "--exit-code", "3"),
+            },
+        }
+    )
     with mb.client() as client:
         text = client.post(CHAT, json={"model": "slow", "stream": True, "chunks": 2}).text
         assert text.startswith(": loading slow 0.")
@@ -226,29 +256,38 @@ def test_waiting_stream_gets_loading_comments(modelberth: Any) -> None:
 
 
 def test_dashboard_queries_only_name_metrics_that_exist(modelberth: Any) -> None:
-    mb = modelberth({"resources": {"memory_budget_mb": 100, "sample_interval": 0.3},
-                     "models": {"m": fake_model(None, memory_mb=60),
-                                "n": fake_model(None, memory_mb=60)}})
+    mb = modelberth(
+        {
+            "resources": {"memory_budget_mb": 100, "sample_interval": 0.3},
+            "models": {"m": fake_model(None, memory_mb=60), "n": fake_model(None, memory_mb=60)},
+        }
+    )
     with mb.client() as client:
         for name in ("m", "n"):  # the second evicts the first
             assert client.post(CHAT, json={"model": name, "messages": []}).status_code == 200
     n = ("modelberth_model_memory_bytes", (("model", "n"), ("node", "local")))
     wait_for(lambda: n in scrape(mb), timeout=10)
     exposed = {name for name, _ in scrape(mb)}
-    dashboard = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "signoz"
-                            / "dashboard.json").read_text())
+    dashboard = json.loads(
+        (
+            Path(__file__).resolve().parent.parent / "deploy" / "signoz" / "dashboard.json"
+        ).read_text()
+    )
     queries = [q["query"] for w in dashboard["widgets"] for q in w["query"]["promql"]]
     named = {word for query in queries for word in re.findall(r"modelberth_\w+", query)}
     # GPU and VRAM gauges only appear with a GPU; the rest must be served right now.
-    missing = {n for n in named - exposed
-               if not n.startswith("modelberth_gpu_") and n != "modelberth_model_vram_bytes"}
+    missing = {
+        n
+        for n in named - exposed
+        if not n.startswith("modelberth_gpu_") and n != "modelberth_model_vram_bytes"
+    }
     assert not missing, f"dashboard names metrics modelberth does not export: {missing}"
     assert len(named) >= 14
 
 
 def test_logging_after_telemetry_shutdown_does_not_reenter_the_otlp_sink(
-        http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch,
-        capfd: pytest.CaptureFixture[str]) -> None:
+    http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Shutting down used to leave loguru's OTLP sink in place: the next log line reached the
     stopped SDK, which logged "Shutdown called, ignoring Log." into the same sink."""
     for key, value in otel_env(http_receiver.endpoint, "http/protobuf").items():
@@ -272,20 +311,27 @@ def test_logging_after_telemetry_shutdown_does_not_reenter_the_otlp_sink(
 
 
 def test_the_sdk_still_hands_each_collection_to_receive_metrics(
-        http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The request histograms, aggregated outside the SDK, join each collection in
     `MetricReader._receive_metrics` (telemetry/setup.py, `_WithSources`): the SDK has no
     public hook between a collection and a reader's exporter. This fails first if it
     changes."""
-    hint = ("the OpenTelemetry SDK changed MetricReader._receive_metrics(metrics_data, "
-            "timeout_millis, **kwargs), through which telemetry/setup.py's _WithSources adds "
-            "the request histograms to /metrics and to OTLP: adapt _WithSources")
+    hint = (
+        "the OpenTelemetry SDK changed MetricReader._receive_metrics(metrics_data, "
+        "timeout_millis, **kwargs), through which telemetry/setup.py's _WithSources adds "
+        "the request histograms to /metrics and to OTLP: adapt _WithSources"
+    )
     receive = getattr(MetricReader, "_receive_metrics", None)
     assert receive is not None, hint
     assert list(inspect.signature(receive).parameters)[:3] == [
-        "self", "metrics_data", "timeout_millis"], hint
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-                       http_receiver.endpoint + "/v1/metrics")  # metrics only
+        "self",
+        "metrics_data",
+        "timeout_millis",
+    ], hint
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", http_receiver.endpoint + "/v1/metrics"
+    )  # metrics only
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")  # exported at shutdown
     telemetry = setup_telemetry("INFO")
     try:

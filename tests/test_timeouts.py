@@ -18,8 +18,9 @@ CHAT = "/v1/chat/completions"
 
 def test_no_first_byte_within_first_byte_timeout_is_504(modelberth: Any, tmp_path: Path) -> None:
     events = tmp_path / "ev"
-    mb = modelberth({"models": {"m": fake_model(events, first_byte_timeout=1, max_timeouts=5,
-                                                stop_timeout=1)}})
+    mb = modelberth(
+        {"models": {"m": fake_model(events, first_byte_timeout=1, max_timeouts=5, stop_timeout=1)}}
+    )
     with mb.client() as client:
         began = time.monotonic()
         response = client.post(CHAT, json={"model": "m", "sleep": 30})
@@ -35,12 +36,14 @@ def test_no_first_byte_within_first_byte_timeout_is_504(modelberth: Any, tmp_pat
 
 
 def test_a_stream_that_stalls_ends_with_an_sse_error_event(modelberth: Any) -> None:
-    mb = modelberth({"models": {"m": fake_model(stream_stall_timeout=1, max_timeouts=5,
-                                                stop_timeout=1)}})
+    mb = modelberth(
+        {"models": {"m": fake_model(stream_stall_timeout=1, max_timeouts=5, stop_timeout=1)}}
+    )
     with mb.client() as client:
         began = time.monotonic()
-        response = client.post(CHAT, json={"model": "m", "stream": True, "chunks": 3,
-                                           "chunk_delay": 30})
+        response = client.post(
+            CHAT, json={"model": "m", "stream": True, "chunks": 3, "chunk_delay": 30}
+        )
         assert time.monotonic() - began < 5
         assert response.status_code == 200
         assert response.text.count("tok0") == 1
@@ -48,17 +51,20 @@ def test_a_stream_that_stalls_ends_with_an_sse_error_event(modelberth: Any) -> N
         assert payload["error"]["code"] == "upstream_timeout"
         assert "stream_stall_timeout" in payload["error"]["message"]
         # A stream slower than the limit between chunks, but never silent that long, is fine.
-        slow = client.post(CHAT, json={"model": "m", "stream": True, "chunks": 4,
-                                       "chunk_delay": 0.4})
+        slow = client.post(
+            CHAT, json={"model": "m", "stream": True, "chunks": 4, "chunk_delay": 0.4}
+        )
         assert "event: error" not in slow.text and slow.text.count("tok") == 4
 
 
-def test_a_sigstopped_upstream_is_marked_failed_and_restarted(modelberth: Any,
-                                                              tmp_path: Path) -> None:
+def test_a_sigstopped_upstream_is_marked_failed_and_restarted(
+    modelberth: Any, tmp_path: Path
+) -> None:
     """A SIGSTOPped llama-server once hung its clients 320 s while /api/models said ready."""
     events = tmp_path / "ev"
-    mb = modelberth({"models": {"m": fake_model(events, first_byte_timeout=1, max_timeouts=2,
-                                                stop_timeout=1)}})
+    mb = modelberth(
+        {"models": {"m": fake_model(events, first_byte_timeout=1, max_timeouts=2, stop_timeout=1)}}
+    )
     with mb.client() as client:
         assert client.post(CHAT, json={"model": "m"}).status_code == 200
         hung = mb.status("m")["runtime_id"]
@@ -69,8 +75,13 @@ def test_a_sigstopped_upstream_is_marked_failed_and_restarted(modelberth: Any,
                 response = client.post(CHAT, json={"model": "m"})
                 assert response.status_code == 504, response.text
             # Two timeouts in a row: failed, the hung upstream killed, a new one started.
-            wait_for(lambda: mb.status("m")["state"] == "ready"
-                     and mb.status("m")["runtime_id"] not in (None, hung), timeout=15)
+            wait_for(
+                lambda: (
+                    mb.status("m")["state"] == "ready"
+                    and mb.status("m")["runtime_id"] not in (None, hung)
+                ),
+                timeout=15,
+            )
             assert client.post(CHAT, json={"model": "m"}).status_code == 200
             wait_for(lambda: not _alive(pid), timeout=15)
         finally:

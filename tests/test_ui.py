@@ -65,25 +65,32 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 @pytest.fixture(scope="module")
 def mb(servers: Servers, tiny_model: Path) -> Modelberth:
     """No keys: the tiny llama model, a fake upstream, and a fake one slow to load."""
-    return servers.make({
-        "server": {"stream_keepalive": 0.5},
-        "models": {
-            "tiny": {"command": llama_command(tiny_model, "--embeddings", "--pooling", "mean"),
-                     "aliases": ["gpt-4o-mini"]},
-            "fake": fake_model(None, "--start-delay", "0.5"),
-            "slow": fake_model(None, "--start-delay", "2", "--chunks", "12",
-                               "--chunk-delay", "0.15"),
-            "broken": fake_model(None, "--exit-code", "3", pinned=True),
-        },
-    })
+    return servers.make(
+        {
+            "server": {"stream_keepalive": 0.5},
+            "models": {
+                "tiny": {
+                    "command": llama_command(tiny_model, "--embeddings", "--pooling", "mean"),
+                    "aliases": ["gpt-4o-mini"],
+                },
+                "fake": fake_model(None, "--start-delay", "0.5"),
+                "slow": fake_model(
+                    None, "--start-delay", "2", "--chunks", "12", "--chunk-delay", "0.15"
+                ),
+                "broken": fake_model(None, "--exit-code", "3", pinned=True),
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def keyed(servers: Servers) -> Modelberth:
-    return servers.make({
-        "server": {"api_keys": ["user-key"], "admin_keys": ["admin-key"]},
-        "models": {"fake": fake_model()},
-    })
+    return servers.make(
+        {
+            "server": {"api_keys": ["user-key"], "admin_keys": ["admin-key"]},
+            "models": {"fake": fake_model()},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +116,16 @@ def goto(watched: Watched, tab: str) -> None:
 
 
 def chat(mb: Modelberth, model: str = "fake", **body: Any) -> httpx.Response:
-    return httpx.post(f"{mb.url}/v1/chat/completions", timeout=30, json={
-        "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
-        **body})
+    return httpx.post(
+        f"{mb.url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8,
+            **body,
+        },
+    )
 
 
 def test_static_files_and_headers(mb: Modelberth) -> None:
@@ -133,8 +147,13 @@ def test_static_files_and_headers(mb: Modelberth) -> None:
         assert client.get("/ui/style.css").headers["content-type"].startswith("text/css")
         assert client.head("/ui/js/api.js").status_code == 200
         assert "<script>" not in page.text and " on" + "click=" not in page.text
-        for bad in ("/ui/nope.js", "/ui/%2e%2e/router.py", "/ui/..%2frouter.py",
-                    "/ui/js/..%2f..%2f__init__.py", "/ui/%2e%2e%2f%2e%2e%2fapp.py"):
+        for bad in (
+            "/ui/nope.js",
+            "/ui/%2e%2e/router.py",
+            "/ui/..%2frouter.py",
+            "/ui/js/..%2f..%2f__init__.py",
+            "/ui/%2e%2e%2f%2e%2e%2fapp.py",
+        ):
             answer = client.get(bad)
             assert answer.status_code == 404, bad
             assert answer.json()["error"]["code"] == "not_found"
@@ -181,7 +200,8 @@ def test_start_from_the_page_turns_ready(page: Watched, mb: Modelberth) -> None:
     assert page.page.evaluate("window.__same_page") is True  # no reload happened
     assert mb.status("fake")["state"] == "ready"
     expect(page.page.locator('tr[data-model="fake"] .port')).to_contain_text(
-        str(mb.status("fake")["port"]))
+        str(mb.status("fake")["port"])
+    )
     page.assert_clean()
 
 
@@ -333,8 +353,9 @@ def test_keys_wrong_admin_and_inference(browser: Browser, keyed: Modelberth) -> 
 
 def test_config_shows_a_rejected_reload(page: Watched, mb: Modelberth, shots: Path) -> None:
     good = mb.config_path.read_text()
-    mb.config_path.write_text("models:\n  fake:\n    command: [python]\n"
-                              "    idle_timeout: soon\n    bogus: 1\n")
+    mb.config_path.write_text(
+        "models:\n  fake:\n    command: [python]\n    idle_timeout: soon\n    bogus: 1\n"
+    )
     try:
         goto(page, "config")
         expect(page.page.locator("#config-view")).not_to_be_empty()
@@ -374,7 +395,8 @@ def test_stop_all(page: Watched, mb: Modelberth) -> None:
     page.page.locator("#stop-all").click()
     for name in ("fake", "tiny", "slow"):
         expect(page.page.locator(f'tr[data-model="{name}"] .state')).to_have_text(
-            "stopped", timeout=15_000)
+            "stopped", timeout=15_000
+        )
     assert {mb.status(name)["state"] for name in ("fake", "tiny", "slow")} == {"stopped"}
     page.assert_clean()
 
@@ -397,7 +419,7 @@ def test_narrow_and_dark(browser: Browser, mb: Modelberth, shots: Path) -> None:
         goto(dark, "models")
         expect(dark.page.locator('tr[data-model="tiny"] .state')).to_be_visible()
         background = dark.page.evaluate("getComputedStyle(document.body).backgroundColor")
-        red, green, blue = (int(v) for v in background[background.index("(") + 1:-1].split(","))
+        red, green, blue = (int(v) for v in background[background.index("(") + 1 : -1].split(","))
         assert red + green + blue < 120, background
         dark.page.screenshot(path=str(shots / "models-dark.png"), full_page=True)
         goto(dark, "resources")
@@ -407,36 +429,60 @@ def test_narrow_and_dark(browser: Browser, mb: Modelberth, shots: Path) -> None:
         dark.page.reload()
         expect(dark.page.locator("html")).to_have_attribute("data-theme", "light")
         background = dark.page.evaluate("getComputedStyle(document.body).backgroundColor")
-        assert sum(int(v) for v in background[background.index("(") + 1:-1].split(",")) \
-            > 600, background  # the choice wins over the system's dark
+        assert sum(int(v) for v in background[background.index("(") + 1 : -1].split(",")) > 600, (
+            background
+        )  # the choice wins over the system's dark
         dark.assert_clean()
     finally:
         close(dark)
 
 
 def test_resources_show_gpus_stacked_by_model_and_evictions_on_the_charts(
-        servers: Servers, browser: Browser, tmp_path: Path, shots: Path) -> None:
+    servers: Servers, browser: Browser, tmp_path: Path, shots: Path
+) -> None:
     """GPUs from the fake NVML (tests/fake_nvml.py: no GPU can exist here; it reports like
     the real driver, per process from FAKE_VRAM_MB): two models that cannot share the GPU,
     so the second evicts the first."""
     state = tmp_path / "gpus.json"
-    state.write_text(json.dumps({"gpus": [{"name": "Fake A100", "total_mb": 8000,
-                                            "base_used_mb": 300, "utilization": 7}]}))
+    state.write_text(
+        json.dumps(
+            {
+                "gpus": [
+                    {"name": "Fake A100", "total_mb": 8000, "base_used_mb": 300, "utilization": 7}
+                ]
+            }
+        )
+    )
 
     def gpu_model(vram: int) -> dict[str, Any]:
         return fake_model(None, gpus=[0], vram_mb=vram, env={"FAKE_VRAM_MB": str(vram)})
 
     directory = servers.base / f"mb{len(servers.started)}"
     directory.mkdir()
-    gpu_mb = Modelberth(directory, {"resources": {"vram_margin_mb": 500, "sample_interval": 0.5},
-                                    "models": {"g1": gpu_model(4000), "g2": gpu_model(4000)}})
+    gpu_mb = Modelberth(
+        directory,
+        {
+            "resources": {"vram_margin_mb": 500, "sample_interval": 0.5},
+            "models": {"g1": gpu_model(4000), "g2": gpu_model(4000)},
+        },
+    )
     servers.started.append(gpu_mb)
-    gpu_mb.start(env={"MODELBERTH_NVML_MODULE": "fake_nvml", "FAKE_NVML_STATE": str(state),
-                      "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                     os.environ.get("PYTHONPATH", "")])})
+    gpu_mb.start(
+        env={
+            "MODELBERTH_NVML_MODULE": "fake_nvml",
+            "FAKE_NVML_STATE": str(state),
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+    )
     assert chat(gpu_mb, "g1").status_code == 200
-    wait_for(lambda: httpx.get(gpu_mb.url + "/api/resources", timeout=5).json()["models"]
-             ["g1"]["vram_bytes"], timeout=10)
+    wait_for(
+        lambda: httpx.get(gpu_mb.url + "/api/resources", timeout=5).json()["models"]["g1"][
+            "vram_bytes"
+        ],
+        timeout=10,
+    )
     assert chat(gpu_mb, "g2").status_code == 200  # 4000 + 4000 > 8000 - 500: g1 is evicted
 
     watched = open_page(browser, gpu_mb.url)
@@ -444,14 +490,20 @@ def test_resources_show_gpus_stacked_by_model_and_evictions_on_the_charts(
         goto(watched, "resources")
         gpu_bar = watched.page.locator(".stack-box", has_text="GPU 0 · Fake A100")
         expect(gpu_bar).to_contain_text("budget 7.3 GiB")
-        wait_for(lambda: httpx.get(gpu_mb.url + "/api/resources", timeout=5).json()["models"]
-                 ["g2"]["vram_bytes"], timeout=10)
+        wait_for(
+            lambda: httpx.get(gpu_mb.url + "/api/resources", timeout=5).json()["models"]["g2"][
+                "vram_bytes"
+            ],
+            timeout=10,
+        )
         watched.page.locator("#panel-resources button", has_text="Refresh").click()
         expect(gpu_bar.locator(".legend")).to_contain_text("g2 3.9 GiB")
-        expect(watched.page.locator(".eviction-list li").first).to_contain_text(
-            "g1 evicted for g2")
-        expect(watched.page.locator("figure.chart-box", has_text="VRAM per GPU")
-               .locator(".marker").first).to_be_attached()
+        expect(watched.page.locator(".eviction-list li").first).to_contain_text("g1 evicted for g2")
+        expect(
+            watched.page.locator("figure.chart-box", has_text="VRAM per GPU")
+            .locator(".marker")
+            .first
+        ).to_be_attached()
         watched.page.screenshot(path=str(shots / "resources-gpu.png"), full_page=True)
         watched.assert_clean()
     finally:

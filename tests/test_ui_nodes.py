@@ -25,16 +25,25 @@ def browser() -> Iterator[Browser]:
 
 
 def test_nodes_on_the_models_and_resources_tabs(
-        containers: Any, modelberth: Any, image: str, tmp_path: Path,
-        browser: Browser) -> None:
+    containers: Any, modelberth: Any, image: str, tmp_path: Path, browser: Browser
+) -> None:
     local = "unix:///var/run/docker.sock"
-    mb = modelberth({
-        "docker": {"hosts": [{"name": "alpha", "url": local, "memory_mb": 300},
-                             {"name": "beta", "url": local, "memory_mb": 200}]},
-        "models": {"m": fake_container(image, tmp_path, memory_mb=250)}})
+    mb = modelberth(
+        {
+            "docker": {
+                "hosts": [
+                    {"name": "alpha", "url": local, "memory_mb": 300},
+                    {"name": "beta", "url": local, "memory_mb": 200},
+                ]
+            },
+            "models": {"m": fake_container(image, tmp_path, memory_mb=250)},
+        }
+    )
     with mb.client() as client:
-        assert client.post("/v1/chat/completions",
-                           json={"model": "m", "messages": []}).status_code == 200
+        assert (
+            client.post("/v1/chat/completions", json={"model": "m", "messages": []}).status_code
+            == 200
+        )
     assert mb.status("m")["node"]["name"] == "alpha"  # only alpha has 250 MiB
     watched = open_page(browser, mb.url)
     try:
@@ -48,8 +57,7 @@ def test_nodes_on_the_models_and_resources_tabs(
         expect(alpha.locator(".legend")).to_contain_text("m 250 MiB")
         expect(alpha.locator(".legend")).not_to_contain_text("other")  # a node has no other
         expect(alpha).not_to_contain_text("not measured")
-        expect(watched.page.locator('.node-box[data-node="beta"]')).to_contain_text(
-            "0 B / 200 MiB")
+        expect(watched.page.locator('.node-box[data-node="beta"]')).to_contain_text("0 B / 200 MiB")
         shots = screenshot_dir(tmp_path / "screenshots")
         watched.page.screenshot(path=str(shots / "resources-nodes.png"), full_page=True)
         watched.assert_clean()

@@ -71,19 +71,30 @@ async def ok(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWr
     return True
 
 
-async def until_hung_up(head: bytes, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> bool:
+async def until_hung_up(
+    head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bool:
     """Never answers: waits until the client closes the connection."""
     await reader.read()
     return False
 
 
-async def post(client: UpstreamClient, port: int, body: bytes = b"{}",
-               method: str = "POST", first_byte_timeout: float | None = None
-               ) -> tuple[int, bytes]:
-    resp = await client.request(method, "127.0.0.1", port, "/v1/x?a=1",
-                                [(b"content-type", b"application/json")], body,
-                                first_byte_timeout=first_byte_timeout)
+async def post(
+    client: UpstreamClient,
+    port: int,
+    body: bytes = b"{}",
+    method: str = "POST",
+    first_byte_timeout: float | None = None,
+) -> tuple[int, bytes]:
+    resp = await client.request(
+        method,
+        "127.0.0.1",
+        port,
+        "/v1/x?a=1",
+        [(b"content-type", b"application/json")],
+        body,
+        first_byte_timeout=first_byte_timeout,
+    )
     try:
         return resp.status, await resp.read()
     finally:
@@ -108,8 +119,10 @@ async def test_a_chunked_answer_arrives_piece_by_piece() -> None:
     release = asyncio.Event()
 
     async def chunked(head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n6\r\ndata 1\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n6\r\ndata 1\r\n"
+        )
         await writer.drain()
         await release.wait()
         writer.write(b"6\r\ndata 2\r\n0\r\n\r\n")
@@ -131,23 +144,24 @@ async def test_a_chunked_answer_arrives_piece_by_piece() -> None:
 
 async def test_a_small_answer_is_there_whole_with_its_head() -> None:
     async def small(head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 7\r\n\r\n{\"a\":1}")
+        writer.write(
+            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
+        )
         return True
 
     client = UpstreamClient()
     async with serving(small) as (_, port):
         resp = await client.request("POST", "127.0.0.1", port, "/", [], b"{}")
-        assert resp.headers == [(b"content-type", b"application/json"),
-                                (b"content-length", b"7")]
+        assert resp.headers == [(b"content-type", b"application/json"), (b"content-length", b"7")]
         assert resp.arrived_whole() == b'{"a":1}'
         resp.release()
         await client.close()
 
 
 async def test_an_answer_delimited_by_close_is_read_to_the_end() -> None:
-    async def until_close(head: bytes, _: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> bool:
+    async def until_close(
+        head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
         return False
 
@@ -200,8 +214,10 @@ async def test_a_refused_connection_is_unreachable() -> None:
 async def test_a_pooled_connection_closed_unanswered_is_retried_once_on_a_new_one() -> None:
     """The stale keep-alive race: the upstream closes an idle connection as it is reused; an
     idempotent request is sent again."""
-    async def once_per_connection(head: bytes, _: asyncio.StreamReader,
-                                  writer: asyncio.StreamWriter) -> bool:
+
+    async def once_per_connection(
+        head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         writer.write(answer(b"fresh"))
         await writer.drain()
         return False  # and close, without telling the client it will
@@ -216,8 +232,9 @@ async def test_a_pooled_connection_closed_unanswered_is_retried_once_on_a_new_on
 
 
 async def test_a_connection_whose_eof_was_seen_is_never_reused() -> None:
-    async def once_per_connection(head: bytes, _: asyncio.StreamReader,
-                                  writer: asyncio.StreamWriter) -> bool:
+    async def once_per_connection(
+        head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         writer.write(answer(b"fresh"))
         await writer.drain()
         return False  # close, though the answer says keep-alive
@@ -238,8 +255,7 @@ def second_unanswered() -> Script:
     without a byte."""
     answered: set[asyncio.StreamWriter] = set()  # kept alive: no id is reused
 
-    async def script(head: bytes, _: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> bool:
+    async def script(head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         if writer in answered:
             return False
         answered.add(writer)
@@ -251,7 +267,8 @@ def second_unanswered() -> Script:
 
 @pytest.mark.parametrize(("method", "body"), [("POST", b"{}"), ("POST", b""), ("PATCH", b"{}")])
 async def test_a_request_the_upstream_may_have_read_is_never_sent_again(
-        method: str, body: bytes) -> None:
+    method: str, body: bytes
+) -> None:
     """RFC 9112 §9.3.1: the upstream read the request on a reused connection and closed it
     unanswered; a non-idempotent request (a POST even without a body) is not replayed."""
     client = UpstreamClient()
@@ -269,7 +286,8 @@ async def test_a_request_the_upstream_may_have_read_is_never_sent_again(
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "OPTIONS"])
 async def test_a_reused_connection_that_gets_no_answer_is_retried_if_idempotent(
-        method: str) -> None:
+    method: str,
+) -> None:
     client = UpstreamClient()
     async with serving(second_unanswered()) as (server, port):
         assert await post(client, port, b"{}", method=method) == (200, b"one")
@@ -383,9 +401,10 @@ async def test_an_upstream_that_never_answers_times_out() -> None:
     client = UpstreamClient()
     async with serving(until_hung_up) as (server, port):
         began = time.monotonic()
-        with pytest.raises(UpstreamTimeout,
-                           match=r"no answer from the upstream within 0\.2s \(first_byte_timeout\)"
-                           ) as caught:
+        with pytest.raises(
+            UpstreamTimeout,
+            match=r"no answer from the upstream within 0\.2s \(first_byte_timeout\)",
+        ) as caught:
             await post(client, port, first_byte_timeout=0.2)
         assert 0.19 <= time.monotonic() - began < 0.4
         assert (caught.value.answered, caught.value.reused) == (False, False)
@@ -396,13 +415,15 @@ async def test_an_upstream_that_never_answers_times_out() -> None:
 
 @pytest.mark.parametrize("earlier", [5.0, 0.05])
 async def test_the_first_byte_timeout_of_a_reused_connection_is_its_requests_own(
-        earlier: float) -> None:
+    earlier: float,
+) -> None:
     """The connection's timer, left armed by the first request (later or sooner than the
     second's limit), times the second request by the second's limit; nothing is resent."""
     answered: set[asyncio.StreamWriter] = set()
 
-    async def first_only(head: bytes, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> bool:
+    async def first_only(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         if writer in answered:
             return await until_hung_up(head, reader, writer)
         answered.add(writer)
@@ -424,8 +445,10 @@ async def test_the_first_byte_timeout_of_a_reused_connection_is_its_requests_own
 def head_then_stall(framing: bytes, chunk: bytes = b"") -> Script:
     """Sends the head (with `framing`'s headers) and the first piece of the body, then
     nothing."""
-    async def script(head: bytes, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> bool:
+
+    async def script(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\n%s\r\n%sdata 1" % (framing, chunk))
         return await until_hung_up(head, reader, writer)
 
@@ -436,8 +459,9 @@ async def test_a_stream_that_stalls_times_out_and_its_connection_is_dropped() ->
     stalls = head_then_stall(b"transfer-encoding: chunked\r\n", b"6\r\n")
     calls: list[bytes] = []
 
-    async def stall_then_ok(head: bytes, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> bool:
+    async def stall_then_ok(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         calls.append(head)
         return await (stalls if len(calls) == 1 else ok)(head, reader, writer)
 
@@ -446,8 +470,11 @@ async def test_a_stream_that_stalls_times_out_and_its_connection_is_dropped() ->
         resp = await client.request("POST", "127.0.0.1", port, "/", [], b"{}")
         assert await resp.next_piece(stall_timeout=0.2) == b"data 1"
         began = time.monotonic()
-        with pytest.raises(UpstreamTimeout, match=r"the upstream sent nothing for 0\.2s "
-                                                  r"\(stream_stall_timeout\)") as caught:
+        with pytest.raises(
+            UpstreamTimeout,
+            match=r"the upstream sent nothing for 0\.2s "
+            r"\(stream_stall_timeout\)",
+        ) as caught:
             await resp.next_piece(stall_timeout=0.2)
         assert 0.19 <= time.monotonic() - began < 0.4
         assert (caught.value.answered, caught.value.reused) == (True, False)
@@ -458,10 +485,13 @@ async def test_a_stream_that_stalls_times_out_and_its_connection_is_dropped() ->
         await client.close()
 
 
-@pytest.mark.parametrize("framing", [
-    b"content-length: 100\r\n",  # sized
-    b"",  # delimited by the close
-])
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"content-length: 100\r\n",  # sized
+        b"",  # delimited by the close
+    ],
+)
 async def test_read_times_out_on_a_stall(framing: bytes) -> None:
     client = UpstreamClient()
     async with serving(head_then_stall(framing)) as (server, port):

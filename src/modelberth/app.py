@@ -37,19 +37,24 @@ class ModelberthApp:
     `Proxy.claims`, FastAPI (`api`) everything else, the lifespan included. Each part is
     handed what it uses; nothing else reaches through another part for a service."""
 
-    def __init__(self, config: Config, config_path: Path | None = None,
-                 watch: bool = False) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None = None, watch: bool = False
+    ) -> None:
         self.telemetry = setup_telemetry()
         self.registry = Registry(config, config_path=config_path, tracer=self.telemetry.tracer)
         spans = self.telemetry.spans
-        self.metrics = Metrics(self.telemetry.meter, self.registry,
-                               lambda: spans.batcher.dropped if spans is not None else None)
+        self.metrics = Metrics(
+            self.telemetry.meter,
+            self.registry,
+            lambda: spans.batcher.dropped if spans is not None else None,
+        )
         self.telemetry.metric_sources.append(self.metrics.collect_histograms)
         self.registry.events.add_listener(self.metrics.on_state_event)
         self.activity = _activity(config, self.registry)
         registry = self.registry
-        self.history = History(registry.monitor, registry.models.values,
-                               lambda: self.activity.total)
+        self.history = History(
+            registry.monitor, registry.models.values, lambda: self.activity.total
+        )
         registry.events.add_listener(self.history.on_state_event)
         self.server_log = ServerLog()
         self.upstream = UpstreamClient()  # the hot path's; health probes use aiohttp
@@ -88,6 +93,7 @@ def _for_api(scope: Scope, path: str) -> Scope:
 
 def _activity(config: Config, registry: Registry) -> Activity:
     """The ring of recent requests, resized (or its capturing switched) by a reload."""
+
     def wanted(config: Config) -> tuple[int, bool, int]:
         ring = config.activity
         return ring.size, ring.capture_bodies, ring.capture_kb
@@ -147,6 +153,7 @@ def _build_api(app: ModelberthApp, watch: bool) -> FastAPI:
     return api
 
 
-def create_app(config: Config, config_path: Path | None = None,
-               watch: bool = False) -> ModelberthApp:
+def create_app(
+    config: Config, config_path: Path | None = None, watch: bool = False
+) -> ModelberthApp:
     return ModelberthApp(config, config_path, watch)

@@ -17,31 +17,45 @@ import typer
 from modelberth.config import ConfigError, config_path, json_schema, load_config
 from modelberth.telemetry.logs import LogFormat, setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="One OpenAI-compatible endpoint in front of many local model servers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="One OpenAI-compatible endpoint in front of many local model servers.",
+)
 
-ConfigOpt = Annotated[str | None, typer.Option("-c", "--config", help="Config file "
-                      "(default: $MODELBERTH_CONFIG or ./modelberth.yaml).")]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-c", "--config", help="Config file (default: $MODELBERTH_CONFIG or ./modelberth.yaml)."
+    ),
+]
 FormatOpt = Annotated[str, typer.Option("--log-format", help="auto | rich | json | plain")]
 LevelOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING...")]
-UrlOpt = Annotated[str, typer.Option("--url", envvar="MODELBERTH_URL",
-                   help="The running server.")]
-KeyOpt = Annotated[str | None, typer.Option("--key", envvar="MODELBERTH_ADMIN_KEY",
-                   help="Admin key, if the server has one.")]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="MODELBERTH_URL", help="The running server.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", envvar="MODELBERTH_ADMIN_KEY", help="Admin key, if the server has one."),
+]
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _print_version(value: bool) -> None:
     if value:
         from modelberth import __version__
+
         typer.echo(f"modelberth {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
-def _options(version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True,
-        help="Print the version and exit.")] = False) -> None:
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """One OpenAI-compatible endpoint in front of many local model servers."""
 
 
@@ -98,9 +112,12 @@ def demo(
         raise typer.Exit(1) from None
 
     def ready(url: str) -> None:
-        typer.echo(f"\nmodelberth demo is ready at {url}  (model 'tiny', Ctrl-C to stop)\n"
-                   f"Dashboard:       {url}/ui\nOpenAI base URL: {url}/v1\n\n"
-                   f"Try:\n{curl_example(url)}\n", err=True)
+        typer.echo(
+            f"\nmodelberth demo is ready at {url}  (model 'tiny', Ctrl-C to stop)\n"
+            f"Dashboard:       {url}/ui\nOpenAI base URL: {url}/v1\n\n"
+            f"Try:\n{curl_example(url)}\n",
+            err=True,
+        )
 
     run(cfg, on_ready=ready)
 
@@ -146,8 +163,10 @@ def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     typer.echo(f"{'MODEL':<24} {'STATE':<9} {'PORT':>6} {'ID':>9} {'IN-FLIGHT':>9} {'MEMORY':>9}")
     for m in models:
         memory = f"{m['memory_bytes'] / 2**20:.0f}MiB" if m["memory_bytes"] else "-"
-        typer.echo(f"{m['name']:<24} {m['state']:<9} {m['port'] or '-':>6} "
-                   f"{m['runtime_id'] or '-':>9} {m['in_flight']:>9} {memory:>9}")
+        typer.echo(
+            f"{m['name']:<24} {m['state']:<9} {m['port'] or '-':>6} "
+            f"{m['runtime_id'] or '-':>9} {m['in_flight']:>9} {memory:>9}"
+        )
 
 
 class _StartWatch:
@@ -180,8 +199,7 @@ class _StartWatch:
 
     def _read(self) -> None:
         try:
-            with self._get(f"/api/models/{urllib.parse.quote(next(iter(self._names)))}") \
-                    as resp:
+            with self._get(f"/api/models/{urllib.parse.quote(next(iter(self._names)))}") as resp:
                 self._names.add(json.loads(resp.read())["name"])  # an alias's model
             with self._get("/api/events", "text/event-stream") as stream:
                 kind = ""
@@ -233,7 +251,7 @@ class _StartWatch:
 
 
 def _progress_text(event: dict[str, Any]) -> str:
-    """"3.2s 45% eta 4s (loading tensors)": what a start_progress event knows."""
+    """ "3.2s 45% eta 4s (loading tensors)": what a start_progress event knows."""
     parts = [f"{float(event.get('elapsed_seconds') or 0):.1f}s"]
     if event.get("percent") is not None:
         parts.append(f"{event['percent']}%")
@@ -244,8 +262,7 @@ def _progress_text(event: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _action(action: str, name: str, url: str, key: str | None,
-            watch: bool = False) -> None:
+def _action(action: str, name: str, url: str, key: str | None, watch: bool = False) -> None:
     watcher = _StartWatch(url, key, name) if watch else None
     try:
         status = _call(url, key, "POST", f"/api/models/{name}/{action}")
@@ -284,8 +301,9 @@ def reload(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
 @app.command()
 def logs(
     name: str,
-    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")]
-    = False,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
+    ] = False,
     tail: Annotated[int, typer.Option("-n", "--tail", help="Lines of backlog.")] = 200,
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,

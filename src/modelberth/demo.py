@@ -44,6 +44,6 @@ models:
 def curl_example(url: str) -> str:
     return (
         f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        "  -d '{\"model\": \"tiny\", \"max_tokens\": 24, "
-        "\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+        '  -d \'{"model": "tiny", "max_tokens": 24, '
+        '"messages": [{"role": "user", "content": "Hello!"}]}\''
     )

@@ -29,8 +29,7 @@ class APIError(Exception):
         self.extra = extra  # more fields of the error object, e.g. a config's issues
 
     def body(self) -> dict[str, Any]:
-        error = {"message": self.message, "type": self.type, "param": self.param,
-                 "code": self.code}
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         if self.extra:
             error.update(self.extra)
         return {"error": error}
@@ -60,11 +59,15 @@ class StartTimeout(APIError):
     """A start gave up: `limit` names the timeout that fired, start_timeout (the hard cap)
     or stall_timeout (nothing moved for that long)."""
 
-    def __init__(self, model: str, seconds: float, reason: str = "",
-                 limit: str = "start_timeout") -> None:
+    def __init__(
+        self, model: str, seconds: float, reason: str = "", limit: str = "start_timeout"
+    ) -> None:
         tail = f": {reason}" if reason else ""
-        head = f"stalled while starting: nothing moved for {seconds:g}s" \
-            if limit == "stall_timeout" else f"did not become healthy within {seconds:g}s"
+        head = (
+            f"stalled while starting: nothing moved for {seconds:g}s"
+            if limit == "stall_timeout"
+            else f"did not become healthy within {seconds:g}s"
+        )
         super().__init__(
             504,
             f"Model '{model}' {head} ({limit}){tail}",

@@ -61,8 +61,9 @@ class _Rejected(Exception):
 
 def error_body(status: int, message: str, code: str) -> bytes:
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    return json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": code}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    ).encode()
 
 
 class _Transport(asyncio.Transport):
@@ -150,9 +151,15 @@ class _Transport(asyncio.Transport):
 
 
 class HttpProtocol(HttpToolsProtocol):
-    def __init__(self, config: uvicorn.Config, server_state: ServerState,
-                 app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None,
-                 *, limits: Limits) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: Limits,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self._in_head = True  # a connection that has sent nothing is held to header_timeout
@@ -175,8 +182,9 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(_Transport(transport, self))
         self._head_began = self.loop.time()
         if len(self.connections) > self.limits.max_connections and not self._make_room():
-            self._refuse(503, "connection_limit", "Too many open connections; retry later.",
-                         "server_busy")
+            self._refuse(
+                503, "connection_limit", "Too many open connections; retry later.", "server_busy"
+            )
             return
         self._watchdog = self.loop.call_later(self.limits.header_timeout, self._watch)
 
@@ -203,9 +211,12 @@ class HttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserCallbackError as exc:
             rejected = exc.__context__
             if isinstance(rejected, _Rejected):
-                self._refuse(rejected.status, rejected.reason, rejected.message,
-                             "request_header_fields_too_large" if rejected.status == 431
-                             else "bad_request")
+                self._refuse(
+                    rejected.status,
+                    rejected.reason,
+                    rejected.message,
+                    "request_header_fields_too_large" if rejected.status == 431 else "bad_request",
+                )
                 return
             raise
         except httptools.HttpParserError as exc:
@@ -221,8 +232,9 @@ class HttpProtocol(HttpToolsProtocol):
         # A single enormous header line is gathered inside the parser before any callback
         # sees it: bound the raw bytes too.
         if self._in_head and self._raw_head_bytes > 2 * self.limits.max_head_bytes:
-            self._refuse(431, "head_too_large", self._head_too_large(),
-                         "request_header_fields_too_large")
+            self._refuse(
+                431, "head_too_large", self._head_too_large(), "request_header_fields_too_large"
+            )
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed", msg, "bad_request")
@@ -257,8 +269,11 @@ class HttpProtocol(HttpToolsProtocol):
         if self._head_bytes > self.limits.max_head_bytes:
             raise _Rejected(431, "head_too_large", self._head_too_large())
         if self._header_count > self.limits.max_headers:
-            raise _Rejected(431, "too_many_headers",
-                            f"The request has more than {self.limits.max_headers} headers.")
+            raise _Rejected(
+                431,
+                "too_many_headers",
+                f"The request has more than {self.limits.max_headers} headers.",
+            )
         # uvicorn's on_header, with the names it lowers looked at once here.
         name = name.lower()
         if name == b"host":
@@ -272,10 +287,12 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._raw_head_bytes = 0
-        if self._host_count != 1 and (self._host_count or
-                                      self.parser.get_http_version() != "1.0"):
-            raise _Rejected(400, "bad_host", "A request must carry exactly one Host header "
-                            f"(this one has {self._host_count}).")
+        if self._host_count != 1 and (self._host_count or self.parser.get_http_version() != "1.0"):
+            raise _Rejected(
+                400,
+                "bad_host",
+                f"A request must carry exactly one Host header (this one has {self._host_count}).",
+            )
         self._body_at = self.loop.time()
         super().on_headers_complete()
         self.scope[_PROTOCOL] = self  # type: ignore[literal-required]
@@ -283,16 +300,24 @@ class HttpProtocol(HttpToolsProtocol):
         # the body is cheap to discard: the head must say so (`connection: close`).
         cycle = self.cycle
         length = self._content_length
-        if not (length is not None and length.isdigit() and int(length) <= _DISCARD_AT_MOST
-                and not self.expect_100_continue):
+        if not (
+            length is not None
+            and length.isdigit()
+            and int(length) <= _DISCARD_AT_MOST
+            and not self.expect_100_continue
+        ):
             self._keep_alive_after_body = cycle.keep_alive
             cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         cycle = self.cycle
-        if cycle is not None and self._keep_alive_after_body and not cycle.response_started \
-                and not self._shutting_down:
+        if (
+            cycle is not None
+            and self._keep_alive_after_body
+            and not cycle.response_started
+            and not self._shutting_down
+        ):
             cycle.keep_alive = True
         self._keep_alive_after_body = False
 
@@ -314,8 +339,10 @@ class HttpProtocol(HttpToolsProtocol):
             body = error_body(status, message, code)
             head = [STATUS_LINE[status]]
             head += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
-            head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
-                        b"connection: close\r\n\r\n" % len(body))
+            head.append(
+                b"content-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % len(body)
+            )
             self.transport.write(b"".join(head) + body)
         if self.cycle is not None:
             self.cycle.keep_alive = False
@@ -348,8 +375,12 @@ class HttpProtocol(HttpToolsProtocol):
                 limits.rejected("header_timeout")
                 self.transport.close()
                 return
-        elif cycle is not None and cycle.more_body and not cycle.response_complete \
-                and not self.flow.read_paused:
+        elif (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.response_complete
+            and not self.flow.read_paused
+        ):
             due = self._body_at + limits.body_timeout
             if now >= due:
                 limits.rejected("body_timeout")

@@ -18,8 +18,7 @@ async def reload_logged(registry: Registry, why: str) -> None:
     try:
         await registry.reload_from_file()
     except ConfigError as exc:
-        logger.error("config not reloaded ({}); the running config stays:\n{}", why,
-                     exc.render())
+        logger.error("config not reloaded ({}); the running config stays:\n{}", why, exc.render())
     except APIError as exc:
         logger.error("config not reloaded ({}): {}", why, exc.message)
 

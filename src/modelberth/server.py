@@ -28,8 +28,12 @@ _FD_RESERVE_MIN = 64
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None,
-                 on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[str], None] | None,
+        on_shutdown: Callable[[], None],
+    ) -> None:
         super().__init__(config)
         self._on_ready = on_ready
         self._on_shutdown = on_shutdown
@@ -87,18 +91,31 @@ def connection_cap(server: ServerConfig, fd_limit: int) -> int:
     if server.max_connections is None:
         return ceiling
     if server.max_connections > ceiling:
-        logger.warning("server.max_connections {} is above what the open file limit ({}) "
-                       "allows; using {}", server.max_connections, fd_limit, ceiling)
+        logger.warning(
+            "server.max_connections {} is above what the open file limit ({}) allows; using {}",
+            server.max_connections,
+            fd_limit,
+            ceiling,
+        )
         return ceiling
     return server.max_connections
 
 
-def serve(config: Config, *, config_path: Path | None = None, watch: bool = False,
-          access_log: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    watch: bool = False,
+    access_log: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     server_cfg = config.server
     if not _is_loopback(server_cfg.host) and not server_cfg.api_keys:
-        logger.warning("listening on {} with no api_keys: anyone who can reach this address "
-                       "can use and manage every model", server_cfg.host)
+        logger.warning(
+            "listening on {} with no api_keys: anyone who can reach this address "
+            "can use and manage every model",
+            server_cfg.host,
+        )
     app = create_app(config, config_path, watch)
     limits = Limits(
         header_timeout=server_cfg.header_timeout,

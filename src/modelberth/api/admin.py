@@ -55,9 +55,12 @@ def _managed(request: Request, name: str, action: str) -> Model:
     and has nothing to start, stop or restart, which is a conflict with its kind (409)."""
     model = registry(request).require(name)
     if model.spec.remote is not None:
-        raise APIError(409, f"Model '{name}' is a remote endpoint ({model.spec.remote.base_url})"
-                       f": it is always ready and modelberth cannot {action} it.",
-                       code="remote_model")
+        raise APIError(
+            409,
+            f"Model '{name}' is a remote endpoint ({model.spec.remote.base_url})"
+            f": it is always ready and modelberth cannot {action} it.",
+            code="remote_model",
+        )
     return model
 
 
@@ -116,8 +119,9 @@ def _log_stream(logs: LogBuffer, follow: bool, tail: int, as_json: bool) -> Stre
         async for line in logs.follow(tail):
             yield _render(line, as_json)
 
-    return StreamingResponse(lines(), media_type=media,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        lines(), media_type=media, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 @router.post("/stop-all")
@@ -163,8 +167,12 @@ async def reload_config(request: Request) -> dict[str, Any]:
     try:
         result = await reg.reload_from_file()
     except ConfigError as exc:
-        raise APIError(400, exc.render(), code="invalid_config",
-                       extra={"issues": [asdict(issue) for issue in exc.issues]}) from None
+        raise APIError(
+            400,
+            exc.render(),
+            code="invalid_config",
+            extra={"issues": [asdict(issue) for issue in exc.issues]},
+        ) from None
     return asdict(result)
 
 
@@ -184,5 +192,8 @@ async def events(request: Request) -> StreamingResponse:
             else:
                 yield f"event: {event.kind}\ndata: {json.dumps(event.as_dict())}\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -33,8 +33,7 @@ async def health(request: Request) -> dict[str, Any]:
     states = Counter(m.state.value for m in reg.models.values())
     runtimes = await reg.runtime_health()
     status = "ok" if all(v == "ok" for v in runtimes.values()) else "degraded"
-    return {"status": status, "version": __version__, "models": dict(states),
-            "runtimes": runtimes}
+    return {"status": status, "version": __version__, "models": dict(states), "runtimes": runtimes}
 
 
 @router.get("/metrics", response_class=Response)

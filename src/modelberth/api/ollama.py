@@ -45,8 +45,12 @@ class _OllamaShaped(APIRoute):
         return shaped
 
 
-router = APIRouter(prefix="/api", tags=["ollama"], route_class=_OllamaShaped,
-                   dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/api",
+    tags=["ollama"],
+    route_class=_OllamaShaped,
+    dependencies=[Depends(require_api_key)],
+)
 
 
 @router.get("/version")
@@ -84,18 +88,29 @@ async def _management(request: Request) -> Response:
 
 
 for _route in ollama.MANAGEMENT_ROUTES:
-    router.add_api_route(_route.removeprefix("/api"), _management,
-                         methods=["GET", "POST", "DELETE", "PUT"], include_in_schema=False)
+    router.add_api_route(
+        _route.removeprefix("/api"),
+        _management,
+        methods=["GET", "POST", "DELETE", "PUT"],
+        include_in_schema=False,
+    )
 
 
 async def _post_only(request: Request) -> Response:
-    return _error(405, f"Method {request.method} is not allowed on {request.url.path}; use "
-                  "POST.", {"Allow": "POST"})
+    return _error(
+        405,
+        f"Method {request.method} is not allowed on {request.url.path}; use POST.",
+        {"Allow": "POST"},
+    )
 
 
 for _route in sorted(INFERENCE_PATHS):
-    router.add_api_route(_route.removeprefix("/api"), _post_only,
-                         methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    router.add_api_route(
+        _route.removeprefix("/api"),
+        _post_only,
+        methods=["GET", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

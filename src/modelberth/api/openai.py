@@ -20,9 +20,12 @@ def _entry(model: Model, model_id: str) -> dict[str, Any]:
         "object": "model",
         "created": int(model.started_at or 0),
         "owned_by": "modelberth",
-        "modelberth": {"state": model.state.value, "alias_of": None if model_id == model.name
-                       else model.name, "in_flight": model.in_flight,
-                       "idle_seconds_left": None if left is None else round(left, 1)},
+        "modelberth": {
+            "state": model.state.value,
+            "alias_of": None if model_id == model.name else model.name,
+            "in_flight": model.in_flight,
+            "idle_seconds_left": None if left is None else round(left, 1),
+        },
     }
 
 
@@ -41,8 +44,13 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return _entry(registry(request).require(model_id), model_id)
 
 
-@router.api_route("/{path:path}", methods=["GET", "PUT", "PATCH", "DELETE"],
-                  include_in_schema=False)
+@router.api_route(
+    "/{path:path}", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
 async def wrong_method(path: str, request: Request) -> None:
-    raise APIError(405, f"Method {request.method} is not allowed on /v1/{path}; use POST.",
-                   code="method_not_allowed", headers={"Allow": "POST"})
+    raise APIError(
+        405,
+        f"Method {request.method} is not allowed on /v1/{path}; use POST.",
+        code="method_not_allowed",
+        headers={"Allow": "POST"},
+    )

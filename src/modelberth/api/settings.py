@@ -19,6 +19,8 @@ async def get_config(request: Request) -> dict[str, Any]:
     line numbers."""
     reg = registry(request)
     last = reg.last_reload
-    return {"path": str(reg.config_path) if reg.config_path else None,
-            "config": redacted(reg.config),
-            "last_reload": last.as_dict() if last else None}
+    return {
+        "path": str(reg.config_path) if reg.config_path else None,
+        "config": redacted(reg.config),
+        "last_reload": last.as_dict() if last else None,
+    }

@@ -54,13 +54,17 @@ def parse(expression: str) -> Constraint:
             key, value = (part.strip() for part in expression.split(operator, 1))
             break
     else:
-        raise ValueError(f"constraint {expression!r}: expected <key>==<value> or "
-                         f"<key>!=<value> with a key among {_known()}")
+        raise ValueError(
+            f"constraint {expression!r}: expected <key>==<value> or "
+            f"<key>!=<value> with a key among {_known()}"
+        )
     if not _KEY.match(key) or not _canonical(key):
         raise ValueError(f"constraint {expression!r}: unknown key {key!r}; known: {_known()}")
     if not _VALUE.match(value):
-        raise ValueError(f"constraint {expression!r}: the value {value!r} is empty or holds "
-                         "characters Swarm does not allow there")
+        raise ValueError(
+            f"constraint {expression!r}: the value {value!r} is empty or holds "
+            "characters Swarm does not allow there"
+        )
     return Constraint(key, operator, value)
 
 
@@ -76,7 +80,7 @@ def _canonical(key: str) -> str:
         return lowered
     for prefix in PREFIXES:
         if lowered.startswith(prefix) and len(key) > len(prefix):
-            return prefix + key[len(prefix):]
+            return prefix + key[len(prefix) :]
     return ""
 
 

@@ -72,7 +72,8 @@ class _Reader:
         if isinstance(node, yaml.CollectionNode):
             if id(node) in self._open:
                 raise yaml.constructor.ConstructorError(
-                    None, None, "an anchor is used inside itself", node.start_mark)
+                    None, None, "an anchor is used inside itself", node.start_mark
+                )
             self._open.add(id(node))
             try:
                 if isinstance(node, yaml.MappingNode):
@@ -83,8 +84,12 @@ class _Reader:
         value = self.loader.construct_object(node, deep=True)
         if isinstance(value, str) and node.tag == _STR_TAG:
             return self._expand(value, path, node.start_mark.line + 1)
-        if isinstance(value, int | float) and len(path) == 4 and path[0] == "models" \
-                and path[2] in _TEXT_LISTS:
+        if (
+            isinstance(value, int | float)
+            and len(path) == 4
+            and path[0] == "models"
+            and path[2] in _TEXT_LISTS
+        ):
             return node.value  # as written: YAML 1.1 would turn `010` into 8, `1:30` into 90
         return value
 
@@ -104,21 +109,26 @@ class _Reader:
             out[key] = self.read(value_node, (*path, key))
         return out
 
-    def _pairs(self, node: yaml.MappingNode, merging: set[int]
-               ) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+    def _pairs(
+        self, node: yaml.MappingNode, merging: set[int]
+    ) -> list[tuple[yaml.Node, yaml.Node, bool]]:
         """(key, value, own) of a mapping: its own pairs, then those merged with `<<`."""
         pairs = [(k, v, True) for k, v in node.value if k.tag != _MERGE_TAG]
         merging = merging | {id(node)}
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 continue
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
-                else [value_node]
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
             for source in sources:
                 if not isinstance(source, yaml.MappingNode) or id(source) in merging:
                     raise yaml.constructor.ConstructorError(
-                        None, None, "`<<` merges a mapping or a list of mappings (not itself)",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        "`<<` merges a mapping or a list of mappings (not itself)",
+                        key_node.start_mark,
+                    )
                 pairs += [(k, v, False) for k, v, _ in self._pairs(source, merging)]
         return pairs
 
@@ -144,6 +154,7 @@ class _Reader:
         >>> reader.unset
         {'server.host'}
         """
+
         def repl(match: re.Match[str]) -> str:
             if match.group(1) == "$":
                 return "$$"  # kept for ModelSpec.fill, which turns $$ into $
@@ -155,9 +166,14 @@ class _Reader:
             if default is not None:
                 return default
             self.unset.add(_dotted(path))
-            self.issues.append(ConfigIssue(
-                _dotted(path), line, f"environment variable ${{{name}}} is not set "
-                f"(use ${{{name}:-default}} for a default)"))
+            self.issues.append(
+                ConfigIssue(
+                    _dotted(path),
+                    line,
+                    f"environment variable ${{{name}}} is not set "
+                    f"(use ${{{name}:-default}} for a default)",
+                )
+            )
             return ""
 
         expanded = _VAR.sub(repl, text)
@@ -182,12 +198,18 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, int | None]:
     dropped_at: int | None = None
     node = data
     for i, part in enumerate(loc):
-        in_data = (isinstance(node, dict) and isinstance(part, str) and part in node) or \
-            (isinstance(node, list) and type(part) is int and 0 <= part < len(node))
+        in_data = (isinstance(node, dict) and isinstance(part, str) and part in node) or (
+            isinstance(node, list) and type(part) is int and 0 <= part < len(node)
+        )
         if in_data:
             node = node[part]
-        elif not (i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str)
-                  and "[" not in part and not part.startswith("function-")):
+        elif not (
+            i == len(loc) - 1
+            and isinstance(node, dict)
+            and isinstance(part, str)
+            and "[" not in part
+            and not part.startswith("function-")
+        ):
             dropped_at = len(path) if dropped_at is None else dropped_at
             continue
         path.append(part)
@@ -202,8 +224,9 @@ def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:
     return None
 
 
-def _pydantic_issues(error: ValidationError, data: Any, lines: Mapping[Path_, int]
-                     ) -> list[ConfigIssue]:
+def _pydantic_issues(
+    error: ValidationError, data: Any, lines: Mapping[Path_, int]
+) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     items = [(item, *_key_path(item["loc"], data)) for item in error.errors(include_url=False)]
     # A value that fails every member of a union gets an error from each. When it has the
@@ -244,17 +267,18 @@ def _read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, _Re
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_yaml_issue(exc, text)]) from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. an impossible !!timestamp
-        raise ConfigError(source, [ConfigIssue("", None, f"invalid YAML value: {exc}")]
-                          ) from None
+        raise ConfigError(source, [ConfigIssue("", None, f"invalid YAML value: {exc}")]) from None
     except RecursionError:
-        raise ConfigError(source, [ConfigIssue("", None, "invalid YAML: nested too deeply")]
-                          ) from None
+        raise ConfigError(
+            source, [ConfigIssue("", None, "invalid YAML: nested too deeply")]
+        ) from None
     finally:
         loader.dispose()
 
 
-def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None
-                 ) -> Config:
+def parse_config(
+    text: str, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
     """Parse YAML text into a validated Config, or raise ConfigError listing every problem.
     `env` is what ${VAR} is filled from (default: os.environ).
 
@@ -274,8 +298,11 @@ def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | N
         config = Config.model_validate(data)
     except ValidationError as exc:
         # A value an unset ${VAR} left incomplete is already reported: don't report it twice.
-        issues += [issue for issue in _pydantic_issues(exc, data, reader.lines)
-                   if issue.path not in reader.unset]
+        issues += [
+            issue
+            for issue in _pydantic_issues(exc, data, reader.lines)
+            if issue.path not in reader.unset
+        ]
     if issues:
         issues.sort(key=lambda issue: issue.line or 0)
         raise ConfigError(source, issues)
@@ -293,12 +320,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(str(file), [ConfigIssue("", None, f"cannot read: {exc.strerror}")]
-                          ) from None
+        raise ConfigError(
+            str(file), [ConfigIssue("", None, f"cannot read: {exc.strerror}")]
+        ) from None
     except UnicodeDecodeError as exc:
         line = exc.object.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(str(file), [ConfigIssue("", line, f"not UTF-8: {exc.reason} at byte "
-                                                  f"{exc.start}")]) from None
+        raise ConfigError(
+            str(file), [ConfigIssue("", line, f"not UTF-8: {exc.reason} at byte {exc.start}")]
+        ) from None
     return parse_config(text, str(file))
 
 

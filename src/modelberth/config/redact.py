@@ -13,8 +13,9 @@ from modelberth.config.schema import Config
 HIDDEN = "***"
 # Environment variable names and command-line flags that carry secrets: HF_TOKEN,
 # OPENAI_API_KEY, --api-key, --hf-token; not --tokenizer or MAX_TOKENS.
-_SECRET_NAME = re.compile(r"(?:^|[-_])(?:key|token|secret|passwd|credentials?)$|password",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(?:^|[-_])(?:key|token|secret|passwd|credentials?)$|password", re.IGNORECASE
+)
 _URL_USERINFO = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@]+@", re.IGNORECASE)
 
 
@@ -40,8 +41,9 @@ def _redact_model(model: dict[str, Any]) -> None:
         model["base_url"] = hide_url_credentials(model["base_url"])
     env = model.get("env")
     if isinstance(env, dict):
-        model["env"] = {name: HIDDEN if _SECRET_NAME.search(name) else value
-                        for name, value in env.items()}
+        model["env"] = {
+            name: HIDDEN if _SECRET_NAME.search(name) else value for name, value in env.items()
+        }
     for field in ("command", "entrypoint"):
         argv = model.get(field)
         if isinstance(argv, list):

@@ -37,10 +37,10 @@ def _names(models: Mapping[Any, Any]) -> dict[str, str]:
     return known
 
 
-def _error(kind: str, message: str, context: dict[str, Any], loc: tuple[str | int, ...],
-           value: Any) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError(kind, message, context), loc=loc,
-                            input=value)
+def _error(
+    kind: str, message: str, context: dict[str, Any], loc: tuple[str | int, ...], value: Any
+) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(kind, message, context), loc=loc, input=value)
 
 
 def alias_errors(models: Mapping[Any, Any]) -> list[InitErrorDetails]:
@@ -55,10 +55,15 @@ def alias_errors(models: Mapping[Any, Any]) -> list[InitErrorDetails]:
             if not isinstance(alias, str):
                 continue
             if alias in seen:
-                errors.append(_error(
-                    "alias_taken", "alias '{alias}' of '{name}' is already used by '{other}'",
-                    {"alias": alias, "name": name, "other": seen[alias]},
-                    (name, "aliases", index), alias))
+                errors.append(
+                    _error(
+                        "alias_taken",
+                        "alias '{alias}' of '{name}' is already used by '{other}'",
+                        {"alias": alias, "name": name, "other": seen[alias]},
+                        (name, "aliases", index),
+                        alias,
+                    )
+                )
             else:
                 seen[alias] = name
     return errors
@@ -80,13 +85,25 @@ def fallback_errors(models: Mapping[Any, Any]) -> list[InitErrorDetails]:
             target = known.get(entry)
             context = {"fallback": entry, "name": name}
             if target is None:
-                errors.append(_error(
-                    "fallback_unknown", "fallback '{fallback}' of '{name}' is not a "
-                    "configured model or alias", context, (name, "fallbacks", index), entry))
+                errors.append(
+                    _error(
+                        "fallback_unknown",
+                        "fallback '{fallback}' of '{name}' is not a configured model or alias",
+                        context,
+                        (name, "fallbacks", index),
+                        entry,
+                    )
+                )
             elif any(target == other for _, other in edges):
-                errors.append(_error(
-                    "fallback_repeated", "fallback '{fallback}' of '{name}' is listed twice",
-                    context, (name, "fallbacks", index), entry))
+                errors.append(
+                    _error(
+                        "fallback_repeated",
+                        "fallback '{fallback}' of '{name}' is listed twice",
+                        context,
+                        (name, "fallbacks", index),
+                        entry,
+                    )
+                )
             else:
                 edges.append((index, target))
     return errors + _loops(graph)
@@ -110,12 +127,18 @@ def _loops(graph: Mapping[str, list[tuple[int, str]]]) -> list[InitErrorDetails]
                 continue
             index, target = step
             if target in path:
-                loop = [*path[path.index(target):], target]
+                loop = [*path[path.index(target) :], target]
                 if frozenset(loop) not in reported:
                     reported.add(frozenset(loop))
-                    errors.append(_error(
-                        "fallback_loop", "fallback loop: {loop}", {"loop": " -> ".join(loop)},
-                        (path[-1], "fallbacks", index), target))
+                    errors.append(
+                        _error(
+                            "fallback_loop",
+                            "fallback loop: {loop}",
+                            {"loop": " -> ".join(loop)},
+                            (path[-1], "fallbacks", index),
+                            target,
+                        )
+                    )
             elif target not in done:
                 path.append(target)
                 edges.append(iter(graph.get(target, ())))

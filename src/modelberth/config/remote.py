@@ -93,8 +93,9 @@ class RemoteSpec:
     auth: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, name: str, base_url: str, api_key: str | None,
-              upstream_model: str | None) -> RemoteSpec:
+    def build(
+        cls, name: str, base_url: str, api_key: str | None, upstream_model: str | None
+    ) -> RemoteSpec:
         url = base_url.strip().rstrip("/")
         parts = urlsplit(url)
         scheme = parts.scheme
@@ -104,13 +105,16 @@ class RemoteSpec:
         authority = shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
         path = parts.path.rstrip("/")
         return cls(
-            base_url=url, host=host, port=port, tls=scheme == "https", authority=authority,
+            base_url=url,
+            host=host,
+            port=port,
+            tls=scheme == "https",
+            authority=authority,
             # /v1 itself, or no path: modelberth's own paths are the remote's.
             prefix="" if path in ("", "/v1") else path,
             model=upstream_model or name,
             model_json=json.dumps(upstream_model or name).encode(),
-            auth=(b"authorization", b"Bearer " + api_key.encode("ascii"))
-            if api_key else None,
+            auth=(b"authorization", b"Bearer " + api_key.encode("ascii")) if api_key else None,
         )
 
     @property

@@ -64,23 +64,55 @@ __all__ = [
 ]
 
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
-_DOCKER_ONLY = ("image", "entrypoint", "volumes", "shm_size", "network", "container_port",
-                "pull", "constraints")
+_DOCKER_ONLY = (
+    "image",
+    "entrypoint",
+    "volumes",
+    "shm_size",
+    "network",
+    "container_port",
+    "pull",
+    "constraints",
+)
 _REMOTE_ONLY = ("base_url", "api_key", "upstream_model")
 # What a remote endpoint has no use for: it runs nowhere here, so nothing starts, stops,
 # sleeps, is probed, placed or budgeted.
-_NOT_REMOTE = ("template", "command", "model_path", "port", "env", "cwd", "health_path",
-               "idle_timeout", "start_timeout", "stall_timeout", "stop_timeout",
-               "loading_status", "max_timeouts", "preload", "pinned", "memory_mb", "vram_mb",
-               "gpus", "sleep", "probe", "priority", *_DOCKER_ONLY)
+_NOT_REMOTE = (
+    "template",
+    "command",
+    "model_path",
+    "port",
+    "env",
+    "cwd",
+    "health_path",
+    "idle_timeout",
+    "start_timeout",
+    "stall_timeout",
+    "stop_timeout",
+    "loading_status",
+    "max_timeouts",
+    "preload",
+    "pinned",
+    "memory_mb",
+    "vram_mb",
+    "gpus",
+    "sleep",
+    "probe",
+    "priority",
+    *_DOCKER_ONLY,
+)
 
 
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
     ollama_port: int | None = Field(
-        None, ge=0, le=65535, description="Also listen here (e.g. 11434, Ollama's port) for "
-        "clients that assume Ollama's address; the same API is served on both ports.")
+        None,
+        ge=0,
+        le=65535,
+        description="Also listen here (e.g. 11434, Ollama's port) for "
+        "clients that assume Ollama's address; the same API is served on both ports.",
+    )
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /v1/*.")
     admin_keys: list[str] = Field(
         default_factory=list, description="Bearer keys for /api/*; empty = same as api_keys."
@@ -95,19 +127,23 @@ class ServerConfig(Strict):
         False, description="Require a key (api or admin) for /health and /metrics too."
     )
     header_timeout: PositiveSeconds = Field(
-        10, description="A request head not complete within this many seconds closes the "
-        "connection (slowloris)."
+        10,
+        description="A request head not complete within this many seconds closes the "
+        "connection (slowloris).",
     )
     body_timeout: PositiveSeconds = Field(
-        30, description="A request body that sends nothing for this many seconds closes the "
-        "connection."
+        30,
+        description="A request body that sends nothing for this many seconds closes the "
+        "connection.",
     )
     keepalive_timeout: PositiveSeconds = Field(
         5, description="An idle keep-alive client connection is closed after this long."
     )
     max_connections: int | None = Field(
-        None, gt=0, description="Open client connections before new requests get 503; "
-        "default: the file descriptor limit less a reserve for upstreams and logs."
+        None,
+        gt=0,
+        description="Open client connections before new requests get 503; "
+        "default: the file descriptor limit less a reserve for upstreams and logs.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
@@ -116,7 +152,8 @@ class ServerConfig(Strict):
         "else they are replaced by what modelberth sees.",
     )
     instance_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
         description="Names this modelberth's containers and processes, so that several "
         "instances share one Docker engine without touching each other's; default: derived "
         "from the host name and port.",
@@ -140,37 +177,49 @@ class ServerConfig(Strict):
 
 class ModelConfig(Strict):
     runtime: Literal["process", "docker", "swarm", "remote"] = Field(
-        "process", description="How the upstream runs: a local process, a Docker container "
+        "process",
+        description="How the upstream runs: a local process, a Docker container "
         "(on one engine, or on one of docker.hosts), a Docker Swarm service on a node the "
         "scheduler picks, or `remote`: an endpoint that runs elsewhere (another modelberth, "
         "a vLLM cluster, a hosted API), always ready, never started, stopped or budgeted by "
-        "modelberth."
+        "modelberth.",
     )
     constraints: list[str] = Field(
-        default_factory=list, description="swarm, or docker with docker.hosts: the nodes it "
+        default_factory=list,
+        description="swarm, or docker with docker.hosts: the nodes it "
         "may run on, as Swarm placement constraints (`node.labels.zone==a`, "
-        "`node.hostname!=gpu-3`, `node.role==worker`); all must hold.")
+        "`node.hostname!=gpu-3`, `node.role==worker`); all must hold.",
+    )
     base_url: str | None = Field(
-        None, description="runtime: remote: the endpoint's base URL as the OpenAI SDKs take "
+        None,
+        description="runtime: remote: the endpoint's base URL as the OpenAI SDKs take "
         "it (`http://host:8000/v1`, `https://api.example.com/v1`): modelberth's path after "
         "/v1 is appended to it (POST /v1/chat/completions goes to "
         "{base_url}/chat/completions); a base URL without a path gets the path as "
         "modelberth received it. http or https (the system's CA certificates, or "
-        "$SSL_CERT_FILE).")
+        "$SSL_CERT_FILE).",
+    )
     api_key: str | None = Field(
-        None, description="runtime: remote: sent as `Authorization: Bearer KEY` (the client's "
+        None,
+        description="runtime: remote: sent as `Authorization: Bearer KEY` (the client's "
         "key is never forwarded); write `${ENV_VAR}` rather than the key itself. Hidden in "
-        "GET /api/config.")
+        "GET /api/config.",
+    )
     upstream_model: str | None = Field(
-        None, min_length=1, description="runtime: remote: the `model` sent to the remote, if "
+        None,
+        min_length=1,
+        description="runtime: remote: the `model` sent to the remote, if "
         "it serves the model under another name; default: this model's name (an alias the "
-        "client used is never sent on). Answers still carry the name the client sent.")
+        "client used is never sent on). Answers still carry the name the client sent.",
+    )
     fallbacks: list[str] = Field(
-        default_factory=list, description="Models (or aliases) tried in order when this one "
+        default_factory=list,
+        description="Models (or aliases) tried in order when this one "
         "fails before any byte of the answer reached the client: a connection error, a "
         "timeout before the answer, a 5xx answer, a failed start. Each gets the request "
         "again, as the client sent it; a fallback's own fallbacks are tried after it, no "
-        "model twice; loops are refused. Never after the answer has begun.")
+        "model twice; loops are refused. Never after the answer has begun.",
+    )
     template: TemplateName | None = Field(
         None, description="Built-in service type that fills command and health_path."
     )
@@ -191,12 +240,9 @@ class ModelConfig(Strict):
     start_timeout: PositiveSeconds | None = Field(
         None, description="Overrides `defaults.start_timeout`."
     )
-    stall_timeout: Seconds | None = Field(
-        None, description="Overrides `defaults.stall_timeout`.")
+    stall_timeout: Seconds | None = Field(None, description="Overrides `defaults.stall_timeout`.")
     stop_timeout: Seconds | None = Field(None, description="Overrides `defaults.stop_timeout`.")
-    drain_timeout: Seconds | None = Field(
-        None, description="Overrides `defaults.drain_timeout`."
-    )
+    drain_timeout: Seconds | None = Field(None, description="Overrides `defaults.drain_timeout`.")
     max_queue: int | None = Field(None, ge=0, description="Overrides `defaults.max_queue`.")
     first_byte_timeout: Seconds | None = Field(
         None, description="Overrides `defaults.first_byte_timeout`."
@@ -205,20 +251,23 @@ class ModelConfig(Strict):
         None, description="Overrides `defaults.stream_stall_timeout`."
     )
     loading_status: Literal["comment", "reasoning"] | None = Field(
-        None, description="Overrides `defaults.loading_status`.")
-    max_timeouts: int | None = Field(
-        None, ge=1, description="Overrides `defaults.max_timeouts`."
+        None, description="Overrides `defaults.loading_status`."
     )
+    max_timeouts: int | None = Field(None, ge=1, description="Overrides `defaults.max_timeouts`.")
     preload: bool = Field(False, description="Start at boot instead of on first request.")
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
     use_upstream_model_name: bool = Field(
-        False, description="Answers carry the upstream's `model` instead of the name the "
-        "client sent (an alias stays the alias by default).")
+        False,
+        description="Answers carry the upstream's `model` instead of the name the "
+        "client sent (an alias stays the alias by default).",
+    )
     anthropic: Literal["native", "translate"] | None = Field(
-        None, description="How POST /v1/messages reaches the model: `native` passes it "
+        None,
+        description="How POST /v1/messages reaches the model: `native` passes it "
         "through (the upstream speaks Anthropic's Messages API, as llama-server does), "
         "`translate` turns it into chat completions and the answer back; default: the "
-        "template's (native for llama-cpp), else translate.")
+        "template's (native for llama-cpp), else translate.",
+    )
     memory_mb: int | None = Field(
         None, gt=0, description="RAM the model needs, for scheduling (else measured/estimated)."
     )
@@ -232,15 +281,19 @@ class ModelConfig(Strict):
         "requests, like --gpus; process: CUDA_VISIBLE_DEVICES. VRAM is budgeted on these.",
     )
     sleep: Literal[1, 2] | None = Field(
-        None, description="vLLM sleep mode: when idle or evicted, put the model to sleep "
+        None,
+        description="vLLM sleep mode: when idle or evicted, put the model to sleep "
         "(`POST /sleep?level=N`) instead of stopping it, and wake it for the next request. "
         "Level 1 keeps the weights in host RAM (counted against the RAM budget), level 2 "
         "drops them. The server must run with --enable-sleep-mode and "
-        "VLLM_SERVER_DEV_MODE=1 (the vllm template adds both).")
+        "VLLM_SERVER_DEV_MODE=1 (the vllm template adds both).",
+    )
     probe: ProbeConfig | None = Field(
-        None, description="Send a small generation now and then; restart the model after "
+        None,
+        description="Send a small generation now and then; restart the model after "
         "`failures` failed probes in a row (health can answer while it no longer "
-        "generates).")
+        "generates).",
+    )
     max_concurrency: int | None = Field(
         None, gt=0, description="Requests forwarded at once; more wait in the queue."
     )
@@ -340,8 +393,10 @@ class ModelConfig(Strict):
     def _check_remote(self) -> ModelConfig:
         misplaced = [key for key in _NOT_REMOTE if key in self.model_fields_set]
         if misplaced:
-            raise ValueError(f"{', '.join(misplaced)}: not for runtime: remote (it runs "
-                             "elsewhere: nothing to start, stop or budget)")
+            raise ValueError(
+                f"{', '.join(misplaced)}: not for runtime: remote (it runs "
+                "elsewhere: nothing to start, stop or budget)"
+            )
         if self.base_url is None:
             raise ValueError("runtime: remote needs `base_url` (e.g. http://host:8000/v1)")
         return self
@@ -351,14 +406,20 @@ class ModelConfig(Strict):
         if self.cwd is not None:
             raise ValueError("cwd: only for runtime: process")
         if self.image is None and (template is None or template.image is None):
-            raise ValueError(f"runtime: {self.runtime} needs `image` (or a `template` that "
-                             "has one)")
-        if self.command is None and template is not None and template.docker_command \
-                and self.model_path is None:
+            raise ValueError(
+                f"runtime: {self.runtime} needs `image` (or a `template` that has one)"
+            )
+        if (
+            self.command is None
+            and template is not None
+            and template.docker_command
+            and self.model_path is None
+        ):
             raise ValueError(f"template '{self.template}' needs `model_path`")
         if self.network == "bridge":
-            if self.container_port is None and (template is None or
-                                                template.container_port is None):
+            if self.container_port is None and (
+                template is None or template.container_port is None
+            ):
                 raise ValueError("network: bridge needs `container_port`")
             return self
         argv = self.command or list(template.docker_command if template else ())
@@ -377,46 +438,62 @@ class ModelConfig(Strict):
 class Config(Strict):
     """The whole modelberth.yaml."""
 
-    server: ServerConfig = Field(default_factory=ServerConfig,
-                                 description="The HTTP endpoint modelberth serves.")
-    defaults: Defaults = Field(default_factory=Defaults,
-                               description="Settings every model has unless it sets its own.")
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
-                                       description="RAM and GPU budgets for scheduling.")
-    docker: DockerConfig = Field(default_factory=DockerConfig,
-                                 description="The Docker engine(s) for runtime: docker.")
-    swarm: SwarmConfig = Field(default_factory=SwarmConfig,
-                               description="The Swarm manager for runtime: swarm.")
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="The HTTP endpoint modelberth serves."
+    )
+    defaults: Defaults = Field(
+        default_factory=Defaults, description="Settings every model has unless it sets its own."
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="RAM and GPU budgets for scheduling."
+    )
+    docker: DockerConfig = Field(
+        default_factory=DockerConfig, description="The Docker engine(s) for runtime: docker."
+    )
+    swarm: SwarmConfig = Field(
+        default_factory=SwarmConfig, description="The Swarm manager for runtime: swarm."
+    )
     activity: ActivityConfig = Field(
         default_factory=ActivityConfig,
-        description="The recent requests the API and the dashboard show.")
+        description="The recent requests the API and the dashboard show.",
+    )
     models: dict[ModelName, ModelConfig] = Field(
-        default_factory=dict, description="The models, by the name clients send in `model`.",
+        default_factory=dict,
+        description="The models, by the name clients send in `model`.",
         json_schema_extra={"propertyNames": {"pattern": MODEL_NAME_PATTERN}},
     )
 
     @field_validator("models", mode="wrap")
     @classmethod
-    def _references(cls, value: Any, handler: ValidatorFunctionWrapHandler
-                    ) -> dict[str, ModelConfig]:
+    def _references(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> dict[str, ModelConfig]:
         """No alias may repeat a model's name or alias, every fallback must name a model and
         none may loop (references.py); checked even when a model is invalid."""
-        taken = [*alias_errors(value), *fallback_errors(value)] \
-            if isinstance(value, Mapping) else []
+        taken = (
+            [*alias_errors(value), *fallback_errors(value)] if isinstance(value, Mapping) else []
+        )
         try:
             models: dict[str, ModelConfig] = handler(value)
         except ValidationError as exc:
             if not taken:
                 raise
             # Each error keeps its type, message and location, with these errors added.
-            taken = [InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]),
-                                      loc=error["loc"], input=error["input"])
-                     for error in exc.errors(include_url=False)] + taken
+            taken = [
+                InitErrorDetails(
+                    type=PydanticCustomError(error["type"], error["msg"]),
+                    loc=error["loc"],
+                    input=error["input"],
+                )
+                for error in exc.errors(include_url=False)
+            ] + taken
         if taken:
             raise ValidationError.from_exception_data(cls.__name__, taken)
         return models
 
     def specs(self) -> dict[str, ModelSpec]:
         fallbacks = fallback_order(self.models)
-        return {name: ModelSpec.build(name, m, self.defaults, fallbacks[name])
-                for name, m in self.models.items()}
+        return {
+            name: ModelSpec.build(name, m, self.defaults, fallbacks[name])
+            for name, m in self.models.items()
+        }

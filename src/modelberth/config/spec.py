@@ -108,14 +108,19 @@ class ModelSpec:
     fallbacks: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, name: str, model: ModelConfig, defaults: Defaults,
-              fallbacks: tuple[str, ...] = ()) -> ModelSpec:
+    def build(
+        cls, name: str, model: ModelConfig, defaults: Defaults, fallbacks: tuple[str, ...] = ()
+    ) -> ModelSpec:
         template = TEMPLATES[model.template] if model.template else None
-        remote = RemoteSpec.build(name, model.base_url, model.api_key, model.upstream_model) \
-            if model.runtime == "remote" and model.base_url is not None else None
+        remote = (
+            RemoteSpec.build(name, model.base_url, model.api_key, model.upstream_model)
+            if model.runtime == "remote" and model.base_url is not None
+            else None
+        )
         docker = DockerSpec.build(model) if model.runtime in ("docker", "swarm") else None
-        default_command = (template.docker_command if docker else template.command) \
-            if template else ()
+        default_command = (
+            (template.docker_command if docker else template.command) if template else ()
+        )
         command = model.command or list(default_command)
         env = dict(model.env)
         if model.command is None and template is not None and model.sleep is not None:
@@ -147,8 +152,8 @@ class ModelSpec:
             docker=docker,
             pinned=model.pinned,
             use_upstream_model_name=model.use_upstream_model_name,
-            anthropic=model.anthropic or (
-                "native" if template and template.speaks_anthropic else "translate"),
+            anthropic=model.anthropic
+            or ("native" if template and template.speaks_anthropic else "translate"),
             memory_mb=model.memory_mb,
             vram_mb=model.vram_mb,
             gpus=gpus,
@@ -160,9 +165,9 @@ class ModelSpec:
             max_concurrency=model.max_concurrency,
             priority=model.priority,
             first_byte_timeout=pick(model.first_byte_timeout, defaults.first_byte_timeout),
-            stream_stall_timeout=pick(model.stream_stall_timeout,
-                                      defaults.stream_stall_timeout),
-            max_timeouts=model.max_timeouts if model.max_timeouts is not None
+            stream_stall_timeout=pick(model.stream_stall_timeout, defaults.stream_stall_timeout),
+            max_timeouts=model.max_timeouts
+            if model.max_timeouts is not None
             else defaults.max_timeouts,
             loading_status=model.loading_status or defaults.loading_status,
             remote=remote,
@@ -182,8 +187,9 @@ class ModelSpec:
             return self.placed
         return self.gpus if isinstance(self.gpus, tuple) else None
 
-    def placed_on(self, gpus: tuple[int, ...] | None, node: str | None = None,
-                  address: str | None = None) -> ModelSpec:
+    def placed_on(
+        self, gpus: tuple[int, ...] | None, node: str | None = None, address: str | None = None
+    ) -> ModelSpec:
         """This spec for one start on `gpus` of `node` (None: this machine), reached at
         `address` (same config hash: the placement is not config)."""
         return dataclasses.replace(self, placed=gpus, node=node, address=address)
@@ -200,12 +206,18 @@ class ModelSpec:
     def fill(self, text: str, port: int) -> str:
         """Fill the per-start placeholders ${PORT}, ${HOST}, ${MODEL_PATH}, ${MODEL_NAME}."""
         devices = self.devices or ()
-        values = {"PORT": str(port), "HOST": self.listen_host,
-                  "MODEL_PATH": self.model_path or "", "MODEL_NAME": self.name,
-                  "GPUS": ",".join(map(str, devices)), "GPU_COUNT": str(len(devices)),
-                  "TENSOR_SPLIT": ",".join("1" for _ in devices)}
-        return _VAR.sub(lambda m: "$" if m.group(1) == "$" else values.get(m.group(2), m.group(0)),
-                        text)
+        values = {
+            "PORT": str(port),
+            "HOST": self.listen_host,
+            "MODEL_PATH": self.model_path or "",
+            "MODEL_NAME": self.name,
+            "GPUS": ",".join(map(str, devices)),
+            "GPU_COUNT": str(len(devices)),
+            "TENSOR_SPLIT": ",".join("1" for _ in devices),
+        }
+        return _VAR.sub(
+            lambda m: "$" if m.group(1) == "$" else values.get(m.group(2), m.group(0)), text
+        )
 
     def argv(self, port: int) -> list[str]:
         command = self.command
@@ -225,13 +237,21 @@ class ModelSpec:
 
     def config_hash(self) -> str:
         blob = json.dumps(
-            [self.runtime, self.command, dict(self.env), self.cwd, self.health_path,
-             self.fixed_port, self.model_path, self.gpus,
-             dataclasses.asdict(self.docker) if self.docker else None,
-             # Absent: earlier hashes hold.
-             *([self.gpu_count] if self.gpu_count else []),
-             *([self.remote.base_url] if self.remote else []),
-             *([list(self.constraints)] if self.constraints else [])],
+            [
+                self.runtime,
+                self.command,
+                dict(self.env),
+                self.cwd,
+                self.health_path,
+                self.fixed_port,
+                self.model_path,
+                self.gpus,
+                dataclasses.asdict(self.docker) if self.docker else None,
+                # Absent: earlier hashes hold.
+                *([self.gpu_count] if self.gpu_count else []),
+                *([self.remote.base_url] if self.remote else []),
+                *([list(self.constraints)] if self.constraints else []),
+            ],
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -241,4 +261,5 @@ class ModelSpec:
         (same config hash), or both are remote (nothing runs here: a new base_url or key
         holds from the next request on)."""
         return self.config_hash() == other.config_hash() or (
-            self.remote is not None and other.remote is not None)
+            self.remote is not None and other.remote is not None
+        )

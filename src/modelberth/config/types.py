@@ -57,8 +57,9 @@ def _command(value: Any) -> Any:
     if isinstance(value, str):
         return shlex.split(value)
     if isinstance(value, list):
-        return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-                for v in value]
+        return [
+            str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value
+        ]
     return value
 
 
@@ -70,8 +71,12 @@ def _env_values(value: Any) -> Any:
     {'THREADS': '8', 'DEBUG': 'true', 'RATIO': '0.5', 'NAME': 'x'}
     """
     if isinstance(value, Mapping):
-        return {k: (str(v).lower() if isinstance(v, bool) else str(v))
-                if isinstance(v, int | float | bool) else v for k, v in value.items()}
+        return {
+            k: (str(v).lower() if isinstance(v, bool) else str(v))
+            if isinstance(v, int | float | bool)
+            else v
+            for k, v in value.items()
+        }
     return value
 
 
@@ -93,17 +98,29 @@ def _model_name(name: str) -> str:
 
 def _duration_schema(bound: str) -> WithJsonSchema:
     # The JSON Schema must accept what the validators accept: 30, 2.5, "250ms", "5m"...
-    return WithJsonSchema({"anyOf": [{"type": "number", bound: 0},
-                                     {"type": "string", "pattern": DURATION_PATTERN}]})
+    return WithJsonSchema(
+        {"anyOf": [{"type": "number", bound: 0}, {"type": "string", "pattern": DURATION_PATTERN}]}
+    )
 
 
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0), _duration_schema("minimum")]
-PositiveSeconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0),
-                            _duration_schema("exclusiveMinimum")]
-Command = Annotated[list[str], BeforeValidator(_command), WithJsonSchema(
-    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": ["string", "number"]}}]})]
-EnvMap = Annotated[dict[str, str], BeforeValidator(_env_values), WithJsonSchema(
-    {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}})]
+PositiveSeconds = Annotated[
+    float, BeforeValidator(_seconds), Field(gt=0), _duration_schema("exclusiveMinimum")
+]
+Command = Annotated[
+    list[str],
+    BeforeValidator(_command),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": ["string", "number"]}}]}
+    ),
+]
+EnvMap = Annotated[
+    dict[str, str],
+    BeforeValidator(_env_values),
+    WithJsonSchema(
+        {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+    ),
+]
 ModelName = Annotated[str, AfterValidator(_model_name)]
 TemplateName = Literal["llama-cpp", "vllm", "tgi", "sglang", "openai"]
 
@@ -125,4 +142,5 @@ def parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     except ValueError as exc:
         raise ValueError(
             f"trusted_proxies: {entry!r} is not an IP address or CIDR network "
-            f"(such as 10.0.0.1, 10.0.0.0/8, ::1 or fd00::/8): {exc}") from None
+            f"(such as 10.0.0.1, 10.0.0.0/8, ::1 or fd00::/8): {exc}"
+        ) from None

@@ -49,7 +49,6 @@ class Backoff:
             first_line = last_error.splitlines()[0] if last_error else ""
             raise StartFailed(
                 model,
-                f"{self._failures} failures in a row, next try in {wait:.1f}s "
-                f"(last: {first_line})",
+                f"{self._failures} failures in a row, next try in {wait:.1f}s (last: {first_line})",
                 retry_after=max(1, round(wait)),
             )

@@ -12,8 +12,17 @@ from modelberth.config import ModelSpec
 
 MB = 1024 * 1024
 # Bytes per element of the KV cache for llama.cpp's --cache-type-k/-v values.
-_CACHE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
-                "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
+_CACHE_BYTES = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+    "iq4_nl": 18 / 32,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +81,13 @@ def gguf_shape(path: Path) -> GgufShape:
     return _read_shape(str(path), path.stat().st_mtime)
 
 
-def estimate_gguf(path: Path, context: int | None = None, cache_k: str = "f16",
-                  cache_v: str = "f16", overhead_mb: int = 0) -> Estimate:
+def estimate_gguf(
+    path: Path,
+    context: int | None = None,
+    cache_k: str = "f16",
+    cache_v: str = "f16",
+    overhead_mb: int = 0,
+) -> Estimate:
     """Weights as the tensors' bytes; the KV cache as, per token of context, every layer's
     K and V for each KV head (layers x KV heads x (key length x K's bytes + value length x
     V's bytes)); the context the model was trained for unless one is given; an unknown
@@ -104,9 +118,14 @@ def estimate_gguf(path: Path, context: int | None = None, cache_k: str = "f16",
     """
     shape = gguf_shape(path)
     ctx = context or shape.trained_context
-    per_token = shape.layers * shape.kv_heads * (
-        shape.key_length * _CACHE_BYTES.get(cache_k, 2.0)
-        + shape.value_length * _CACHE_BYTES.get(cache_v, 2.0))
+    per_token = (
+        shape.layers
+        * shape.kv_heads
+        * (
+            shape.key_length * _CACHE_BYTES.get(cache_k, 2.0)
+            + shape.value_length * _CACHE_BYTES.get(cache_v, 2.0)
+        )
+    )
     return Estimate(shape.weights_bytes, int(per_token * ctx), overhead_mb * MB, ctx)
 
 
@@ -145,7 +164,12 @@ def estimate_spec(spec: ModelSpec, overhead_mb: int) -> Estimate | None:
     cache_k = _option(argv, env, ("-ctk", "--cache-type-k"), "LLAMA_ARG_CACHE_TYPE_K") or "f16"
     cache_v = _option(argv, env, ("-ctv", "--cache-type-v"), "LLAMA_ARG_CACHE_TYPE_V") or "f16"
     try:
-        return estimate_gguf(Path(model), int(context) if context and context.isdigit() else None,
-                             cache_k, cache_v, overhead_mb)
+        return estimate_gguf(
+            Path(model),
+            int(context) if context and context.isdigit() else None,
+            cache_k,
+            cache_v,
+            overhead_mb,
+        )
     except (OSError, ValueError, KeyError, IndexError):
         return None

@@ -52,8 +52,7 @@ class EventBus:
                     queue.get_nowait()
             queue.put_nowait(event)
 
-    async def subscribe(self, heartbeat: float | None = None
-                        ) -> AsyncGenerator[Event | None, None]:
+    async def subscribe(self, heartbeat: float | None = None) -> AsyncGenerator[Event | None, None]:
         """Every event from now on, until close(); with `heartbeat`, None after that many
         quiet seconds (so a stream can show its reader it is alive)."""
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)

@@ -60,9 +60,13 @@ async def probe(http: aiohttp.ClientSession, url: str, timeout: float) -> bool:
     return (await ask(http, url, timeout)).healthy
 
 
-async def wait_healthy(http: aiohttp.ClientSession, url: str, timeout: float,
-                       exited: asyncio.Future[Any],
-                       watch: Callable[[HealthAnswer], bool]) -> Readiness:
+async def wait_healthy(
+    http: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    exited: asyncio.Future[Any],
+    watch: Callable[[HealthAnswer], bool],
+) -> Readiness:
     """Poll `url` until it answers 200, `exited` is done, or `timeout` seconds pass;
     `watch(answer)` hears every other answer, and ends the wait as STALLED by saying True."""
     loop = asyncio.get_running_loop()

@@ -26,9 +26,13 @@ from loguru import logger
 class IdleTimer:
     __slots__ = ("_disarmed", "_idle_for", "_name", "_override", "_stop", "_task", "_timeout")
 
-    def __init__(self, name: str, timeout: Callable[[], float],
-                 idle_for: Callable[[], float | None],
-                 stop: Callable[[], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        timeout: Callable[[], float],
+        idle_for: Callable[[], float | None],
+        stop: Callable[[], Awaitable[object]],
+    ) -> None:
         """`timeout` is read anew each time (update_settings may change idle_timeout);
         `idle_for` is how long the model has been idle, None when it is not idle and ready
         (then the watcher ends); `stop` stops the model if it is still idle."""

@@ -24,8 +24,9 @@ from modelberth.runtimes.logbuffer import LogBuffer
 class Kills:
     __slots__ = ("_logs", "_name", "_on_empty", "_tasks", "_timeout")
 
-    def __init__(self, name: str, logs: LogBuffer, timeout: Callable[[], float],
-                 on_empty: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, logs: LogBuffer, timeout: Callable[[], float], on_empty: Callable[[], None]
+    ) -> None:
         self._name = name
         self._logs = logs
         self._timeout = timeout  # read at each stop: a reconfigure may change stop_timeout
@@ -77,6 +78,7 @@ class Kills:
             status = await upstream.stop(self._timeout())
         except Exception as exc:
             logger.bind(model=self._name).opt(exception=exc).warning(
-                "{}: stopping upstream {} failed", self._name, upstream.runtime_id)
+                "{}: stopping upstream {} failed", self._name, upstream.runtime_id
+            )
             return
         self._logs.append("modelberth", f"stopped ({status.describe()})")

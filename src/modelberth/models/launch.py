@@ -80,9 +80,15 @@ def announce_ready(events: EventBus, name: str, progress: StartProgress) -> None
     events.notify("start_progress", name, **progress.snapshot().as_dict())
 
 
-async def until_healthy(upstream: Upstream, spec: ModelSpec, base_url: str,
-                        http: aiohttp.ClientSession, events: EventBus,
-                        logs: LogBuffer, progress: StartProgress) -> None:
+async def until_healthy(
+    upstream: Upstream,
+    spec: ModelSpec,
+    base_url: str,
+    http: aiohttp.ClientSession,
+    events: EventBus,
+    logs: LogBuffer,
+    progress: StartProgress,
+) -> None:
     """Wait for the health path to answer, publishing the start's progress meanwhile;
     LaunchFailed if the upstream exits first, stalls for stall_timeout (0: never) or is
     not healthy within start_timeout."""
@@ -112,11 +118,13 @@ async def until_healthy(upstream: Upstream, spec: ModelSpec, base_url: str,
         raise LaunchFailed(
             f"start stalled: nothing moved for {limit:g}s (stall_timeout: no output line, "
             f"no change in the health answer); {seen}",
-            StartTimeout(spec.name, limit, with_tail(logs, seen), limit="stall_timeout"))
+            StartTimeout(spec.name, limit, with_tail(logs, seen), limit="stall_timeout"),
+        )
     reason = f"not healthy at {url}"
     raise LaunchFailed(
         f"start timed out: not healthy within {spec.start_timeout:g}s (start_timeout) at {url}",
-        StartTimeout(spec.name, spec.start_timeout, with_tail(logs, reason)))
+        StartTimeout(spec.name, spec.start_timeout, with_tail(logs, reason)),
+    )
 
 
 def _last_seen(progress: StartProgress) -> str:

@@ -35,9 +35,13 @@ class Learned:
     updated_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"config_hash": self.config_hash, "peak_memory_bytes": self.peak_memory_bytes,
-                "peak_vram_bytes": self.peak_vram_bytes,
-                "start_seconds": list(self.start_seconds), "updated_at": self.updated_at}
+        return {
+            "config_hash": self.config_hash,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_vram_bytes": self.peak_vram_bytes,
+            "start_seconds": list(self.start_seconds),
+            "updated_at": self.updated_at,
+        }
 
 
 def default_path(instance: str) -> Path:
@@ -61,13 +65,16 @@ def _entry(name: str, raw: Any) -> Learned | None:
             raise ValueError("no config_hash")
         starts = raw.get("start_seconds", [])
         if not isinstance(starts, list) or not all(
-                isinstance(s, int | float) and not isinstance(s, bool) and s >= 0
-                for s in starts):
+            isinstance(s, int | float) and not isinstance(s, bool) and s >= 0 for s in starts
+        ):
             raise ValueError("start_seconds is not a list of seconds")
-        return Learned(raw["config_hash"], size(raw.get("peak_memory_bytes")),
-                       size(raw.get("peak_vram_bytes")),
-                       tuple(float(s) for s in starts[-_KEPT_STARTS:]),
-                       float(raw.get("updated_at", 0)))
+        return Learned(
+            raw["config_hash"],
+            size(raw.get("peak_memory_bytes")),
+            size(raw.get("peak_vram_bytes")),
+            tuple(float(s) for s in starts[-_KEPT_STARTS:]),
+            float(raw.get("updated_at", 0)),
+        )
     except (ValueError, TypeError) as exc:
         logger.warning("learned footprints: ignoring the entry for {}: {}", name, exc)
         return None
@@ -90,11 +97,17 @@ class LearnedFootprints:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError) as exc:
-            logger.warning("learned footprints: ignoring {} ({}); models start from their "
-                           "estimates", self.path, exc)
+            logger.warning(
+                "learned footprints: ignoring {} ({}); models start from their estimates",
+                self.path,
+                exc,
+            )
             return
-        if not isinstance(data, dict) or data.get("format") != FORMAT \
-                or not isinstance(data.get("models"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != FORMAT
+            or not isinstance(data.get("models"), dict)
+        ):
             logger.warning("learned footprints: ignoring {} (not format {})", self.path, FORMAT)
             return
         for name, raw in data["models"].items():
@@ -107,19 +120,32 @@ class LearnedFootprints:
         if entry is None:
             return None
         if entry.config_hash != config_hash:
-            logger.info("learned footprints: {} was measured with another config ({}); "
-                        "planning from its estimate", name, entry.config_hash)
+            logger.info(
+                "learned footprints: {} was measured with another config ({}); "
+                "planning from its estimate",
+                name,
+                entry.config_hash,
+            )
             return None
         return entry
 
-    def remember(self, name: str, config_hash: str, memory: int | None, vram: int | None,
-                 start_seconds: tuple[float, ...]) -> None:
+    def remember(
+        self,
+        name: str,
+        config_hash: str,
+        memory: int | None,
+        vram: int | None,
+        start_seconds: tuple[float, ...],
+    ) -> None:
         """Keep what was measured; a figure not known now keeps the one learned before."""
         old = self._entries.get(name)
         if old is None or old.config_hash != config_hash:
             old = Learned(config_hash, updated_at=0)
-        peaks = (memory or old.peak_memory_bytes, vram or old.peak_vram_bytes,
-                 start_seconds[-_KEPT_STARTS:] or old.start_seconds)
+        peaks = (
+            memory or old.peak_memory_bytes,
+            vram or old.peak_vram_bytes,
+            start_seconds[-_KEPT_STARTS:] or old.start_seconds,
+        )
         if peaks == (old.peak_memory_bytes, old.peak_vram_bytes, old.start_seconds):
             return
         self._entries[name] = Learned(config_hash, *peaks)
@@ -131,9 +157,15 @@ class LearnedFootprints:
             return
         async with self._lock:
             self._dirty = False
-            blob = json.dumps({"format": FORMAT, "models": {
-                name: entry.as_dict() for name, entry in sorted(self._entries.items())}},
-                indent=1)
+            blob = json.dumps(
+                {
+                    "format": FORMAT,
+                    "models": {
+                        name: entry.as_dict() for name, entry in sorted(self._entries.items())
+                    },
+                },
+                indent=1,
+            )
             try:
                 await asyncio.to_thread(_write_atomically, self.path, blob)
             except OSError as exc:

@@ -67,9 +67,15 @@ _RUNNING = frozenset({ModelState.STARTING, ModelState.READY, *WARM})
 
 
 class Lifecycle:
-    def __init__(self, spec: ModelSpec, runtime: Runtime, events: EventBus,
-                 http: aiohttp.ClientSession, tracer: Tracer | None,
-                 requests: Admission) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        runtime: Runtime,
+        events: EventBus,
+        http: aiohttp.ClientSession,
+        tracer: Tracer | None,
+        requests: Admission,
+    ) -> None:
         self.spec = spec
         self._tracer = tracer or trace.NoOpTracer()
         self.logs = LogBuffer()
@@ -98,19 +104,32 @@ class Lifecycle:
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._stop_only_if_idle = False  # whether _stop_task may give up
-        self._idle = IdleTimer(spec.name, lambda: self.spec.idle_timeout, self._idle_for,
-                               lambda: self.sleep_mode.sleep("idle") if self.spec.sleep_level
-                               else self.stop("idle", only_if_idle=True))
-        self._kills = Kills(spec.name, self.logs, lambda: self.spec.stop_timeout,
-                            self._tell_state_listeners)  # upstreams being stopped
+        self._idle = IdleTimer(
+            spec.name,
+            lambda: self.spec.idle_timeout,
+            self._idle_for,
+            lambda: (
+                self.sleep_mode.sleep("idle")
+                if self.spec.sleep_level
+                else self.stop("idle", only_if_idle=True)
+            ),
+        )
+        self._kills = Kills(
+            spec.name, self.logs, lambda: self.spec.stop_timeout, self._tell_state_listeners
+        )  # upstreams being stopped
         self._retirement = Retirement()  # declared the moment retire() is called
         self._retire_task: asyncio.Task[None] | None = None
         self.sleep_mode = SleepMode(self, http, requests, self._tracer)  # the one sleep/wake
         # Exits, timeouts in a row, the probe: begun in _serve and _awake, paused in
         # _transition on leaving READY.
-        self._supervision = Supervision(spec.name, events, http,
-                                        lambda: requests.in_flight > 0, self.note_exit,
-                                        self._probe_failed)
+        self._supervision = Supervision(
+            spec.name,
+            events,
+            http,
+            lambda: requests.in_flight > 0,
+            self.note_exit,
+            self._probe_failed,
+        )
 
     @property
     def name(self) -> str:
@@ -148,8 +167,9 @@ class Lifecycle:
         """Where its upstream is reached: its node's address, or this machine."""
         return self.node.address if self.node is not None else "127.0.0.1"
 
-    def connect(self, admit: Callable[[], Awaitable[Placement]],
-                on_state: Callable[[], None]) -> None:
+    def connect(
+        self, admit: Callable[[], Awaitable[Placement]], on_state: Callable[[], None]
+    ) -> None:
         """The scheduler's hooks, bound to the Model: `admit` gates every start (room in the
         budgets), `on_state` hears every state change."""
         self._admit = admit
@@ -206,8 +226,11 @@ class Lifecycle:
     def begin_start_soon(self) -> None:
         """For Model.start_soon: enter STARTING now, with the one start task, unless the
         model is retired, being stopped, or already running."""
-        if not self.retiring and self._stop_task is None \
-                and self.state in (ModelState.STOPPED, ModelState.FAILED):
+        if (
+            not self.retiring
+            and self._stop_task is None
+            and self.state in (ModelState.STOPPED, ModelState.FAILED)
+        ):
             self._begin_start()
 
     async def stop(self, reason: str = "requested", *, only_if_idle: bool = False) -> None:
@@ -251,8 +274,9 @@ class Lifecycle:
 
     async def _retire(self, reason: str) -> None:
         with self._tracer.start_as_current_span(
-                "modelberth.model.retire",
-                attributes={"modelberth.model": self.name, "modelberth.reason": reason}):
+            "modelberth.model.retire",
+            attributes={"modelberth.model": self.name, "modelberth.reason": reason},
+        ):
             while self.state is not ModelState.RETIRED:
                 idle = self._start_task is None and self._stop_task is None
                 if idle and self.state in (ModelState.STOPPED, ModelState.FAILED):
@@ -324,7 +348,8 @@ class Lifecycle:
 
     async def _start(self) -> None:
         with self._tracer.start_as_current_span(
-                "modelberth.model.start", attributes={"modelberth.model": self.name}) as span:
+            "modelberth.model.start", attributes={"modelberth.model": self.name}
+        ) as span:
             try:
                 await self._start_upstream()
             except BaseException as exc:
@@ -352,8 +377,9 @@ class Lifecycle:
                 raise
         self.gpus, self.node = placement.gpus, placement.node
         node = placement.node
-        spec = self.spec.placed_on(placement.gpus, node.id if node else None,
-                                   node.address if node else None)
+        spec = self.spec.placed_on(
+            placement.gpus, node.id if node else None, node.address if node else None
+        )
         self.port = self.spec.fixed_port or free_port()
         began = time.monotonic()
         # Made before the launch, so the upstream's first lines count too; dropped once the
@@ -361,15 +387,17 @@ class Lifecycle:
         self.progress = progress = StartProgress(self.logs, self.start_seconds)
         try:
             upstream = self._upstream = await self._kills.launch(
-                self._runtime.start(spec, self.port, self.logs))
+                self._runtime.start(spec, self.port, self.logs)
+            )
         except RuntimeStartError as exc:
             self.progress = None
             self._fail(str(exc))
             raise StartFailed(self.name, str(exc)) from None
         self.starts += 1
         try:
-            await until_healthy(upstream, self.spec, self.base_url, self._http, self._events,
-                                self.logs, progress)
+            await until_healthy(
+                upstream, self.spec, self.base_url, self._http, self._events, self.logs, progress
+            )
         except (LaunchFailed, asyncio.CancelledError) as exc:  # failed, or a stop called it off
             # Killed in the background: stop_timeout may be long, and the waiters are owed
             # an answer at start_timeout.
@@ -437,11 +465,11 @@ class Lifecycle:
     # --- stopping ----------------------------------------------------------------------
 
     async def _stop(self, reason: str, only_if_idle: bool) -> None:
-        name = "modelberth.model.evict" if reason.startswith("evicted") else \
-            "modelberth.model.stop"
+        name = "modelberth.model.evict" if reason.startswith("evicted") else "modelberth.model.stop"
         requests = self._requests
         with self._tracer.start_as_current_span(
-                name, attributes={"modelberth.model": self.name, "modelberth.reason": reason}):
+            name, attributes={"modelberth.model": self.name, "modelberth.reason": reason}
+        ):
             try:
                 if only_if_idle and (requests.in_flight or requests.waiting):
                     return
@@ -476,8 +504,13 @@ class Lifecycle:
 
     # --- state -------------------------------------------------------------------------
 
-    def _transition(self, expected: ModelState | frozenset[ModelState], new: ModelState,
-                    reason: str, **detail: Any) -> None:
+    def _transition(
+        self,
+        expected: ModelState | frozenset[ModelState],
+        new: ModelState,
+        reason: str,
+        **detail: Any,
+    ) -> None:
         """The one place the state changes: compare (`expected`, and the table), then set,
         then tell everyone (an event for logs, metrics and /api/events; the listeners)."""
         old = self.state

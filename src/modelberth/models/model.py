@@ -42,15 +42,25 @@ from modelberth.runtimes.logbuffer import LogBuffer
 
 
 class Model:
-    def __init__(self, spec: ModelSpec, runtime: Runtime, events: EventBus,
-                 http: aiohttp.ClientSession, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        runtime: Runtime,
+        events: EventBus,
+        http: aiohttp.ClientSession,
+        tracer: Tracer | None = None,
+    ) -> None:
         self._requests = Admission()
         self._lifecycle = Lifecycle(spec, runtime, events, http, tracer, self._requests)
         self._footprint = Footprint()  # sampled by resources.Monitor
         self._idle_listeners: list[Callable[[Model], None]] = []  # told when in_flight hits 0
 
-    def connect(self, admit: Callable[[Model], Awaitable[Placement]],
-                on_idle: Callable[[Model], None], on_state: Callable[[Model], None]) -> None:
+    def connect(
+        self,
+        admit: Callable[[Model], Awaitable[Placement]],
+        on_idle: Callable[[Model], None],
+        on_state: Callable[[Model], None],
+    ) -> None:
         """The scheduler's hooks: `admit` gates every start (room in the budgets) and says
         where it runs, `on_idle` hears when the last request in flight finished,
         `on_state` every state change."""
@@ -135,8 +145,7 @@ class Model:
     def record_usage(self, memory: int | None, vram: int | None, peak: bool = True) -> None:
         self._footprint.record(memory, vram, peak)
 
-    def learn(self, memory: int | None, vram: int | None,
-              start_seconds: tuple[float, ...]) -> None:
+    def learn(self, memory: int | None, vram: int | None, start_seconds: tuple[float, ...]) -> None:
         """What an earlier run of modelberth measured (learned.py), before any start."""
         self._footprint.peak_memory_bytes = memory
         self._footprint.peak_vram_bytes = vram
@@ -222,7 +231,8 @@ class Model:
         """Count one request in flight if the model is ready and has a free slot now."""
         lifecycle = self._lifecycle
         if lifecycle.state is ModelState.READY and not self._requests.saturated(
-                lifecycle.spec.max_concurrency):
+            lifecycle.spec.max_concurrency
+        ):
             self._requests.enter()
             return True
         return False
@@ -379,9 +389,13 @@ class Model:
             "runtime_id": upstream.runtime_id if upstream else None,
             "port": lifecycle.port if upstream else None,
             # Where it runs, on a multi-node runtime (None: this machine, or not running).
-            "node": {"id": lifecycle.node.id, "name": lifecycle.node.name,
-                     "address": lifecycle.node.address}
-            if upstream and lifecycle.node is not None else None,
+            "node": {
+                "id": lifecycle.node.id,
+                "name": lifecycle.node.name,
+                "address": lifecycle.node.address,
+            }
+            if upstream and lifecycle.node is not None
+            else None,
             "constraints": list(spec.constraints),
             "aliases": list(spec.aliases),
             "fallbacks": list(spec.fallbacks),
@@ -397,11 +411,21 @@ class Model:
             "sleeps": lifecycle.sleep_mode.sleeps,
             "wakes": lifecycle.sleep_mode.wakes,
             # The indexes it was given, while it runs; else the config's fixed list, if any.
-            "gpus": list(lifecycle.gpus) if upstream and lifecycle.gpus is not None
-            else list(spec.gpus) if isinstance(spec.gpus, tuple) else None,
-            "gpu_request": list(spec.gpus) if isinstance(spec.gpus, tuple) else spec.gpus
-            or ("auto" if spec.gpu_count == 1 else
-                {"count": spec.gpu_count} if spec.gpu_count else None),
+            "gpus": list(lifecycle.gpus)
+            if upstream and lifecycle.gpus is not None
+            else list(spec.gpus)
+            if isinstance(spec.gpus, tuple)
+            else None,
+            "gpu_request": list(spec.gpus)
+            if isinstance(spec.gpus, tuple)
+            else spec.gpus
+            or (
+                "auto"
+                if spec.gpu_count == 1
+                else {"count": spec.gpu_count}
+                if spec.gpu_count
+                else None
+            ),
             "last_error": lifecycle.last_error,
             "idle_timeout": spec.idle_timeout,
             "idle_stop_at": lifecycle.idle.stop_at(),

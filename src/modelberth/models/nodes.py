@@ -12,8 +12,11 @@ from modelberth.runtimes.base import Node
 def eligible(spec: ModelSpec, nodes: list[Node]) -> list[Node]:
     """The ready nodes the spec's constraints allow and that have the GPUs it asks for."""
     constraints = [parse(expression) for expression in spec.constraints]
-    return [node for node in nodes if node.ready and matches_all(constraints, node.attributes)
-            and _has_gpus(spec, node)]
+    return [
+        node
+        for node in nodes
+        if node.ready and matches_all(constraints, node.attributes) and _has_gpus(spec, node)
+    ]
 
 
 def _has_gpus(spec: ModelSpec, node: Node) -> bool:

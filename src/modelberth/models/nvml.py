@@ -59,14 +59,16 @@ class Nvml:
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            readings.append(GpuReading(
-                index=index,
-                name=_text(nvml.nvmlDeviceGetName(handle)),
-                memory_total_bytes=int(memory.total),
-                memory_used_bytes=int(memory.used),
-                utilization_percent=_utilization(nvml, handle),
-                process_memory=_processes(nvml, handle),
-            ))
+            readings.append(
+                GpuReading(
+                    index=index,
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    memory_total_bytes=int(memory.total),
+                    memory_used_bytes=int(memory.used),
+                    utilization_percent=_utilization(nvml, handle),
+                    process_memory=_processes(nvml, handle),
+                )
+            )
         return readings
 
     def close(self) -> None:
@@ -91,8 +93,7 @@ def _utilization(nvml: Any, handle: Any) -> float | None:
 
 def _processes(nvml: Any, handle: Any) -> dict[int, int]:
     usage: dict[int, int] = {}
-    for getter in ("nvmlDeviceGetComputeRunningProcesses",
-                   "nvmlDeviceGetGraphicsRunningProcesses"):
+    for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
         try:
             processes = getattr(nvml, getter)(handle)
         except Exception:  # not supported on every device

@@ -116,8 +116,9 @@ class Plan(Generic[K]):
         return self.spot.gpus
 
 
-def candidates(fixed: tuple[int, ...] | None, count: int, gpus: Iterable[int]
-               ) -> list[tuple[int, ...]]:
+def candidates(
+    fixed: tuple[int, ...] | None, count: int, gpus: Iterable[int]
+) -> list[tuple[int, ...]]:
     """The placements a start may take: its fixed GPUs, or every set of `count` GPUs."""
     if fixed is not None:
         return [fixed]
@@ -138,8 +139,10 @@ def lacking(cost: Cost, held: Iterable[Cost], room: Room) -> set[int | str]:
         if cost.memory is None:
             if any(c.memory != 0 for c in held):  # unknown: it may only run alone
                 short.add(RAM)
-        elif cost.memory + sum(budgets.memory if c.memory is None else c.memory
-                               for c in held) > budgets.memory:
+        elif (
+            cost.memory + sum(budgets.memory if c.memory is None else c.memory for c in held)
+            > budgets.memory
+        ):
             short.add(RAM)
     for gpu, vram in cost.vram.items():
         budget = budgets.vram.get(gpu, 0)
@@ -160,17 +163,21 @@ def _frees(victim: Victim[K], now: Cost, short: set[int | str], node: str) -> bo
         return False  # room on another node is no help
     if RAM in short and more(now.memory, victim.after.memory):
         return True
-    return any(isinstance(gpu, int) and more(now.vram.get(gpu, 0), victim.after.vram.get(gpu, 0))
-               for gpu in short)
+    return any(
+        isinstance(gpu, int) and more(now.vram.get(gpu, 0), victim.after.vram.get(gpu, 0))
+        for gpu in short
+    )
 
 
-def victims_for(cost: Cost, held: Mapping[K, Cost], order: Sequence[Victim[K]],
-                room: Room) -> list[Victim[K]] | None:
+def victims_for(
+    cost: Cost, held: Mapping[K, Cost], order: Sequence[Victim[K]], room: Room
+) -> list[Victim[K]] | None:
     """Victims (in `order`) that make `cost` fit; [] if it fits now; None if they cannot.
     A model may appear twice in `order` (sleep, then stop): the later choice replaces it."""
     now = dict(held)
     chosen: dict[K, Victim[K]] = {}
     while short := lacking(cost, now.values(), room):
+
         def eligible(victim: Victim[K], short: set[int | str] = short) -> bool:
             if victim.key not in now:
                 return False
@@ -200,14 +207,21 @@ def left_after(cost: Cost, held: Iterable[Cost], room: Room) -> int:
     left = 0
     for gpu, vram in cost.vram.items():
         budget = budgets.vram.get(gpu, 0)
-        used = sum(budget if c.vram[gpu] is None else c.vram[gpu] or 0
-                   for c in held if gpu in c.vram)
+        used = sum(
+            budget if c.vram[gpu] is None else c.vram[gpu] or 0 for c in held if gpu in c.vram
+        )
         left += budget - used - (budget if vram is None else vram)
     return left
 
 
-def choose(need: Need, placements: Sequence[Spot], held: Mapping[K, Cost],
-           order: Sequence[Victim[K]], room: Room, strategy: str) -> Plan[K] | None:
+def choose(
+    need: Need,
+    placements: Sequence[Spot],
+    held: Mapping[K, Cost],
+    order: Sequence[Victim[K]],
+    room: Room,
+    strategy: str,
+) -> Plan[K] | None:
     """The best placement and its victims, or None if none can be made to fit yet."""
     options: list[tuple[float, int, Spot, list[Victim[K]]]] = []
     refused: list[str] = []
@@ -235,20 +249,27 @@ def _where(spot: Spot) -> str:
     return where if spot.node == LOCAL else f"node {spot.name or spot.node} {where}"
 
 
-def _why(need: Need, spot: Spot, left: int, victims: list[Victim[K]],
-         others: list[tuple[float, int, Spot, list[Victim[K]]]], refused: list[str],
-         strategy: str) -> str:
+def _why(
+    need: Need,
+    spot: Spot,
+    left: int,
+    victims: list[Victim[K]],
+    others: list[tuple[float, int, Spot, list[Victim[K]]]],
+    refused: list[str],
+    strategy: str,
+) -> str:
     if not need.on_gpu and spot.node == LOCAL:
         return "RAM only" + (f", after evicting {_names(victims)}" if victims else "")
     text = f"{_where(spot)} ({strategy}: {mib(left)} left there"
     text += f", after evicting {_names(victims)})" if victims else ", no eviction)"
-    alternatives = [f"{_where(g)} would leave {mib(rest)}" + (
-        f" after evicting {_names(v)}" if v else "") for _, rest, g, v in others]
+    alternatives = [
+        f"{_where(g)} would leave {mib(rest)}" + (f" after evicting {_names(v)}" if v else "")
+        for _, rest, g, v in others
+    ]
     if alternatives or refused:
         text += "; " + "; ".join([*alternatives, *refused])
     return text
 
 
 def _names(victims: Iterable[Victim[K]]) -> str:
-    return ", ".join(f"{v.name}" + (" (to sleep)" if v.action == "sleep" else "")
-                     for v in victims)
+    return ", ".join(f"{v.name}" + (" (to sleep)" if v.action == "sleep" else "") for v in victims)

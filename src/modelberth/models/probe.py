@@ -41,8 +41,14 @@ WEDGED = "probes failed in a row"
 class GenerationProbe:
     __slots__ = ("_busy", "_events", "_http", "_name", "_on_wedged", "_tasks", "answered")
 
-    def __init__(self, name: str, events: EventBus, http: aiohttp.ClientSession,
-                 busy: Callable[[], bool], on_wedged: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        events: EventBus,
+        http: aiohttp.ClientSession,
+        busy: Callable[[], bool],
+        on_wedged: Callable[[str], None],
+    ) -> None:
         """`busy`: whether a request is in flight now; `on_wedged(reason)`: `failures`
         probes in a row failed (called from the probe's task, which then ends)."""
         self._name = name
@@ -84,7 +90,8 @@ class GenerationProbe:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.bind(model=self._name).opt(exception=exc).error(
-                "{}: the probe ended on an error", self._name)
+                "{}: the probe ended on an error", self._name
+            )
 
     async def _run(self, config: ProbeConfig, base_url: str) -> None:
         url = f"{base_url}{config.path}"
@@ -103,11 +110,13 @@ class GenerationProbe:
                 failed = 0
                 continue
             failed += 1
-            self._events.notify("probe_failed", self._name, failures=failed,
-                                limit=config.failures, error=error)
+            self._events.notify(
+                "probe_failed", self._name, failures=failed, limit=config.failures, error=error
+            )
             if failed < config.failures:
                 logger.bind(model=self._name).info(
-                    "{}: probe {} of {} failed: {}", self._name, failed, config.failures, error)
+                    "{}: probe {} of {} failed: {}", self._name, failed, config.failures, error
+                )
                 continue
             reason = f"{failed} {WEDGED} (last: {error}): restarting"
             logger.bind(model=self._name).warning("{}: {}", self._name, reason)
@@ -117,8 +126,9 @@ class GenerationProbe:
     async def _send(self, url: str, body: dict[str, object], timeout: float) -> str | None:
         """One probe: None if the upstream generated an answer, else what went wrong."""
         try:
-            async with self._http.post(url, json=body,
-                                       timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            async with self._http.post(
+                url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
                 status, answer = resp.status, await resp.read()
         except TimeoutError:
             return f"timed out after {timeout:g}s"

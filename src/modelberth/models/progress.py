@@ -62,8 +62,9 @@ class _Stage:
     counted: bool = False  # groups 2 and 3 are done/total, shown in the phase
 
 
-def _stage(pattern: str, phase: str, floor: float, ceiling: float | None = None,
-           counted: bool = False) -> _Stage:
+def _stage(
+    pattern: str, phase: str, floor: float, ceiling: float | None = None, counted: bool = False
+) -> _Stage:
     return _Stage(re.compile(pattern), phase, floor, ceiling, counted)
 
 
@@ -76,8 +77,11 @@ _STAGES = (
     _stage(r"llama_model_loader: loaded meta data", "reading metadata", 6),
     _stage(r"\b(?:llm_)?load_tensors:", "loading tensors", 10),
     _stage(r"^\s*\.{8,}\s*$", "tensors loaded", 75),  # the progress dots, once their line ends
-    _stage(r"\bllama_(?:new_context_with_model|init_from_model|context|kv_cache)\w*:",
-           "creating context", 80),
+    _stage(
+        r"\bllama_(?:new_context_with_model|init_from_model|context|kv_cache)\w*:",
+        "creating context",
+        80,
+    ),
     _stage(r"warming up the model", "warming up", 90),
     _stage(r"initializing slots|load_model: initializing", "initializing slots", 93),
     _stage(r"\bmodel loaded\b", "model loaded", 97),
@@ -87,18 +91,25 @@ _STAGES = (
     _stage(r"Initializing an? (?:V\d )?LLM engine", "initializing engine", 5),
     _stage(r"Starting to load model", "loading model", 8),
     _stage(r"Using model weights format", "loading weights", 9),
-    _stage(r"Loading (?:safetensors|pt) checkpoint shards:\s*(\d+)% Completed \| (\d+)/(\d+)",
-           "loading weights", 10, 60, counted=True),
-    _stage(r"Loading weights took|Model loading took|Loading model weights took",
-           "weights loaded", 60),
-    _stage(r"Dynamo bytecode transform|torch\.compile take|Compiling a graph",
-           "compiling", 65),
+    _stage(
+        r"Loading (?:safetensors|pt) checkpoint shards:\s*(\d+)% Completed \| (\d+)/(\d+)",
+        "loading weights",
+        10,
+        60,
+        counted=True,
+    ),
+    _stage(
+        r"Loading weights took|Model loading took|Loading model weights took", "weights loaded", 60
+    ),
+    _stage(r"Dynamo bytecode transform|torch\.compile take|Compiling a graph", "compiling", 65),
     _stage(r"Memory profiling takes|Initial profiling/warmup run", "profiling memory", 70),
-    _stage(r"Available KV cache memory|GPU KV cache size|# (?:GPU|cuda) blocks",
-           "allocating KV cache", 75),
+    _stage(
+        r"Available KV cache memory|GPU KV cache size|# (?:GPU|cuda) blocks",
+        "allocating KV cache",
+        75,
+    ),
     _stage(r"Capturing (?:the model for )?CUDA graph", "capturing CUDA graphs", 75),
-    _stage(r"Capturing CUDA graph(?:s| shapes)[^:%]*:\s*(\d+)%", "capturing CUDA graphs",
-           75, 95),
+    _stage(r"Capturing CUDA graph(?:s| shapes)[^:%]*:\s*(\d+)%", "capturing CUDA graphs", 75, 95),
     _stage(r"Graph capturing finished|init engine \(profile", "engine ready", 95),
     _stage(r"Starting vLLM API server", "starting API server", 97),
     _stage(r"Application startup complete", "startup complete", 99),
@@ -116,11 +127,15 @@ class Progress:
     phase: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"elapsed_seconds": self.elapsed_seconds, "percent": self.percent,
-                "eta_seconds": self.eta_seconds, "phase": self.phase}
+        return {
+            "elapsed_seconds": self.elapsed_seconds,
+            "percent": self.percent,
+            "eta_seconds": self.eta_seconds,
+            "phase": self.phase,
+        }
 
     def brief(self) -> str:
-        """"45% eta 4s (loading tensors)", or as much of it as is known."""
+        """ "45% eta 4s (loading tensors)", or as much of it as is known."""
         parts = []
         if self.percent is not None:
             parts.append(f"{self.percent}%")
@@ -140,8 +155,12 @@ class StartProgress:
     """One start's progress; made at the launch, polled by the health wait (`observe`),
     read by whoever shows it (`snapshot`). Everything runs on the event loop."""
 
-    def __init__(self, logs: LogBuffer, previous: Sequence[float] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logs: LogBuffer,
+        previous: Sequence[float] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._logs = logs
         self._seen = logs.count  # lines before the launch belong to earlier starts
         durations = [d for d in previous if d > 0]
@@ -183,8 +202,11 @@ class StartProgress:
             if stage.ceiling is not None:
                 share = min(100, int(found.group(1))) / 100
                 floor += share * (stage.ceiling - stage.floor)
-                phase = f"{phase} {found.group(2)}/{found.group(3)}" if stage.counted \
+                phase = (
+                    f"{phase} {found.group(2)}/{found.group(3)}"
+                    if stage.counted
                     else f"{phase} {found.group(1)}%"
+                )
             if self._floor is None or floor >= self._floor:
                 self._floor, self._phase = floor, phase
 

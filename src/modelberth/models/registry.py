@@ -56,19 +56,34 @@ class ReloadOutcome:
     issues: list[ConfigIssue] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "ok": self.ok,
-                "result": asdict(self.result) if self.result else None,
-                "message": self.message, "issues": [asdict(i) for i in self.issues]}
+        return {
+            "at": self.at,
+            "ok": self.ok,
+            "result": asdict(self.result) if self.result else None,
+            "message": self.message,
+            "issues": [asdict(i) for i in self.issues],
+        }
 
 
 # Settings the listening socket or the Docker runtime took at start (server.py, __init__).
-_FIXED_AT_START = ("header_timeout", "body_timeout", "keepalive_timeout", "max_connections",
-                   "instance_id", "ollama_port")
+_FIXED_AT_START = (
+    "header_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "max_connections",
+    "instance_id",
+    "ollama_port",
+)
 
 
 class Registry:
-    def __init__(self, config: Config, events: EventBus | None = None,
-                 config_path: Path | None = None, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        events: EventBus | None = None,
+        config_path: Path | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.config = config
         self._tracer = tracer
         self.config_path = config_path
@@ -82,17 +97,28 @@ class Registry:
         self.runtimes: dict[str, Runtime] = {
             "process": ProcessRuntime(),
             "docker": DockerHostsRuntime(config.docker.hosts, instance=instance)
-            if config.docker.hosts else DockerRuntime(config.docker.url, instance=instance),
-            "swarm": SwarmRuntime(config.swarm.url or config.docker.url, instance=instance,
-                                  refresh_seconds=config.swarm.refresh_seconds),
+            if config.docker.hosts
+            else DockerRuntime(config.docker.url, instance=instance),
+            "swarm": SwarmRuntime(
+                config.swarm.url or config.docker.url,
+                instance=instance,
+                refresh_seconds=config.swarm.refresh_seconds,
+            ),
             "remote": RemoteRuntime(),
         }
         self.models: dict[str, Model] = {}
-        learned = Path(config.resources.state_file) if config.resources.state_file \
+        learned = (
+            Path(config.resources.state_file)
+            if config.resources.state_file
             else default_path(DockerRuntime.instance_for(config.server))
+        )
         self.monitor = Monitor(config.resources, learned=LearnedFootprints(learned))
-        self.scheduler = Scheduler(self.monitor, self._scheduled, self.events,
-                                   lambda spec: self.runtimes[spec.runtime].nodes())
+        self.scheduler = Scheduler(
+            self.monitor,
+            self._scheduled,
+            self.events,
+            lambda spec: self.runtimes[spec.runtime].nodes(),
+        )
         self._by_name: dict[str, Model] = {}
         self._http: aiohttp.ClientSession | None = None
         self.last_reload: ReloadOutcome | None = None
@@ -123,7 +149,8 @@ class Registry:
 
     async def boot(self) -> None:
         self._http = aiohttp.ClientSession(  # health probes
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        )
         specs = self.config.specs()
         await asyncio.to_thread(self.monitor.learned.load)
         for name, spec in specs.items():
@@ -132,41 +159,49 @@ class Registry:
         self.monitor.start(self.models.values)
         for runtime_name in self.runtimes_in_use() | {"process"}:
             found = await self.runtimes[runtime_name].recover(
-                specs, {name: model.logs for name, model in self.models.items()})
+                specs, {name: model.logs for name, model in self.models.items()}
+            )
             for name, (upstream, port) in found.items():
                 if await self.models[name].adopt(upstream, port):
-                    logger.info("{}: adopted running upstream {} on port {}", name,
-                                upstream.runtime_id, port)
+                    logger.info(
+                        "{}: adopted running upstream {} on port {}",
+                        name,
+                        upstream.runtime_id,
+                        port,
+                    )
         for model in self.models.values():
             # A remote endpoint is ready from the start: nothing runs here to wait for.
             if (model.spec.preload or model.spec.remote) and not model.ready:
                 model.start_soon()
 
     def _new_model(self, spec: ModelSpec) -> Model:
-        model = Model(spec, self.runtimes[spec.runtime], self.events, self.http,
-                      self._tracer)
+        model = Model(spec, self.runtimes[spec.runtime], self.events, self.http, self._tracer)
         learned = self.monitor.learned.recall(spec.name, spec.config_hash())
         if learned is not None:
-            model.learn(learned.peak_memory_bytes, learned.peak_vram_bytes,
-                        learned.start_seconds)
+            model.learn(learned.peak_memory_bytes, learned.peak_vram_bytes, learned.start_seconds)
         self.scheduler.attach(model)
         return model
 
     def _index(self) -> None:
-        self._by_name = {key: model for model in self.models.values()
-                         for key in (model.name, *model.spec.aliases)}
+        self._by_name = {
+            key: model
+            for model in self.models.values()
+            for key in (model.name, *model.spec.aliases)
+        }
 
     async def reload_from_file(self) -> ReloadResult:
         """Re-read the config file; on any error keep the running config and raise."""
         if self.config_path is None:
-            raise APIError(409, "This server was not started from a config file.",
-                           code="no_config_file")
+            raise APIError(
+                409, "This server was not started from a config file.", code="no_config_file"
+            )
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
             result = await self.reload(config)
         except ConfigError as exc:
-            self.last_reload = ReloadOutcome(time.time(), False, message=exc.render(),
-                                             issues=exc.issues)
+            self.last_reload = ReloadOutcome(
+                time.time(), False, message=exc.render(), issues=exc.issues
+            )
             raise
         except APIError as exc:
             self.last_reload = ReloadOutcome(time.time(), False, message=exc.message)
@@ -179,17 +214,20 @@ class Registry:
         changed ones restart once their in-flight requests finish, removed ones stop then."""
         async with self._reload_lock:
             if self._closing:
-                raise APIError(503, "modelberth is shutting down.", type="server_error",
-                               code="shutting_down")
+                raise APIError(
+                    503, "modelberth is shutting down.", type="server_error", code="shutting_down"
+                )
             result = ReloadResult()
             old_server = self.config.server
             if (config.server.host, config.server.port) != (old_server.host, old_server.port):
                 result.warnings.append("server.host/port changes need a restart")
-            fixed = [key for key in _FIXED_AT_START
-                     if getattr(config.server, key) != getattr(old_server, key)]
+            fixed = [
+                key
+                for key in _FIXED_AT_START
+                if getattr(config.server, key) != getattr(old_server, key)
+            ]
             if fixed:
-                result.warnings.append(
-                    f"server.{', server.'.join(fixed)} changes need a restart")
+                result.warnings.append(f"server.{', server.'.join(fixed)} changes need a restart")
             for section in ("docker", "swarm"):  # the runtimes took them at start
                 if getattr(config, section) != getattr(self.config, section):
                     result.warnings.append(f"{section} changes need a restart")
@@ -241,10 +279,14 @@ class Registry:
         its next start with (measured or learned peaks first, then config, then estimate)."""
         memory, vram = self.scheduler.estimates(model)
         plan = self.scheduler.need(model)
-        return {**model.status(), "estimate_memory_bytes": memory,
-                "estimate_vram_bytes": vram, "plan_memory_bytes": plan.memory,
-                "plan_vram_bytes": plan.vram if plan.on_gpu else None,
-                "start_seconds": list(model.start_seconds)}
+        return {
+            **model.status(),
+            "estimate_memory_bytes": memory,
+            "estimate_vram_bytes": vram,
+            "plan_memory_bytes": plan.memory,
+            "plan_vram_bytes": plan.vram if plan.on_gpu else None,
+            "start_seconds": list(model.start_seconds),
+        }
 
     async def resources(self) -> dict[str, Any]:
         """Host RAM and CPU, every GPU, each model's RAM/VRAM, measured and estimated, and
@@ -261,16 +303,21 @@ class Registry:
         counted = {m: self.scheduler.cost(m) for m in self.scheduler.admitted()}
         for name in sorted(self.runtimes_in_use()):
             for node in await self.runtimes[name].nodes() or ():
-                here = {m: c for m, c in counted.items()
-                        if c.node == node.id and m.spec.runtime == name}
-                report.append({
-                    **node.as_dict(),
-                    "models": sorted(m.name for m in here),
-                    "model_memory_bytes": {m.name: c.memory or 0 for m, c in here.items()},
-                    "counted_memory_bytes": sum(c.memory or 0 for c in here.values()),
-                    "counted_vram_bytes": {str(gpu): sum(c.vram.get(gpu) or 0
-                                                         for c in here.values())
-                                           for gpu in sorted(node.vram)}})
+                here = {
+                    m: c for m, c in counted.items() if c.node == node.id and m.spec.runtime == name
+                }
+                report.append(
+                    {
+                        **node.as_dict(),
+                        "models": sorted(m.name for m in here),
+                        "model_memory_bytes": {m.name: c.memory or 0 for m, c in here.items()},
+                        "counted_memory_bytes": sum(c.memory or 0 for c in here.values()),
+                        "counted_vram_bytes": {
+                            str(gpu): sum(c.vram.get(gpu) or 0 for c in here.values())
+                            for gpu in sorted(node.vram)
+                        },
+                    }
+                )
         return report
 
     def runtimes_in_use(self) -> set[str]:
@@ -312,7 +359,6 @@ def _log_event(event: StateEvent) -> None:
     log = logger.bind(model=event.model)
     text = "{} -> {} ({})"
     if event.new is ModelState.FAILED:
-        log.error(text + "\n{}", event.old, event.new, event.reason,
-                  event.detail.get("error", ""))
+        log.error(text + "\n{}", event.old, event.new, event.reason, event.detail.get("error", ""))
     else:
         log.info(text, event.old, event.new, event.reason)

@@ -39,8 +39,9 @@ class Snapshot:
 
 def read_host() -> HostReading:
     memory = psutil.virtual_memory()
-    return HostReading(int(memory.total), int(memory.available),
-                       float(psutil.cpu_percent(interval=None)))
+    return HostReading(
+        int(memory.total), int(memory.available), float(psutil.cpu_percent(interval=None))
+    )
 
 
 def process_tree(pids: Iterable[int]) -> set[int]:
@@ -63,8 +64,12 @@ class Monitor:
     """Owns the latest readings; writes each model's usage through Model.record_usage and
     remembers its peaks in the learned footprints, saved after each sample."""
 
-    def __init__(self, config: ResourcesConfig, nvml: Nvml | None = None,
-                 learned: LearnedFootprints | None = None) -> None:
+    def __init__(
+        self,
+        config: ResourcesConfig,
+        nvml: Nvml | None = None,
+        learned: LearnedFootprints | None = None,
+    ) -> None:
         self.config = config
         self.learned = learned or LearnedFootprints(None)
         self.nvml = nvml or Nvml()
@@ -104,14 +109,20 @@ class Monitor:
 
     def _remember(self, models: Iterable[Model]) -> None:
         for model in models:
-            self.learned.remember(model.name, model.spec.config_hash(), model.peak_memory_bytes,
-                                  model.peak_vram_bytes, tuple(model.start_seconds))
+            self.learned.remember(
+                model.name,
+                model.spec.config_hash(),
+                model.peak_memory_bytes,
+                model.peak_vram_bytes,
+                tuple(model.start_seconds),
+            )
 
     def _read_machine(self) -> Snapshot:
         return Snapshot(read_host(), self.nvml.read())
 
-    def _read_all(self, running: list[tuple[Model, Upstream]]) -> tuple[
-            Snapshot, dict[str, tuple[int | None, int | None]]]:
+    def _read_all(
+        self, running: list[tuple[Model, Upstream]]
+    ) -> tuple[Snapshot, dict[str, tuple[int | None, int | None]]]:
         snapshot = self._read_machine()
         usage: dict[str, tuple[int | None, int | None]] = {}
         ours = {gpu.index: 0 for gpu in snapshot.gpus}
@@ -125,8 +136,9 @@ class Monitor:
                 ours[gpu.index] += used
                 vram += used
             usage[model.name] = (memory, vram or None)
-        snapshot.foreign_vram = {gpu.index: max(gpu.memory_used_bytes - ours[gpu.index], 0)
-                                 for gpu in snapshot.gpus}
+        snapshot.foreign_vram = {
+            gpu.index: max(gpu.memory_used_bytes - ours[gpu.index], 0) for gpu in snapshot.gpus
+        }
         return snapshot, usage
 
     # --- budgets -----------------------------------------------------------------------
@@ -140,8 +152,7 @@ class Monitor:
         if isinstance(self.config.gpus, list):
             return {gpu.index: gpu.vram_budget_mb * MB for gpu in self.config.gpus}
         margin = self.config.vram_margin_mb * MB
-        return {gpu.index: max(gpu.memory_total_bytes - margin, 0)
-                for gpu in self.snapshot.gpus}
+        return {gpu.index: max(gpu.memory_total_bytes - margin, 0) for gpu in self.snapshot.gpus}
 
     def vram_caps(self) -> dict[int, int]:
         """What models may use on each GPU: its budget, but never more than NVML says is
@@ -152,29 +163,46 @@ class Monitor:
             gpu = readings.get(index)
             if gpu is not None:
                 free = gpu.memory_total_bytes - self.snapshot.foreign_vram.get(
-                    index, gpu.memory_used_bytes)
+                    index, gpu.memory_used_bytes
+                )
                 caps[index] = max(min(budget, free), 0)
         return caps
 
-    def report(self, models: Iterable[Model], estimates: dict[str, tuple[int | None, int | None]]
-               ) -> dict[str, Any]:
+    def report(
+        self, models: Iterable[Model], estimates: dict[str, tuple[int | None, int | None]]
+    ) -> dict[str, Any]:
         host = self.snapshot.host
         return {
-            "host": {"memory_total_bytes": host.memory_total_bytes,
-                     "memory_available_bytes": host.memory_available_bytes,
-                     "cpu_percent": host.cpu_percent},
-            "gpus": [{"index": gpu.index, "name": gpu.name,
-                      "memory_total_bytes": gpu.memory_total_bytes,
-                      "memory_used_bytes": gpu.memory_used_bytes,
-                      "utilization_percent": gpu.utilization_percent}
-                     for gpu in self.snapshot.gpus],
-            "models": {model.name: {"state": model.state.value,
-                                    "memory_bytes": model.memory_bytes,
-                                    "vram_bytes": model.vram_bytes,
-                                    "estimate_memory_bytes": estimates[model.name][0],
-                                    "estimate_vram_bytes": estimates[model.name][1]}
-                       for model in models},
-            "budgets": {"memory_bytes": self.memory_budget(),
-                        "gpus": [{"index": index, "vram_bytes": budget}
-                                 for index, budget in sorted(self.vram_budgets().items())]},
+            "host": {
+                "memory_total_bytes": host.memory_total_bytes,
+                "memory_available_bytes": host.memory_available_bytes,
+                "cpu_percent": host.cpu_percent,
+            },
+            "gpus": [
+                {
+                    "index": gpu.index,
+                    "name": gpu.name,
+                    "memory_total_bytes": gpu.memory_total_bytes,
+                    "memory_used_bytes": gpu.memory_used_bytes,
+                    "utilization_percent": gpu.utilization_percent,
+                }
+                for gpu in self.snapshot.gpus
+            ],
+            "models": {
+                model.name: {
+                    "state": model.state.value,
+                    "memory_bytes": model.memory_bytes,
+                    "vram_bytes": model.vram_bytes,
+                    "estimate_memory_bytes": estimates[model.name][0],
+                    "estimate_vram_bytes": estimates[model.name][1],
+                }
+                for model in models
+            },
+            "budgets": {
+                "memory_bytes": self.memory_budget(),
+                "gpus": [
+                    {"index": index, "vram_bytes": budget}
+                    for index, budget in sorted(self.vram_budgets().items())
+                ],
+            },
         }

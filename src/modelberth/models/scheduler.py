@@ -77,8 +77,13 @@ class _Admitted:
 
 
 class Scheduler:
-    def __init__(self, monitor: Monitor, models: Callable[[], Iterable[Model]],
-                 events: EventBus, nodes_of: NodesOf = _this_machine) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        models: Callable[[], Iterable[Model]],
+        events: EventBus,
+        nodes_of: NodesOf = _this_machine,
+    ) -> None:
         self.monitor = monitor
         self.events = events
         self._models = models
@@ -126,11 +131,13 @@ class Scheduler:
         estimate = estimate_spec(spec, self.monitor.config.estimate_overhead_mb)
         measured_memory = _larger(model.peak_memory_bytes, _mb(spec.memory_mb))
         if not spec.uses_gpu:
-            return Need(measured_memory or (estimate.total_bytes if estimate else None),
-                        None, on_gpu=False)
+            return Need(
+                measured_memory or (estimate.total_bytes if estimate else None), None, on_gpu=False
+            )
         # On a GPU, RAM is what was measured or configured; the estimate goes to VRAM.
         vram = _larger(model.peak_vram_bytes, _mb(spec.vram_mb)) or (
-            estimate.total_bytes if estimate else None)
+            estimate.total_bytes if estimate else None
+        )
         return Need(measured_memory or 0, vram, on_gpu=True)
 
     def cost(self, model: Model) -> Cost:
@@ -200,14 +207,20 @@ class Scheduler:
                     if plan is not None:
                         self._admitted[model] = _Admitted(plan.gpus, plan.spot.node)
                 if plan is not None:
-                    exact = model.spec.gpu_count or isinstance(model.spec.gpus, tuple) or (
-                        nodes is not None and model.spec.gpus == "all")
+                    exact = (
+                        model.spec.gpu_count
+                        or isinstance(model.spec.gpus, tuple)
+                        or (nodes is not None and model.spec.gpus == "all")
+                    )
                     node = next((n for n in nodes or () if n.id == plan.spot.node), None)
                     return Placement(plan.gpus if exact and plan.gpus else None, node)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise StartFailed(model.name, "no room within start_timeout: "
-                                      + self._blockers(model), retry_after=5)
+                    raise StartFailed(
+                        model.name,
+                        "no room within start_timeout: " + self._blockers(model),
+                        retry_after=5,
+                    )
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)
                 except TimeoutError:
@@ -216,21 +229,24 @@ class Scheduler:
             self._waiting.pop(model, None)
             self._notify()  # the next start in line may go now
 
-    def _placements(self, model: Model, waking: bool,
-                    nodes: list[Node] | None) -> list[Spot]:
+    def _placements(self, model: Model, waking: bool, nodes: list[Node] | None) -> list[Spot]:
         if waking:  # a sleeping upstream cannot move
             admitted = self._admitted[model]
             return [Spot(admitted.node, admitted.gpus)]
         spec = model.spec
         if nodes is None:
             fixed = self._all_gpus(model) if spec.gpus else None
-            return [Spot(LOCAL, gpus) for gpus in
-                    candidates(fixed, spec.gpu_count, self.monitor.vram_budgets())]
+            return [
+                Spot(LOCAL, gpus)
+                for gpus in candidates(fixed, spec.gpu_count, self.monitor.vram_budgets())
+            ]
         spots: list[Spot] = []
         for node in eligible(spec, nodes):
             fixed = gpus_on(spec, node) if spec.gpus else None
-            spots += [Spot(node.id, gpus, node.name)
-                      for gpus in candidates(fixed, spec.gpu_count, node.vram)]
+            spots += [
+                Spot(node.id, gpus, node.name)
+                for gpus in candidates(fixed, spec.gpu_count, node.vram)
+            ]
         return spots
 
     def _room(self, nodes: list[Node] | None) -> Room:
@@ -238,8 +254,9 @@ class Scheduler:
             return {LOCAL: Budgets(self._memory_budget(), self.monitor.vram_caps())}
         return {node.id: Budgets(node.memory, node.vram) for node in nodes if node.ready}
 
-    async def _try_admit(self, model: Model, waking: bool,
-                         nodes: list[Node] | None) -> Plan[Model] | None:
+    async def _try_admit(
+        self, model: Model, waking: bool, nodes: list[Node] | None
+    ) -> Plan[Model] | None:
         need = self.need(model)
         placements = self._placements(model, waking, nodes)
         room = self._room(nodes)
@@ -248,12 +265,16 @@ class Scheduler:
             return None  # an earlier or higher-priority start waits for room first
         others = self._others(model)
         held = {m: self.cost(m) for m in others}
-        plan = choose(need, placements, held, self._victims(others, held), room,
-                      self.monitor.config.placement)
+        plan = choose(
+            need, placements, held, self._victims(others, held), room, self.monitor.config.placement
+        )
         log = logger.bind(model=model.name)
-        log.debug("admission: needs {}; running {}; plan {}", _describe(need),
-                  {m.name: c.describe() for m, c in held.items()},
-                  None if plan is None else plan.why)
+        log.debug(
+            "admission: needs {}; running {}; plan {}",
+            _describe(need),
+            {m.name: c.describe() for m, c in held.items()},
+            None if plan is None else plan.why,
+        )
         if plan is None:
             log.info("waiting for room ({}); busy: {}", _describe(need), self._blockers(model))
             return None
@@ -268,8 +289,14 @@ class Scheduler:
 
     def _victims(self, others: list[Model], held: dict[Model, Cost]) -> list[Victim[Model]]:
         """Every way to make room, in the order they are taken."""
-        idle = [m for m in others if m.in_flight == 0 and m.waiting == 0 and not m.spec.pinned
-                and m.state in (ModelState.READY, ModelState.SLEEPING)]
+        idle = [
+            m
+            for m in others
+            if m.in_flight == 0
+            and m.waiting == 0
+            and not m.spec.pinned
+            and m.state in (ModelState.READY, ModelState.SLEEPING)
+        ]
         floor = min((m.spec.priority for m in idle), default=0)
         options: list[tuple[tuple[int, float, int], Victim[Model]]] = []
         for m in idle:
@@ -279,50 +306,75 @@ class Scheduler:
             weight = (m.spec.priority - floor + 1) * 1000 + score
             if m.state is ModelState.READY and m.spec.sleep_level:
                 gpus, node = self._placed(m)
-                options.append(((m.spec.priority, score, 0), Victim(
-                    m, m.name, held[m], self._asleep(m, gpus, node), score, weight, "sleep")))
-            options.append(((m.spec.priority, score, 1),
-                            Victim(m, m.name, held[m], NOTHING, score, weight)))
+                options.append(
+                    (
+                        (m.spec.priority, score, 0),
+                        Victim(
+                            m, m.name, held[m], self._asleep(m, gpus, node), score, weight, "sleep"
+                        ),
+                    )
+                )
+            options.append(
+                ((m.spec.priority, score, 1), Victim(m, m.name, held[m], NOTHING, score, weight))
+            )
         return [victim for _, victim in sorted(options, key=lambda o: o[0])]
 
     async def _evict(self, model: Model, need: Need, plan: Plan[Model]) -> None:
         for victim in plan.victims:
             self.evictions += 1
             m = victim.key
-            self.events.notify("eviction", victim.name, for_model=model.name,
-                               freed=victim.holds.describe(), needed=_describe(need),
-                               action=victim.action, score=round(victim.score, 3),
-                               gpus=list(plan.gpus))
+            self.events.notify(
+                "eviction",
+                victim.name,
+                for_model=model.name,
+                freed=victim.holds.describe(),
+                needed=_describe(need),
+                action=victim.action,
+                score=round(victim.score, 3),
+                gpus=list(plan.gpus),
+            )
             logger.bind(model=victim.name).warning(
                 "evicting {} ({}; priority {}, score {:.2f} = reload {:.1f}s / (1 + idle {:.0f}s"
-                " / 60); {}) to make room for {} ({}) on {}", victim.name,
-                "to sleep" if victim.action == "sleep" else "stop", m.spec.priority,
-                victim.score, statistics.median(m.start_seconds) if m.start_seconds
-                else UNMEASURED_START_SECONDS, m.idle_seconds(), victim.holds.describe(),
-                model.name, _describe(need), plan.why)
+                " / 60); {}) to make room for {} ({}) on {}",
+                victim.name,
+                "to sleep" if victim.action == "sleep" else "stop",
+                m.spec.priority,
+                victim.score,
+                statistics.median(m.start_seconds) if m.start_seconds else UNMEASURED_START_SECONDS,
+                m.idle_seconds(),
+                victim.holds.describe(),
+                model.name,
+                _describe(need),
+                plan.why,
+            )
         reason = f"evicted for {model.name}"
-        await asyncio.gather(*(
-            _sleep_or_stop(v.key, v.action, reason) for v in plan.victims))
+        await asyncio.gather(*(_sleep_or_stop(v.key, v.action, reason) for v in plan.victims))
 
-    def _check_fits_somewhere(self, model: Model, need: Need, placements: list[Spot],
-                              nodes: list[Node] | None) -> None:
+    def _check_fits_somewhere(
+        self, model: Model, need: Need, placements: list[Spot], nodes: list[Node] | None
+    ) -> None:
         """Fail at once if no placement can fit even with every evictable model gone."""
         spec = model.spec
         if nodes is not None and not placements:
             raise StartFailed(model.name, why_no_node(spec, nodes), retry_after=5)
         budgets = self.monitor.vram_budgets() if nodes is None else {}
         if nodes is None and spec.gpu_count > len(budgets):
-            raise StartFailed(model.name, f"needs {spec.gpu_count} GPUs but found "
-                              f"{len(budgets) or 'no GPUs'}")
+            raise StartFailed(
+                model.name, f"needs {spec.gpu_count} GPUs but found {len(budgets) or 'no GPUs'}"
+            )
         for gpu in (gpu for spot in placements if nodes is None for gpu in spot.gpus):
             if gpu not in budgets:
-                raise StartFailed(model.name, f"GPU {gpu} does not exist (found: "
-                                  f"{sorted(budgets) or 'no GPUs'})")
+                raise StartFailed(
+                    model.name, f"GPU {gpu} does not exist (found: {sorted(budgets) or 'no GPUs'})"
+                )
         pinned = [m for m in self._others(model) if m.spec.pinned]
         beside = f" beside pinned {', '.join(m.name for m in pinned)}" if pinned else ""
         held = [self.cost(m) for m in pinned]
-        room = self._room(nodes) if nodes is not None else {
-            LOCAL: Budgets(self._memory_budget(), budgets)}
+        room = (
+            self._room(nodes)
+            if nodes is not None
+            else {LOCAL: Budgets(self._memory_budget(), budgets)}
+        )
         if any(not lacking(need.cost_at(spot), held, room) for spot in placements):
             return
         spot = placements[0]
@@ -333,28 +385,40 @@ class Scheduler:
         if "RAM" in short:
             left = budget.memory or 0
             left -= sum(c.memory or 0 for c in held if c.node == spot.node)
-            raise StartFailed(model.name, f"needs {mib(need.memory)} of RAM but the memory "
-                              f"budget{on} leaves {mib(left)}{beside}{anywhere}: it can never "
-                              "fit")
+            raise StartFailed(
+                model.name,
+                f"needs {mib(need.memory)} of RAM but the memory "
+                f"budget{on} leaves {mib(left)}{beside}{anywhere}: it can never "
+                "fit",
+            )
         share = need.cost_at(spot).vram
         gpu = min(g for g in short if isinstance(g, int))
-        left = budget.vram.get(gpu, 0) - sum(c.vram.get(gpu) or 0 for c in held
-                                             if c.node == spot.node)
+        left = budget.vram.get(gpu, 0) - sum(
+            c.vram.get(gpu) or 0 for c in held if c.node == spot.node
+        )
         where = f"GPU {gpu}" if len(placements) == 1 else f"any GPU (e.g. GPU {gpu})"
-        raise StartFailed(model.name, f"needs {mib(share[gpu])} on {where}{on} but its budget "
-                          f"leaves {mib(left)}{beside}{anywhere}: it can never fit")
+        raise StartFailed(
+            model.name,
+            f"needs {mib(share[gpu])} on {where}{on} but its budget "
+            f"leaves {mib(left)}{beside}{anywhere}: it can never fit",
+        )
 
     def _memory_budget(self) -> int | None:
         # RAM is budgeted only if asked: the host's own total is not a plan.
-        return self.monitor.memory_budget() \
-            if self.monitor.config.memory_budget_mb is not None else None
+        return (
+            self.monitor.memory_budget()
+            if self.monitor.config.memory_budget_mb is not None
+            else None
+        )
 
     def _others(self, model: Model) -> list[Model]:
         return [m for m in self._models() if m is not model and m in self._admitted]
 
     def _blockers(self, model: Model) -> str:
-        busy = [f"{m.name} ({m.in_flight} in flight{', pinned' if m.spec.pinned else ''})"
-                for m in self._others(model)]
+        busy = [
+            f"{m.name} ({m.in_flight} in flight{', pinned' if m.spec.pinned else ''})"
+            for m in self._others(model)
+        ]
         return ", ".join(busy) or "nothing"
 
 

@@ -68,8 +68,9 @@ class SleepCallFailed(Exception):
 class SleepMode:
     __slots__ = ("_http", "_lifecycle", "_requests", "_task", "_tracer", "sleeps", "wakes")
 
-    def __init__(self, lifecycle: Lifecycle, http: aiohttp.ClientSession,
-                 requests: Admission, tracer: Tracer) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, http: aiohttp.ClientSession, requests: Admission, tracer: Tracer
+    ) -> None:
         self._lifecycle = lifecycle
         self._http = http
         self._requests = requests  # the Model's: only an idle model sleeps
@@ -90,8 +91,13 @@ class SleepMode:
         if task is None:
             if lc.state is S.SLEEPING:
                 return True
-            if lc.spec.sleep_level is None or lc.state is not S.READY or lc.retiring \
-                    or requests.in_flight or requests.waiting:
+            if (
+                lc.spec.sleep_level is None
+                or lc.state is not S.READY
+                or lc.retiring
+                or requests.in_flight
+                or requests.waiting
+            ):
                 return False
             lc._transition(S.READY, S.SLEEPING, reason, level=lc.spec.sleep_level)
             task = self._own(self._fall_asleep())
@@ -140,8 +146,11 @@ class SleepMode:
         upstream, spec = lc.upstream, lc.spec
         with self._span("modelberth.model.sleep") as span:
             try:
-                await self._call("POST", f"/sleep?level={spec.sleep_level}",
-                                 max(spec.stop_timeout, _MIN_SLEEP_TIMEOUT))
+                await self._call(
+                    "POST",
+                    f"/sleep?level={spec.sleep_level}",
+                    max(spec.stop_timeout, _MIN_SLEEP_TIMEOUT),
+                )
             except SleepCallFailed as exc:
                 self._give_up(span, upstream, f"sleep failed: {exc}")
                 return False
@@ -214,8 +223,9 @@ class SleepMode:
         """One call to the upstream: the text of its 200 answer, or SleepCallFailed."""
         url = self._lifecycle.base_url + path
         try:
-            async with self._http.request(method, url, json=body,
-                                          timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            async with self._http.request(
+                method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
                 text = (await resp.read()).decode(errors="replace")
         except TimeoutError:
             raise SleepCallFailed(f"{method} {path}: no answer within {timeout:.3g}s") from None
@@ -228,7 +238,8 @@ class SleepMode:
     @contextlib.contextmanager
     def _span(self, name: str) -> Iterator[Span]:
         with self._tracer.start_as_current_span(
-                name, attributes={"modelberth.model": self._lifecycle.name}) as span:
+            name, attributes={"modelberth.model": self._lifecycle.name}
+        ) as span:
             yield span
 
 

@@ -51,17 +51,21 @@ class InvalidTransition(RuntimeError):
     """A transition not in the table, or from a state the model is no longer in."""
 
 
-def check_transition(name: str, current: ModelState,
-                     expected: ModelState | frozenset[ModelState], new: ModelState,
-                     reason: str) -> None:
+def check_transition(
+    name: str,
+    current: ModelState,
+    expected: ModelState | frozenset[ModelState],
+    new: ModelState,
+    reason: str,
+) -> None:
     """Compare and set, the comparing half: `current` must be what the caller expected
     (so a change decided on a stale view of the state fails loudly instead of applying) and
     the table must allow `current -> new`."""
-    stale = current is not expected if isinstance(expected, ModelState) \
-        else current not in expected
+    stale = current is not expected if isinstance(expected, ModelState) else current not in expected
     if stale:
-        raise InvalidTransition(f"{name}: expected {expected}, found {current} "
-                                f"(-> {new}, {reason})")
+        raise InvalidTransition(
+            f"{name}: expected {expected}, found {current} (-> {new}, {reason})"
+        )
     if new not in TRANSITIONS[current]:
         raise InvalidTransition(f"{name}: {current} -> {new} is not allowed ({reason})")
 
@@ -110,10 +114,12 @@ class ModelRetired(APIError):
 
     def __init__(self, model: str, reason: RetireReason) -> None:
         if reason is RetireReason.REMOVED:
-            super().__init__(404, f"Model '{model}' was removed from the config.",
-                             code="model_not_found")
+            super().__init__(
+                404, f"Model '{model}' was removed from the config.", code="model_not_found"
+            )
         else:
-            super().__init__(503, "modelberth is shutting down.", type="server_error",
-                             code="shutting_down")
+            super().__init__(
+                503, "modelberth is shutting down.", type="server_error", code="shutting_down"
+            )
         self.model = model
         self.reason = reason

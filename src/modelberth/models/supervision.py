@@ -25,9 +25,15 @@ from modelberth.runtimes.base import ExitStatus, Upstream
 class Supervision:
     __slots__ = ("_on_exit", "_probe", "_timeouts", "_watch")
 
-    def __init__(self, name: str, events: EventBus, http: aiohttp.ClientSession,
-                 busy: Callable[[], bool], on_exit: Callable[[Upstream, ExitStatus], None],
-                 on_wedged: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        events: EventBus,
+        http: aiohttp.ClientSession,
+        busy: Callable[[], bool],
+        on_exit: Callable[[Upstream, ExitStatus], None],
+        on_wedged: Callable[[str], None],
+    ) -> None:
         self._probe = GenerationProbe(name, events, http, busy, on_wedged)
         self._on_exit = on_exit
         self._timeouts = 0  # upstream timeouts in a row

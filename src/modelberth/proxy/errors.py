@@ -12,8 +12,11 @@ from modelberth.upstream_client import UpstreamTimeout
 
 
 def too_large(limit: int) -> APIError:
-    return APIError(413, f"Request body is larger than the limit of {limit} bytes "
-                    "(server.max_body_mb).", code="request_too_large")
+    return APIError(
+        413,
+        f"Request body is larger than the limit of {limit} bytes (server.max_body_mb).",
+        code="request_too_large",
+    )
 
 
 def upstream_error(model: Model, exc: BaseException, mid_stream: bool = False) -> APIError:
@@ -21,14 +24,22 @@ def upstream_error(model: Model, exc: BaseException, mid_stream: bool = False) -
     detail = str(exc) or type(exc).__name__
     if model.last_error:
         detail += f"; {model.last_error.splitlines()[0]}"
-    return APIError(502, f"Upstream for model '{model.name}' failed {when}: {detail}",
-                    type="server_error", code="upstream_error")
+    return APIError(
+        502,
+        f"Upstream for model '{model.name}' failed {when}: {detail}",
+        type="server_error",
+        code="upstream_error",
+    )
 
 
 def timeout_error(model: Model, exc: UpstreamTimeout, mid_stream: bool = False) -> APIError:
     when = "during the response" if mid_stream else "before answering"
-    return APIError(504, f"Upstream for model '{model.name}' timed out {when}: {exc}",
-                    type="server_error", code="upstream_timeout")
+    return APIError(
+        504,
+        f"Upstream for model '{model.name}' timed out {when}: {exc}",
+        type="server_error",
+        code="upstream_timeout",
+    )
 
 
 def failure(model: Model, exc: BaseException, mid_stream: bool = False) -> APIError:

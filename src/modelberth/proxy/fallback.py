@@ -75,19 +75,26 @@ class Sent:
         translation = reply.dialect.translate(model.spec, self.path, self.body, self.requested)
         if translation is None:
             return Prepared(self.target, self.headers(), self.body, self.streaming, None)
-        return Prepared(translation.target, self.headers(), translation.body,
-                        translation.streaming, translation)
+        return Prepared(
+            translation.target, self.headers(), translation.body, translation.streaming, translation
+        )
 
 
 Attempt = Callable[["Model", Prepared], Awaitable[None]]
 
 
-async def with_fallbacks(model: Model, first: Prepared, sent: Sent, registry: Registry,
-                         reply: Reply, obs: RequestObservation, attempt: Attempt) -> None:
+async def with_fallbacks(
+    model: Model,
+    first: Prepared,
+    sent: Sent,
+    registry: Registry,
+    reply: Reply,
+    obs: RequestObservation,
+    attempt: Attempt,
+) -> None:
     """`attempt` with the model, then with each of its fallbacks while one fails before
     the answer began (FallBack); the last one answers whatever happens."""
-    chain = [model, *(m for name in model.spec.fallbacks
-                      if (m := registry.get(name)) is not None)]
+    chain = [model, *(m for name in model.spec.fallbacks if (m := registry.get(name)) is not None)]
     prepared = first
     for index, candidate in enumerate(chain):
         if index:

@@ -27,11 +27,21 @@ _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 # RFC 9110 §7.6.1, plus Proxy-Connection (pre-standard, still sent) and Trailers (as Go does).
 # "close" is a reserved field name (RFC 9110 §18.4): dropped always, so that the common
 # `Connection: close` needs no second pass to remove a header named after it.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
-    b"proxy-connection", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
-    b"close",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"close",
+    }
+)
 # Never forwarded either: modelberth answers 100-continue itself, the upstream client sets
 # its own Host and Content-Length, and the API key is for modelberth, not for the upstream.
 _NOT_FORWARDED = HOP_BY_HOP | {b"expect", b"host", b"content-length"} | frozenset(AUTH_HEADERS)
@@ -82,8 +92,9 @@ class Forwarding:
         """Whether `peer` (the connection's remote address) is a trusted proxy."""
         return self._peer(peer)[0]
 
-    def request_headers(self, headers: Iterable[tuple[bytes, bytes]], peer: str | None,
-                        scheme: str) -> Headers:
+    def request_headers(
+        self, headers: Iterable[tuple[bytes, bytes]], peer: str | None, scheme: str
+    ) -> Headers:
         """The headers to send upstream for a request that came from `peer` over `scheme`:
         hop-by-hop and auth headers removed, the forwarding headers set by the trust rule.
         Other headers keep their order; X-Forwarded-For, -Proto and -Host come last.
@@ -145,9 +156,11 @@ class Forwarding:
         if named:  # rare: Connection names more than keep-alive, close, upgrade...
             _remove(out, named - drop)
             if trusted:  # a forwarding header named in Connection is hop-by-hop too
-                xff, proto, fhost = (None if _XFF in named else xff,
-                                     None if _XFP in named else proto,
-                                     None if _XFH in named else fhost)
+                xff, proto, fhost = (
+                    None if _XFF in named else xff,
+                    None if _XFP in named else proto,
+                    None if _XFH in named else fhost,
+                )
         if forwarded_for is not None:
             append(forwarded_for if xff is None else (_XFF, xff + b", " + forwarded_for[1]))
         if proto:
@@ -160,8 +173,9 @@ class Forwarding:
         return out
 
     @staticmethod
-    def answer_head(status: int, headers: Iterable[tuple[bytes, bytes]]
-                    ) -> tuple[Headers, bool, int | None]:
+    def answer_head(
+        status: int, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[Headers, bool, int | None]:
         """In one pass over an answer's headers: those to relay (without its hop-by-hop
         ones, those a Connection header names included, its Date, which the server sets,
         and its Content-Length, which whoever frames the answer sets again), whether it is
@@ -198,8 +212,9 @@ class Forwarding:
             _remove(out, named)
         return out, is_sse, length
 
-    def client_address(self, headers: Iterable[tuple[bytes, bytes]],
-                       peer: str | None) -> str | None:
+    def client_address(
+        self, headers: Iterable[tuple[bytes, bytes]], peer: str | None
+    ) -> str | None:
         """The real client's address, for logs: the peer, or, when the peer is a trusted
         proxy, the right-most address in X-Forwarded-For that is not a trusted proxy (walking
         from the right over trusted hops; the left-most if all are trusted). An entry that is
@@ -265,8 +280,7 @@ class Forwarding:
     def _trusts_ip(self, ip: _IP) -> bool:
         if isinstance(ip, ipaddress.IPv6Address):
             if ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 from a dual-stack socket
-                return (any(ip.ipv4_mapped in n for n in self._v4)
-                        or any(ip in n for n in self._v6))
+                return any(ip.ipv4_mapped in n for n in self._v4) or any(ip in n for n in self._v6)
             return any(ip in n for n in self._v6)
         return any(ip in n for n in self._v4)
 

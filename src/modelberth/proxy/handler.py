@@ -41,14 +41,23 @@ from modelberth.upstream_client import (
     UpstreamUnreachable,
 )
 
-_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 _WHOLE = 64 * 1024  # non-SSE answers of known length up to this size are relayed in one piece
 
 
 class Proxy:
-    def __init__(self, registry: Registry, upstream: UpstreamClient, telemetry: Telemetry,
-                 metrics: Metrics, activity: Activity) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        upstream: UpstreamClient,
+        telemetry: Telemetry,
+        metrics: Metrics,
+        activity: Activity,
+    ) -> None:
         self.registry = registry
         self.upstream = upstream
         self.telemetry = telemetry
@@ -101,33 +110,54 @@ class Proxy:
             untranslated = (target, body, streaming)
             if await answer_at_once(model, reply, obs, translation):
                 return  # nothing for the model to do (Ollama's unload)
-            body, target, streaming = translation.body, translation.target, \
-                translation.streaming
+            body, target, streaming = translation.body, translation.target, translation.streaming
         forwarding = self.forwarding(server.trusted_proxies)
-        headers = forwarding.request_headers(scope["headers"], _peer(scope),
-                                             scope.get("scheme", "http"))
+        headers = forwarding.request_headers(
+            scope["headers"], _peer(scope), scope.get("scheme", "http")
+        )
         keepalive = server.stream_keepalive
         # The client going away cancels the work done for it (the wait for the model, the
         # upstream call), which closes the upstream's connection.
         reply.watch_disconnect()
         try:
             if not model.spec.fallbacks:
-                await self._admit_and_forward(model, reply, target, headers, body, obs,
-                                              streaming, keepalive, translation)
+                await self._admit_and_forward(
+                    model, reply, target, headers, body, obs, streaming, keepalive, translation
+                )
             else:
+
                 def attempt(candidate: Model, ready: Prepared) -> Awaitable[None]:
                     return self._admit_and_forward(
-                        candidate, reply, ready.target, ready.headers, ready.body, obs,
-                        ready.streaming, keepalive, ready.translation)
+                        candidate,
+                        reply,
+                        ready.target,
+                        ready.headers,
+                        ready.body,
+                        obs,
+                        ready.streaming,
+                        keepalive,
+                        ready.translation,
+                    )
 
                 def fresh_headers() -> Headers:
-                    return forwarding.request_headers(scope["headers"], _peer(scope),
-                                                      scope.get("scheme", "http"))
+                    return forwarding.request_headers(
+                        scope["headers"], _peer(scope), scope.get("scheme", "http")
+                    )
 
                 await with_fallbacks(
-                    model, Prepared(target, headers, body, streaming, translation),
-                    Sent(scope["path"], *(untranslated or (target, body, streaming)), name,
-                         fresh_headers), self.registry, reply, obs, attempt)
+                    model,
+                    Prepared(target, headers, body, streaming, translation),
+                    Sent(
+                        scope["path"],
+                        *(untranslated or (target, body, streaming)),
+                        name,
+                        fresh_headers,
+                    ),
+                    self.registry,
+                    reply,
+                    obs,
+                    attempt,
+                )
         except asyncio.CancelledError:
             if not reply.disconnected:
                 raise
@@ -137,10 +167,18 @@ class Proxy:
         finally:
             reply.unwatch_disconnect()
 
-    async def _admit_and_forward(self, model: Model, reply: Reply, target: str,
-                                 headers: Headers, body: bytes, obs: RequestObservation,
-                                 streaming: bool, keepalive: float,
-                                 translation: Translation | None) -> None:
+    async def _admit_and_forward(
+        self,
+        model: Model,
+        reply: Reply,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        obs: RequestObservation,
+        streaming: bool,
+        keepalive: float,
+        translation: Translation | None,
+    ) -> None:
         try:
             if model.try_enter():  # ready and free: the common case, without a wait
                 obs.queued(time.perf_counter(), cold=False)
@@ -153,8 +191,7 @@ class Proxy:
             return
         try:
             try:
-                await self._relay(model, reply, target, headers, body, obs, translation,
-                                  retry=True)
+                await self._relay(model, reply, target, headers, body, obs, translation, retry=True)
             except _Refused as refused:
                 if reply.fallback and not reply.early:  # now, rather than after a restart
                     raise FallBack(refused.error) from None
@@ -170,8 +207,9 @@ class Proxy:
         finally:
             model.release()
 
-    async def _admit(self, model: Model, obs: RequestObservation, reply: Reply,
-                     keepalive: float) -> None:
+    async def _admit(
+        self, model: Model, obs: RequestObservation, reply: Reply, keepalive: float
+    ) -> None:
         """Wait for the model (start, room, concurrency). With keepalive, a streaming client
         gets its SSE headers and a comment line every `keepalive` seconds while it loads."""
         began = time.perf_counter()
@@ -182,16 +220,18 @@ class Proxy:
             if not keepalive or model.ready:
                 await model.acquire()
             else:
-                await self._acquire_with_keepalive(model, reply, keepalive, began,
-                                                   obs.requested)
+                await self._acquire_with_keepalive(model, reply, keepalive, began, obs.requested)
         obs.queued(began, cold)
 
     @staticmethod
-    async def _acquire_with_keepalive(model: Model, reply: Reply, keepalive: float,
-                                      began: float, requested: str) -> None:
+    async def _acquire_with_keepalive(
+        model: Model, reply: Reply, keepalive: float, began: float, requested: str
+    ) -> None:
         waiting = asyncio.ensure_future(model.acquire())
-        as_reasoning = model.spec.loading_status == "reasoning" \
+        as_reasoning = (
+            model.spec.loading_status == "reasoning"
             and reply.scope["path"] == "/v1/chat/completions"
+        )
         try:
             while not (await asyncio.wait({waiting}, timeout=keepalive))[0]:
                 if not reply.early:
@@ -204,8 +244,7 @@ class Proxy:
                 if as_reasoning:
                     await reply.chunk(_loading_delta(requested, model.name, elapsed, known))
                 else:
-                    await reply.chunk(
-                        f": loading {model.name} {elapsed:.1f}s{known}\n\n".encode())
+                    await reply.chunk(f": loading {model.name} {elapsed:.1f}s{known}\n\n".encode())
         except BaseException:
             # Called off (the client left): the acquire must not count itself in later.
             waiting.cancel()
@@ -216,9 +255,17 @@ class Proxy:
             raise
         waiting.result()
 
-    async def _relay(self, model: Model, reply: Reply, target: str, headers: Headers,
-                     body: bytes, obs: RequestObservation, translation: Translation | None,
-                     retry: bool = False) -> None:
+    async def _relay(
+        self,
+        model: Model,
+        reply: Reply,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        obs: RequestObservation,
+        translation: Translation | None,
+        retry: bool = False,
+    ) -> None:
         if translation is not None and not translation.target:  # nothing for the upstream
             await relay_local(model, reply, obs, translation)
             return
@@ -233,17 +280,28 @@ class Proxy:
                 if model.port is None:  # admitted models have a port; a stop since has not
                     raise UpstreamUnreachable("the upstream is not running")
                 resp = await self.upstream.request(
-                    scope["method"], model.host, model.port, target, headers, body,
-                    first_byte_timeout=spec.first_byte_timeout or None)
+                    scope["method"],
+                    model.host,
+                    model.port,
+                    target,
+                    headers,
+                    body,
+                    first_byte_timeout=spec.first_byte_timeout or None,
+                )
             else:  # runtime: remote (remote.py)
                 target = remote.target(target)
                 obs.upstream_headers(headers, model, target)
                 resp = await self.upstream.request(
-                    scope["method"], remote.host, remote.port, target,
+                    scope["method"],
+                    remote.host,
+                    remote.port,
+                    target,
                     remote_headers(remote, headers),
                     remote_body(remote, body, obs.requested, scope["path"]),
-                    spec.first_byte_timeout or None, tls=remote.tls,
-                    authority=remote.authority)
+                    spec.first_byte_timeout or None,
+                    tls=remote.tls,
+                    authority=remote.authority,
+                )
         except UpstreamError as exc:
             error = failure(model, exc)
             if retry and not exc.answered and not isinstance(exc, UpstreamTimeout):
@@ -255,10 +313,15 @@ class Proxy:
         try:
             if reply.fallback and resp.status >= 500 and not reply.early:
                 text = await _read_or_empty(resp, spec.stream_stall_timeout or None)
-                raise FallBack(APIError(
-                    resp.status, f"Upstream for model '{model.name}' answered {resp.status}: "
-                    f"{text.decode('utf-8', 'replace')[:500]}", type="server_error",
-                    code="upstream_error"))
+                raise FallBack(
+                    APIError(
+                        resp.status,
+                        f"Upstream for model '{model.name}' answered {resp.status}: "
+                        f"{text.decode('utf-8', 'replace')[:500]}",
+                        type="server_error",
+                        code="upstream_error",
+                    )
+                )
             if translation is None:
                 await self._relay_answer(model, reply, resp, obs)
             else:
@@ -266,20 +329,29 @@ class Proxy:
         finally:
             resp.release()
 
-    async def _relay_answer(self, model: Model, reply: Reply, resp: UpstreamResponse,
-                            obs: RequestObservation) -> None:
+    async def _relay_answer(
+        self, model: Model, reply: Reply, resp: UpstreamResponse, obs: RequestObservation
+    ) -> None:
         headers, is_sse, length = Forwarding.answer_head(resp.status, resp.headers)
         stall = model.spec.stream_stall_timeout or None
         if reply.early and resp.status != 200:
             text = (await _read_or_empty(resp, stall)).decode("utf-8", "replace")
-            error = APIError(resp.status, f"Upstream answered {resp.status}: {text}",
-                             type="server_error", code="upstream_error")
+            error = APIError(
+                resp.status,
+                f"Upstream answered {resp.status}: {text}",
+                type="server_error",
+                code="upstream_error",
+            )
             await answer_error(obs, reply, error, early=True)
             return
         renamed = _renames(model, reply, headers, is_sse)
         if not reply.early:  # else the SSE head went out while the model loaded
-            if not is_sse and length is not None and length <= _WHOLE \
-                    and reply.scope["method"] != "HEAD":
+            if (
+                not is_sse
+                and length is not None
+                and length <= _WHOLE
+                and reply.scope["method"] != "HEAD"
+            ):
                 await self._relay_whole(model, resp, reply, headers, obs, stall, renamed)
                 return
             if length is not None and (not renamed or reply.scope["method"] == "HEAD"):
@@ -312,9 +384,15 @@ class Proxy:
         obs.finish(resp.status, usage.result())
 
     @staticmethod
-    async def _relay_whole(model: Model, resp: UpstreamResponse, reply: Reply,
-                           headers: Headers, obs: RequestObservation,
-                           stall: float | None, renamed: bool) -> None:
+    async def _relay_whole(
+        model: Model,
+        resp: UpstreamResponse,
+        reply: Reply,
+        headers: Headers,
+        obs: RequestObservation,
+        stall: float | None,
+        renamed: bool,
+    ) -> None:
         """A small answer of known length, read whole and sent in one piece: nothing to
         stream, and if the upstream fails while sending it the client still gets a clean
         error (nothing has been sent yet)."""
@@ -340,8 +418,7 @@ class Proxy:
         obs.finish(resp.status, usage)
 
     @staticmethod
-    async def _broken_stream(model: Model, reply: Reply, is_sse: bool,
-                             error: APIError) -> None:
+    async def _broken_stream(model: Model, reply: Reply, is_sse: bool, error: APIError) -> None:
         logger.bind(model=model.name).warning("{}", error.message)
         if not is_sse:
             reply.cut()
@@ -359,11 +436,22 @@ async def _read_or_empty(resp: UpstreamResponse, stall: float | None) -> bytes:
 def _loading_delta(requested: str, name: str, elapsed: float, known: str) -> bytes:
     """A chat completion chunk whose `reasoning_content` says the model is loading, for
     chat UIs that show reasoning as thinking (`loading_status: reasoning`)."""
-    chunk = {"id": "chatcmpl-modelberth-loading", "object": "chat.completion.chunk",
-             "created": int(time.time()), "model": requested,
-             "choices": [{"index": 0, "finish_reason": None, "delta": {
-                 "role": "assistant",
-                 "reasoning_content": f"Loading {name}... {elapsed:.1f}s{known}\n"}}]}
+    chunk = {
+        "id": "chatcmpl-modelberth-loading",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": requested,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": None,
+                "delta": {
+                    "role": "assistant",
+                    "reasoning_content": f"Loading {name}... {elapsed:.1f}s{known}\n",
+                },
+            }
+        ],
+    }
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
@@ -398,5 +486,3 @@ class _Refused(Exception):
     def __init__(self, error: APIError) -> None:
         super().__init__(error.message)
         self.error = error
-
-

@@ -21,8 +21,9 @@ _JSON = [(b"content-type", b"application/json")]
 _STREAMING = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
-async def answer_at_once(model: Model, reply: Reply, obs: RequestObservation,
-                         translation: Translation) -> bool:
+async def answer_at_once(
+    model: Model, reply: Reply, obs: RequestObservation, translation: Translation
+) -> bool:
     """Answer now if the translation needs neither the model nor its upstream; whether it
     did."""
     out = translation.at_once(model)
@@ -33,8 +34,9 @@ async def answer_at_once(model: Model, reply: Reply, obs: RequestObservation,
     return True
 
 
-async def relay_local(model: Model, reply: Reply, obs: RequestObservation,
-                      translation: Translation) -> None:
+async def relay_local(
+    model: Model, reply: Reply, obs: RequestObservation, translation: Translation
+) -> None:
     """The answer of a translation with nothing to send upstream, the model being ready."""
     translation.apply(model)
     obs.first_chunk()
@@ -50,8 +52,13 @@ async def relay_local(model: Model, reply: Reply, obs: RequestObservation,
     obs.finish(status)
 
 
-async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
-                           obs: RequestObservation, translation: Translation) -> None:
+async def relay_translated(
+    model: Model,
+    reply: Reply,
+    resp: UpstreamResponse,
+    obs: RequestObservation,
+    translation: Translation,
+) -> None:
     translation.apply(model)
     _, is_sse, _ = Forwarding.answer_head(resp.status, resp.headers)
     stall = model.spec.stream_stall_timeout or None
@@ -78,9 +85,12 @@ async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
         return
     if reply.early:  # the client's SSE head went out while the model loaded
         if status >= 400:
-            failed = APIError(status, f"Upstream answered {status}: "
-                              f"{answer.decode('utf-8', 'replace')[:500]}", type="server_error",
-                              code="upstream_error")
+            failed = APIError(
+                status,
+                f"Upstream answered {status}: {answer.decode('utf-8', 'replace')[:500]}",
+                type="server_error",
+                code="upstream_error",
+            )
             await answer_error(obs, reply, failed, early=True)
             return
         await reply.finish(out)
@@ -90,12 +100,16 @@ async def relay_translated(model: Model, reply: Reply, resp: UpstreamResponse,
     obs.finish(status, usage_of_answer(answer))
 
 
-async def _relay_stream(model: Model, reply: Reply, resp: UpstreamResponse,
-                        obs: RequestObservation, translation: Translation,
-                        stall: float | None) -> None:
+async def _relay_stream(
+    model: Model,
+    reply: Reply,
+    resp: UpstreamResponse,
+    obs: RequestObservation,
+    translation: Translation,
+    stall: float | None,
+) -> None:
     if not reply.early:
-        await reply.start(resp.status,
-                          [(b"content-type", translation.stream_type), *_STREAMING])
+        await reply.start(resp.status, [(b"content-type", translation.stream_type), *_STREAMING])
     stream = translation.stream(obs)
     obs.streamed = True
     usage = UsageReader(True)
@@ -117,4 +131,3 @@ async def _relay_stream(model: Model, reply: Reply, resp: UpstreamResponse,
     model.upstream_answered()
     await reply.finish(stream.finish())
     obs.finish(resp.status, usage.result())
-

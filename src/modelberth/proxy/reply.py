@@ -59,8 +59,9 @@ class Reply:
         protocol.cut(self.scope)
 
 
-async def answer_error(obs: RequestObservation, reply: Reply, error: APIError,
-                        early: bool = False) -> None:
+async def answer_error(
+    obs: RequestObservation, reply: Reply, error: APIError, early: bool = False
+) -> None:
     """Record the request as failed and answer it with the error in its route's shape (an
     OpenAI error body on most routes), or, once SSE headers went out (`early`), as an SSE
     error event."""

@@ -57,14 +57,16 @@ def model_from_body(scope: Scope, body: bytes) -> tuple[str, bool]:
         fields = _REQUEST.decode(body)
     except msgspec.ValidationError as exc:
         if str(exc).startswith("Expected `object`"):
-            raise APIError(400, "The request body must be a JSON object.",
-                           code="invalid_body") from None
+            raise APIError(
+                400, "The request body must be a JSON object.", code="invalid_body"
+            ) from None
         raise _invalid_json(exc) from None
     except msgspec.DecodeError as exc:
         raise _invalid_json(exc) from None
     except RecursionError:
-        raise APIError(400, "The request body is not valid JSON: it is nested too deeply.",
-                       code="invalid_json") from None
+        raise APIError(
+            400, "The request body is not valid JSON: it is nested too deeply.", code="invalid_json"
+        ) from None
     if fields.model is None:
         raise _missing_model()
     if not isinstance(fields.model, str):
@@ -88,8 +90,12 @@ def _invalid_json(exc: Exception) -> APIError:
 
 
 def _missing_model() -> APIError:
-    return APIError(400, "The request has no 'model' field: say which model to use.",
-                    param="model", code="missing_model")
+    return APIError(
+        400,
+        "The request has no 'model' field: say which model to use.",
+        param="model",
+        code="missing_model",
+    )
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -97,8 +97,9 @@ class Dialect:
     def error_event(self, error: APIError) -> bytes:
         return errors.sse_error_event(error)
 
-    def translate(self, spec: ModelSpec, path: str, body: bytes,
-                  requested: str) -> Translation | None:
+    def translate(
+        self, spec: ModelSpec, path: str, body: bytes, requested: str
+    ) -> Translation | None:
         return None
 
     def resolve(self, requested: str, registry: Registry) -> str:
@@ -116,8 +117,9 @@ class AnthropicDialect(Dialect):
     def error_event(self, error: APIError) -> bytes:
         return b"event: error\ndata: " + self.error_body(error) + b"\n\n"
 
-    def translate(self, spec: ModelSpec, path: str, body: bytes,
-                  requested: str) -> Translation | None:
+    def translate(
+        self, spec: ModelSpec, path: str, body: bytes, requested: str
+    ) -> Translation | None:
         if spec.anthropic == "native":
             return None
         request = _json_object(body)
@@ -158,15 +160,23 @@ class _CountTokens(Translation):
 
     def whole(self, status: int, answer: bytes, times: Times) -> tuple[int, bytes]:
         if status in (404, 405):
-            raise APIError(501, "This model's upstream has no tokenizer endpoint (/tokenize): "
-                           "count_tokens is not available for it.", type="api_error",
-                           code="not_implemented")
+            raise APIError(
+                501,
+                "This model's upstream has no tokenizer endpoint (/tokenize): "
+                "count_tokens is not available for it.",
+                type="api_error",
+                code="not_implemented",
+            )
         if status >= 400:
             return status, json.dumps(anthropic.from_openai_error(answer, status)).encode()
         tokens = _json_object(answer, status=502).get("tokens")
         if not isinstance(tokens, list):
-            raise APIError(502, "The upstream's /tokenize answer has no token list.",
-                           type="api_error", code="upstream_error")
+            raise APIError(
+                502,
+                "The upstream's /tokenize answer has no token list.",
+                type="api_error",
+                code="upstream_error",
+            )
         return 200, json.dumps({"input_tokens": len(tokens)}).encode()
 
     def stream(self, times: Times) -> Stream:
@@ -188,8 +198,9 @@ class OllamaDialect(Dialect):
         """`name:latest` (Ollama's clients add the default tag) and differences of case."""
         return ollama.resolve_name(requested, _known_names(registry)) or requested
 
-    def translate(self, spec: ModelSpec, path: str, body: bytes,
-                  requested: str) -> Translation | None:
+    def translate(
+        self, spec: ModelSpec, path: str, body: bytes, requested: str
+    ) -> Translation | None:
         request = _json_object(body)
         keep = ollama.keep_alive_seconds(request.get("keep_alive"))
         kind = _OLLAMA_KINDS[path]
@@ -211,8 +222,9 @@ class _Ollama(Translation):
     """What Ollama's translations share: the name answers carry (the one the client sent,
     or the configured one it meant by `name:latest`) and the request's keep_alive."""
 
-    def __init__(self, kind: str, target: str, body: bytes, model: str,
-                 keep_alive: float | None) -> None:
+    def __init__(
+        self, kind: str, target: str, body: bytes, model: str, keep_alive: float | None
+    ) -> None:
         # No SSE keep-alive comments while the model loads: they are not NDJSON.
         super().__init__(target, body, streaming=False)
         self.kind = kind  # "chat", "generate", "embed" or "embeddings"
@@ -224,8 +236,7 @@ class _Ollama(Translation):
         model.keep_alive(self.keep_alive)
 
     def timing(self, times: Times, end: float | None = None) -> ollama.Timing:
-        return ollama.Timing(start=times.began, ready=times.began + times.queue_seconds,
-                             end=end)
+        return ollama.Timing(start=times.began, ready=times.began + times.queue_seconds, end=end)
 
 
 class _OllamaPreload(_Ollama):
@@ -250,8 +261,9 @@ class _OllamaPreload(_Ollama):
             return json.dumps({"model": self.model, "embeddings": []}).encode()
         if self.kind == "embeddings":
             return json.dumps({"embedding": []}).encode()
-        return json.dumps(ollama.preload_response(self.model, self.kind == "generate",
-                                                  unload)).encode()
+        return json.dumps(
+            ollama.preload_response(self.model, self.kind == "generate", unload)
+        ).encode()
 
     def stream(self, times: Times) -> Stream:
         raise APIError(500, "A preload has no stream.", code="internal_error")
@@ -282,8 +294,10 @@ class _OllamaAnswer(_Ollama):
         return status, json.dumps(out, ensure_ascii=False).encode()
 
     def stream(self, times: Times) -> Stream:
-        return _NdjsonStream(ollama.ChatStream(self.model, self.timing(times),
-                                               generate=self.kind == "generate"), times)
+        return _NdjsonStream(
+            ollama.ChatStream(self.model, self.timing(times), generate=self.kind == "generate"),
+            times,
+        )
 
 
 class _NdjsonStream:
@@ -312,14 +326,21 @@ def _known_names(registry: Registry) -> Iterator[str]:
         yield from model.spec.aliases
 
 
-_OLLAMA_KINDS = {"/api/chat": "chat", "/api/generate": "generate", "/api/embed": "embed",
-                 "/api/embeddings": "embeddings"}
+_OLLAMA_KINDS = {
+    "/api/chat": "chat",
+    "/api/generate": "generate",
+    "/api/embed": "embed",
+    "/api/embeddings": "embeddings",
+}
 
 OPENAI = Dialect()
 ANTHROPIC = AnthropicDialect()
 OLLAMA = OllamaDialect()
-_BY_PATH: dict[str, Dialect] = {_MESSAGES: ANTHROPIC, _COUNT_TOKENS: ANTHROPIC,
-                                **dict.fromkeys(_OLLAMA_KINDS, OLLAMA)}
+_BY_PATH: dict[str, Dialect] = {
+    _MESSAGES: ANTHROPIC,
+    _COUNT_TOKENS: ANTHROPIC,
+    **dict.fromkeys(_OLLAMA_KINDS, OLLAMA),
+}
 # POST routes outside /v1/ that are inference, so the proxy (not FastAPI) serves them.
 INFERENCE_PATHS: frozenset[str] = frozenset(_OLLAMA_KINDS)
 

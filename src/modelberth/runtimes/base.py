@@ -48,11 +48,17 @@ class Node:
     usage_measured: bool = True
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "address": self.address,
-                "runtime": self.runtime, "ready": self.ready, "why": self.why,
-                "memory_budget_bytes": self.memory, "usage_measured": self.usage_measured,
-                "gpus": [{"index": i, "vram_budget_bytes": v}
-                         for i, v in sorted(self.vram.items())]}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "address": self.address,
+            "runtime": self.runtime,
+            "ready": self.ready,
+            "why": self.why,
+            "memory_budget_bytes": self.memory,
+            "usage_measured": self.usage_measured,
+            "gpus": [{"index": i, "vram_budget_bytes": v} for i, v in sorted(self.vram.items())],
+        }
 
 
 class RuntimeStartError(Exception):
@@ -106,8 +112,9 @@ class Runtime(Protocol):
         """Why the runtime cannot work right now (daemon down...), if so."""
         ...
 
-    async def recover(self, specs: Mapping[str, ModelSpec],
-                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(
+        self, specs: Mapping[str, ModelSpec], logs: Mapping[str, LogBuffer]
+    ) -> dict[str, tuple[Upstream, int]]:
         """Deal with what an earlier run of this modelberth left: upstreams that still match
         the config are returned (by model name, with their port) to be adopted; the rest end.
         An adopted upstream writes its output (and its recent earlier output, if the runtime

@@ -55,8 +55,14 @@ def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
 
 class DockerUpstream:
-    def __init__(self, runtime: DockerRuntime, container: Container, model: str,
-                 logs: LogBuffer, after: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        runtime: DockerRuntime,
+        container: Container,
+        model: str,
+        logs: LogBuffer,
+        after: Mapping[str, int] | None = None,
+    ) -> None:
         """Output goes to `logs` from the container's start, or for an adopted container
         only what came after `after` (per stream, the last timestamp already in `logs`)."""
         self._runtime = runtime
@@ -67,9 +73,12 @@ class DockerUpstream:
         self.memory_bytes: int | None = None  # sampled in the background by the runtime
         loop = asyncio.get_running_loop()
         self._log_threads = [
-            threading.Thread(target=self._follow_logs,
-                             args=(loop, stream, (after or {}).get(stream)),
-                             name=f"{stream}-{model}", daemon=True)
+            threading.Thread(
+                target=self._follow_logs,
+                args=(loop, stream, (after or {}).get(stream)),
+                name=f"{stream}-{model}",
+                daemon=True,
+            )
             for stream in ("stdout", "stderr")
         ]
         for thread in self._log_threads:
@@ -130,22 +139,19 @@ class DockerUpstream:
             code = -1
         # Let the last output land in the buffer first: errors quote the log tail.
         await _in_thread(self._join_log_threads, "join-logs")
-        self._exit = ExitStatus(code) if code < 128 or code == 255 else ExitStatus(
-            None, code - 128)
+        self._exit = ExitStatus(code) if code < 128 or code == 255 else ExitStatus(None, code - 128)
         return self._exit
 
     def _join_log_threads(self) -> None:
         for thread in self._log_threads:
             thread.join(2.0)
 
-    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str,
-                     after: int | None) -> None:
+    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str, after: int | None) -> None:
         log = logger.bind(model=self._model, upstream=True, stream=stream)
         try:
             frames = self._runtime.follow_logs(self._container, stream, after)
             for _, text in container_logs.lines(frames, after):
                 loop.call_soon_threadsafe(self._logs.append, stream, text)
                 log.info("{}", text)
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                RuntimeError):
+        except (docker.errors.DockerException, requests.exceptions.RequestException, RuntimeError):
             pass  # the container is gone, or the loop is closed

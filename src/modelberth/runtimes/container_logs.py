@@ -11,8 +11,7 @@ from datetime import datetime
 from modelberth.runtimes.logbuffer import split_output
 
 BACKFILL_LINES = 200  # output of an adopted container copied into its model's log buffer
-_TIMESTAMP = re.compile(
-    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
+_TIMESTAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
 
 
 def split_timestamp(frame: bytes) -> tuple[int | None, bytes]:
@@ -23,7 +22,7 @@ def split_timestamp(frame: bytes) -> tuple[int | None, bytes]:
     zone = match[3].decode()
     when = datetime.fromisoformat(match[1].decode() + ("+00:00" if zone == "Z" else zone))
     nanos = int((match[2] or b"").decode().ljust(9, "0"))
-    return int(when.timestamp()) * 1_000_000_000 + nanos, frame[match.end():]
+    return int(when.timestamp()) * 1_000_000_000 + nanos, frame[match.end() :]
 
 
 def lines(frames: Iterable[bytes], after: int | None = None) -> Iterator[tuple[int, str]]:

@@ -54,8 +54,9 @@ class DaemonUnavailable(RuntimeStartError):
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, url: str | None = None, *, instance: str, node: Node | None = None,
-                 tls: bool = False) -> None:
+    def __init__(
+        self, url: str | None = None, *, instance: str, node: Node | None = None, tls: bool = False
+    ) -> None:
         """`instance` (see `instance_id`) names and labels the containers this runtime
         owns; it never adopts, removes or replaces a container of another instance. `node`:
         the host it is, as one of several engines (docker.hosts); None: this machine."""
@@ -118,14 +119,17 @@ class DockerRuntime:
         """Remove this instance's exited containers that no upstream of this run holds."""
         own: dict[str, str | list[str] | bool] = {
             "label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"],
-            "status": ["exited", "dead"]}
+            "status": ["exited", "dead"],
+        }
         with contextlib.suppress(docker.errors.DockerException, RuntimeStartError):
             held = {u.container.id for u in self._sampled.values() if u.exited() is None}
-            for container in await self.call(lambda: client.containers.list(all=True,
-                                                                            filters=own)):
+            for container in await self.call(lambda: client.containers.list(all=True, filters=own)):
                 if container.id not in held:
-                    logger.warning("docker: removing container {} ({}), left while the "
-                                   "engine was unreachable", container.name, container.status)
+                    logger.warning(
+                        "docker: removing container {} ({}), left while the engine was unreachable",
+                        container.name,
+                        container.status,
+                    )
                     await self.remove(container)
 
     async def nodes(self) -> list[Node] | None:
@@ -139,8 +143,9 @@ class DockerRuntime:
         except RuntimeStartError:
             return False
 
-    def follow_logs(self, container: Container, stream: str,
-                    after: int | None = None) -> Iterator[bytes]:
+    def follow_logs(
+        self, container: Container, stream: str, after: int | None = None
+    ) -> Iterator[bytes]:
         """Blocking: the container's output on one stream in timestamped frames, from its
         start (or from a little before `after`, in ns since the epoch) until it exits."""
         assert self._client is not None
@@ -148,12 +153,19 @@ class DockerRuntime:
         # a since rounded in transit loses nothing.
         since = None if after is None else max(after / 1e9 - 1.0, 1.0)
         frames: Iterator[bytes] = self._client.api.logs(
-            str(container.id), stdout=stream == "stdout", stderr=stream == "stderr",
-            stream=True, follow=True, timestamps=True, since=since)
+            str(container.id),
+            stdout=stream == "stdout",
+            stderr=stream == "stderr",
+            stream=True,
+            follow=True,
+            timestamps=True,
+            since=since,
+        )
         return frames
 
-    def recent_output(self, container: Container,
-                      lines: int) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    def recent_output(
+        self, container: Container, lines: int
+    ) -> tuple[list[tuple[str, str]], dict[str, int]]:
         """Blocking: the container's last `lines` output lines as (stream, text) in order,
         and per stream the timestamp of the last one (where following should resume)."""
         assert self._client is not None
@@ -161,14 +173,21 @@ class DockerRuntime:
         last: dict[str, int] = {}
         for stream in ("stdout", "stderr"):
             frames: Iterator[bytes] = self._client.api.logs(
-                str(container.id), stdout=stream == "stdout", stderr=stream == "stderr",
-                stream=True, follow=False, timestamps=True, tail=lines)
+                str(container.id),
+                stdout=stream == "stdout",
+                stderr=stream == "stderr",
+                stream=True,
+                follow=False,
+                timestamps=True,
+                tail=lines,
+            )
             for frame in frames:  # the resume point counts every frame, even a partial line
                 when, _ = container_logs.split_timestamp(frame)
                 if when is not None:
                     last[stream] = max(when, last.get(stream, 0))
-                merged.extend((when or 0, stream, text)
-                              for _, text in container_logs.lines([frame]))
+                merged.extend(
+                    (when or 0, stream, text) for _, text in container_logs.lines([frame])
+                )
         merged.sort(key=lambda entry: entry[0])  # stable: a stream's own order is kept
         return [(stream, text) for _, stream, text in merged[-lines:]], last
 
@@ -198,8 +217,9 @@ class DockerRuntime:
         self._track(upstream)
         return upstream
 
-    async def recover(self, specs: Mapping[str, ModelSpec],
-                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(
+        self, specs: Mapping[str, ModelSpec], logs: Mapping[str, LogBuffer]
+    ) -> dict[str, tuple[Upstream, int]]:
         """This instance's containers from an earlier run: keep those that match the config
         and are running (returned by model name, with their port), their recent output
         copied into the model's buffer in `logs`, which their output goes on into; remove
@@ -210,7 +230,8 @@ class DockerRuntime:
             logger.warning("docker: {}", exc)
             return {}
         own: dict[str, str | list[str] | bool] = {
-            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"]}
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"]
+        }
         found = await self.call(lambda: client.containers.list(all=True, filters=own))
         await self._warn_unowned(client)
         kept: dict[str, tuple[Upstream, int]] = {}
@@ -218,9 +239,14 @@ class DockerRuntime:
             labels = container.labels
             spec = specs.get(labels.get(LABEL_MODEL, ""))
             port = labels.get(LABEL_PORT, "")
-            if (spec is not None and spec.runtime == "docker" and spec.name not in kept
-                    and labels.get(LABEL_CONFIG) == spec.config_hash()
-                    and container.status == "running" and port.isdigit()):
+            if (
+                spec is not None
+                and spec.runtime == "docker"
+                and spec.name not in kept
+                and labels.get(LABEL_CONFIG) == spec.config_hash()
+                and container.status == "running"
+                and port.isdigit()
+            ):
                 buffer = logs.get(spec.name)
                 if buffer is None:
                     buffer = LogBuffer()
@@ -228,8 +254,12 @@ class DockerRuntime:
                 adopted = DockerUpstream(self, container, spec.name, buffer, after)
                 kept[spec.name] = (adopted, int(port))
                 continue
-            logger.warning("docker: removing stale container {} ({}, {})", container.name,
-                           labels.get(LABEL_MODEL), container.status)
+            logger.warning(
+                "docker: removing stale container {} ({}, {})",
+                container.name,
+                labels.get(LABEL_MODEL),
+                container.status,
+            )
             await self.remove(container)
         for upstream, _ in kept.values():
             assert isinstance(upstream, DockerUpstream)
@@ -248,11 +278,18 @@ class DockerRuntime:
             "image": image,
             "command": spec.argv(inner_port) or None,
             "name": container_name(self.instance, spec.name),
-            "labels": {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance,
-                       LABEL_MODEL: spec.name, LABEL_CONFIG: spec.config_hash(),
-                       LABEL_PORT: str(port),
-                       **({LABEL_GPUS: ",".join(map(str, spec.devices))}
-                          if spec.devices is not None else {})},
+            "labels": {
+                LABEL_MANAGED: "true",
+                LABEL_INSTANCE: self.instance,
+                LABEL_MODEL: spec.name,
+                LABEL_CONFIG: spec.config_hash(),
+                LABEL_PORT: str(port),
+                **(
+                    {LABEL_GPUS: ",".join(map(str, spec.devices))}
+                    if spec.devices is not None
+                    else {}
+                ),
+            },
             "environment": spec.environment(inner_port),
             "volumes": list(docker_spec.volumes),
             "init": True,
@@ -274,8 +311,9 @@ class DockerRuntime:
             args["device_requests"] = requests_
         return args
 
-    async def _ensure_image(self, client: docker.DockerClient, spec: ModelSpec,
-                            logs: LogBuffer) -> str:
+    async def _ensure_image(
+        self, client: docker.DockerClient, spec: ModelSpec, logs: LogBuffer
+    ) -> str:
         docker_spec = spec.docker
         assert docker_spec is not None
         image, policy = docker_spec.image, docker_spec.pull
@@ -313,13 +351,16 @@ class DockerRuntime:
             return
         labels = old.labels or {}
         if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_INSTANCE) != self.instance:
-            owner = (f"modelberth instance '{labels[LABEL_INSTANCE]}'"
-                     if labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_INSTANCE)
-                     else "something else")
+            owner = (
+                f"modelberth instance '{labels[LABEL_INSTANCE]}'"
+                if labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_INSTANCE)
+                else "something else"
+            )
             raise RuntimeStartError(
                 f"container name '{name}' is taken by a container of {owner} "
                 f"({old.short_id}, {old.status}); this is instance '{self.instance}': "
-                "set server.instance_id to a unique value or remove that container")
+                "set server.instance_id to a unique value or remove that container"
+            )
         logger.warning("docker: removing leftover container {} ({})", name, old.status)
         await self.remove(old)
 
@@ -328,28 +369,35 @@ class DockerRuntime:
         its output should resume (None: from its start, when that output is unavailable)."""
         try:
             lines, after = await self.call(
-                lambda: self.recent_output(container, container_logs.BACKFILL_LINES))
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                RuntimeStartError) as exc:
+                lambda: self.recent_output(container, container_logs.BACKFILL_LINES)
+            )
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            RuntimeStartError,
+        ) as exc:
             logger.warning("docker: cannot read the output of {}: {}", container.name, exc)
             return None
         for stream, text in lines:
             logs.append(stream, text)
         earlier = f": its last {len(lines)} output lines are above" if lines else ""
-        logs.append("modelberth",
-                    f"container {container.short_id} was running already{earlier}")
+        logs.append("modelberth", f"container {container.short_id} was running already{earlier}")
         return after
 
     async def _warn_unowned(self, client: docker.DockerClient) -> None:
         """Containers of a modelberth from before instance ids are no one's: say so."""
         with contextlib.suppress(docker.errors.DockerException, RuntimeStartError):
-            managed = await self.call(lambda: client.containers.list(
-                all=True, filters={"label": f"{LABEL_MANAGED}=true"}))
+            managed = await self.call(
+                lambda: client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+            )
             unowned = [str(c.name) for c in managed if LABEL_INSTANCE not in (c.labels or {})]
             if unowned:
-                logger.warning("docker: containers without a {} label are left alone (an "
-                               "older modelberth's?); remove them by hand: {}", LABEL_INSTANCE,
-                               ", ".join(unowned))
+                logger.warning(
+                    "docker: containers without a {} label are left alone (an "
+                    "older modelberth's?); remove them by hand: {}",
+                    LABEL_INSTANCE,
+                    ", ".join(unowned),
+                )
 
     # --- memory sampling (never on a request path) ----------------------------------------
 

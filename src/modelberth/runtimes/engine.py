@@ -50,15 +50,19 @@ def memory_in_use(client: docker.DockerClient, container: str) -> int | None:
     """Blocking: a container's memory use as `docker stats` reads it (cgroup usage)."""
     one_shot = docker.utils.version_gte(client.api.api_version, "1.41")
     stats: dict[str, Any] = client.api.stats(
-        container, stream=False, **({"one_shot": True} if one_shot else {}))
+        container, stream=False, **({"one_shot": True} if one_shot else {})
+    )
     usage = int((stats.get("memory_stats") or {}).get("usage", 0))
     return usage or None
 
 
 def _tls_files() -> dict[str, Any]:
     where = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
-    return {"ca_cert": str(where / "ca.pem"), "verify": True,
-            "client_cert": (str(where / "cert.pem"), str(where / "key.pem"))}
+    return {
+        "ca_cert": str(where / "ca.pem"),
+        "verify": True,
+        "client_cert": (str(where / "cert.pem"), str(where / "key.pem")),
+    }
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -66,8 +70,10 @@ def is_unreachable(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, docker.errors.DockerException) and (
-        "Error while fetching server API version" in text or "Connection refused" in text
-        or "No such file or directory" in text)
+        "Error while fetching server API version" in text
+        or "Connection refused" in text
+        or "No such file or directory" in text
+    )
 
 
 def explain(exc: docker.errors.APIError) -> str:

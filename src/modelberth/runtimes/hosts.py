@@ -28,12 +28,21 @@ _RECHECK = 2.0  # seconds a reading of the engines' reachability holds
 
 
 def host_node(host: DockerHost) -> Node:
-    attributes = {"node.id": host.name, "node.hostname": host.name, "node.role": "worker",
-                  **{f"node.labels.{key}": value for key, value in host.labels.items()}}
-    return Node(id=host.name, name=host.name, address=host.address,
-                memory=host.memory_mb * MB if host.memory_mb else None,
-                vram={gpu.index: gpu.vram_budget_mb * MB for gpu in host.gpus},
-                attributes=attributes, runtime="docker")
+    attributes = {
+        "node.id": host.name,
+        "node.hostname": host.name,
+        "node.role": "worker",
+        **{f"node.labels.{key}": value for key, value in host.labels.items()},
+    }
+    return Node(
+        id=host.name,
+        name=host.name,
+        address=host.address,
+        memory=host.memory_mb * MB if host.memory_mb else None,
+        vram={gpu.index: gpu.vram_budget_mb * MB for gpu in host.gpus},
+        attributes=attributes,
+        runtime="docker",
+    )
 
 
 class DockerHostsRuntime:
@@ -41,16 +50,20 @@ class DockerHostsRuntime:
 
     def __init__(self, hosts: Sequence[DockerHost], *, instance: str) -> None:
         self.instance = instance
-        self.engines = {host.name: DockerRuntime(host.url, instance=instance,
-                                                 node=host_node(host), tls=host.tls)
-                        for host in hosts}
+        self.engines = {
+            host.name: DockerRuntime(
+                host.url, instance=instance, node=host_node(host), tls=host.tls
+            )
+            for host in hosts
+        }
         self._ready: dict[str, bool] = {}
         self._read_at = float("-inf")
 
     @property
     def error(self) -> str | None:
-        errors = [f"{name}: {engine.error}" for name, engine in self.engines.items()
-                  if engine.error]
+        errors = [
+            f"{name}: {engine.error}" for name, engine in self.engines.items() if engine.error
+        ]
         return "; ".join(errors) or None
 
     async def nodes(self) -> list[Node] | None:
@@ -63,9 +76,15 @@ class DockerHostsRuntime:
         for name, engine in self.engines.items():
             assert engine.node is not None
             ready = self._ready.get(name, False)
-            nodes.append(engine.node if ready else dataclasses.replace(
-                engine.node, ready=False,
-                why=f"engine unreachable: {engine.error or 'no answer'}"))
+            nodes.append(
+                engine.node
+                if ready
+                else dataclasses.replace(
+                    engine.node,
+                    ready=False,
+                    why=f"engine unreachable: {engine.error or 'no answer'}",
+                )
+            )
         return nodes
 
     async def start(self, spec: ModelSpec, port: int, logs: LogBuffer) -> Upstream:
@@ -74,16 +93,18 @@ class DockerHostsRuntime:
             raise RuntimeStartError(f"no Docker host named {spec.node!r} in docker.hosts")
         return await engine.start(spec, port, logs)
 
-    async def recover(self, specs: Mapping[str, ModelSpec],
-                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(
+        self, specs: Mapping[str, ModelSpec], logs: Mapping[str, LogBuffer]
+    ) -> dict[str, tuple[Upstream, int]]:
         """Every engine's containers of this instance; a model found running on two hosts
         (an engine that was unreachable came back) keeps the first, the other is stopped."""
         kept: dict[str, tuple[Upstream, int]] = {}
         for name, engine in self.engines.items():
             for model, (upstream, port) in (await engine.recover(specs, logs)).items():
                 if model in kept:
-                    logger.warning("docker: {} runs on two hosts; stopping the one on {}",
-                                   model, name)
+                    logger.warning(
+                        "docker: {} runs on two hosts; stopping the one on {}", model, name
+                    )
                     await upstream.stop(specs[model].stop_timeout)
                     continue
                 kept[model] = (upstream, port)
@@ -96,4 +117,3 @@ class DockerHostsRuntime:
     async def close(self) -> None:
         for engine in self.engines.values():
             await engine.close()
-

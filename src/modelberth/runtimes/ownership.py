@@ -37,7 +37,7 @@ def instance_id(server: ServerConfig) -> str:
 
 def default_instance_id(host: str, port: int) -> str:
     suffix = f"-{port}"
-    name = _UNSAFE.sub("-", host.lower()).strip("-._")[:63 - len(suffix)].rstrip("-._")
+    name = _UNSAFE.sub("-", host.lower()).strip("-._")[: 63 - len(suffix)].rstrip("-._")
     return f"{name or 'host'}{suffix}"
 
 

@@ -43,8 +43,13 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 class ProcessUpstream:
     node: Node | None = None  # always this machine
 
-    def __init__(self, proc: asyncio.subprocess.Process, model: str, logs: LogBuffer,
-                 gpus: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        model: str,
+        logs: LogBuffer,
+        gpus: tuple[int, ...] | None = None,
+    ) -> None:
         self._proc = proc
         self.gpus = gpus
         self._model = model
@@ -88,8 +93,9 @@ class ProcessUpstream:
             try:
                 await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
             except TimeoutError:
-                logger.warning("{}: no exit {}s after SIGTERM, sending SIGKILL", self._model,
-                               timeout)
+                logger.warning(
+                    "{}: no exit {}s after SIGTERM, sending SIGKILL", self._model, timeout
+                )
         # Kill whatever the upstream itself spawned into its group, even after a clean exit.
         self._signal_group(signal.SIGKILL)
         status = await asyncio.shield(self._waiter)
@@ -143,8 +149,7 @@ class ProcessRuntime:
 
     async def start(self, spec: ModelSpec, port: int, logs: LogBuffer) -> ProcessUpstream:
         argv = spec.argv(port)
-        env = {**os.environ, **spec.environment(port), OWNER_ENV: self._owner,
-               MODEL_ENV: spec.name}
+        env = {**os.environ, **spec.environment(port), OWNER_ENV: self._owner, MODEL_ENV: spec.name}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -167,8 +172,9 @@ class ProcessRuntime:
         logs.append("modelberth", f"started pid {proc.pid}: {' '.join(argv)}")
         return ProcessUpstream(proc, spec.name, logs, spec.devices)
 
-    async def recover(self, specs: Mapping[str, ModelSpec],
-                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(
+        self, specs: Mapping[str, ModelSpec], logs: Mapping[str, LogBuffer]
+    ) -> dict[str, tuple[Upstream, int]]:
         """Processes are never adopted: whatever a dead modelberth left is ended."""
         await asyncio.to_thread(_kill_orphans, self._owner)
         return {}
@@ -215,7 +221,9 @@ def _kill_orphans(own_tag: str) -> list[str]:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     if removed:
-        logger.warning("removed {} upstream process(es) left by an earlier run: {}",
-                       len(removed), ", ".join(removed))
+        logger.warning(
+            "removed {} upstream process(es) left by an earlier run: {}",
+            len(removed),
+            ", ".join(removed),
+        )
     return removed
-

@@ -19,8 +19,9 @@ class RemoteRuntime:
     async def start(self, spec: ModelSpec, port: int, logs: LogBuffer) -> Upstream:
         raise RuntimeStartError(f"{spec.name} is a remote endpoint: there is nothing to start")
 
-    async def recover(self, specs: Mapping[str, ModelSpec],
-                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(
+        self, specs: Mapping[str, ModelSpec], logs: Mapping[str, LogBuffer]
+    ) -> dict[str, tuple[Upstream, int]]:
         return {}
 
     async def nodes(self) -> list[Node] | None:

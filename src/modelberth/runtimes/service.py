@@ -64,9 +64,16 @@ def describe_task(task: dict[str, Any]) -> str:
 
 
 class SwarmUpstream:
-    def __init__(self, engine: DockerRuntime, service: Service, node: Node, model: str,
-                 logs: LogBuffer, node_ready: Callable[[str], bool],
-                 after: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        engine: DockerRuntime,
+        service: Service,
+        node: Node,
+        model: str,
+        logs: LogBuffer,
+        node_ready: Callable[[str], bool],
+        after: Mapping[str, int] | None = None,
+    ) -> None:
         """`node_ready(node id)`: whether the runtime's last listing has the node ready.
         Output goes to `logs` from the service's start, or only what came after `after`."""
         self._engine = engine
@@ -82,10 +89,14 @@ class SwarmUpstream:
         loop = asyncio.get_running_loop()
         self._stopping = threading.Event()
         self._log_threads = [
-            threading.Thread(target=self._follow_logs,
-                             args=(loop, stream, (after or {}).get(stream)),
-                             name=f"{stream}-{model}", daemon=True)
-            for stream in ("stdout", "stderr")]
+            threading.Thread(
+                target=self._follow_logs,
+                args=(loop, stream, (after or {}).get(stream)),
+                name=f"{stream}-{model}",
+                daemon=True,
+            )
+            for stream in ("stdout", "stderr")
+        ]
         for thread in self._log_threads:
             thread.start()
         self._waiter = asyncio.ensure_future(self._watch())
@@ -121,17 +132,23 @@ class SwarmUpstream:
         client = await self._engine.client()
         found: list[dict[str, Any]] = await self._engine.call(
             lambda: client.api.tasks(  # type: ignore[no-untyped-call]
-                filters={"service": self._service.id}))
+                filters={"service": self._service.id}
+            )
+        )
         return found
 
     async def _watch(self) -> ExitStatus:
         while True:
             try:
                 status = await self._check()
-            except (docker.errors.DockerException, requests.exceptions.RequestException,
-                    RuntimeStartError) as exc:
-                logger.bind(model=self._model).warning("swarm: cannot read the tasks of {}: {}",
-                                                       self._service.name, exc)
+            except (
+                docker.errors.DockerException,
+                requests.exceptions.RequestException,
+                RuntimeStartError,
+            ) as exc:
+                logger.bind(model=self._model).warning(
+                    "swarm: cannot read the tasks of {}: {}", self._service.name, exc
+                )
                 status = None
             if status is not None:
                 self._exit = status
@@ -162,8 +179,17 @@ class SwarmUpstream:
             self.container_id = container.get("ContainerID") or self.container_id
         if state != self._seen:
             self._seen = state
-            if state not in ("new", "allocated", "pending", "assigned", "accepted",
-                             "preparing", "ready", "starting", "running"):
+            if state not in (
+                "new",
+                "allocated",
+                "pending",
+                "assigned",
+                "accepted",
+                "preparing",
+                "ready",
+                "starting",
+                "running",
+            ):
                 self._logs.append("modelberth", describe_task(task))
         if state in FINAL:
             # Let the last output land first: errors quote the log tail.
@@ -174,8 +200,11 @@ class SwarmUpstream:
     async def _gone(self) -> bool:
         client = await self._engine.client()
         try:
-            await self._engine.call(lambda: client.api.inspect_service(  # type: ignore[no-untyped-call]
-                self._service.id))
+            await self._engine.call(
+                lambda: client.api.inspect_service(  # type: ignore[no-untyped-call]
+                    self._service.id
+                )
+            )
             return False
         except docker.errors.NotFound:
             return True
@@ -209,21 +238,24 @@ class SwarmUpstream:
         for thread in self._log_threads:
             thread.join(1.0)
 
-    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str,
-                     after: int | None) -> None:
+    def _follow_logs(self, loop: asyncio.AbstractEventLoop, stream: str, after: int | None) -> None:
         """Blocking: the service's output on one stream, until it is removed."""
         log = logger.bind(model=self._model, upstream=True, stream=stream)
         try:
             client = self._engine.connected()
             since = 0 if after is None else max(int(after / 1e9) - 1, 1)
             frames = client.api.service_logs(
-                self._service.id, stdout=stream == "stdout", stderr=stream == "stderr",
-                follow=True, timestamps=True, since=since)
+                self._service.id,
+                stdout=stream == "stdout",
+                stderr=stream == "stderr",
+                follow=True,
+                timestamps=True,
+                since=since,
+            )
             for _, text in container_logs.lines(frames, after):
                 loop.call_soon_threadsafe(self._logs.append, stream, text)
                 log.info("{}", text)
                 if self._stopping.is_set() and self._exit is not None:
                     break
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                RuntimeError):
+        except (docker.errors.DockerException, requests.exceptions.RequestException, RuntimeError):
             pass  # the service is gone, or the loop is closed

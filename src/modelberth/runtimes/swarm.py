@@ -113,8 +113,10 @@ class SwarmRuntime:
             nodes.append(node)
             attrs[node.id] = entry.attrs
         self._usage.update(attrs, self._own)
-        self._nodes = [dataclasses.replace(node, usage_measured=self._usage.measured(node.id))
-                       for node in nodes]
+        self._nodes = [
+            dataclasses.replace(node, usage_measured=self._usage.measured(node.id))
+            for node in nodes
+        ]
         self._attrs = attrs
         self._read_at = time.monotonic()
 
@@ -122,7 +124,8 @@ class SwarmRuntime:
         """From the last listing, read again in the background when it is older than
         `swarm.refresh_seconds` (the upstreams' watchers ask every second)."""
         if time.monotonic() - self._read_at >= self._refresh and (
-                self._refreshing is None or self._refreshing.done()):
+            self._refreshing is None or self._refreshing.done()
+        ):
             self._refreshing = asyncio.create_task(self._read_nodes())
         return any(node.id == node_id and node.ready for node in self._nodes)
 
@@ -137,12 +140,18 @@ class SwarmRuntime:
         await self._remove_own_named(client, name)
         kwargs = self._create_args(spec, port, node, name)
         try:
-            service = await self._engine.call(lambda: client.services.create(  # type: ignore[no-untyped-call]
-                **kwargs))
+            service = await self._engine.call(
+                lambda: client.services.create(  # type: ignore[no-untyped-call]
+                    **kwargs
+                )
+            )
         except docker.errors.APIError as exc:
             raise RuntimeStartError(f"cannot create service: {explain(exc)}") from None
-        logs.append("modelberth", f"created service {name} ({str(service.id)[:12]}, "
-                    f"{kwargs['image']}) on node {node.name} ({node.address})")
+        logs.append(
+            "modelberth",
+            f"created service {name} ({str(service.id)[:12]}, "
+            f"{kwargs['image']}) on node {node.name} ({node.address})",
+        )
         upstream = SwarmUpstream(self._engine, service, node, spec.name, logs, self._node_ready)
         self._keep(upstream)
         return upstream
@@ -160,18 +169,24 @@ class SwarmRuntime:
         while self._upstreams:
             for upstream in list(self._upstreams.values()):
                 if upstream.container_id is not None and upstream.exited() is None:
-                    upstream.memory_bytes = await self._usage.sample(upstream.node.id,
-                                                                     upstream.container_id)
+                    upstream.memory_bytes = await self._usage.sample(
+                        upstream.node.id, upstream.container_id
+                    )
             await asyncio.sleep(_SAMPLE_INTERVAL)
 
-    def _create_args(self, spec: ModelSpec, port: int, node: Node,
-                     name: str) -> dict[str, Any]:
+    def _create_args(self, spec: ModelSpec, port: int, node: Node, name: str) -> dict[str, Any]:
         docker_spec = spec.docker
         assert docker_spec is not None
         bridged = docker_spec.network == "bridge" and docker_spec.container_port is not None
         inner = docker_spec.container_port if bridged and docker_spec.container_port else port
-        labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance, LABEL_MODEL: spec.name,
-                  LABEL_CONFIG: spec.config_hash(), LABEL_PORT: str(port), LABEL_NODE: node.id}
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_INSTANCE: self.instance,
+            LABEL_MODEL: spec.name,
+            LABEL_CONFIG: spec.config_hash(),
+            LABEL_PORT: str(port),
+            LABEL_NODE: node.id,
+        }
         env = spec.environment(inner)
         devices = spec.devices
         if devices:
@@ -219,7 +234,8 @@ class SwarmRuntime:
         if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_INSTANCE) != self.instance:
             raise RuntimeStartError(
                 f"service name '{name}' is taken by a service this instance "
-                f"('{self.instance}') does not own; remove it or set server.instance_id")
+                f"('{self.instance}') does not own; remove it or set server.instance_id"
+            )
         logger.warning("swarm: removing leftover service {}", name)
         await self._remove(old)
 
@@ -227,8 +243,9 @@ class SwarmRuntime:
         with contextlib.suppress(docker.errors.NotFound, RuntimeStartError):
             await self._engine.call(service.remove)
 
-    async def recover(self, specs: Mapping[str, ModelSpec],
-                      logs: Mapping[str, LogBuffer]) -> dict[str, tuple[Upstream, int]]:
+    async def recover(
+        self, specs: Mapping[str, ModelSpec], logs: Mapping[str, LogBuffer]
+    ) -> dict[str, tuple[Upstream, int]]:
         """This instance's services from an earlier run: those that match the config and
         run on a ready node are returned to be adopted; every other one is removed."""
         try:
@@ -244,31 +261,43 @@ class SwarmRuntime:
             adopted = await self._adoptable(service, specs, kept)
             if adopted is None:
                 labels = service.attrs.get("Spec", {}).get("Labels") or {}
-                logger.warning("swarm: removing stale service {} ({})", service.name,
-                               labels.get(LABEL_MODEL))
+                logger.warning(
+                    "swarm: removing stale service {} ({})", service.name, labels.get(LABEL_MODEL)
+                )
                 await self._remove(service)
                 continue
             spec, node, port = adopted
             buffer = logs.get(spec.name) or LogBuffer()
             after = await self._backfill(service, buffer)
-            upstream = SwarmUpstream(self._engine, service, node, spec.name, buffer,
-                                     self._node_ready, after)
+            upstream = SwarmUpstream(
+                self._engine, service, node, spec.name, buffer, self._node_ready, after
+            )
             self._keep(upstream)
             kept[spec.name] = (upstream, port)
         return kept
 
-    async def _adoptable(self, service: Service, specs: Mapping[str, ModelSpec],
-                         kept: Mapping[str, object]) -> tuple[ModelSpec, Node, int] | None:
+    async def _adoptable(
+        self, service: Service, specs: Mapping[str, ModelSpec], kept: Mapping[str, object]
+    ) -> tuple[ModelSpec, Node, int] | None:
         labels = service.attrs.get("Spec", {}).get("Labels") or {}
         spec = specs.get(labels.get(LABEL_MODEL, ""))
         port = str(labels.get(LABEL_PORT, ""))
-        if (spec is None or spec.runtime != "swarm" or spec.name in kept
-                or labels.get(LABEL_CONFIG) != spec.config_hash() or not port.isdigit()):
+        if (
+            spec is None
+            or spec.runtime != "swarm"
+            or spec.name in kept
+            or labels.get(LABEL_CONFIG) != spec.config_hash()
+            or not port.isdigit()
+        ):
             return None
         try:
-            task = latest_task(await self._engine.call(
-                lambda: service.tasks(  # type: ignore[no-untyped-call]
-                    filters={"desired-state": "running"})))
+            task = latest_task(
+                await self._engine.call(
+                    lambda: service.tasks(  # type: ignore[no-untyped-call]
+                        filters={"desired-state": "running"}
+                    )
+                )
+            )
         except docker.errors.DockerException:
             return None
         if task is None or task.get("Status", {}).get("State") != "running":
@@ -280,30 +309,44 @@ class SwarmRuntime:
 
     async def _backfill(self, service: Service, logs: LogBuffer) -> dict[str, int] | None:
         """Copy an adopted service's recent output into `logs`; where following resumes."""
+
         def recent() -> tuple[list[tuple[int, str, str]], dict[str, int]]:
             client = self._engine.connected()
             merged: list[tuple[int, str, str]] = []
             last: dict[str, int] = {}
             for stream in ("stdout", "stderr"):
-                frames = list(client.api.service_logs(
-                    service.id, stdout=stream == "stdout", stderr=stream == "stderr",
-                    follow=False, timestamps=True, tail=str(container_logs.BACKFILL_LINES)))
+                frames = list(
+                    client.api.service_logs(
+                        service.id,
+                        stdout=stream == "stdout",
+                        stderr=stream == "stderr",
+                        follow=False,
+                        timestamps=True,
+                        tail=str(container_logs.BACKFILL_LINES),
+                    )
+                )
                 for when, text in container_logs.lines(frames):
                     last[stream] = max(when, last.get(stream, 0))
                     merged.append((when, stream, text))
             merged.sort(key=lambda entry: entry[0])
-            return merged[-container_logs.BACKFILL_LINES:], last
+            return merged[-container_logs.BACKFILL_LINES :], last
 
         try:
             lines, after = await self._engine.call(recent)
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                RuntimeStartError) as exc:
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            RuntimeStartError,
+        ) as exc:
             logger.warning("swarm: cannot read the output of {}: {}", service.name, exc)
             return None
         for _, stream, text in lines:
             logs.append(stream, text)
-        logs.append("modelberth", f"service {service.name} was running already"
-                    + (f": its last {len(lines)} output lines are above" if lines else ""))
+        logs.append(
+            "modelberth",
+            f"service {service.name} was running already"
+            + (f": its last {len(lines)} output lines are above" if lines else ""),
+        )
         return after
 
     async def healthy(self) -> bool:
@@ -314,8 +357,9 @@ class SwarmRuntime:
             return False
         swarm = info.get("Swarm", {})
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-            self._engine.error = ("the engine is not a Swarm manager (Swarm state "
-                                  f"{swarm.get('LocalNodeState')!r})")
+            self._engine.error = (
+                f"the engine is not a Swarm manager (Swarm state {swarm.get('LocalNodeState')!r})"
+            )
             return False
         return True
 

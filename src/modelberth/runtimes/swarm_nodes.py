@@ -52,8 +52,9 @@ def node_from_swarm(attrs: Mapping[str, Any]) -> tuple[Node, list[str]]:
         if value is None:
             return None
         if not value.strip().isdigit() or int(value) <= 0:
-            warnings.append(f"node {name}: label {key}={value!r} is not a whole number of "
-                            "MiB; ignored")
+            warnings.append(
+                f"node {name}: label {key}={value!r} is not a whole number of MiB; ignored"
+            )
             return None
         return int(value) * MB
 
@@ -63,7 +64,7 @@ def node_from_swarm(attrs: Mapping[str, Any]) -> tuple[Node, list[str]]:
         memory = int(total) if total else None
     vram: dict[int, int] = {}
     for key in labels:
-        index = key[len(_GPU_PREFIX):-len(_GPU_SUFFIX)]
+        index = key[len(_GPU_PREFIX) : -len(_GPU_SUFFIX)]
         if key.startswith(_GPU_PREFIX) and key.endswith(_GPU_SUFFIX) and index.isdigit():
             budget = megabytes(key)
             if budget is not None:
@@ -72,13 +73,22 @@ def node_from_swarm(attrs: Mapping[str, Any]) -> tuple[Node, list[str]]:
     for gpu in range(generic_gpu_count(attrs)):
         if gpu not in vram:
             if shared is None:
-                warnings.append(f"node {name}: GPU {gpu} has no VRAM figure: set "
-                                f"{_GPU_PREFIX}{gpu}{_GPU_SUFFIX} or {LABEL_GPU_VRAM}")
+                warnings.append(
+                    f"node {name}: GPU {gpu} has no VRAM figure: set "
+                    f"{_GPU_PREFIX}{gpu}{_GPU_SUFFIX} or {LABEL_GPU_VRAM}"
+                )
             vram[gpu] = shared or 0
-    return Node(id=str(attrs.get("ID", "")), name=name, address=_address(attrs, labels),
-                memory=memory, vram=vram, ready=_why_not(spec, status) is None,
-                why=_why_not(spec, status), attributes=_attributes(attrs, labels),
-                runtime="swarm"), warnings
+    return Node(
+        id=str(attrs.get("ID", "")),
+        name=name,
+        address=_address(attrs, labels),
+        memory=memory,
+        vram=vram,
+        ready=_why_not(spec, status) is None,
+        why=_why_not(spec, status),
+        attributes=_attributes(attrs, labels),
+        runtime="swarm",
+    ), warnings
 
 
 def _address(attrs: Mapping[str, Any], labels: Mapping[str, str]) -> str:
@@ -102,11 +112,13 @@ def _why_not(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str | None:
 def _attributes(attrs: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, str]:
     description = attrs.get("Description", {})
     platform = description.get("Platform", {})
-    found = {"node.id": str(attrs.get("ID", "")),
-             "node.hostname": str(description.get("Hostname", "")),
-             "node.role": str(attrs.get("Spec", {}).get("Role", "")),
-             "node.platform.os": str(platform.get("OS", "")),
-             "node.platform.arch": str(platform.get("Architecture", ""))}
+    found = {
+        "node.id": str(attrs.get("ID", "")),
+        "node.hostname": str(description.get("Hostname", "")),
+        "node.role": str(attrs.get("Spec", {}).get("Role", "")),
+        "node.platform.os": str(platform.get("OS", "")),
+        "node.platform.arch": str(platform.get("Architecture", "")),
+    }
     found.update({f"node.labels.{key}": value for key, value in labels.items()})
     engine_labels = description.get("Engine", {}).get("Labels") or {}
     found.update({f"engine.labels.{key}": value for key, value in engine_labels.items()})

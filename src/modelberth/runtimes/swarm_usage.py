@@ -70,15 +70,22 @@ class TaskMemory:
         loop = asyncio.get_running_loop()
         try:
             usage = await loop.run_in_executor(
-                self._pool, lambda: engine.memory_in_use(self._client(where), container))
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                engine.EngineSetupError) as exc:
+                self._pool, lambda: engine.memory_in_use(self._client(where), container)
+            )
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            engine.EngineSetupError,
+        ) as exc:
             if not isinstance(exc, docker.errors.NotFound):  # the task ended meanwhile
                 self._clients.pop(where, None)
                 if where not in self._failing:
                     self._failing.add(where)
-                    logger.warning("swarm: cannot read task memory through {}: {}",
-                                   where[0] or "DOCKER_HOST", exc)
+                    logger.warning(
+                        "swarm: cannot read task memory through {}: {}",
+                        where[0] or "DOCKER_HOST",
+                        exc,
+                    )
             return None
         self._failing.discard(where)
         return usage

@@ -41,52 +41,95 @@ class Capture:
 class RequestRecord:
     """One finished request, as the activity table shows it."""
 
-    __slots__ = ("answer", "at", "cold", "duration", "error", "id", "input_tokens", "method",
-                 "model", "output_tokens", "queue_seconds", "request", "requested", "route",
-                 "status", "streamed", "tokens_per_second", "ttft")
+    __slots__ = (
+        "answer",
+        "at",
+        "cold",
+        "duration",
+        "error",
+        "id",
+        "input_tokens",
+        "method",
+        "model",
+        "output_tokens",
+        "queue_seconds",
+        "request",
+        "requested",
+        "route",
+        "status",
+        "streamed",
+        "tokens_per_second",
+        "ttft",
+    )
 
-    def __init__(self, at: float, model: str, requested: str, method: str, route: str,
-                 status: int, error: str | None, queue_seconds: float, cold: bool,
-                 ttft: float | None, input_tokens: int | None, output_tokens: int | None,
-                 tokens_per_second: float | None, duration: float, streamed: bool,
-                 request: Capture | None = None, answer: Capture | None = None) -> None:
+    def __init__(
+        self,
+        at: float,
+        model: str,
+        requested: str,
+        method: str,
+        route: str,
+        status: int,
+        error: str | None,
+        queue_seconds: float,
+        cold: bool,
+        ttft: float | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        tokens_per_second: float | None,
+        duration: float,
+        streamed: bool,
+        request: Capture | None = None,
+        answer: Capture | None = None,
+    ) -> None:
         self.id = 0  # given by Activity.add
         self.at, self.model, self.requested, self.method = at, model, requested, method
         self.route, self.status, self.error = route, status, error
         self.queue_seconds, self.cold, self.ttft = queue_seconds, cold, ttft
         self.input_tokens, self.output_tokens = input_tokens, output_tokens
-        self.tokens_per_second, self.duration, self.streamed = tokens_per_second, duration, \
-            streamed
+        self.tokens_per_second, self.duration, self.streamed = tokens_per_second, duration, streamed
         self.request, self.answer = request, answer
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "at": round(self.at, 3), "model": self.model,
-            "requested": self.requested, "method": self.method, "route": self.route,
-            "status": self.status, "error": self.error,
-            "queue_seconds": round(self.queue_seconds, 4), "cold": self.cold,
+            "id": self.id,
+            "at": round(self.at, 3),
+            "model": self.model,
+            "requested": self.requested,
+            "method": self.method,
+            "route": self.route,
+            "status": self.status,
+            "error": self.error,
+            "queue_seconds": round(self.queue_seconds, 4),
+            "cold": self.cold,
             "ttft_seconds": None if self.ttft is None else round(self.ttft, 4),
-            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "tokens_per_second": None if self.tokens_per_second is None
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens_per_second": None
+            if self.tokens_per_second is None
             else round(self.tokens_per_second, 2),
-            "duration_seconds": round(self.duration, 4), "streamed": self.streamed,
+            "duration_seconds": round(self.duration, 4),
+            "streamed": self.streamed,
         }
 
     def detail(self) -> dict[str, Any]:
         request, answer = self.request, self.answer
-        return {**self.as_dict(),
-                "request_body": request.text() if request else None,
-                "request_truncated": bool(request and request.truncated),
-                "response_body": answer.text() if answer else None,
-                "response_truncated": bool(answer and answer.truncated)}
+        return {
+            **self.as_dict(),
+            "request_body": request.text() if request else None,
+            "request_truncated": bool(request and request.truncated),
+            "response_body": answer.text() if answer else None,
+            "response_truncated": bool(answer and answer.truncated),
+        }
 
 
 class Activity:
     """The ring of the last `size` requests. Owned by the app; the proxy adds to it, the
     API reads it. A reload may resize it or switch capturing on or off."""
 
-    def __init__(self, events: EventBus, size: int = 500, capture_bodies: bool = False,
-                 capture_kb: int = 64) -> None:
+    def __init__(
+        self, events: EventBus, size: int = 500, capture_bodies: bool = False, capture_kb: int = 64
+    ) -> None:
         self._events = events
         self._records: deque[RequestRecord] = deque(maxlen=size)
         self._next_id = 1
@@ -133,8 +176,9 @@ class Activity:
             return records[index]
         return None
 
-    def newest(self, model: str | None = None, status: str | None = None,
-               limit: int = 100) -> list[RequestRecord]:
+    def newest(
+        self, model: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[RequestRecord]:
         """Newest first; `status` is "ok" (below 400), "error" (400 and above) or a code."""
         found = []
         for record in self._iter_newest():

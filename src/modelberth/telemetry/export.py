@@ -48,9 +48,11 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 # end the child). The child runs at a lower CPU priority: exporting spans must not take
 # time from the proxy or from a model server computing on the CPU; when the machine is
 # saturated, spans wait.
-_CHILD = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-          "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(10); "
-          "from modelberth.telemetry.export import main; main()")
+_CHILD = (
+    "import os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(10); "
+    "from modelberth.telemetry.export import main; main()"
+)
 # The child's argv[1], so that tools (ps, the benchmarks) can tell it apart.
 CHILD_NAME = "modelberth-span_export"
 
@@ -59,8 +61,14 @@ class TraceBatch:
     """The spans of requests, made as the requests are added, and exported `max_spans` at a
     time (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, as for the SDK's processor)."""
 
-    def __init__(self, exporter: SpanExporter, resource: Resource, scope: InstrumentationScope,
-                 new_span_id: Callable[[], int], max_spans: int | None = None) -> None:
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        resource: Resource,
+        scope: InstrumentationScope,
+        new_span_id: Callable[[], int],
+        max_spans: int | None = None,
+    ) -> None:
         self._exporter, self._resource, self._scope = exporter, resource, scope
         self._new_span_id = new_span_id
         self._max = max_spans or int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512)
@@ -82,7 +90,7 @@ class TraceBatch:
         return result
 
     def _export(self) -> SpanExportResult:
-        spans, self._spans = self._spans[:self._max], self._spans[self._max:]
+        spans, self._spans = self._spans[: self._max], self._spans[self._max :]
         return self._exporter.export(spans)
 
 
@@ -93,11 +101,26 @@ class SpanExportProcess:
     waits in a backlog for the next write; beyond `max_backlog` bytes, `send` refuses groups
     (the batcher counts them)."""
 
-    def __init__(self, resource: Resource, scope: InstrumentationScope, log_format: str,
-                 log_level: str, restart_after: float = _RESTART_AFTER,
-                 max_backlog: int = 8 << 20) -> None:
-        self._setup = pickle.dumps((dict(resource.attributes), resource.schema_url, scope.name,
-                                    scope.version, scope.schema_url, log_format, log_level))
+    def __init__(
+        self,
+        resource: Resource,
+        scope: InstrumentationScope,
+        log_format: str,
+        log_level: str,
+        restart_after: float = _RESTART_AFTER,
+        max_backlog: int = 8 << 20,
+    ) -> None:
+        self._setup = pickle.dumps(
+            (
+                dict(resource.attributes),
+                resource.schema_url,
+                scope.name,
+                scope.version,
+                scope.schema_url,
+                log_format,
+                log_level,
+            )
+        )
         self._restart_after, self._max_backlog = restart_after, max_backlog
         self._child: subprocess.Popen[bytes] | None = None
         self._started_at = float("-inf")
@@ -165,8 +188,9 @@ class SpanExportProcess:
                 del self._backlog[:written]
         except OSError:  # the child is gone: BrokenPipeError; it is replaced on the next batch
             self._backlog.clear()
-            logger.warning("span export process exited ({}): a batch of spans is lost",
-                           child.poll())
+            logger.warning(
+                "span export process exited ({}): a batch of spans is lost", child.poll()
+            )
 
     def _running(self) -> subprocess.Popen[bytes] | None:
         if self._child is not None and self._child.poll() is None:
@@ -184,8 +208,11 @@ class SpanExportProcess:
     def _start(self) -> None:
         self._started_at = time.monotonic()
         try:
-            child = subprocess.Popen([sys.executable, "-c", _CHILD, CHILD_NAME],
-                                     stdin=subprocess.PIPE, start_new_session=True)
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, CHILD_NAME],
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+            )
         except OSError as exc:
             logger.error("cannot start the span export process: {}", exc)
             return
@@ -223,8 +250,7 @@ def main() -> None:
     setup = _read_frame(source)
     if setup is None:
         return
-    attributes, schema_url, name, version, scope_schema, log_format, log_level = \
-        pickle.loads(setup)
+    attributes, schema_url, name, version, scope_schema, log_format, log_level = pickle.loads(setup)
     from modelberth.telemetry.exporters import span_exporter
     from modelberth.telemetry.logs import setup_logging
 

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def _env(name: str, signal: str) -> str | None:
     return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_{name}") or os.environ.get(
-        f"OTEL_EXPORTER_OTLP_{name}")
+        f"OTEL_EXPORTER_OTLP_{name}"
+    )
 
 
 def enabled(signal: str) -> bool:
@@ -31,28 +32,34 @@ def _grpc(signal: str) -> bool:
 def span_exporter() -> SpanExporter:
     if _grpc("TRACES"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
         return OTLPSpanExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
+
     return HttpSpanExporter()
 
 
 def metric_exporter() -> MetricExporter:
     if _grpc("METRICS"):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
         return OTLPMetricExporter()
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
+
     return HttpMetricExporter()
 
 
 def log_exporter() -> LogRecordExporter:
     if _grpc("LOGS"):
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
         return OTLPLogExporter()
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (
         OTLPLogExporter as HttpLogExporter,
     )
+
     return HttpLogExporter()

@@ -75,8 +75,12 @@ def _without_surrogates(value: Any) -> Any:
     return value
 
 
-def request_spans(trace: RequestTrace, resource: Resource, scope: InstrumentationScope,
-                  new_span_id: Callable[[], int]) -> list[ReadableSpan]:
+def request_spans(
+    trace: RequestTrace,
+    resource: Resource,
+    scope: InstrumentationScope,
+    new_span_id: Callable[[], int],
+) -> list[ReadableSpan]:
     """The request's spans, children first (the root ends last)."""
     trace_id, flags = trace.trace_id, TraceFlags(trace.flags)
     state = TraceState.from_header([trace.trace_state]) if trace.trace_state else None
@@ -84,12 +88,28 @@ def request_spans(trace: RequestTrace, resource: Resource, scope: Instrumentatio
     ending = _ending(trace.status, trace.usage)
     status = _status(trace)
 
-    def span(name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
-             start: int, end: int, attributes: dict[str, AttributeValue],
-             status: Status) -> ReadableSpan:
-        return ReadableSpan(name=name, context=context, parent=parent, resource=resource,
-                            attributes=attributes, kind=kind, status=status, start_time=start,
-                            end_time=end, instrumentation_scope=scope)
+    def span(
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        start: int,
+        end: int,
+        attributes: dict[str, AttributeValue],
+        status: Status,
+    ) -> ReadableSpan:
+        return ReadableSpan(
+            name=name,
+            context=context,
+            parent=parent,
+            resource=resource,
+            attributes=attributes,
+            kind=kind,
+            status=status,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=scope,
+        )
 
     spans: list[ReadableSpan] = []
     attributes = _head(trace)
@@ -98,31 +118,49 @@ def request_spans(trace: RequestTrace, resource: Resource, scope: Instrumentatio
         attributes["modelberth.cold_start"] = cold
         attributes["modelberth.queue_ms"] = round(waited_ns / 1e6, 3)
         if cold or waited_ns >= QUEUE_SPAN_AFTER_NS:
-            spans.append(span("modelberth.queue",
-                              SpanContext(trace_id, new_span_id(), False, flags, state), root,
-                              SpanKind.INTERNAL, start_ns, start_ns + waited_ns,
-                              {"modelberth.cold_start": cold}, _UNSET))
+            spans.append(
+                span(
+                    "modelberth.queue",
+                    SpanContext(trace_id, new_span_id(), False, flags, state),
+                    root,
+                    SpanKind.INTERNAL,
+                    start_ns,
+                    start_ns + waited_ns,
+                    {"modelberth.cold_start": cold},
+                    _UNSET,
+                )
+            )
     if trace.upstream is not None:
         client, start_ns, url = trace.upstream
-        spans.append(span(f"POST {trace.path}",
-                          SpanContext(trace_id, client, False, flags, state), root,
-                          SpanKind.CLIENT, start_ns, trace.end_ns,
-                          {"url.full": url, "gen_ai.request.model": trace.model, **ending},
-                          status))
+        spans.append(
+            span(
+                f"POST {trace.path}",
+                SpanContext(trace_id, client, False, flags, state),
+                root,
+                SpanKind.CLIENT,
+                start_ns,
+                trace.end_ns,
+                {"url.full": url, "gen_ai.request.model": trace.model, **ending},
+                status,
+            )
+        )
     attributes.update(ending)
-    parent = SpanContext(trace_id, trace.parent_id, True, flags, state) \
-        if trace.parent_id else None
+    parent = SpanContext(trace_id, trace.parent_id, True, flags, state) if trace.parent_id else None
     name = f"{trace.operation} {trace.requested}" if trace.requested else trace.operation
-    spans.append(span(name, root, parent, SpanKind.SERVER, trace.began_ns, trace.end_ns,
-                      attributes, status))
+    spans.append(
+        span(name, root, parent, SpanKind.SERVER, trace.began_ns, trace.end_ns, attributes, status)
+    )
     return spans
 
 
 def _head(trace: RequestTrace) -> dict[str, AttributeValue]:
     """The server span's attributes before its queue time and its ending."""
     attributes: dict[str, AttributeValue] = {
-        "gen_ai.operation.name": trace.operation, "http.request.method": trace.method,
-        "url.path": trace.path, **(trace.sampler_attributes or {})}
+        "gen_ai.operation.name": trace.operation,
+        "http.request.method": trace.method,
+        "url.path": trace.path,
+        **(trace.sampler_attributes or {}),
+    }
     if trace.requested:
         attributes["gen_ai.request.model"] = trace.requested
         attributes["modelberth.model"] = trace.model
@@ -135,8 +173,10 @@ def _status(trace: RequestTrace) -> Status:
     return _UNSET
 
 
-def _ending(status: int, usage: tuple[int | None, int | None, str | None] | None,
-            ) -> dict[str, AttributeValue]:
+def _ending(
+    status: int,
+    usage: tuple[int | None, int | None, str | None] | None,
+) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue] = {"http.response.status_code": status}
     if usage is None:
         return attributes

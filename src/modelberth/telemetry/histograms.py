@@ -64,10 +64,24 @@ class ModelHistogram:
         points = []
         for model, series in list(self._series.items()):
             counts = list(series.counts)  # the count is their sum, so +Inf always equals it
-            points.append(HistogramDataPoint(
-                attributes={"model": model}, start_time_unix_nano=self._start_ns,
-                time_unix_nano=now_ns, count=sum(counts), sum=series.sum,
-                bucket_counts=counts, explicit_bounds=self._bounds, min=series.min,
-                max=series.max))
-        return Metric(self.name, self.description, self.unit, Histogram(
-            data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE))
+            points.append(
+                HistogramDataPoint(
+                    attributes={"model": model},
+                    start_time_unix_nano=self._start_ns,
+                    time_unix_nano=now_ns,
+                    count=sum(counts),
+                    sum=series.sum,
+                    bucket_counts=counts,
+                    explicit_bounds=self._bounds,
+                    min=series.min,
+                    max=series.max,
+                )
+            )
+        return Metric(
+            self.name,
+            self.description,
+            self.unit,
+            Histogram(
+                data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE
+            ),
+        )

@@ -25,9 +25,14 @@ _EVICTED = "evicted for "
 class History:
     """Owns its sampling task: `start` on the loop, `stop` cancels and awaits it."""
 
-    def __init__(self, monitor: Monitor, models: Callable[[], Iterable[Model]],
-                 requests_total: Callable[[], int], interval: float = INTERVAL,
-                 window: float = WINDOW) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        models: Callable[[], Iterable[Model]],
+        requests_total: Callable[[], int],
+        interval: float = INTERVAL,
+        window: float = WINDOW,
+    ) -> None:
         self._monitor = monitor
         self._models = models
         self._requests_total = requests_total
@@ -40,9 +45,14 @@ class History:
 
     def on_state_event(self, event: StateEvent) -> None:
         if event.new is ModelState.STOPPING and event.reason.startswith(_EVICTED):
-            self._evictions.append({"at": event.at, "model": event.model,
-                                    "for_model": event.reason.removeprefix(_EVICTED),
-                                    "reason": event.reason})
+            self._evictions.append(
+                {
+                    "at": event.at,
+                    "model": event.model,
+                    "for_model": event.reason.removeprefix(_EVICTED),
+                    "reason": event.reason,
+                }
+            )
 
     def start(self) -> None:
         if self._task is None:
@@ -73,19 +83,30 @@ class History:
         snapshot = self._monitor.snapshot
         models = list(self._models())
         host = snapshot.host
-        self._samples.append({
-            "at": round(time.time(), 3),
-            "memory_used_bytes": host.memory_total_bytes - host.memory_available_bytes,
-            "memory_total_bytes": host.memory_total_bytes,
-            "gpus": [{"index": gpu.index, "memory_used_bytes": gpu.memory_used_bytes,
-                      "memory_total_bytes": gpu.memory_total_bytes} for gpu in snapshot.gpus],
-            "requests_per_second": rate,
-            "queued": sum(model.waiting for model in models),
-            "in_flight": sum(model.in_flight for model in models),
-        })
+        self._samples.append(
+            {
+                "at": round(time.time(), 3),
+                "memory_used_bytes": host.memory_total_bytes - host.memory_available_bytes,
+                "memory_total_bytes": host.memory_total_bytes,
+                "gpus": [
+                    {
+                        "index": gpu.index,
+                        "memory_used_bytes": gpu.memory_used_bytes,
+                        "memory_total_bytes": gpu.memory_total_bytes,
+                    }
+                    for gpu in snapshot.gpus
+                ],
+                "requests_per_second": rate,
+                "queued": sum(model.waiting for model in models),
+                "in_flight": sum(model.in_flight for model in models),
+            }
+        )
 
     def report(self) -> dict[str, Any]:
         since = time.time() - self.window
-        return {"interval_seconds": self.interval, "window_seconds": self.window,
-                "samples": list(self._samples),
-                "evictions": [e for e in self._evictions if e["at"] >= since]}
+        return {
+            "interval_seconds": self.interval,
+            "window_seconds": self.window,
+            "samples": list(self._samples),
+            "evictions": [e for e in self._evictions if e["at"] >= since],
+        }

@@ -61,8 +61,9 @@ def setup_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
     elif fmt == "rich":
         from richuru import LoguruRichHandler
 
-        handler = LoguruRichHandler(rich_tracebacks=True, tracebacks_show_locals=False,
-                                    show_time=True, markup=False)
+        handler = LoguruRichHandler(
+            rich_tracebacks=True, tracebacks_show_locals=False, show_time=True, markup=False
+        )
         logger.add(handler, level=level, format="{extra[_tag]}{message}", filter=_add_tag)
     else:
         logger.add(sys.stderr, level=level, format=_PLAIN, filter=_add_tag)
@@ -82,7 +83,6 @@ def _add_tag(record: Record) -> bool:
     return True
 
 
-
 class ServerLog:
     """modelberth's own recent log lines, for GET /api/logs and the dashboard: a loguru sink
     into a ring buffer. Lines logged off the event loop's thread (the Docker log threads, the
@@ -100,9 +100,13 @@ class ServerLog:
             return
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._sink_id = logger.add(self._sink, level=CURRENT["level"],
-                                   format="{extra[_tag]}{message}", filter=_add_tag,
-                                   colorize=False)
+        self._sink_id = logger.add(
+            self._sink,
+            level=CURRENT["level"],
+            format="{extra[_tag]}{message}",
+            filter=_add_tag,
+            colorize=False,
+        )
 
     def detach(self) -> None:
         if self._sink_id is not None:
@@ -116,4 +120,3 @@ class ServerLog:
         elif self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody follows
                 self._loop.call_soon_threadsafe(self.buffer.append, level, text)
-

@@ -26,8 +26,9 @@ _RATE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class Metrics:
-    def __init__(self, meter: Meter, registry: Registry,
-                 spans_dropped: Callable[[], int | None]) -> None:
+    def __init__(
+        self, meter: Meter, registry: Registry, spans_dropped: Callable[[], int | None]
+    ) -> None:
         self._registry = registry
         self._spans_dropped = spans_dropped
         # Counters on the request path are plain dict increments, read by OTel at collection:
@@ -36,70 +37,134 @@ class Metrics:
         self._tokens: dict[tuple[str, str], int] = defaultdict(int)
         self._fallbacks: dict[tuple[str, str], int] = defaultdict(int)
         meter.create_observable_counter(
-            "modelberth_requests", callbacks=[self._read_requests],
-            description="Proxied requests by model and status.")
+            "modelberth_requests",
+            callbacks=[self._read_requests],
+            description="Proxied requests by model and status.",
+        )
         meter.create_observable_counter(
-            "modelberth_tokens", callbacks=[self._read_tokens],
-            description="Tokens by model and type (input/output).")
+            "modelberth_tokens",
+            callbacks=[self._read_tokens],
+            description="Tokens by model and type (input/output).",
+        )
         meter.create_observable_counter(
-            "modelberth_fallbacks", callbacks=[self._read_fallbacks],
-            description="Requests a model failed before answering, handed to a fallback.")
+            "modelberth_fallbacks",
+            callbacks=[self._read_fallbacks],
+            description="Requests a model failed before answering, handed to a fallback.",
+        )
         # The per-request histograms are aggregated here, not by the SDK, for the same reason;
         # the readers take them in at collection (see setup.py).
         self.duration = ModelHistogram(
-            "modelberth_request_duration", "Whole request, queue included.", "s", _SECONDS)
+            "modelberth_request_duration", "Whole request, queue included.", "s", _SECONDS
+        )
         self.ttft = ModelHistogram(
             "modelberth_time_to_first_token",
-            "From the request to the first byte of the answer.", "s", _SECONDS)
+            "From the request to the first byte of the answer.",
+            "s",
+            _SECONDS,
+        )
         self.queue_wait = ModelHistogram(
-            "modelberth_queue_wait", "Time waiting for the model (start, room, concurrency).",
-            "s", _SECONDS)
+            "modelberth_queue_wait",
+            "Time waiting for the model (start, room, concurrency).",
+            "s",
+            _SECONDS,
+        )
         self.tokens_per_second = ModelHistogram(
-            "modelberth_output_tokens_per_second", "Output tokens per second of generation.",
-            "", _RATE)
+            "modelberth_output_tokens_per_second",
+            "Output tokens per second of generation.",
+            "",
+            _RATE,
+        )
         self._histograms = (self.duration, self.ttft, self.queue_wait, self.tokens_per_second)
         self.start_duration = meter.create_histogram(
-            "modelberth_model_start_duration", unit="s",
-            description="From start to healthy.", explicit_bucket_boundaries_advisory=_SECONDS)
+            "modelberth_model_start_duration",
+            unit="s",
+            description="From start to healthy.",
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
         self.evictions = meter.create_counter(
-            "modelberth_evictions", description="Models stopped to make room.")
+            "modelberth_evictions", description="Models stopped to make room."
+        )
         self.sleeps = meter.create_counter(
-            "modelberth_model_sleeps", description="Models put to sleep (vLLM's sleep mode).")
+            "modelberth_model_sleeps", description="Models put to sleep (vLLM's sleep mode)."
+        )
         self.wakes = meter.create_counter(
-            "modelberth_model_wakes", description="Sleeping models woken and ready again.")
+            "modelberth_model_wakes", description="Sleeping models woken and ready again."
+        )
         self.wake_duration = meter.create_histogram(
-            "modelberth_model_wake_duration", unit="s",
+            "modelberth_model_wake_duration",
+            unit="s",
             description="From waking (room found) to ready.",
-            explicit_bucket_boundaries_advisory=_SECONDS)
+            explicit_bucket_boundaries_advisory=_SECONDS,
+        )
         self.probe_restarts = meter.create_counter(
-            "modelberth_probe_restarts", description="Models restarted because their "
-            "generation probe failed `failures` times in a row (wedged).")
+            "modelberth_probe_restarts",
+            description="Models restarted because their "
+            "generation probe failed `failures` times in a row (wedged).",
+        )
         meter.create_observable_counter(
-            "modelberth_spans_dropped", callbacks=[self._read_spans_dropped],
-            description="Traced requests whose spans were dropped: span export was behind.")
+            "modelberth_spans_dropped",
+            callbacks=[self._read_spans_dropped],
+            description="Traced requests whose spans were dropped: span export was behind.",
+        )
         self._rejected: dict[str, int] = defaultdict(int)
         meter.create_observable_counter(
-            "modelberth_http_rejected", callbacks=[self._read_rejected],
+            "modelberth_http_rejected",
+            callbacks=[self._read_rejected],
             description="Client connections or requests the server refused or closed, by "
-            "reason (head too large, header or body timeout, connection limit...).")
-        self._gauge(meter, "modelberth_model_state", "1 for the state each model is in.",
-                    self._states)
-        self._gauge(meter, "modelberth_queue_length", "Requests waiting for each model.",
-                    self._per_model(lambda m: m.waiting))
-        self._gauge(meter, "modelberth_in_flight", "Requests being answered by each model.",
-                    self._per_model(lambda m: m.in_flight))
-        self._gauge(meter, "modelberth_model_memory_bytes", "RAM used by each model.",
-                    self._per_model(lambda m: m.memory_bytes if m.upstream else None), "By")
-        self._gauge(meter, "modelberth_model_vram_bytes", "VRAM used by each model.",
-                    self._per_model(lambda m: m.vram_bytes if m.upstream else None), "By")
-        self._gauge(meter, "modelberth_gpu_memory_used_bytes", "Memory used on each GPU.",
-                    self._per_gpu("memory_used_bytes"), "By")
-        self._gauge(meter, "modelberth_gpu_memory_total_bytes", "Memory of each GPU.",
-                    self._per_gpu("memory_total_bytes"), "By")
-        self._gauge(meter, "modelberth_gpu_utilization_percent", "Utilisation of each GPU.",
-                    self._per_gpu("utilization_percent"))
-        self._gauge(meter, "modelberth_host_memory_available_bytes", "Host RAM available.",
-                    self._host, "By")
+            "reason (head too large, header or body timeout, connection limit...).",
+        )
+        self._gauge(
+            meter, "modelberth_model_state", "1 for the state each model is in.", self._states
+        )
+        self._gauge(
+            meter,
+            "modelberth_queue_length",
+            "Requests waiting for each model.",
+            self._per_model(lambda m: m.waiting),
+        )
+        self._gauge(
+            meter,
+            "modelberth_in_flight",
+            "Requests being answered by each model.",
+            self._per_model(lambda m: m.in_flight),
+        )
+        self._gauge(
+            meter,
+            "modelberth_model_memory_bytes",
+            "RAM used by each model.",
+            self._per_model(lambda m: m.memory_bytes if m.upstream else None),
+            "By",
+        )
+        self._gauge(
+            meter,
+            "modelberth_model_vram_bytes",
+            "VRAM used by each model.",
+            self._per_model(lambda m: m.vram_bytes if m.upstream else None),
+            "By",
+        )
+        self._gauge(
+            meter,
+            "modelberth_gpu_memory_used_bytes",
+            "Memory used on each GPU.",
+            self._per_gpu("memory_used_bytes"),
+            "By",
+        )
+        self._gauge(
+            meter,
+            "modelberth_gpu_memory_total_bytes",
+            "Memory of each GPU.",
+            self._per_gpu("memory_total_bytes"),
+            "By",
+        )
+        self._gauge(
+            meter,
+            "modelberth_gpu_utilization_percent",
+            "Utilisation of each GPU.",
+            self._per_gpu("utilization_percent"),
+        )
+        self._gauge(
+            meter, "modelberth_host_memory_available_bytes", "Host RAM available.", self._host, "By"
+        )
 
     def collect_histograms(self) -> list[Metric]:
         """The request-path histograms as OTel data, for the metric readers."""
@@ -116,16 +181,19 @@ class Metrics:
         self._fallbacks[(model, fallback)] += 1
 
     def _read_fallbacks(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(n, {"model": m, "fallback": f})
-                for (m, f), n in list(self._fallbacks.items())]
+        return [
+            Observation(n, {"model": m, "fallback": f})
+            for (m, f), n in list(self._fallbacks.items())
+        ]
 
     def _read_requests(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(n, {"model": m, "status": str(s)})
-                for (m, s), n in list(self._requests.items())]
+        return [
+            Observation(n, {"model": m, "status": str(s)})
+            for (m, s), n in list(self._requests.items())
+        ]
 
     def _read_tokens(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(n, {"model": m, "type": t})
-                for (m, t), n in list(self._tokens.items())]
+        return [Observation(n, {"model": m, "type": t}) for (m, t), n in list(self._tokens.items())]
 
     def rejected(self, reason: str) -> None:
         self._rejected[reason] += 1
@@ -154,27 +222,37 @@ class Metrics:
             self.probe_restarts.add(1, labels)
 
     @staticmethod
-    def _gauge(meter: Meter, name: str, description: str,
-               read: Callable[[], Iterable[Observation]], unit: str = "") -> None:
+    def _gauge(
+        meter: Meter,
+        name: str,
+        description: str,
+        read: Callable[[], Iterable[Observation]],
+        unit: str = "",
+    ) -> None:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             return list(read())
 
-        meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
-                                      description=description)
+        meter.create_observable_gauge(
+            name, callbacks=[callback], unit=unit, description=description
+        )
 
     def _states(self) -> Iterable[Observation]:
         for model in list(self._registry.models.values()):
             for state in ModelState:
-                yield Observation(int(model.state is state), {
-                    "model": model.name, "node": node_of(model), "state": state.value})
+                yield Observation(
+                    int(model.state is state),
+                    {"model": model.name, "node": node_of(model), "state": state.value},
+                )
 
-    def _per_model(self, value: Callable[[Model], int | float | None]
-                   ) -> Callable[[], Iterable[Observation]]:
+    def _per_model(
+        self, value: Callable[[Model], int | float | None]
+    ) -> Callable[[], Iterable[Observation]]:
         def read() -> Iterable[Observation]:
             for model in list(self._registry.models.values()):
                 number = value(model)
                 if number is not None:
                     yield Observation(number, {"model": model.name, "node": node_of(model)})
+
         return read
 
     def _per_gpu(self, field: str) -> Callable[[], Iterable[Observation]]:
@@ -183,6 +261,7 @@ class Metrics:
                 number = getattr(gpu, field)
                 if number is not None:
                     yield Observation(number, {"gpu": str(gpu.index), "name": gpu.name})
+
         return read
 
     def _host(self) -> Iterable[Observation]:

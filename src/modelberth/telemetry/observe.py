@@ -23,10 +23,16 @@ if TYPE_CHECKING:
     from modelberth.telemetry.metrics import Metrics
     from modelberth.telemetry.setup import Telemetry
 
-_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion",
-               "/v1/embeddings": "embeddings", "/v1/messages": "chat",
-               "/api/chat": "chat", "/api/generate": "text_completion",
-               "/api/embed": "embeddings", "/api/embeddings": "embeddings"}
+_OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages": "chat",
+    "/api/chat": "chat",
+    "/api/generate": "text_completion",
+    "/api/embed": "embeddings",
+    "/api/embeddings": "embeddings",
+}
 _TAIL = 16 * 1024  # bytes kept of a stream, or of a large body, to read its usage
 # Bodies up to this size are parsed whole for usage; of larger ones (embeddings run to
 # megabytes) only the tail is read: parsing them whole would hold the event loop.
@@ -115,8 +121,11 @@ class UsageReader:
 
     def result(self) -> Usage:
         if not self.streaming:
-            return _usage_from([_tail_fields(self._kept)]) if self._truncated \
+            return (
+                _usage_from([_tail_fields(self._kept)])
+                if self._truncated
                 else usage_of_answer(bytes(self._kept))
+            )
         usage = _usage_from(self._stream_documents())
         if usage.output_tokens is None and self.content_events:
             usage.output_tokens = self.content_events  # about one token per content chunk
@@ -152,8 +161,7 @@ def usage_of_answer(answer: bytes) -> Usage:
         fields = _ANSWER.decode(answer)
     except (msgspec.DecodeError, RecursionError):
         return Usage()
-    return _usage_from([{"model": fields.model, "usage": fields.usage,
-                         "timings": fields.timings}])
+    return _usage_from([{"model": fields.model, "usage": fields.usage, "timings": fields.timings}])
 
 
 def _usage_from(documents: list[Any]) -> Usage:
@@ -172,8 +180,11 @@ def _usage_from(documents: list[Any]) -> Usage:
         reported = doc.get("usage")
         if isinstance(reported, dict):
             usage.input_tokens = _reported_input(reported) or usage.input_tokens
-            usage.output_tokens = _int(reported.get("completion_tokens")) \
-                or _int(reported.get("output_tokens")) or usage.output_tokens
+            usage.output_tokens = (
+                _int(reported.get("completion_tokens"))
+                or _int(reported.get("output_tokens"))
+                or usage.output_tokens
+            )
         timings = doc.get("timings")
         if isinstance(timings, dict):
             usage.input_tokens = usage.input_tokens or _int(timings.get("prompt_n"))
@@ -191,8 +202,11 @@ def _reported_input(reported: dict[str, Any]) -> int | None:
     given = _int(reported.get("input_tokens"))
     if given is None:
         return None
-    return given + (_int(reported.get("cache_read_input_tokens")) or 0) \
+    return (
+        given
+        + (_int(reported.get("cache_read_input_tokens")) or 0)
         + (_int(reported.get("cache_creation_input_tokens")) or 0)
+    )
 
 
 def _input_of(usage: _TypedUsage) -> int | None:
@@ -202,19 +216,29 @@ def _input_of(usage: _TypedUsage) -> int | None:
         return usage.prompt_tokens
     if usage.input_tokens is None:
         return None
-    return usage.input_tokens + (usage.cache_read_input_tokens or 0) \
+    return (
+        usage.input_tokens
+        + (usage.cache_read_input_tokens or 0)
         + (usage.cache_creation_input_tokens or 0)
+    )
 
 
 def _typed_usage(answer: _TypedAnswer) -> Usage:
     """`_usage_from` for an answer of the usual shape."""
     reported, timings = answer.usage, answer.timings
-    given, taken = (_input_of(reported), reported.completion_tokens or reported.output_tokens) \
-        if reported else (None, None)
+    given, taken = (
+        (_input_of(reported), reported.completion_tokens or reported.output_tokens)
+        if reported
+        else (None, None)
+    )
     if timings is None:
         return Usage(given or None, taken or None, answer.model or None)
-    return Usage(given or timings.prompt_n, taken or timings.predicted_n, answer.model or None,
-                 timings.predicted_per_second)
+    return Usage(
+        given or timings.prompt_n,
+        taken or timings.predicted_n,
+        answer.model or None,
+        timings.predicted_per_second,
+    )
 
 
 def _tail_fields(tail: bytes | bytearray) -> dict[str, Any]:
@@ -226,7 +250,7 @@ def _tail_fields(tail: bytes | bytearray) -> dict[str, Any]:
         colon = text.find(b":", at + len(key)) if at >= 0 else -1
         if colon < 0:
             continue
-        rest = text[colon + 1:].lstrip().decode("utf-8", "replace")
+        rest = text[colon + 1 :].lstrip().decode("utf-8", "replace")
         try:
             found[key.decode().strip('"')] = _DECODER.raw_decode(rest)[0]
         except (ValueError, RecursionError):
@@ -244,8 +268,13 @@ class RequestObservation:
     A sampled request gathers plain values while it runs and hands them to `SpanRecorder` as
     one `RequestTrace` when it ends; its spans are built from that off the loop."""
 
-    def __init__(self, telemetry: Telemetry, metrics: Metrics, activity: Activity,
-                 scope: MutableMapping[str, Any]) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        metrics: Metrics,
+        activity: Activity,
+        scope: MutableMapping[str, Any],
+    ) -> None:
         self.metrics = metrics
         self.activity = activity
         self.began = time.perf_counter()
@@ -265,8 +294,9 @@ class RequestObservation:
         self._started: Started | None = None
         if self._recorder is not None:
             # A request the sampler leaves out costs nothing more (no spans, no header).
-            self._started = self._recorder.start(self.operation, SpanKind.SERVER,
-                                                 scope["headers"], scope["method"], self.path)
+            self._started = self._recorder.start(
+                self.operation, SpanKind.SERVER, scope["headers"], scope["method"], self.path
+            )
             if self._started is not None:
                 self.began_ns = time.time_ns()
                 self._queue: tuple[int, int, bool] | None = None
@@ -289,11 +319,15 @@ class RequestObservation:
         self.cold = cold
         self.metrics.queue_wait.record(self.queue_seconds, self.model)
         if self._started is not None:
-            self._queue = (self.began_ns + int((began - self.began) * 1e9),
-                           int(self.queue_seconds * 1e9), cold)
+            self._queue = (
+                self.began_ns + int((began - self.began) * 1e9),
+                int(self.queue_seconds * 1e9),
+                cold,
+            )
 
-    def upstream_headers(self, headers: list[tuple[bytes, bytes]], model: Model,
-                         target: str) -> None:
+    def upstream_headers(
+        self, headers: list[tuple[bytes, bytes]], model: Model, target: str
+    ) -> None:
         """Start the upstream call's span and put its traceparent on the forwarded request."""
         started, recorder = self._started, self._recorder
         if started is None or recorder is None:
@@ -330,24 +364,54 @@ class RequestObservation:
             return
         # Positional arguments (mypy checks each against its field): keywords cost several
         # times more on every traced request.
-        recorder.hand_over(RequestTrace(
-            started.trace_id, started.span_id, started.flags, started.parent_id,
-            started.trace_state, started.sampler_attributes, self.began_ns, time.time_ns(),
-            self.operation, self.method, self.path, self.model, self.requested, self._queue,
-            self._upstream, status,
-            None if usage is None else (usage.input_tokens, usage.output_tokens, usage.model),
-            error))
+        recorder.hand_over(
+            RequestTrace(
+                started.trace_id,
+                started.span_id,
+                started.flags,
+                started.parent_id,
+                started.trace_state,
+                started.sampler_attributes,
+                self.began_ns,
+                time.time_ns(),
+                self.operation,
+                self.method,
+                self.path,
+                self.model,
+                self.requested,
+                self._queue,
+                self._upstream,
+                status,
+                None if usage is None else (usage.input_tokens, usage.output_tokens, usage.model),
+                error,
+            )
+        )
 
-    def _record_activity(self, ended: float, status: int, usage: Usage | None,
-                         rate: float | None, error: str | None) -> None:
+    def _record_activity(
+        self, ended: float, status: int, usage: Usage | None, rate: float | None, error: str | None
+    ) -> None:
         first = self.first_byte
-        self.activity.add(RequestRecord(
-            time.time() - (ended - self.began), self.model, self.requested, self.method,
-            self.path, status, error, self.queue_seconds, self.cold,
-            None if first is None else first - self.began,
-            None if usage is None else usage.input_tokens,
-            None if usage is None else usage.output_tokens, rate, ended - self.began,
-            self.streamed, self.request_body, self.answer_body))
+        self.activity.add(
+            RequestRecord(
+                time.time() - (ended - self.began),
+                self.model,
+                self.requested,
+                self.method,
+                self.path,
+                status,
+                error,
+                self.queue_seconds,
+                self.cold,
+                None if first is None else first - self.began,
+                None if usage is None else usage.input_tokens,
+                None if usage is None else usage.output_tokens,
+                rate,
+                ended - self.began,
+                self.streamed,
+                self.request_body,
+                self.answer_body,
+            )
+        )
 
     def _record_usage(self, usage: Usage) -> float | None:
         """Count the tokens; the answer's tokens per second (reported, else measured)."""

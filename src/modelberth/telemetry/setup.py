@@ -96,11 +96,14 @@ class _WithSources(MetricReader):
 
     _sources: list[MetricSource]
 
-    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-                         **kwargs: Any) -> None:
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
         super()._receive_metrics(  # type: ignore[safe-super]
             _with_sources(metrics_data, self._sources),  # type: ignore[arg-type]
-            timeout_millis, **kwargs)
+            timeout_millis,
+            **kwargs,
+        )
 
 
 class _PrometheusReader(_WithSources, PrometheusMetricReader):
@@ -115,10 +118,15 @@ class _OtlpReader(_WithSources, PeriodicExportingMetricReader):
         self._sources = sources
 
 
-_SEVERITY = {"TRACE": SeverityNumber.TRACE, "DEBUG": SeverityNumber.DEBUG,
-             "INFO": SeverityNumber.INFO, "SUCCESS": SeverityNumber.INFO2,
-             "WARNING": SeverityNumber.WARN, "ERROR": SeverityNumber.ERROR,
-             "CRITICAL": SeverityNumber.FATAL}
+_SEVERITY = {
+    "TRACE": SeverityNumber.TRACE,
+    "DEBUG": SeverityNumber.DEBUG,
+    "INFO": SeverityNumber.INFO,
+    "SUCCESS": SeverityNumber.INFO2,
+    "WARNING": SeverityNumber.WARN,
+    "ERROR": SeverityNumber.ERROR,
+    "CRITICAL": SeverityNumber.FATAL,
+}
 
 
 def _not_from_the_sdk(record: Record) -> bool:
@@ -129,8 +137,10 @@ def _otel_log_sink(otel_logger: OtelLogger) -> Callable[[Message], None]:
     def sink(message: Message) -> None:
         record = message.record
         attributes: dict[str, str | int | float] = {
-            f"modelberth.{k}": v for k, v in record["extra"].items()
-            if isinstance(v, str | int | float) and not k.startswith("_")}
+            f"modelberth.{k}": v
+            for k, v in record["extra"].items()
+            if isinstance(v, str | int | float) and not k.startswith("_")
+        }
         attributes["code.function"] = record["function"]
         attributes["logger.name"] = record["name"] or ""
         otel_logger.emit(
@@ -140,6 +150,7 @@ def _otel_log_sink(otel_logger: OtelLogger) -> Callable[[Message], None]:
             body=record["message"],
             attributes=attributes,
         )
+
     return sink
 
 
@@ -150,9 +161,12 @@ def _add_trace_id(record: Record) -> None:
 
 
 def setup_telemetry(level: str = "INFO") -> Telemetry:
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
-                                                              "modelberth"),
-                                "service.version": __version__})
+    resource = Resource.create(
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME", "modelberth"),
+            "service.version": __version__,
+        }
+    )
     closers: list[Callable[[], object]] = []
     tracer: Tracer = trace.NoOpTracer()
     spans = None
@@ -161,8 +175,10 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         provider.add_span_processor(BatchSpanProcessor(span_exporter()))  # rare work's spans
         tracer = provider.get_tracer("modelberth", __version__)
         scope = InstrumentationScope("modelberth", __version__)
-        spans = SpanRecorder(provider, SpanExportProcess(resource, scope, logs.CURRENT["format"],
-                                                      logs.CURRENT["level"]))
+        spans = SpanRecorder(
+            provider,
+            SpanExportProcess(resource, scope, logs.CURRENT["format"], logs.CURRENT["level"]),
+        )
         closers += [spans.shutdown, provider.shutdown]
     prometheus = CollectorRegistry(auto_describe=True)
     sources: list[MetricSource] = []
@@ -176,12 +192,22 @@ def setup_telemetry(level: str = "INFO") -> Telemetry:
         log_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter()))
         # The SDK's own log lines (routed into loguru like all standard logging) stay out of
         # this sink: an export problem logged while exporting would re-enter it.
-        sink = logger.add(_otel_log_sink(log_provider.get_logger("modelberth", __version__)),
-                          level=level, format="{message}", filter=_not_from_the_sdk)
+        sink = logger.add(
+            _otel_log_sink(log_provider.get_logger("modelberth", __version__)),
+            level=level,
+            format="{message}",
+            filter=_not_from_the_sdk,
+        )
         closers += [lambda: logger.remove(sink), log_provider.shutdown]
     logger.configure(patcher=_add_trace_id)
-    return Telemetry(tracer, meter_provider.get_meter("modelberth", __version__), prometheus,
-                     spans, closers, sources)
+    return Telemetry(
+        tracer,
+        meter_provider.get_meter("modelberth", __version__),
+        prometheus,
+        spans,
+        closers,
+        sources,
+    )
 
 
 async def run_bounded(work: Callable[[], object], seconds: float) -> None:

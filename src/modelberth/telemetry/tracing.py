@@ -76,7 +76,8 @@ class SpanRecorder:
         # OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans, the rest when a batch here ends
         # (OTEL_BSP_SCHEDULE_DELAY after its first request).
         self.batcher: SpanBatcher[RequestTrace, bytes] = SpanBatcher(
-            encode_traces, process.send, process.end_batch, process.close, group=GROUP)
+            encode_traces, process.send, process.end_batch, process.close, group=GROUP
+        )
         # Header names the configured propagators read: a request without any of them has
         # no parent context, and (with a standard sampler) is sampled here by its trace id.
         fields = propagate.get_global_textmap().fields
@@ -87,20 +88,21 @@ class SpanRecorder:
         self._w3c_only = set(fields) == {"traceparent", "tracestate", "baggage"}
         # Requests without a parent are decided here when the sampler is a standard one:
         # the same comparison of trace-id bits the SDK's samplers make, without objects.
-        self._root_bound = root_bound(provider.sampler) \
-            if self._ids.is_trace_id_random() else None
+        self._root_bound = root_bound(provider.sampler) if self._ids.is_trace_id_random() else None
         self._root_flags = _SAMPLED | _RANDOM_TRACE_ID
 
-    def start(self, name: str, kind: SpanKind, headers: list[tuple[bytes, bytes]],
-              method: str, path: str) -> Started | None:
+    def start(
+        self, name: str, kind: SpanKind, headers: list[tuple[bytes, bytes]], method: str, path: str
+    ) -> Started | None:
         """A sampled span for a request with these headers, or None when the sampler leaves
         it out."""
         if self._root_bound is not None and not self._carries_context(headers):
             trace_id = self._ids.generate_trace_id()
             if trace_id & _ID_BITS >= self._root_bound:
                 return None
-            return Started(trace_id, self._ids.generate_span_id(), self._root_flags, "", 0,
-                           None, False)
+            return Started(
+                trace_id, self._ids.generate_span_id(), self._root_flags, "", 0, None, False
+            )
         context = propagate.extract(headers, getter=_HEADERS)
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is None or not parent.is_valid:
@@ -110,17 +112,25 @@ class SpanRecorder:
         else:
             trace_id = parent.trace_id
             random = bool(parent.trace_flags & _RANDOM_TRACE_ID)
-        attributes = {"gen_ai.operation.name": name, "http.request.method": method,
-                      "url.path": path}
+        attributes = {
+            "gen_ai.operation.name": name,
+            "http.request.method": method,
+            "url.path": path,
+        }
         result = self._sampler.should_sample(context, trace_id, name, kind, attributes)
         if result.decision is not Decision.RECORD_AND_SAMPLE:
             return None
         flags = _SAMPLED | (_RANDOM_TRACE_ID if random else 0)
         state = result.trace_state.to_header() if result.trace_state else ""
-        return Started(trace_id, self._ids.generate_span_id(), flags, state,
-                       parent.span_id if parent is not None else 0,
-                       dict(result.attributes) if result.attributes else None,
-                       self._carries_context(headers))
+        return Started(
+            trace_id,
+            self._ids.generate_span_id(),
+            flags,
+            state,
+            parent.span_id if parent is not None else 0,
+            dict(result.attributes) if result.attributes else None,
+            self._carries_context(headers),
+        )
 
     def _carries_context(self, headers: list[tuple[bytes, bytes]]) -> bool:
         carried = self.propagation_headers
@@ -135,22 +145,31 @@ class SpanRecorder:
 
     def context(self, started: Started, span_id: int | None = None) -> SpanContext:
         state = TraceState.from_header([started.trace_state]) if started.trace_state else None
-        return SpanContext(started.trace_id, span_id or started.span_id, is_remote=False,
-                           trace_flags=TraceFlags(started.flags), trace_state=state)
+        return SpanContext(
+            started.trace_id,
+            span_id or started.span_id,
+            is_remote=False,
+            trace_flags=TraceFlags(started.flags),
+            trace_state=state,
+        )
 
-    def propagate(self, started: Started, span_id: int,
-                  headers: list[tuple[bytes, bytes]]) -> None:
+    def propagate(self, started: Started, span_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Put on the upstream request's `headers` what carries span `span_id` of this trace,
         in place of any the client sent."""
         if self._w3c_only:
-            injected = [(b"traceparent", b"00-%032x-%016x-%02x" % (
-                started.trace_id, span_id, started.flags))]
+            injected = [
+                (
+                    b"traceparent",
+                    b"00-%032x-%016x-%02x" % (started.trace_id, span_id, started.flags),
+                )
+            ]
         else:
             carrier: dict[str, str] = {}
             context = trace.set_span_in_context(parent_span(self.context(started, span_id)))
             propagate.inject(carrier, context=context)
-            injected = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                        for k, v in carrier.items()]
+            injected = [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()
+            ]
         if started.carried:
             names = {name for name, _ in injected}
             headers[:] = [(k, v) for k, v in headers if k.lower() not in names]
@@ -235,14 +254,22 @@ class SpanBatcher(Generic[Item, Prepared]):
     `end_batch` is called: the receiver exports what it holds, having sized its exports
     itself meanwhile."""
 
-    def __init__(self, prepare: Callable[[list[Item]], Prepared],
-                 send: Callable[[Prepared], bool], end_batch: Callable[[], object],
-                 close: Callable[[], object], group: int = GROUP,
-                 delay: float | None = None) -> None:
+    def __init__(
+        self,
+        prepare: Callable[[list[Item]], Prepared],
+        send: Callable[[Prepared], bool],
+        end_batch: Callable[[], object],
+        close: Callable[[], object],
+        group: int = GROUP,
+        delay: float | None = None,
+    ) -> None:
         self._prepare, self._send, self._end_batch, self._close = prepare, send, end_batch, close
         self._group = group
-        self._delay = delay if delay is not None else float(
-            os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 5000) / 1000
+        self._delay = (
+            delay
+            if delay is not None
+            else float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 5000) / 1000
+        )
         self._pending: list[Item] = []
         self._count = 0  # items of the batch being gathered, sent already or pending
         self._timer: asyncio.TimerHandle | None = None
@@ -291,5 +318,4 @@ class SpanBatcher(Generic[Item, Prepared]):
         now = time.monotonic()
         if now - self._warned >= _WARN_EVERY:  # a slow collector must not flood the log
             self._warned = now
-            logger.warning("span export is behind: {} requests' spans dropped so far",
-                           self.dropped)
+            logger.warning("span export is behind: {} requests' spans dropped so far", self.dropped)

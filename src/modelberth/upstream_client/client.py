@@ -74,10 +74,19 @@ class UpstreamClient:
         self._pools: dict[Address, Pool] = {}
         self._tls: ssl.SSLContext | None = None  # made when the first TLS connection is
 
-    async def request(self, method: str, host: str, port: int, target: str,
-                      headers: Headers, body: bytes,
-                      first_byte_timeout: float | None = None, *, tls: bool = False,
-                      authority: str | None = None) -> UpstreamResponse:
+    async def request(
+        self,
+        method: str,
+        host: str,
+        port: int,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        first_byte_timeout: float | None = None,
+        *,
+        tls: bool = False,
+        authority: str | None = None,
+    ) -> UpstreamResponse:
         """Send a request and wait for the answer's head. Raises UpstreamUnreachable when
         no connection could be made, UpstreamTimeout when the head has not arrived
         `first_byte_timeout` seconds after the request went out (0 or None: no limit),
@@ -100,8 +109,7 @@ class UpstreamClient:
                 await _exchange(conn, verb, head, body, first_byte_timeout)
                 return UpstreamResponse(self, conn, address)
             except UpstreamError as exc:
-                if (exc.answered or method not in IDEMPOTENT
-                        or isinstance(exc, UpstreamTimeout)):
+                if exc.answered or method not in IDEMPOTENT or isinstance(exc, UpstreamTimeout):
                     raise
         conn = await self._connect(address)
         await _exchange(conn, verb, head, body, first_byte_timeout)
@@ -152,8 +160,7 @@ class UpstreamClient:
         while idle and idle[0].idle_since <= oldest_kept:
             idle.popleft().close()
         if idle:
-            pool.timer = loop.call_at(idle[0].idle_since + self._idle_timeout,
-                                      self._expire, pool)
+            pool.timer = loop.call_at(idle[0].idle_since + self._idle_timeout, self._expire, pool)
 
     async def _connect(self, address: Address) -> Connection:
         loop = asyncio.get_running_loop()
@@ -166,13 +173,18 @@ class UpstreamClient:
             # The TLS handshake, if any, is part of connecting: within the same timeout.
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(pool), host, port, ssl=context,
-                    server_hostname=host if tls else None)
+                    lambda: Connection(pool),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if tls else None,
+                )
         except TimeoutError:
             raise UpstreamUnreachable(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:  # ssl.SSLError too: a certificate that does not verify
             raise UpstreamUnreachable(
-                f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+            ) from None
         return conn
 
     def _context(self) -> ssl.SSLContext:
@@ -182,8 +194,9 @@ class UpstreamClient:
         return self._tls
 
 
-async def _exchange(conn: Connection, verb: bytes, head: bytes, body: bytes,
-                    first_byte_timeout: float | None) -> None:
+async def _exchange(
+    conn: Connection, verb: bytes, head: bytes, body: bytes, first_byte_timeout: float | None
+) -> None:
     """Send the request and wait for the answer's head; on any failure the connection is
     dropped."""
     conn.send(verb, head, body, first_byte_timeout)
@@ -194,8 +207,15 @@ async def _exchange(conn: Connection, verb: bytes, head: bytes, body: bytes,
         raise
 
 
-def _request_head(method: str, host: str, port: int, target: str, headers: Headers,
-                  length: int, authority: str | None) -> bytes:
+def _request_head(
+    method: str,
+    host: str,
+    port: int,
+    target: str,
+    headers: Headers,
+    length: int,
+    authority: str | None,
+) -> bytes:
     r"""The request's head: Host and Content-Length are always set here (forwarding.py
     drops the client's), Host as the authority given or else host:port; then the headers.
 
@@ -207,11 +227,9 @@ def _request_head(method: str, host: str, port: int, target: str, headers: Heade
     b'GET /v1/models HTTP/1.1\r\nhost: api.example.com\r\ncontent-length: 0\r\n\r\n'
     """
     if authority is None:
-        start = f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n" \
-            f"content-length: {length}\r\n"
+        start = f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {length}\r\n"
     else:
-        start = f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n" \
-            f"content-length: {length}\r\n"
+        start = f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {length}\r\n"
     lines = [start.encode("latin-1")]
     for name, value in headers:
         lines.append(b"%s: %s\r\n" % (name, value))

@@ -65,11 +65,11 @@ class Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return (not self._eof and self._transport is not None
-                and not self._transport.is_closing())
+        return not self._eof and self._transport is not None and not self._transport.is_closing()
 
-    def send(self, method: bytes, head: bytes, body: bytes,
-             first_byte_timeout: float | None) -> None:
+    def send(
+        self, method: bytes, head: bytes, body: bytes, first_byte_timeout: float | None
+    ) -> None:
         assert self._transport is not None
         self._head = self.loop.create_future()
         self._head_only = method == b"HEAD"
@@ -142,8 +142,11 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed answer from the upstream: {exc}",
-                                     answered=True, reused=self.reused))
+            self._fail(
+                UpstreamError(
+                    f"malformed answer from the upstream: {exc}", answered=True, reused=self.reused
+                )
+            )
             self.abort()
             return
         if self._stall and self._waiter is not None and not self._waiter.done():
@@ -165,8 +168,13 @@ class Connection(asyncio.Protocol):
             self.on_message_complete()
             return
         reason = f": {exc}" if exc else ""
-        self._fail(UpstreamError(f"the upstream closed the connection{reason}",
-                                 answered=self.received, reused=self.reused))
+        self._fail(
+            UpstreamError(
+                f"the upstream closed the connection{reason}",
+                answered=self.received,
+                reused=self.reused,
+            )
+        )
 
     # --- httptools callbacks --------------------------------------------------------------
 
@@ -205,8 +213,9 @@ class Connection(asyncio.Protocol):
     def _ends_at_close(self) -> bool:
         """True when the answer's length is "until the connection closes"."""
         for name, value in self.headers:
-            if name == b"content-length" or (name == b"transfer-encoding"
-                                             and b"chunked" in value.lower()):
+            if name == b"content-length" or (
+                name == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
                 return False
         return True
 
@@ -227,8 +236,9 @@ class Connection(asyncio.Protocol):
             if not self._head_due:
                 return
             due = self._head_due
-            message = (f"no answer from the upstream within {self._head_timeout:g}s "
-                       "(first_byte_timeout)")
+            message = (
+                f"no answer from the upstream within {self._head_timeout:g}s (first_byte_timeout)"
+            )
         elif self._stall and self._waiter is not None and not self._waiter.done():
             due = self._wait_since + self._stall
             message = f"the upstream sent nothing for {self._stall:g}s (stream_stall_timeout)"

@@ -27,8 +27,11 @@ def to_chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
         raise invalid("max_tokens: Field required.")
     if not _is_int(max_tokens) or max_tokens < 1:
         raise invalid("max_tokens: Input should be an integer greater than 0.")
-    chat: dict[str, Any] = {"model": model, "messages": chat_messages(body),
-                            "max_tokens": max_tokens}
+    chat: dict[str, Any] = {
+        "model": model,
+        "messages": chat_messages(body),
+        "max_tokens": max_tokens,
+    }
     for name in _SAMPLING:
         value = body.get(name)
         if value is not None:
@@ -78,8 +81,11 @@ def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         role = message.get("role")
         if role not in ("user", "assistant"):
             raise invalid(f"{where}.role: Input should be 'user' or 'assistant'.")
-        blocks = _blocks(message.get("content"), f"{where}.content",
-                         _USER_BLOCKS if role == "user" else _ASSISTANT_BLOCKS)
+        blocks = _blocks(
+            message.get("content"),
+            f"{where}.content",
+            _USER_BLOCKS if role == "user" else _ASSISTANT_BLOCKS,
+        )
         out += _user(blocks, where) if role == "user" else [_assistant(blocks, where)]
     return out
 
@@ -127,8 +133,10 @@ def _blocks(content: Any, where: str, allowed: frozenset[str]) -> list[Mapping[s
             raise invalid(f"{where}.{j}: Input should be an object.")
         kind = block.get("type")
         if kind not in allowed:
-            raise invalid(f"{where}.{j}.type: {kind!r} blocks are not supported here "
-                          f"(supported: {', '.join(sorted(allowed))}).")
+            raise invalid(
+                f"{where}.{j}.type: {kind!r} blocks are not supported here "
+                f"(supported: {', '.join(sorted(allowed))})."
+            )
         if kind == "text" and not isinstance(block.get("text"), str):
             raise invalid(f"{where}.{j}.text: Field required (a string).")
     return content
@@ -182,12 +190,16 @@ def _tool_call(block: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise invalid(f"{where}: a tool_use block needs a string id and name.")
     if not isinstance(arguments, Mapping):
         raise invalid(f"{where}.input: Input should be an object.")
-    return {"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
 
 
-def _tool_result(block: Mapping[str, Any],
-                 where: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _tool_result(
+    block: Mapping[str, Any], where: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A tool message, and the images the result held. OpenAI has no `is_error`: the text
     says it instead, so the model still learns the call failed."""
     call_id = block.get("tool_use_id")
@@ -197,13 +209,17 @@ def _tool_result(block: Mapping[str, Any],
     texts: list[str] = []
     images: list[dict[str, Any]] = []
     if content is not None:
-        for k, part in enumerate(_blocks(content, f"{where}.content",
-                                         frozenset({"text", "image", "document"}))):
+        for k, part in enumerate(
+            _blocks(content, f"{where}.content", frozenset({"text", "image", "document"}))
+        ):
             if part["type"] == "image":
                 images.append(_image(part, f"{where}.content.{k}"))
             else:
-                texts.append(_document(part, f"{where}.content.{k}")["text"]
-                             if part["type"] == "document" else part["text"])
+                texts.append(
+                    _document(part, f"{where}.content.{k}")["text"]
+                    if part["type"] == "document"
+                    else part["text"]
+                )
     text = _JOIN.join(texts)
     if block.get("is_error"):
         text = f"Error: {text}" if text else "Error"
@@ -219,18 +235,24 @@ def _image(block: Mapping[str, Any], where: str) -> dict[str, Any]:
                 return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
         elif source.get("type") == "url" and isinstance(source.get("url"), str):
             return {"type": "image_url", "image_url": {"url": source["url"]}}
-    raise invalid(f"{where}.source: an image needs a base64 source (media_type, data) or a "
-                  "url source; file sources are not supported.")
+    raise invalid(
+        f"{where}.source: an image needs a base64 source (media_type, data) or a "
+        "url source; file sources are not supported."
+    )
 
 
 def _document(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A plain-text document is its text; PDFs and files need Anthropic's own servers."""
     source = block.get("source")
-    if isinstance(source, Mapping) and source.get("type") == "text" \
-            and isinstance(source.get("data"), str):
+    if (
+        isinstance(source, Mapping)
+        and source.get("type") == "text"
+        and isinstance(source.get("data"), str)
+    ):
         title = block.get("title")
-        text = f"{title}\n\n{source['data']}" if isinstance(title, str) and title else \
-            source["data"]
+        text = (
+            f"{title}\n\n{source['data']}" if isinstance(title, str) and title else source["data"]
+        )
         return {"type": "text", "text": text}
     raise invalid(f"{where}.source: only plain-text documents are supported.")
 
@@ -247,8 +269,10 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
         raise invalid(f"{where}: Input should be an object.")
     kind = tool.get("type")
     if kind not in (None, "custom"):
-        raise invalid(f"{where}.type: Anthropic's server tool {kind!r} is not available on "
-                      "this model; only custom tools (with an input_schema) are.")
+        raise invalid(
+            f"{where}.type: Anthropic's server tool {kind!r} is not available on "
+            "this model; only custom tools (with an input_schema) are."
+        )
     name, schema = tool.get("name"), tool.get("input_schema")
     if not isinstance(name, str) or not isinstance(schema, Mapping):
         raise invalid(f"{where}: a tool needs a string name and an input_schema object.")
@@ -268,8 +292,7 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     elif kind == "tool" and isinstance(choice.get("name"), str):
         out = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
     else:
-        raise invalid("tool_choice: type should be 'auto', 'any', 'tool' (with a name) "
-                      "or 'none'.")
+        raise invalid("tool_choice: type should be 'auto', 'any', 'tool' (with a name) or 'none'.")
     if choice.get("disable_parallel_tool_use") is True and kind != "none":
         out["parallel_tool_calls"] = False
     return out

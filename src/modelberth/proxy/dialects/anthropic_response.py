@@ -56,11 +56,14 @@ class Usage:
         is input + cache_read + cache_creation). Nothing is written to a cache on request
         here, so cache_creation_input_tokens is 0."""
         cached = self.cached_tokens or 0
-        return {"input_tokens": max((self.input_tokens or 0) - cached, 0),
-                "output_tokens": self.output_tokens if self.output_tokens is not None
-                else output_estimate,
-                "cache_read_input_tokens": cached,
-                "cache_creation_input_tokens": 0}
+        return {
+            "input_tokens": max((self.input_tokens or 0) - cached, 0),
+            "output_tokens": self.output_tokens
+            if self.output_tokens is not None
+            else output_estimate,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": 0,
+        }
 
 
 def from_chat_response(chat: Mapping[str, Any], model: str) -> dict[str, Any]:
@@ -84,15 +87,27 @@ def from_chat_response(chat: Mapping[str, Any], model: str) -> dict[str, Any]:
         function = call.get("function") if isinstance(call, Mapping) else None
         if not isinstance(function, Mapping):
             continue
-        content.append({"type": "tool_use", "id": tool_use_id(call.get("id"), msg_id, i),
-                        "name": str(function.get("name") or ""),
-                        "input": tool_input(function.get("arguments"))})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": tool_use_id(call.get("id"), msg_id, i),
+                "name": str(function.get("name") or ""),
+                "input": tool_input(function.get("arguments")),
+            }
+        )
     reason, sequence = stop_reason(choice, any(b["type"] == "tool_use" for b in content))
     usage = Usage()
     usage.update(chat)
-    return {"id": msg_id, "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": reason, "stop_sequence": sequence,
-            "usage": usage.anthropic()}
+    return {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage.anthropic(),
+    }
 
 
 def stop_reason(choice: Mapping[str, Any], used_tools: bool) -> tuple[str, str | None]:
@@ -155,8 +170,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # some servers answer with content parts
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, Mapping) and isinstance(part.get("text"), str))
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        )
     return ""
 
 

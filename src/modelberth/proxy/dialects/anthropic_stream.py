@@ -68,7 +68,7 @@ class MessagesStream:
             end = self._buffer.find(b"\n\n")
             if end < 0:
                 break
-            event, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+            event, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
             self._event(event)
         return self._flush()
 
@@ -165,9 +165,23 @@ class MessagesStream:
             return
         self._id = message_id(chat_id)
         usage = {"input_tokens": self._input_estimate, "output_tokens": 0}
-        self._out.append(sse({"type": "message_start", "message": {
-            "id": self._id, "type": "message", "role": "assistant", "model": self.model,
-            "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}}))
+        self._out.append(
+            sse(
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": self._id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": usage,
+                    },
+                }
+            )
+        )
 
     def _text(self, kind: str, text: str) -> None:
         """Text or thinking: a run of the same kind stays one block."""
@@ -177,8 +191,15 @@ class MessagesStream:
                 block["signature"] = ""  # no signature: nothing here can verify one
             self._open_block(kind, block)
         delta_type = "text_delta" if kind == "text" else "thinking_delta"
-        self._out.append(sse({"type": "content_block_delta", "index": self._open,
-                              "delta": {"type": delta_type, kind: text}}))
+        self._out.append(
+            sse(
+                {
+                    "type": "content_block_delta",
+                    "index": self._open,
+                    "delta": {"type": delta_type, kind: text},
+                }
+            )
+        )
 
     def _tool_fragment(self, call: Mapping[str, Any]) -> None:
         """A piece of a tool call: OpenAI sends its id and name first, then the arguments in
@@ -207,21 +228,33 @@ class MessagesStream:
         if tool.block is None:
             return
         for piece in tool.pending:
-            self._out.append(sse({"type": "content_block_delta", "index": tool.block,
-                                  "delta": {"type": "input_json_delta", "partial_json": piece}}))
+            self._out.append(
+                sse(
+                    {
+                        "type": "content_block_delta",
+                        "index": tool.block,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    }
+                )
+            )
         tool.pending.clear()
 
     def _open_tool(self, key: int, tool: _ToolCall) -> None:
-        block = {"type": "tool_use", "id": tool_use_id(tool.id, self._id or "msg_", key),
-                 "name": tool.name or "", "input": {}}
+        block = {
+            "type": "tool_use",
+            "id": tool_use_id(tool.id, self._id or "msg_", key),
+            "name": tool.name or "",
+            "input": {},
+        }
         tool.block = self._open_block("tool_use", block)
 
     def _open_block(self, kind: str, block: dict[str, Any]) -> int:
         self._close_block()
         self._open, self._open_kind = self._blocks, kind
         self._blocks += 1
-        self._out.append(sse({"type": "content_block_start", "index": self._open,
-                              "content_block": block}))
+        self._out.append(
+            sse({"type": "content_block_start", "index": self._open, "content_block": block})
+        )
         return self._open
 
     def _close_block(self) -> None:
@@ -245,8 +278,14 @@ class MessagesStream:
         if self.usage.input_tokens is not None:
             delta_usage["input_tokens"] = usage["input_tokens"]
             delta_usage["cache_read_input_tokens"] = usage["cache_read_input_tokens"]
-        self._out.append(sse({"type": "message_delta",
-                              "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                              "usage": delta_usage}))
+        self._out.append(
+            sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "usage": delta_usage,
+                }
+            )
+        )
         self._out.append(sse({"type": "message_stop"}))
         self._ended = True

@@ -95,13 +95,36 @@ from modelberth.proxy.dialects.ollama_request import (
 from modelberth.proxy.dialects.ollama_stream import ChatStream
 
 __all__ = [
-    "CHAT_PATH", "COMPLETIONS_PATH", "EMBED_PATH", "MANAGEMENT_ROUTES", "VERSION",
-    "ChatStream", "Counts", "Timing",
-    "chat_request", "chat_response", "created_at", "embed_request", "embed_response",
-    "embeddings_request", "embeddings_response", "error_body", "generate_path",
-    "generate_request", "generate_response", "is_preload", "keep_alive_seconds",
-    "management_error", "openai_error", "preload_response", "ps", "resolve_name", "show",
-    "stream_wanted", "tags", "version",
+    "CHAT_PATH",
+    "COMPLETIONS_PATH",
+    "EMBED_PATH",
+    "MANAGEMENT_ROUTES",
+    "VERSION",
+    "ChatStream",
+    "Counts",
+    "Timing",
+    "chat_request",
+    "chat_response",
+    "created_at",
+    "embed_request",
+    "embed_response",
+    "embeddings_request",
+    "embeddings_response",
+    "error_body",
+    "generate_path",
+    "generate_request",
+    "generate_response",
+    "is_preload",
+    "keep_alive_seconds",
+    "management_error",
+    "openai_error",
+    "preload_response",
+    "ps",
+    "resolve_name",
+    "show",
+    "stream_wanted",
+    "tags",
+    "version",
 ]
 
 MANAGEMENT_ROUTES = ("/api/pull", "/api/push", "/api/delete", "/api/create", "/api/copy")
@@ -122,6 +145,8 @@ def openai_error(body: Any) -> dict[str, str]:
 
 def management_error(route: str) -> dict[str, str]:
     """For /api/pull, /api/push, /api/delete, /api/create and /api/copy (answer 501)."""
-    return error_body(f"{route} is not supported: models come from modelberth's config file; "
-                      "add or change them there, then reload (`modelberth reload`, SIGHUP "
-                      "or POST /api/reload).")
+    return error_body(
+        f"{route} is not supported: models come from modelberth's config file; "
+        "add or change them there, then reload (`modelberth reload`, SIGHUP "
+        "or POST /api/reload)."
+    )

@@ -12,8 +12,13 @@ from typing import Any
 
 # OpenAI's finish_reason -> Ollama's done_reason. Ollama says "stop" after a tool call
 # (its own OpenAI layer turns stop + tool calls back into "tool_calls").
-_DONE_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop",
-                 "function_call": "stop", "content_filter": "stop"}
+_DONE_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "content_filter": "stop",
+}
 
 
 @dataclass
@@ -90,10 +95,14 @@ def metrics(timing: Timing, counts: Counts, timings: Any = None) -> dict[str, in
             prompt_ns, eval_ns = 0, _ns(end - ready)
         else:
             prompt_ns, eval_ns = _ns(first - ready), _ns(end - first)
-    return {"total_duration": _ns(end - timing.start), "load_duration": _ns(ready - timing.start),
-            "prompt_eval_count": counts.prompt_tokens or 0,
-            "prompt_eval_duration": prompt_ns,
-            "eval_count": counts.completion_tokens or 0, "eval_duration": eval_ns}
+    return {
+        "total_duration": _ns(end - timing.start),
+        "load_duration": _ns(ready - timing.start),
+        "prompt_eval_count": counts.prompt_tokens or 0,
+        "prompt_eval_duration": prompt_ns,
+        "eval_count": counts.completion_tokens or 0,
+        "eval_duration": eval_ns,
+    }
 
 
 def tool_calls(calls: Any) -> list[dict[str, Any]]:
@@ -104,9 +113,13 @@ def tool_calls(calls: Any) -> list[dict[str, Any]]:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             continue
-        entry: dict[str, Any] = {"function": {"index": position,
-                                              "name": str(function.get("name") or ""),
-                                              "arguments": _arguments(function.get("arguments"))}}
+        entry: dict[str, Any] = {
+            "function": {
+                "index": position,
+                "name": str(function.get("name") or ""),
+                "arguments": _arguments(function.get("arguments")),
+            }
+        }
         if isinstance(call.get("id"), str):
             entry["id"] = call["id"]
         out.append(entry)
@@ -150,9 +163,13 @@ def embed_response(answer: dict[str, Any], model: str, timing: Timing) -> dict[s
     counts = counts_of(answer.get("usage"), None)
     end = timing.end if timing.end is not None else time.perf_counter()
     ready = timing.ready if timing.ready is not None else timing.start
-    return {"model": model, "embeddings": _vectors(answer),
-            "total_duration": _ns(end - timing.start), "load_duration": _ns(ready - timing.start),
-            "prompt_eval_count": counts.prompt_tokens or 0}
+    return {
+        "model": model,
+        "embeddings": _vectors(answer),
+        "total_duration": _ns(end - timing.start),
+        "load_duration": _ns(ready - timing.start),
+        "prompt_eval_count": counts.prompt_tokens or 0,
+    }
 
 
 def embeddings_response(answer: dict[str, Any]) -> dict[str, Any]:
@@ -168,8 +185,13 @@ def reasoning_of(part: dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _done(answer: dict[str, Any], model: str, timing: Timing, fields: dict[str, Any],
-          choice: dict[str, Any]) -> dict[str, Any]:
+def _done(
+    answer: dict[str, Any],
+    model: str,
+    timing: Timing,
+    fields: dict[str, Any],
+    choice: dict[str, Any],
+) -> dict[str, Any]:
     timings = answer.get("timings")
     body: dict[str, Any] = {"model": model, "created_at": created_at(), **fields}
     logprobs = choice.get("logprobs")

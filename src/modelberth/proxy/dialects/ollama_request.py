@@ -15,19 +15,44 @@ CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 EMBED_PATH = "/v1/embeddings"
 
-_SAME_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty",
-                 "top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
-                 "mirostat", "mirostat_tau", "mirostat_eta")
+_SAME_OPTIONS = (
+    "temperature",
+    "top_p",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+)
 # think levels -> OpenAI's reasoning_effort; Ollama's "max" has no OpenAI word above "high"
 # that gpt-oss (the model these levels are for) knows.
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 # Go's time.ParseDuration units, which Ollama's keep_alive strings use.
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-          "h": 3600.0}
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 # The first bytes of an image, base64-encoded -> its type, for the data URL.
-_IMAGE_TYPES = (("iVBORw0KGgo", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD", "image/gif"),
-                ("UklGR", "image/webp"), ("Qk", "image/bmp"))
+_IMAGE_TYPES = (
+    ("iVBORw0KGgo", "image/png"),
+    ("/9j/", "image/jpeg"),
+    ("R0lGOD", "image/gif"),
+    ("UklGR", "image/webp"),
+    ("Qk", "image/bmp"),
+)
 
 
 def chat_request(body: Any) -> dict[str, Any]:
@@ -43,8 +68,10 @@ def chat_request(body: Any) -> dict[str, Any]:
     if tools:
         if not isinstance(tools, list):
             raise _bad("'tools' must be a list.")
-        out["tools"] = [{**tool, "type": tool.get("type") or "function"}
-                        if isinstance(tool, dict) else tool for tool in tools]
+        out["tools"] = [
+            {**tool, "type": tool.get("type") or "function"} if isinstance(tool, dict) else tool
+            for tool in tools
+        ]
     return _common(body, out)
 
 
@@ -76,11 +103,12 @@ def embed_request(body: Any) -> dict[str, Any]:
     """POST /api/embed -> an OpenAI embeddings request."""
     body = _object(body)
     given = body.get("input")
-    if not (isinstance(given, str) or (isinstance(given, list)
-                                       and all(isinstance(item, str) for item in given))):
+    if not (
+        isinstance(given, str)
+        or (isinstance(given, list) and all(isinstance(item, str) for item in given))
+    ):
         raise _bad("'input' must be a string or a list of strings.")
-    out: dict[str, Any] = {"model": body.get("model"), "input": given,
-                           "encoding_format": "float"}
+    out: dict[str, Any] = {"model": body.get("model"), "input": given, "encoding_format": "float"}
     dimensions = body.get("dimensions")
     if dimensions:
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 0:
@@ -92,8 +120,11 @@ def embed_request(body: Any) -> dict[str, Any]:
 def embeddings_request(body: Any) -> dict[str, Any]:
     """POST /api/embeddings (legacy, one `prompt`) -> an OpenAI embeddings request."""
     body = _object(body)
-    return {"model": body.get("model"), "input": _string(body, "prompt"),
-            "encoding_format": "float"}
+    return {
+        "model": body.get("model"),
+        "input": _string(body, "prompt"),
+        "encoding_format": "float",
+    }
 
 
 def is_preload(body: Any) -> bool:
@@ -163,7 +194,7 @@ def _common(body: dict[str, Any], out: dict[str, Any], chat: bool = True) -> dic
     elif isinstance(think, str) and think in _EFFORTS:
         out["reasoning_effort"] = _EFFORTS[think]
     elif think is not None:
-        raise _bad("'think' must be true, false, \"low\", \"medium\", \"high\" or \"max\".")
+        raise _bad('\'think\' must be true, false, "low", "medium", "high" or "max".')
     if body.get("logprobs") is True:
         out["logprobs"] = True
         if isinstance(body.get("top_logprobs"), int) and body["top_logprobs"] > 0:
@@ -221,8 +252,10 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
         content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise _bad("a message's 'content' must be a string.")
-        entry: dict[str, Any] = {"role": role,
-                                 "content": _content(content or "", message.get("images"))}
+        entry: dict[str, Any] = {
+            "role": role,
+            "content": _content(content or "", message.get("images")),
+        }
         if role == "assistant":
             if isinstance(message.get("thinking"), str) and message["thinking"]:
                 entry["reasoning_content"] = message["thinking"]
@@ -236,9 +269,18 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]]:
                     call_id, made_up = f"call_{made_up}", made_up + 1
                 name = str(function.get("name") or "")
                 arguments = function.get("arguments")
-                calls.append({"id": call_id, "type": "function", "function": {
-                    "name": name, "arguments": arguments if isinstance(arguments, str)
-                    else json.dumps(arguments if arguments is not None else {})}})
+                calls.append(
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": name,
+                            "arguments": arguments
+                            if isinstance(arguments, str)
+                            else json.dumps(arguments if arguments is not None else {}),
+                        },
+                    }
+                )
                 unanswered.append((call_id, name))
             if calls:
                 entry["tool_calls"] = calls
@@ -289,7 +331,7 @@ def _duration(text: str) -> float:
     sign, rest = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.removeprefix("+"))
     if rest and _DURATION.sub("", rest) == "":
         return sign * sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(rest))
-    raise _bad(f"'keep_alive' {text!r} is not a duration such as \"5m\", \"1h\" or \"30s\".")
+    raise _bad(f'\'keep_alive\' {text!r} is not a duration such as "5m", "1h" or "30s".')
 
 
 def _object(body: Any) -> dict[str, Any]:

@@ -76,8 +76,9 @@ class ChatStream:
         if self.error is not None:
             return b"".join(out)
         out += self._flush_calls()
-        fields: dict[str, Any] = {"response": ""} if self.generate else \
-            {"message": {"role": "assistant", "content": ""}}
+        fields: dict[str, Any] = (
+            {"response": ""} if self.generate else {"message": {"role": "assistant", "content": ""}}
+        )
         fields.update(done=True, done_reason=done_reason(self._finish_reason))
         fields.update(metrics(self.timing, self.usage, self._timings))
         out.append(self._encode(fields))
@@ -179,14 +180,23 @@ class ChatStream:
     def _flush_calls(self) -> list[bytes]:
         if not self._calls:
             return []
-        calls = tool_calls([{"id": c["id"], "function": {"name": c["name"],
-                                                         "arguments": c["arguments"]}}
-                            for _, c in sorted(self._calls.items())])
+        calls = tool_calls(
+            [
+                {"id": c["id"], "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for _, c in sorted(self._calls.items())
+            ]
+        )
         self._calls.clear()
         if self.generate:
             return [self._encode({"response": "", "tool_calls": calls, "done": False})]
-        return [self._encode({"message": {"role": "assistant", "content": "",
-                                          "tool_calls": calls}, "done": False})]
+        return [
+            self._encode(
+                {
+                    "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                    "done": False,
+                }
+            )
+        ]
 
     def _encode(self, fields: dict[str, Any]) -> bytes:
         return _json({"model": self.model, "created_at": created_at(), **fields})
