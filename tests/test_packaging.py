@@ -219,3 +219,37 @@ def test_serve_gives_the_dashboard_from_the_installed_package(served: str) -> No
                 assert answer.content == path.read_bytes(), path
         assert client.get("/ui/no-such-file.js").status_code == 404
         assert client.get("/health").json()["version"] == modelberth.__version__
+
+
+def test_the_pre_commit_hooks_fix_and_refuse(tmp_path: Path) -> None:
+    """The committed hooks, run by pre-commit in a scratch repository with this checkout's
+    .venv: ruff fixes an unused import and the layout, mypy refuses a type error."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".pre-commit-config.yaml").write_text((ROOT / ".pre-commit-config.yaml").read_text())
+    (repo / ".venv").symlink_to(ROOT / ".venv")
+    (repo / "pyproject.toml").write_text('[tool.mypy]\nstrict = true\nfiles = ["x.py"]\n')
+    (repo / "x.py").write_text("import os\ndef f( a:int )->str:\n    return a\n")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+    run("git", "init", "-q", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+
+    def hook(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "pre-commit"), "run", name, "--all-files"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    assert hook("ruff-check").returncode != 0  # the unused import: found and removed
+    assert "import os" not in (repo / "x.py").read_text()
+    assert hook("ruff-format").returncode != 0
+    assert (repo / "x.py").read_text() == "def f(a: int) -> str:\n    return a\n"
+    refused = hook("mypy")
+    assert refused.returncode != 0 and "Incompatible return value type" in refused.stdout
+    (repo / "x.py").write_text("def f(a: int) -> str:\n    return str(a)\n")
+    assert [hook(name).returncode for name in ("ruff-check", "ruff-format", "mypy")] == [0, 0, 0]
