@@ -63,10 +63,8 @@ root=$work/rootfs
 cleanup() {
   # debootstrap mounts /proc and /sys in the tree while it runs; a failed run may leave them.
   local mount
-  for mount in $(awk -v root="$root" 'index($2, root) == 1 { print $2 }' /proc/mounts \
-                 | sort -r); do
-    umount -l "$mount" || true
-  done
+  awk -v root="$root" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r \
+    | while read -r mount; do umount -l "$mount" || true; done
   rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT

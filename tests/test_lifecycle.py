@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import psutil
 
 from conftest import Modelberth, events_of, fake_model, process_gone, upstreams_of, wait_for
+from modelberth.runtimes.process import MODEL_ENV, OWNER_ENV
 
 CHAT = "/v1/chat/completions"
 
@@ -256,3 +258,41 @@ def test_kill_9_leaves_nothing_once_modelberth_restarts(modelberth: Any, tmp_pat
     second = modelberth({"models": {"m": fake_model(None)}})
     wait_for(lambda: process_gone(child), timeout=5)
     assert "left by an earlier run" in second.log()
+
+
+def test_a_tagged_process_of_another_pid_namespace_is_left_alone(
+    modelberth: Any, tmp_path: Path
+) -> None:
+    """A modelberth in a container tags its upstreams with its pid there, which means
+    nothing on this machine: seen from here such an upstream looks orphaned, yet it is not
+    ours to end. `unshare --pid` makes the same situation a container does. A process with
+    the same tag in our own namespace is ended, as the control."""
+    dead = next(p for p in range(4_000_000, 4_100_000) if not psutil.pid_exists(p))
+    tag = f"{dead}:1.000"  # an owner that does not exist here
+    foreign = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",  # only the sleeper carries the tag
+            "env",
+            f"{OWNER_ENV}={tag}",
+            f"{MODEL_ENV}=theirs",
+            "sleep",
+            "120",
+        ]
+    )
+    ours = subprocess.Popen(["sleep", "120"], env={**os.environ, OWNER_ENV: tag, MODEL_ENV: "ours"})
+    try:
+        wait_for(lambda: len(psutil.Process(foreign.pid).children()) == 1, timeout=5)
+        (sleeper,) = psutil.Process(foreign.pid).children()
+        wait_for(lambda: sleeper.environ().get(OWNER_ENV) == tag, timeout=5)
+        mb = modelberth({"models": {"m": fake_model(None)}})
+        wait_for(lambda: ours.poll() is not None, timeout=10)  # judged, and ended
+        assert "(ours)" in mb.log()
+        assert sleeper.is_running() and foreign.poll() is None  # another namespace's
+        assert "(theirs)" not in mb.log()
+    finally:
+        for proc in (foreign, ours):
+            proc.kill()
+            proc.wait()

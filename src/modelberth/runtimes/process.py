@@ -196,9 +196,20 @@ def _orphans(own_tag: str) -> list[psutil.Process]:
             tag = proc.environ().get(OWNER_ENV)
         except (psutil.Error, OSError):
             continue
-        if tag and tag != own_tag and not _owner_alive(tag):
+        if tag and tag != own_tag and _same_pid_namespace(proc.pid) and not _owner_alive(tag):
             found.append(proc)
     return found
+
+
+def _same_pid_namespace(pid: int) -> bool:
+    """A tag names its owner's pid as seen in the tagged process's own pid namespace: for a
+    modelberth in a container, whose upstreams this machine sees too, that pid means nothing
+    here, so only processes of our own namespace are judged (unknown: not judged)."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/pid"), os.stat("/proc/self/ns/pid")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _owner_alive(tag: str) -> bool:
