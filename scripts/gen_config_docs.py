@@ -16,20 +16,20 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from modelberth.config import json_schema
-from modelberth.config.schema import (
-    DURATION_PATTERN,
+from modelberth.config.schema import Config, ModelConfig
+from modelberth.config.sections import (
     ActivityConfig,
-    Config,
     Defaults,
     DockerConfig,
+    DockerHost,
     GpuBudget,
-    ModelConfig,
     ProbeConfig,
     ResourcesConfig,
-    ServerConfig,
+    SwarmConfig,
 )
-from modelberth.config.sections import DockerHost, SwarmConfig
+from modelberth.config.server import ServerConfig
 from modelberth.config.templates import TEMPLATES
+from modelberth.config.types import DURATION_PATTERN
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SCHEMA_FILE = DOCS / "config.schema.json"

@@ -11,14 +11,9 @@ from modelberth.config.loader import (
     load_config,
     parse_config,
 )
-from modelberth.config.schema import (
-    Config,
-    Defaults,
-    DockerConfig,
-    ModelConfig,
-    ResourcesConfig,
-    ServerConfig,
-)
+from modelberth.config.schema import Config, ModelConfig
+from modelberth.config.sections import Defaults, DockerConfig, ResourcesConfig
+from modelberth.config.server import ServerConfig
 from modelberth.config.spec import DockerSpec, ModelSpec
 
 __all__ = [

@@ -1,10 +1,10 @@
-"""The config's schema: Pydantic models of modelberth.yaml and their validators. The field
-types they use (durations, commands...) are in types.py; what a model resolves to at start is
+"""The config's schema: a model's settings and the whole file, as Pydantic models with
+their validators. The server's section is in server.py, the other sections in sections.py,
+the field types (durations, commands...) in types.py; what a model resolves to at start is
 in spec.py; reading YAML with line numbers and ${ENV} expansion is in loader.py."""
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -25,17 +25,16 @@ from modelberth.config.sections import (
     ActivityConfig,
     Defaults,
     DockerConfig,
-    GpuBudget,
     GpuCount,
     ProbeConfig,
     ResourcesConfig,
     Strict,
     SwarmConfig,
 )
+from modelberth.config.server import ServerConfig
 from modelberth.config.spec import ModelSpec
 from modelberth.config.templates import TEMPLATES
 from modelberth.config.types import (
-    DURATION_PATTERN,
     MODEL_NAME_PATTERN,
     Command,
     EnvMap,
@@ -43,25 +42,7 @@ from modelberth.config.types import (
     PositiveSeconds,
     Seconds,
     TemplateName,
-    parse_network,
 )
-
-# DURATION_PATTERN and parse_network moved to types.py; named here too for the modules that
-# import them from here (scripts/gen_config_docs.py, proxy/forwarding.py).
-__all__ = [
-    "DURATION_PATTERN",
-    "ActivityConfig",
-    "Config",
-    "Defaults",
-    "DockerConfig",
-    "GpuBudget",
-    "GpuCount",
-    "ModelConfig",
-    "ProbeConfig",
-    "ResourcesConfig",
-    "ServerConfig",
-    "parse_network",
-]
 
 _VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw|z|Z|ro,z|ro,Z))?$")
 _DOCKER_ONLY = (
@@ -101,78 +82,6 @@ _NOT_REMOTE = (
     "priority",
     *_DOCKER_ONLY,
 )
-
-
-class ServerConfig(Strict):
-    host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
-    port: int = Field(8080, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
-    ollama_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="Also listen here (e.g. 11434, Ollama's port) for "
-        "clients that assume Ollama's address; the same API is served on both ports.",
-    )
-    api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /v1/*.")
-    admin_keys: list[str] = Field(
-        default_factory=list, description="Bearer keys for /api/*; empty = same as api_keys."
-    )
-    max_body_mb: float = Field(32, gt=0, description="Largest request body accepted (413 above).")
-    stream_keepalive: Seconds = Field(
-        0,
-        description="While a model loads, send a waiting streaming request its SSE headers "
-        "and a ': loading <model> 3.2s' comment every this many seconds; 0 = off.",
-    )
-    protect_health: bool = Field(
-        False, description="Require a key (api or admin) for /health and /metrics too."
-    )
-    header_timeout: PositiveSeconds = Field(
-        10,
-        description="A request head not complete within this many seconds closes the "
-        "connection (slowloris).",
-    )
-    body_timeout: PositiveSeconds = Field(
-        30,
-        description="A request body that sends nothing for this many seconds closes the "
-        "connection.",
-    )
-    keepalive_timeout: PositiveSeconds = Field(
-        5, description="An idle keep-alive client connection is closed after this long."
-    )
-    max_connections: int | None = Field(
-        None,
-        gt=0,
-        description="Open client connections before new requests get 503; "
-        "default: the file descriptor limit less a reserve for upstreams and logs.",
-    )
-    trusted_proxies: list[str] = Field(
-        default_factory=list,
-        description="Addresses or networks (CIDR) of proxies in front of modelberth whose "
-        "X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host are believed; from anyone "
-        "else they are replaced by what modelberth sees.",
-    )
-    instance_id: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
-        description="Names this modelberth's containers and processes, so that several "
-        "instances share one Docker engine without touching each other's; default: derived "
-        "from the host name and port.",
-    )
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        if isinstance(value, str):
-            raise TypeError("trusted_proxies must be a list")
-        for entry in value:
-            parse_network(entry)  # raises ValueError naming the bad entry
-        return value
-
-    @functools.cached_property
-    def inference_keys(self) -> list[str]:
-        """Keys accepted on /v1/*: the api keys and the admin keys (an operator's key may do
-        what a user's may); empty when api_keys is, as then /v1/* is open."""
-        return [*self.api_keys, *self.admin_keys] if self.api_keys else []
 
 
 class ModelConfig(Strict):

@@ -16,7 +16,8 @@ from modelberth.config.sections import GpuCount, ProbeConfig
 from modelberth.config.templates import TEMPLATES
 
 if TYPE_CHECKING:
-    from modelberth.config.schema import Defaults, ModelConfig
+    from modelberth.config.schema import ModelConfig
+    from modelberth.config.sections import Defaults
 
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
 from modelberth.auth import AUTH_HEADERS
-from modelberth.config.schema import parse_network
+from modelberth.config.types import parse_network
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
 _IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
