@@ -143,38 +143,32 @@ def readme_configs() -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
 
 
+def check(venv: Path, config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`modelberth check -c config` from a directory with no source tree."""
+    return subprocess.run(
+        [str(venv / "modelberth"), "check", "-c", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
 def test_check_accepts_every_config_example_in_the_readme(venv: Path, tmp_path: Path) -> None:
     examples = readme_configs()
     assert len(examples) >= 5
     for number, example in enumerate(examples):
         config = tmp_path / f"example-{number}.yaml"
         config.write_text(example)
-        done = subprocess.run(
-            [str(venv / "modelberth"), "check", "-c", str(config)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={
-                **os.environ,
-                **dict.fromkeys(  # as a user has them
-                    re.findall(r"\$\{(\w+)\}", example), "x"
-                ),
-            },
-            check=False,
-        )
+        # The ${VARIABLES} it names, set as a user would have them.
+        done = check(venv, config, **dict.fromkeys(re.findall(r"\$\{(\w+)\}", example), "x"))
         assert done.returncode == 0, f"README example {number}:\n{example}\n{done.stderr}"
     # And check does fail on a bad one, so the loop above means something.
     bad = tmp_path / "bad.yaml"
     bad.write_text("models:\n  m:\n    idle_timeout: forever\n")
-    done = subprocess.run(
-        [str(venv / "modelberth"), "check", "-c", str(bad)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = check(venv, bad)
     assert done.returncode != 0 and "idle_timeout" in done.stdout + done.stderr
 
 

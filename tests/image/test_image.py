@@ -31,7 +31,10 @@ from docker.models.containers import Container
 
 # tests/ is on sys.path through tests/conftest.py; `mypy` over the whole tree finds it, mypy
 # given this file alone does not.
+import test_docker  # type: ignore[import-not-found, unused-ignore]
 from conftest import free_port, wait_for  # type: ignore[import-not-found, unused-ignore]
+
+engine = test_docker.engine  # fixture: the engine, checked once
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = os.environ.get("MODELBERTH_BASE_IMAGE", "modelberth-base:bookworm")
@@ -58,21 +61,12 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[docker.DockerClient]:
+def base(engine: docker.DockerClient) -> str:
     try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.fail(
-            f"no Docker engine: {exc}. Start one with scripts/ensure-docker-engine.sh.",
-            pytrace=False,
-        )
-    try:
-        client.images.get(BASE)
+        engine.images.get(BASE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"no base image {BASE}: make it with scripts/debian-base.sh.", pytrace=False)
-    yield client
-    client.close()
+    return BASE
 
 
 def _buildkit_cli() -> str:
@@ -113,7 +107,9 @@ def _pip_cert() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def image(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def image(
+    engine: docker.DockerClient, base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     tag = f"modelberth-test/image:{os.getpid()}"
     cert = _pip_cert()
     command = [
@@ -124,7 +120,7 @@ def image(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory)
         "--network",
         "host",
         "--build-arg",
-        f"BASE={BASE}",
+        f"BASE={base}",
         "--tag",
         tag,
         *(["--secret", f"id=pip_cert,src={cert}"] if cert else []),
