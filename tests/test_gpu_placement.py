@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +312,47 @@ def test_a_sleeping_model_is_stopped_when_ram_is_what_is_short(
     assert mb.status("v1")["state"] == "stopped"
     (line,) = evictions(mb)
     assert "evicting v1 (stop;" in line
+
+
+def test_an_upstream_being_stopped_counts_as_ours_not_another_program_s(
+    modelberth: Any, tmp_path: Path
+) -> None:
+    """An evicted upstream that takes its time to stop still holds its VRAM. The scheduler
+    counts it for its model until it is gone, so the GPU's reading must not count it as
+    another program's as well: that would shrink the room twice (and, in a reading taken
+    just before it went, for a sample interval after)."""
+    slow = {
+        **gpu_model(tmp_path, "slow", 6000, [0], None, "--ignore-sigterm"),
+        "stop_timeout": 3,  # SIGTERM is ignored: SIGKILL comes after 3 s
+    }
+    mb = modelberth(
+        {
+            "resources": {"vram_margin_mb": 0, "sample_interval": 0.2},
+            "models": {"slow": slow, "next": gpu_model(tmp_path, "next", 6000, [0])},
+        },
+        start=False,
+    )
+    mb.start(env=gpus_env(tmp_path, {"name": "Fake 8G", "total_mb": 8000}))
+    assert chat(mb, "slow").status_code == 200
+    leader = psutil.Process(int(mb.status("slow")["runtime_id"]))
+    wait_for(lambda: mb.status("slow")["vram_bytes"] == 6000 * MB, timeout=5)
+
+    def gpu() -> dict[str, Any]:
+        with mb.client() as client:
+            reading: dict[str, Any] = client.get("/api/resources").json()["gpus"][0]
+            return reading
+
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(chat, mb, "next")  # 6 + 6 > 8: slow is evicted, slowly
+        wait_for(lambda: mb.status("slow")["state"] == "stopping", timeout=10)
+        seen = []
+        while mb.status("slow")["state"] == "stopping":
+            reading = gpu()
+            if leader.is_running() and reading["memory_used_bytes"] == 6000 * MB:
+                seen.append(reading["other_used_bytes"])
+            time.sleep(0.1)
+        assert answer.result(timeout=30).status_code == 200
+    assert len(seen) >= 5  # readings while it was being stopped, still holding 6 GB
+    assert set(seen) == {0}
+    assert mb.status("next")["gpus"] == [0]
+    assert gpu()["other_used_bytes"] == 0

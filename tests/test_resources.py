@@ -333,6 +333,7 @@ def test_vram_budget_with_fake_nvml(
         "memory_total_bytes": 8000 * MB,
         "memory_used_bytes": 4300 * MB,
         "utilization_percent": 7.0,
+        "other_used_bytes": 300 * MB,  # the fake's base use: another program's, not g1's
     }
     assert report["models"]["g1"]["vram_bytes"] == 4000 * MB
     assert report["models"]["g1"]["estimate_vram_bytes"] == 4000 * MB

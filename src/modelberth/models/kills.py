@@ -22,7 +22,7 @@ from modelberth.runtimes.logbuffer import LogBuffer
 
 
 class Kills:
-    __slots__ = ("_logs", "_name", "_on_empty", "_tasks", "_timeout")
+    __slots__ = ("_logs", "_name", "_on_empty", "_stopping", "_tasks", "_timeout")
 
     def __init__(
         self, name: str, logs: LogBuffer, timeout: Callable[[], float], on_empty: Callable[[], None]
@@ -32,13 +32,19 @@ class Kills:
         self._timeout = timeout  # read at each stop: a reconfigure may change stop_timeout
         self._on_empty = on_empty
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping: dict[asyncio.Task[None], Upstream] = {}  # what each task stops
 
     def __bool__(self) -> bool:
         """Whether an upstream is still being stopped."""
         return bool(self._tasks)
 
     def stop_in_background(self, upstream: Upstream) -> None:
-        self._own(self._stop_quietly(upstream))
+        self._stopping[self._own(self._stop_quietly(upstream))] = upstream
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        """The upstreams being stopped now (their processes still use memory)."""
+        return list(self._stopping.values())
 
     async def launch(self, start: Awaitable[Upstream]) -> Upstream:
         """Await a runtime's start; if the caller is cancelled meanwhile (a stop), the start
@@ -55,13 +61,15 @@ class Kills:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    def _own(self, work: Coroutine[Any, Any, None]) -> None:
+    def _own(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._stopping.pop(task, None)
         swallow_outcome(task)
         if not self._tasks:
             self._on_empty()

@@ -145,6 +145,11 @@ class Lifecycle:
         return self._upstream is not None or bool(self._kills)
 
     @property
+    def stopping_upstreams(self) -> list[Upstream]:
+        """Upstreams let go of and still being stopped in the background."""
+        return self._kills.upstreams
+
+    @property
     def retiring(self) -> bool:
         """retire() was called: the model never starts again."""
         return self._retirement.declared

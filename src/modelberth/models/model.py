@@ -100,6 +100,11 @@ class Model:
         return self._lifecycle.holds_upstream
 
     @property
+    def stopping_upstreams(self) -> list[Upstream]:
+        """Upstreams let go of and still being stopped (the scheduler counts them)."""
+        return self._lifecycle.stopping_upstreams
+
+    @property
     def port(self) -> int | None:
         return self._lifecycle.port
 

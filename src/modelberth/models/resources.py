@@ -99,7 +99,10 @@ class Monitor:
 
     async def sample(self, models: list[Model]) -> None:
         running = [(m, m.upstream) for m in models if m.upstream is not None]
-        snapshot, usage = await asyncio.to_thread(self._read_all, running)
+        # Being stopped, still holding memory: ours, not another program's (the scheduler
+        # counts them until they are gone; as foreign they would count twice).
+        stopping = [u for m in models for u in m.stopping_upstreams if u.node is None]
+        snapshot, usage = await asyncio.to_thread(self._read_all, running, stopping)
         self.snapshot = snapshot
         for model, upstream in running:
             if model.upstream is upstream:  # still the same upstream
@@ -121,7 +124,7 @@ class Monitor:
         return Snapshot(read_host(), self.nvml.read())
 
     def _read_all(
-        self, running: list[tuple[Model, Upstream]]
+        self, running: list[tuple[Model, Upstream]], stopping: list[Upstream]
     ) -> tuple[Snapshot, dict[str, tuple[int | None, int | None]]]:
         snapshot = self._read_machine()
         usage: dict[str, tuple[int | None, int | None]] = {}
@@ -136,6 +139,9 @@ class Monitor:
                 ours[gpu.index] += used
                 vram += used
             usage[model.name] = (memory, vram or None)
+        leaving = process_tree(pid for upstream in stopping for pid in upstream.pids)
+        for gpu in snapshot.gpus:
+            ours[gpu.index] += sum(gpu.process_memory.get(pid, 0) for pid in leaving)
         snapshot.foreign_vram = {
             gpu.index: max(gpu.memory_used_bytes - ours[gpu.index], 0) for gpu in snapshot.gpus
         }
@@ -185,6 +191,7 @@ class Monitor:
                     "memory_total_bytes": gpu.memory_total_bytes,
                     "memory_used_bytes": gpu.memory_used_bytes,
                     "utilization_percent": gpu.utilization_percent,
+                    "other_used_bytes": self.snapshot.foreign_vram.get(gpu.index, 0),
                 }
                 for gpu in self.snapshot.gpus
             ],
