@@ -186,8 +186,21 @@ def test_memory_is_sampled_in_the_background(
 ) -> None:
     mb = modelberth({"models": {"m": fake_container(image, tmp_path)}})
     assert post_chat(mb).status_code == 200
-    memory = wait_for(lambda: mb.status("m")["memory_bytes"], timeout=15)
-    assert 5 * 2**20 < memory < 500 * 2**20
+    assert wait_for(lambda: mb.status("m")["memory_bytes"], timeout=15) > 2**20
+    # The container's cgroup holds only what it allocated (the Python it runs is the host's,
+    # mounted, whose pages are charged elsewhere): some MiB, growing as it starts up; a later
+    # background sample agrees with what the engine itself reads then.
+    (container,) = containers()
+
+    def agrees() -> bool:
+        stats = container.stats(stream=False)
+        assert isinstance(stats, dict)
+        engine_says = int(stats["memory_stats"]["usage"])
+        ours = int(mb.status("m")["memory_bytes"])
+        return engine_says / 1.5 < ours < engine_says * 1.5
+
+    wait_for(agrees, timeout=20, interval=0.5)
+    assert mb.status("m")["memory_bytes"] < 500 * 2**20
 
 
 def test_exit_during_start_reports_code_and_log_tail(
