@@ -59,11 +59,8 @@ def main() -> int:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    command = (
-        [part for part in args.command if part != "--"]
-        if args.command[:1] == ["--"]
-        else args.command
-    )
+    # Only the separator before the command goes: a "--" inside the command is its own.
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
     began = time.monotonic()
     last_shown = [began]
     shown_percent = -5
