@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import FAKE, Modelberth, events_of, wait_for
+from conftest import FAKE, Modelberth, events_of, llama_command, wait_for
 from modelberth.config import parse_config
 from modelberth.demo import llama_server_path
 from modelberth.runtimes.docker import DockerRuntime
@@ -435,22 +435,7 @@ def test_real_llama_server_in_a_container(
                     "runtime": "docker",
                     "image": image,
                     "pull": "never",
-                    "command": [
-                        str(binary),
-                        "-m",
-                        str(model),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        "${PORT}",
-                        "-t",
-                        "1",
-                        "-np",
-                        "1",
-                        "-c",
-                        "512",
-                        "--no-webui",
-                    ],
+                    "command": llama_command(model),
                     "volumes": [*HOST_MOUNTS, f"{tmp_path}:{tmp_path}:ro"],
                 }
             }

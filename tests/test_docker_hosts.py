@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ import httpx
 import pytest
 
 import test_docker
-from conftest import FAKE, Modelberth, events_of, wait_for
+from conftest import Modelberth, events_of, wait_for
 from modelberth.runtimes.ownership import LABEL_MANAGED
-from test_docker import HOST_MOUNTS
+from test_docker import fake_container
 from test_swarm_setup import SCRIPT, swarm_up
 
 engine, image = test_docker.engine, test_docker.image  # fixtures
@@ -78,25 +77,10 @@ def hosts(second_url: str, a_mb: int = 250, b_mb: int = 300) -> list[dict[str, A
 
 
 def fake(tmp: Path, memory_mb: int, **settings: Any) -> dict[str, Any]:
-    return {
-        "runtime": "docker",
-        "image": test_docker.IMAGE,
-        "pull": "never",
-        "command": [
-            sys.executable,
-            FAKE,
-            "--port",
-            "${PORT}",
-            "--host",
-            "${HOST}",
-            "--events",
-            str(tmp / "events"),
-        ],
-        "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
-        "memory_mb": memory_mb,
-        "stop_timeout": 2,
-        **settings,
-    }
+    """The Docker tests' fake container, listening on its host's address."""
+    return fake_container(
+        test_docker.IMAGE, tmp, "--host", "${HOST}", memory_mb=memory_mb, **settings
+    )
 
 
 def chat(mb: Modelberth, model: str) -> httpx.Response:

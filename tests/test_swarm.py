@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ from playwright.sync_api import expect
 
 import test_docker
 from browser import close, launch, open_page
-from conftest import FAKE, Modelberth, events_of, wait_for
+from conftest import Modelberth, events_of, wait_for
 from modelberth.runtimes.ownership import LABEL_INSTANCE, LABEL_MANAGED, service_name
-from test_docker import HOST_MOUNTS
+from test_docker import fake_container
 from test_swarm_setup import SCRIPT, swarm_up
 
 engine, image = test_docker.engine, test_docker.image  # fixtures
@@ -99,26 +98,21 @@ def swarm(swarm_engines: Swarm) -> Iterator[Swarm]:
 
 
 def fake_service(tmp: Path, memory_mb: int | None, **settings: Any) -> dict[str, Any]:
-    """A fake upstream as a service (planned at `memory_mb`; None: by what it uses)."""
-    return {
-        "runtime": "swarm",
-        "image": test_docker.IMAGE,
-        "command": [
-            sys.executable,
-            FAKE,
-            "--port",
-            "${PORT}",
-            "--host",
-            "${HOST}",
-            "--events",
-            str(tmp / "events"),
-        ],
-        "volumes": [*HOST_MOUNTS, f"{tmp}:{tmp}"],
-        **({"memory_mb": memory_mb} if memory_mb is not None else {}),
-        "stop_timeout": 2,
-        "start_timeout": 60,
+    """A fake upstream as a service (planned at `memory_mb`; None: by what it uses): the
+    Docker tests' container, as Swarm runs it (it has no pull policy)."""
+    planned = {"memory_mb": memory_mb} if memory_mb is not None else {}
+    service = fake_container(
+        test_docker.IMAGE,
+        tmp,
+        "--host",
+        "${HOST}",
+        runtime="swarm",
+        start_timeout=60,
+        **planned,
         **settings,
-    }
+    )
+    del service["pull"]
+    return service
 
 
 def chat(mb: Modelberth, model: str) -> httpx.Response:
